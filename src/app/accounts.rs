@@ -1,0 +1,285 @@
+//! Accounts and passwords: registration, password login with lockout and throttling, password
+//! change, and the signed-in user's own account.
+
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use super::sessions::IssuedTokens;
+use super::{App, AuditRecord, Caller};
+use crate::domain::email;
+use crate::domain::lockout::{remaining, window};
+use crate::domain::password::{self, Verification};
+use crate::domain::roles::Role;
+use crate::domain::secrets::new_id;
+use crate::domain::tokens::AccessClaims;
+use crate::error::{Error, FieldViolation, Result};
+use crate::store::audit_events::Outcome;
+use crate::store::bson_time;
+use crate::store::users::{Inserted, UserDoc, UserStatus};
+
+/// Longest display name, in characters.
+pub const MAX_DISPLAY_NAME: usize = 100;
+/// How long consecutive login failures are remembered without a new one.
+const FAILURE_MEMORY: Duration = Duration::from_secs(3600);
+/// Window of the per-address login limit.
+const ADDRESS_WINDOW: Duration = Duration::from_secs(60);
+
+/// A new account as asked for.
+#[derive(Debug, Clone, Default)]
+pub struct NewAccount {
+    pub email: String,
+    pub password: String,
+    pub display_name: String,
+    pub role: Role,
+    /// Set only by trusted paths (the bootstrap CLI); self-registration is always unverified.
+    pub email_verified: bool,
+}
+
+fn lockout_key(email: &str) -> String {
+    // Hashed so the counters do not make a second list of addresses.
+    format!("login_email:{}", hex::encode(Sha256::digest(email.as_bytes())))
+}
+
+fn check_display_name(name: &str, out: &mut Vec<FieldViolation>) {
+    if name.chars().count() > MAX_DISPLAY_NAME {
+        out.push(FieldViolation::new("display_name", format!("must be at most {MAX_DISPLAY_NAME} characters")));
+    } else if name.chars().any(char::is_control) {
+        out.push(FieldViolation::new("display_name", "must not contain control characters"));
+    }
+}
+
+impl App {
+    /// Creates an account. Concurrent registrations of one email create exactly one account
+    /// (the unique index decides); the others get EMAIL_TAKEN.
+    pub async fn register(&self, account: NewAccount, caller: &Caller) -> Result<UserDoc> {
+        let mut violations = Vec::new();
+        let email = email::normalize(&account.email)
+            .map_err(|why| violations.push(FieldViolation::new("email", why)))
+            .unwrap_or_default();
+        let display_name = account.display_name.trim().to_string();
+        check_display_name(&display_name, &mut violations);
+        violations.extend(self.password_policy.check("password", &account.password, &[&email, &display_name]));
+        if !violations.is_empty() {
+            return Err(Error::InvalidArgument(violations));
+        }
+        let plain = account.password;
+        let hash = self.hasher.run(move || password::hash(&plain)).await.map_err(anyhow::Error::from)??;
+        let now = bson_time(self.now());
+        let user = UserDoc {
+            id: new_id(),
+            email,
+            display_name,
+            password_hash: hash,
+            role: account.role,
+            status: UserStatus::Active,
+            email_verified: account.email_verified,
+            created_at: now,
+            updated_at: now,
+            last_login_at: None,
+        };
+        match self.store.users.insert(&user).await? {
+            Inserted::Created => {
+                self.audit(AuditRecord::new("register", Outcome::Success, caller).user(&user.id).email(&user.email)).await;
+                Ok(user)
+            }
+            Inserted::EmailTaken => Err(Error::EmailTaken),
+        }
+    }
+
+    /// Password login. An unknown email and a wrong password take the same path (a real argon2id
+    /// verify, a failure count, an audit event) and give the same answer. Account state
+    /// (disabled) is told only after a correct password.
+    pub async fn login(&self, raw_email: &str, plain: &str, caller: &Caller) -> Result<IssuedTokens> {
+        let mut violations = Vec::new();
+        let email = email::normalize(raw_email)
+            .map_err(|why| violations.push(FieldViolation::new("email", why)))
+            .unwrap_or_default();
+        if plain.is_empty() {
+            violations.push(FieldViolation::new("password", "is required"));
+        } else if plain.chars().count() > self.password_policy.max_length {
+            violations.push(FieldViolation::new(
+                "password",
+                format!("must be at most {} characters long", self.password_policy.max_length),
+            ));
+        }
+        if !violations.is_empty() {
+            return Err(Error::InvalidArgument(violations));
+        }
+        let now = self.now();
+        self.throttle_address(caller).await?;
+        let key = lockout_key(&email);
+        if let Some(left) = self.locked_for(&key).await? {
+            self.audit(
+                AuditRecord::new("login", Outcome::Failure, caller).email(&email).detail("reason", "account_locked"),
+            )
+            .await;
+            return Err(Error::AccountLocked { retry_after: left });
+        }
+
+        let user = self.store.users.find_by_email(&email).await?.filter(|u| u.status != UserStatus::Deleted);
+        let stored = user.as_ref().map_or_else(|| self.dummy_hash.clone(), |u| u.password_hash.clone());
+        let attempt = plain.to_string();
+        let verdict = self.hasher.run(move || password::verify(&attempt, &stored)).await.map_err(anyhow::Error::from)?;
+        let user = match user {
+            Some(user) if verdict != Verification::Mismatch => user,
+            user => {
+                self.count_failure(&key, user.as_ref().map(|u| u.id.as_str()), &email, caller).await?;
+                return Err(Error::InvalidCredentials);
+            }
+        };
+
+        self.store.rate_limits.clear(&key).await?;
+        if user.status == UserStatus::Disabled {
+            self.audit(
+                AuditRecord::new("login", Outcome::Failure, caller).user(&user.id).detail("reason", "account_disabled"),
+            )
+            .await;
+            return Err(Error::AccountDisabled);
+        }
+        if verdict == Verification::MatchNeedsRehash {
+            self.upgrade_hash(&user, plain).await;
+        }
+        self.store.users.record_login(&user.id, now).await?;
+        let issued = self.start_session(user, caller).await?;
+        self.audit(
+            AuditRecord::new("login", Outcome::Success, caller)
+                .user(&issued.user.id)
+                .session(&issued.session.id)
+                .detail("method", "password"),
+        )
+        .await;
+        Ok(issued)
+    }
+
+    /// Replaces an imported (bcrypt) or outdated hash after a correct password. Best effort: a
+    /// failure leaves the old hash, which still verifies.
+    async fn upgrade_hash(&self, user: &UserDoc, plain: &str) {
+        let plain = plain.to_string();
+        let upgraded = match self.hasher.run(move || password::hash(&plain)).await {
+            Ok(Ok(hash)) => self.store.users.replace_password_hash(&user.id, &user.password_hash, &hash, self.now()).await,
+            _ => return,
+        };
+        match upgraded {
+            Ok(true) => tracing::info!(user_id = %user.id, "password hash upgraded to argon2id"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(user_id = %user.id, error = %e, "password hash upgrade failed"),
+        }
+    }
+
+    /// Per-address fixed window on login attempts, shared by replicas.
+    async fn throttle_address(&self, caller: &Caller) -> Result<()> {
+        let limit = self.config.login_attempts_per_address_per_minute;
+        if limit == 0 || caller.client_address.is_empty() {
+            return Ok(());
+        }
+        let (index, left) = window(self.now(), ADDRESS_WINDOW);
+        let key = format!("login_addr:{}:{index}", caller.client_address);
+        let count = self.store.rate_limits.hit(&key, self.now(), ADDRESS_WINDOW * 2).await?;
+        if count > limit {
+            return Err(Error::RateLimited { retry_after: left });
+        }
+        Ok(())
+    }
+
+    async fn locked_for(&self, key: &str) -> Result<Option<Duration>> {
+        let now = self.now();
+        Ok(self
+            .store
+            .rate_limits
+            .get(key, now)
+            .await?
+            .and_then(|d| remaining(d.locked_until.map(|t| t.to_chrono()), now)))
+    }
+
+    /// Counts a failed password for `email` (existing or not) and locks it when the policy says.
+    async fn count_failure(&self, key: &str, user_id: Option<&str>, email: &str, caller: &Caller) -> Result<()> {
+        let now = self.now();
+        let failures = self.store.rate_limits.record_failure(key, now, FAILURE_MEMORY).await?;
+        let mut event = AuditRecord::new("login", Outcome::Failure, caller)
+            .email(email)
+            .detail("reason", "invalid_credentials")
+            .detail("consecutive_failures", failures as i64);
+        if let Some(id) = user_id {
+            event = event.user(id);
+        }
+        self.audit(event).await;
+        if let Some(delay) = self.lockout.delay_after(failures) {
+            let until = now + chrono::Duration::from_std(delay).unwrap_or_default();
+            self.store.rate_limits.lock_until(key, until, FAILURE_MEMORY).await?;
+            tracing::warn!(failures, lock_seconds = delay.as_secs(), "login locked for an email after repeated failures");
+            let mut event = AuditRecord::new("lockout", Outcome::Failure, caller)
+                .email(email)
+                .detail("lock_seconds", delay.as_secs() as i64);
+            if let Some(id) = user_id {
+                event = event.user(id);
+            }
+            self.audit(event).await;
+        }
+        Ok(())
+    }
+
+    /// The signed-in user's account.
+    pub async fn me(&self, who: &AccessClaims) -> Result<UserDoc> {
+        self.store
+            .users
+            .find_by_id(&who.user_id)
+            .await?
+            .filter(|u| u.status == UserStatus::Active)
+            .ok_or(Error::TokenInvalid)
+    }
+
+    /// Changes the password after checking the current one; ends the user's other sessions
+    /// unless asked not to. Returns how many sessions ended.
+    pub async fn change_password(
+        &self,
+        who: &AccessClaims,
+        current: &str,
+        new: &str,
+        keep_other_sessions: bool,
+        caller: &Caller,
+    ) -> Result<usize> {
+        let user = self.me(who).await?;
+        let mut violations = Vec::new();
+        if current.is_empty() {
+            violations.push(FieldViolation::new("current_password", "is required"));
+        }
+        violations.extend(self.password_policy.check("new_password", new, &[&user.email, &user.display_name]));
+        if !violations.is_empty() {
+            return Err(Error::InvalidArgument(violations));
+        }
+        let key = lockout_key(&user.email);
+        if let Some(left) = self.locked_for(&key).await? {
+            return Err(Error::AccountLocked { retry_after: left });
+        }
+        let (attempt, stored) = (current.to_string(), user.password_hash.clone());
+        let verdict = self.hasher.run(move || password::verify(&attempt, &stored)).await.map_err(anyhow::Error::from)?;
+        if verdict == Verification::Mismatch {
+            self.count_failure(&key, Some(&user.id), &user.email, caller).await?;
+            return Err(Error::InvalidCredentials);
+        }
+        let plain = new.to_string();
+        let hash = self.hasher.run(move || password::hash(&plain)).await.map_err(anyhow::Error::from)??;
+        let now = self.now();
+        if !self.store.users.replace_password_hash(&user.id, &user.password_hash, &hash, now).await? {
+            // Someone changed the password between our read and write: the current one we
+            // checked is no longer current.
+            return Err(Error::InvalidCredentials);
+        }
+        self.store.rate_limits.clear(&key).await?;
+        let ended = if keep_other_sessions {
+            Vec::new()
+        } else {
+            self.store.sessions.revoke_all_for_user(&user.id, Some(&who.session_id), "password_changed", now).await?
+        };
+        self.revoke_sessions(ended.iter().map(String::as_str));
+        self.audit(
+            AuditRecord::new("password_change", Outcome::Success, caller)
+                .user(&user.id)
+                .session(&who.session_id)
+                .detail("sessions_ended", ended.len() as i64),
+        )
+        .await;
+        Ok(ended.len())
+    }
+}

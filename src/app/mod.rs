@@ -1,0 +1,135 @@
+//! The use cases behind the RPCs: each combines domain rules with storage. gRPC adapters call
+//! these with plain Rust values; nothing here knows about protobuf.
+
+pub mod accounts;
+pub mod sessions;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use mongodb::bson::Document;
+
+use crate::config::Config;
+use crate::domain::lockout::LockoutPolicy;
+use crate::domain::password::{self, PasswordPolicy};
+use crate::domain::tokens::KeyRing;
+use crate::error::{Error, Result};
+use crate::hash_pool::HashPool;
+use crate::store::audit_events::Outcome;
+use crate::store::{AuditEvent, Store};
+
+pub use sessions::SessionCache;
+
+/// Where a call came from, for sessions, throttling and the audit trail.
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    pub client_address: String,
+    pub user_agent: String,
+}
+
+/// Everything the use cases share. One per process, behind an `Arc`.
+pub struct App {
+    pub config: Config,
+    pub store: Store,
+    pub keys: KeyRing,
+    pub hasher: HashPool,
+    pub password_policy: PasswordPolicy,
+    pub lockout: LockoutPolicy,
+    pub sessions: SessionCache,
+    /// A real argon2id hash of a random password: unknown emails are verified against it so they
+    /// cost the same time as a wrong password.
+    dummy_hash: String,
+    ready: AtomicBool,
+}
+
+impl App {
+    pub fn new(config: Config, store: Store, keys: KeyRing) -> Arc<Self> {
+        let hasher = HashPool::new(config.hash_workers);
+        let dummy_hash = password::hash(&crate::domain::secrets::new_refresh_token()).expect("argon2 works");
+        Arc::new(Self {
+            password_policy: config.password_policy(),
+            lockout: config.lockout_policy(),
+            sessions: SessionCache::new(config.session_cache_ttl),
+            config,
+            store,
+            keys,
+            hasher,
+            dummy_hash,
+            ready: AtomicBool::new(false),
+        })
+    }
+
+    /// Clock for the use cases. Domain rules take `now` explicitly; this is the one real clock.
+    pub fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// Fails with NOT_READY until the database answered and indexes exist.
+    pub fn ensure_ready(&self) -> Result<()> {
+        if self.ready.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(Error::NotReady)
+        }
+    }
+
+    /// Writes one audit event. An audit failure is logged, never hidden, but does not undo the
+    /// action it describes.
+    pub async fn audit(&self, event: AuditRecord<'_>) {
+        let doc = AuditEvent {
+            id: crate::domain::secrets::new_id(),
+            action: event.action.to_string(),
+            outcome: event.outcome,
+            user_id: event.user_id.map(str::to_owned),
+            actor_id: None,
+            session_id: event.session_id.map(str::to_owned),
+            email: event.email.map(str::to_owned),
+            client_address: event.caller.client_address.clone(),
+            user_agent: event.caller.user_agent.clone(),
+            detail: event.detail,
+            occurred_at: mongodb::bson::DateTime::now(),
+            expires_at: mongodb::bson::DateTime::now(),
+        };
+        if let Err(e) = self.store.audit_events.record(doc, self.now()).await {
+            tracing::error!(error = %e, action = event.action, "failed to write audit event");
+        }
+    }
+}
+
+/// The facts of one audit event (see `store::audit_events`).
+pub struct AuditRecord<'a> {
+    pub action: &'static str,
+    pub outcome: Outcome,
+    pub caller: &'a Caller,
+    pub user_id: Option<&'a str>,
+    pub session_id: Option<&'a str>,
+    pub email: Option<&'a str>,
+    pub detail: Document,
+}
+
+impl<'a> AuditRecord<'a> {
+    pub fn new(action: &'static str, outcome: Outcome, caller: &'a Caller) -> Self {
+        Self { action, outcome, caller, user_id: None, session_id: None, email: None, detail: Document::new() }
+    }
+    pub fn user(mut self, user_id: &'a str) -> Self {
+        self.user_id = Some(user_id);
+        self
+    }
+    pub fn session(mut self, session_id: &'a str) -> Self {
+        self.session_id = Some(session_id);
+        self
+    }
+    pub fn email(mut self, email: &'a str) -> Self {
+        self.email = Some(email);
+        self
+    }
+    pub fn detail(mut self, key: &str, value: impl Into<mongodb::bson::Bson>) -> Self {
+        self.detail.insert(key, value);
+        self
+    }
+}

@@ -1,0 +1,451 @@
+//! keyward's configuration: an optional TOML file, then `KEYWARD_*` environment variables on top
+//! (the environment wins). Every key has the same name in both places (`grpc_addr` in the file is
+//! `KEYWARD_GRPC_ADDR` in the environment). Unknown keys are rejected by name, and `validate()`
+//! runs before anything starts.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::domain::lockout::LockoutPolicy;
+use crate::domain::password::PasswordPolicy;
+
+/// Prefix of every environment variable keyward reads.
+pub const ENV_PREFIX: &str = "KEYWARD_";
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// All settings, flat so that file keys and environment names map one to one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    // --- server ---
+    /// Address the gRPC server listens on.
+    pub grpc_addr: SocketAddr,
+    /// A call running longer than this is cancelled with DEADLINE_EXCEEDED.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Largest request keyward decodes; larger ones get INVALID_ARGUMENT.
+    #[serde(deserialize_with = "flexible")]
+    pub max_message_bytes: usize,
+    /// In-flight calls per connection; beyond it calls are shed with UNAVAILABLE.
+    #[serde(deserialize_with = "flexible")]
+    pub concurrency_per_connection: usize,
+    /// Take the client address from `x-forwarded-for` (set by the gateway sidecar or a trusted
+    /// caller). Off by default: a direct client could forge it.
+    #[serde(deserialize_with = "flexible")]
+    pub trust_forwarded_for: bool,
+
+    // --- storage ---
+    /// MongoDB connection string (any MongoDB-compatible server).
+    pub mongodb_uri: Option<String>,
+    pub mongodb_database: String,
+
+    // --- dev mode ---
+    /// Development mode: a generated signing key kept in `data_dir`. Never in production.
+    #[serde(deserialize_with = "flexible")]
+    pub dev: bool,
+    pub data_dir: PathBuf,
+
+    // --- tokens and sessions ---
+    /// PASERK `k4.secret` that signs access tokens.
+    pub signing_key: Option<String>,
+    /// File holding the PASERK `k4.secret` (e.g. a mounted Kubernetes secret).
+    pub signing_key_file: Option<PathBuf>,
+    /// Extra PASERK `k4.public` keys whose tokens are still accepted (rotation), comma separated
+    /// in the environment.
+    #[serde(deserialize_with = "string_list")]
+    pub verification_keys: Vec<String>,
+    pub token_issuer: String,
+    pub token_audience: String,
+    #[serde(with = "humantime_serde")]
+    pub access_token_ttl: Duration,
+    /// Absolute session lifetime: refreshing never extends a session past it.
+    #[serde(with = "humantime_serde")]
+    pub session_lifetime: Duration,
+    /// How long the refresh token rotated just before the current one may be presented again
+    /// (a client retrying a lost response) without revoking the session.
+    #[serde(with = "humantime_serde")]
+    pub refresh_reuse_grace: Duration,
+    /// How long a replica trusts its cached view of a session; bounds how late a revocation made
+    /// by another replica is seen.
+    #[serde(with = "humantime_serde")]
+    pub session_cache_ttl: Duration,
+
+    // --- passwords ---
+    #[serde(deserialize_with = "flexible")]
+    pub password_min_length: usize,
+    #[serde(deserialize_with = "flexible")]
+    pub password_max_length: usize,
+    /// zxcvbn score (0..=4) a new password must reach; 0 turns the check off.
+    #[serde(deserialize_with = "flexible")]
+    pub password_min_strength: u8,
+    #[serde(deserialize_with = "flexible")]
+    pub password_require_uppercase: bool,
+    #[serde(deserialize_with = "flexible")]
+    pub password_require_lowercase: bool,
+    #[serde(deserialize_with = "flexible")]
+    pub password_require_digit: bool,
+    #[serde(deserialize_with = "flexible")]
+    pub password_require_symbol: bool,
+    /// Threads that hash passwords; 0 means one per CPU core.
+    #[serde(deserialize_with = "flexible")]
+    pub hash_workers: usize,
+
+    // --- login throttling ---
+    /// Consecutive failures for one email before it is locked; 0 turns lockout off.
+    #[serde(deserialize_with = "flexible")]
+    pub lockout_threshold: u32,
+    #[serde(with = "humantime_serde")]
+    pub lockout_base_delay: Duration,
+    #[serde(with = "humantime_serde")]
+    pub lockout_max_delay: Duration,
+    /// Login attempts allowed per client address per minute; 0 turns the limit off.
+    #[serde(deserialize_with = "flexible")]
+    pub login_attempts_per_address_per_minute: u32,
+
+    // --- audit ---
+    #[serde(with = "humantime_serde")]
+    pub audit_retention: Duration,
+
+    // --- telemetry ---
+    pub log_format: LogFormat,
+    /// tracing filter, e.g. `info` or `keyward=debug,info`.
+    pub log_level: String,
+    /// OTLP/gRPC endpoint for traces, e.g. `http://otel-collector:4317`. Unset: no export.
+    pub otlp_endpoint: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            grpc_addr: "0.0.0.0:50051".parse().expect("static address"),
+            request_timeout: Duration::from_secs(10),
+            max_message_bytes: 64 * 1024,
+            concurrency_per_connection: 256,
+            trust_forwarded_for: false,
+            mongodb_uri: None,
+            mongodb_database: "keyward".into(),
+            dev: false,
+            data_dir: PathBuf::from(".keyward-dev"),
+            signing_key: None,
+            signing_key_file: None,
+            verification_keys: Vec::new(),
+            token_issuer: "keyward".into(),
+            token_audience: "keyward".into(),
+            access_token_ttl: Duration::from_secs(15 * 60),
+            session_lifetime: Duration::from_secs(30 * 24 * 3600),
+            refresh_reuse_grace: Duration::from_secs(10),
+            session_cache_ttl: Duration::from_secs(1),
+            password_min_length: 8,
+            password_max_length: 128,
+            password_min_strength: 2,
+            password_require_uppercase: false,
+            password_require_lowercase: false,
+            password_require_digit: false,
+            password_require_symbol: false,
+            hash_workers: 0,
+            lockout_threshold: 5,
+            lockout_base_delay: Duration::from_secs(30),
+            lockout_max_delay: Duration::from_secs(15 * 60),
+            login_attempts_per_address_per_minute: 30,
+            audit_retention: Duration::from_secs(90 * 24 * 3600),
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+            otlp_endpoint: None,
+        }
+    }
+}
+
+/// Accepts a native TOML value or its text form (environment values are always text), and
+/// `1`/`0`/`yes`/`no` for booleans.
+fn flexible<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: std::str::FromStr + serde::de::DeserializeOwned,
+    T::Err: std::fmt::Display,
+{
+    let value = toml::Value::deserialize(d)?;
+    match value {
+        toml::Value::String(s) => {
+            let s = match s.trim().to_ascii_lowercase().as_str() {
+                "1" | "yes" | "on" if std::any::type_name::<T>() == "bool" => "true".to_string(),
+                "0" | "no" | "off" if std::any::type_name::<T>() == "bool" => "false".to_string(),
+                _ => s.trim().to_string(),
+            };
+            s.parse().map_err(serde::de::Error::custom)
+        }
+        other => T::deserialize(other).map_err(serde::de::Error::custom),
+    }
+}
+
+/// A TOML array of strings, or one comma-separated string.
+fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum List {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match List::deserialize(d)? {
+        List::One(s) => s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
+        List::Many(v) => v,
+    })
+}
+
+/// A setting that could not be used, named the way the operator wrote it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Loads `file` (if any), then overlays every `KEYWARD_*` entry of `env`, then validates.
+    /// `env` is passed in so tests can build any configuration.
+    pub fn load(file: Option<&Path>, env: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+                toml::from_str::<toml::Table>(&text)
+                    .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?
+            }
+            None => toml::Table::new(),
+        };
+        let known = Self::known_keys();
+        if let Some(bad) = table.keys().find(|k| !known.contains(&k.as_str())) {
+            return Err(ConfigError(format!("unknown setting `{bad}` in config file")));
+        }
+        for (name, value) in env {
+            let Some(key) = name.strip_prefix(ENV_PREFIX) else { continue };
+            let key = key.to_ascii_lowercase();
+            if !known.contains(&key.as_str()) {
+                return Err(ConfigError(format!("unknown setting {name} in the environment")));
+            }
+            table.insert(key, toml::Value::String(value.clone()));
+        }
+        let config: Config = toml::Value::Table(table.clone())
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError(describe(&e, &table)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The names of all settings (file keys; the environment adds `KEYWARD_` and upper case).
+    pub fn known_keys() -> Vec<&'static str> {
+        KEYS.to_vec()
+    }
+
+    /// Checks values that parse but make no sense together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError(format!("{}{}: {why}", ENV_PREFIX, key.to_ascii_uppercase())));
+        if self.mongodb_uri.as_deref().is_none_or(|u| !(u.starts_with("mongodb://") || u.starts_with("mongodb+srv://"))) {
+            return bad("mongodb_uri", "must be set to a mongodb:// or mongodb+srv:// URI");
+        }
+        if self.mongodb_database.is_empty() {
+            return bad("mongodb_database", "must not be empty");
+        }
+        if !self.dev && self.signing_key.is_none() && self.signing_key_file.is_none() {
+            return bad(
+                "signing_key",
+                "no signing key configured; set KEYWARD_SIGNING_KEY (see `keyward keys generate`) or run with --dev",
+            );
+        }
+        if self.signing_key.is_some() && self.signing_key_file.is_some() {
+            return bad("signing_key_file", "set either signing_key or signing_key_file, not both");
+        }
+        if self.access_token_ttl < Duration::from_secs(10) || self.access_token_ttl > Duration::from_secs(24 * 3600) {
+            return bad("access_token_ttl", "must be between 10s and 24h");
+        }
+        if self.session_lifetime <= self.access_token_ttl {
+            return bad("session_lifetime", "must be longer than access_token_ttl");
+        }
+        if self.refresh_reuse_grace > Duration::from_secs(60) {
+            return bad("refresh_reuse_grace", "must be at most 60s");
+        }
+        if self.session_cache_ttl > Duration::from_secs(2) {
+            return bad("session_cache_ttl", "must be at most 2s so revocations reach every replica in time");
+        }
+        if self.password_min_length < 8 {
+            return bad("password_min_length", "must be at least 8 (NIST SP 800-63B)");
+        }
+        if self.password_max_length < 64 || self.password_max_length > 4096 {
+            return bad("password_max_length", "must be between 64 and 4096");
+        }
+        if self.password_min_strength > 4 {
+            return bad("password_min_strength", "must be between 0 and 4");
+        }
+        if self.max_message_bytes < 1024 || self.max_message_bytes > 4 * 1024 * 1024 {
+            return bad("max_message_bytes", "must be between 1024 and 4194304");
+        }
+        if self.concurrency_per_connection == 0 {
+            return bad("concurrency_per_connection", "must be at least 1");
+        }
+        if self.lockout_threshold > 0 && self.lockout_base_delay.is_zero() {
+            return bad("lockout_base_delay", "must be positive when lockout_threshold is set");
+        }
+        if self.token_issuer.is_empty() || self.token_audience.is_empty() {
+            return bad("token_issuer", "token_issuer and token_audience must not be empty");
+        }
+        Ok(())
+    }
+
+    pub fn password_policy(&self) -> PasswordPolicy {
+        PasswordPolicy {
+            min_length: self.password_min_length,
+            max_length: self.password_max_length,
+            min_strength: self.password_min_strength,
+            require_uppercase: self.password_require_uppercase,
+            require_lowercase: self.password_require_lowercase,
+            require_digit: self.password_require_digit,
+            require_symbol: self.password_require_symbol,
+        }
+    }
+
+    pub fn lockout_policy(&self) -> LockoutPolicy {
+        LockoutPolicy {
+            threshold: self.lockout_threshold,
+            base_delay: self.lockout_base_delay,
+            max_delay: self.lockout_max_delay,
+        }
+    }
+
+    /// The signing key's PASERK, from the setting or its file. `None` only in dev mode.
+    pub fn signing_key_paserk(&self) -> Result<Option<String>, ConfigError> {
+        if let Some(key) = &self.signing_key {
+            return Ok(Some(key.trim().to_string()));
+        }
+        match &self.signing_key_file {
+            Some(path) => std::fs::read_to_string(path)
+                .map(|s| Some(s.trim().to_string()))
+                .map_err(|e| ConfigError(format!("KEYWARD_SIGNING_KEY_FILE: cannot read {}: {e}", path.display()))),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Every setting name; kept next to the struct and checked against it by a test.
+const KEYS: &[&str] = &[
+    "grpc_addr",
+    "request_timeout",
+    "max_message_bytes",
+    "concurrency_per_connection",
+    "trust_forwarded_for",
+    "mongodb_uri",
+    "mongodb_database",
+    "dev",
+    "data_dir",
+    "signing_key",
+    "signing_key_file",
+    "verification_keys",
+    "token_issuer",
+    "token_audience",
+    "access_token_ttl",
+    "session_lifetime",
+    "refresh_reuse_grace",
+    "session_cache_ttl",
+    "password_min_length",
+    "password_max_length",
+    "password_min_strength",
+    "password_require_uppercase",
+    "password_require_lowercase",
+    "password_require_digit",
+    "password_require_symbol",
+    "hash_workers",
+    "lockout_threshold",
+    "lockout_base_delay",
+    "lockout_max_delay",
+    "login_attempts_per_address_per_minute",
+    "audit_retention",
+    "log_format",
+    "log_level",
+    "otlp_endpoint",
+];
+
+/// Turns serde's message into one naming the offending key the way the operator set it.
+fn describe(err: &toml::de::Error, table: &toml::Table) -> String {
+    let msg = err.message().to_string();
+    // toml reports the key path in its own Display; find which of our keys it is about.
+    let full = err.to_string();
+    let key = table.keys().find(|k| full.contains(&format!("`{k}`")) || full.contains(k.as_str()));
+    match key {
+        Some(k) => format!("{}{} (or `{k}` in the config file): {msg}", ENV_PREFIX, k.to_ascii_uppercase()),
+        None => format!("invalid configuration: {msg}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    const URI: (&str, &str) = ("KEYWARD_MONGODB_URI", "mongodb://127.0.0.1:27017");
+
+    #[test]
+    fn key_list_matches_the_struct() {
+        // serde's unknown-field error lists every field the struct has.
+        let mut table = toml::Table::new();
+        table.insert("no_such_key".into(), toml::Value::Boolean(true));
+        let err = toml::Value::Table(table).try_into::<Config>().unwrap_err().to_string();
+        let mut fields: Vec<&str> = err.split('`').skip(3).step_by(2).collect();
+        fields.sort_unstable();
+        let mut keys = KEYS.to_vec();
+        keys.sort_unstable();
+        assert_eq!(fields, keys, "{err}");
+    }
+
+    #[test]
+    fn environment_wins_over_file_and_unknown_keys_are_named() {
+        let dir = std::env::temp_dir().join(format!("keyward-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("keyward.toml");
+        std::fs::write(&file, "grpc_addr = \"127.0.0.1:1000\"\ndev = true\nlockout_threshold = 7\n").unwrap();
+        let c = Config::load(Some(&file), &env(&[URI, ("KEYWARD_GRPC_ADDR", "127.0.0.1:2000")])).unwrap();
+        assert_eq!(c.grpc_addr.port(), 2000);
+        assert_eq!(c.lockout_threshold, 7);
+        assert!(c.dev);
+
+        let err = Config::load(None, &env(&[URI, ("KEYWARD_DEV", "1"), ("KEYWARD_MONGO_URL", "x")])).unwrap_err();
+        assert!(err.0.contains("KEYWARD_MONGO_URL"), "{err}");
+        std::fs::write(&file, "grpc_adress = \"127.0.0.1:1\"\n").unwrap();
+        let err = Config::load(Some(&file), &env(&[URI])).unwrap_err();
+        assert!(err.0.contains("grpc_adress"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let err = Config::load(None, &env(&[URI, ("KEYWARD_DEV", "1"), ("KEYWARD_ACCESS_TOKEN_TTL", "soon")])).unwrap_err();
+        assert!(err.0.contains("KEYWARD_ACCESS_TOKEN_TTL"), "{err}");
+        let err = Config::load(None, &env(&[URI, ("KEYWARD_DEV", "1"), ("KEYWARD_PASSWORD_MIN_LENGTH", "4")])).unwrap_err();
+        assert!(err.0.contains("KEYWARD_PASSWORD_MIN_LENGTH"), "{err}");
+        let err = Config::load(None, &env(&[("KEYWARD_DEV", "yes")])).unwrap_err();
+        assert!(err.0.contains("KEYWARD_MONGODB_URI"), "{err}");
+    }
+
+    #[test]
+    fn production_refuses_to_start_without_a_signing_key() {
+        let err = Config::load(None, &env(&[URI])).unwrap_err();
+        assert!(err.0.contains("KEYWARD_SIGNING_KEY"), "{err}");
+        let c = Config::load(None, &env(&[URI, ("KEYWARD_DEV", "1")])).unwrap();
+        assert!(c.dev);
+        let (secret, public, _) = crate::domain::tokens::generate_key();
+        let c = Config::load(
+            None,
+            &env(&[URI, ("KEYWARD_SIGNING_KEY", &secret), ("KEYWARD_VERIFICATION_KEYS", &format!("{public}, {public}"))]),
+        )
+        .unwrap();
+        assert_eq!(c.verification_keys.len(), 2);
+    }
+}

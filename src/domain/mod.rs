@@ -1,0 +1,8 @@
+//! Pure rules: no tonic, no MongoDB. Everything here takes time (`now`) as a parameter.
+
+pub mod email;
+pub mod lockout;
+pub mod password;
+pub mod roles;
+pub mod secrets;
+pub mod tokens;

@@ -1,0 +1,213 @@
+//! Password policy (NIST SP 800-63B / OWASP ASVS 5) and password hashing.
+//!
+//! Hashing is CPU-heavy and blocking: callers run these functions on the hash pool
+//! (`crate::hash_pool`), never on async workers.
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+
+use crate::error::FieldViolation;
+
+/// What a new password must satisfy. By default only NIST's rules apply (length and "not a
+/// common or easily guessed password"); composition rules are opt-in, for deployers who must
+/// match a policy like the seeds' upper/lower/digit/special rule.
+#[derive(Debug, Clone)]
+pub struct PasswordPolicy {
+    pub min_length: usize,
+    pub max_length: usize,
+    /// zxcvbn score 0..=4 a password must reach. 0 turns the guessability check off.
+    pub min_strength: u8,
+    pub require_uppercase: bool,
+    pub require_lowercase: bool,
+    pub require_digit: bool,
+    pub require_symbol: bool,
+}
+
+impl Default for PasswordPolicy {
+    fn default() -> Self {
+        Self {
+            min_length: 8,
+            max_length: 128,
+            min_strength: 2,
+            require_uppercase: false,
+            require_lowercase: false,
+            require_digit: false,
+            require_symbol: false,
+        }
+    }
+}
+
+impl PasswordPolicy {
+    /// Every rule `password` breaks, as violations of `field`. `user_inputs` (email, name) count
+    /// as guessable words. Length is counted in Unicode characters and nothing is truncated.
+    pub fn check(&self, field: &str, password: &str, user_inputs: &[&str]) -> Vec<FieldViolation> {
+        let mut out = Vec::new();
+        let mut violation = |d: String| out.push(FieldViolation::new(field, d));
+        let len = password.chars().count();
+        if len == 0 {
+            violation("is required".into());
+            return out;
+        }
+        if len < self.min_length {
+            violation(format!("must be at least {} characters long", self.min_length));
+        }
+        if len > self.max_length {
+            violation(format!("must be at most {} characters long", self.max_length));
+            // zxcvbn on a huge input is slow and pointless.
+            return out;
+        }
+        if self.require_uppercase && !password.chars().any(char::is_uppercase) {
+            violation("must contain an uppercase letter".into());
+        }
+        if self.require_lowercase && !password.chars().any(char::is_lowercase) {
+            violation("must contain a lowercase letter".into());
+        }
+        if self.require_digit && !password.chars().any(|c| c.is_ascii_digit()) {
+            violation("must contain a digit".into());
+        }
+        if self.require_symbol && !password.chars().any(|c| !c.is_alphanumeric() && !c.is_whitespace()) {
+            violation("must contain a special character".into());
+        }
+        if self.min_strength > 0 && len >= self.min_length {
+            // The user's own words (email parts, name) count as a dictionary.
+            let words: Vec<&str> = user_inputs
+                .iter()
+                .flat_map(|input| std::iter::once(*input).chain(input.split(|c: char| !c.is_alphanumeric())))
+                .filter(|w| w.chars().count() >= 3)
+                .collect();
+            let score = u8::from(zxcvbn::zxcvbn(password, &words).score());
+            if score < self.min_strength {
+                violation("is too common or too easy to guess; try a longer passphrase".into());
+            }
+        }
+        out
+    }
+}
+
+/// OWASP's argon2id parameters: m = 19 MiB, t = 2, p = 1.
+pub fn argon2id() -> Argon2<'static> {
+    let params = Params::new(19 * 1024, 2, 1, None).expect("static argon2 parameters are valid");
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
+/// A new argon2id PHC string for `password`.
+pub fn hash(password: &str) -> anyhow::Result<String> {
+    let salt = SaltString::generate(&mut rand::rngs::OsRng);
+    argon2id()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| anyhow::anyhow!("argon2 hashing failed: {e}"))
+}
+
+/// The outcome of checking a password against a stored hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verification {
+    Mismatch,
+    Match,
+    /// Correct, but the stored hash is bcrypt or weaker argon2 and should be replaced.
+    MatchNeedsRehash,
+}
+
+/// Checks `password` against a stored argon2 PHC string or an imported bcrypt hash
+/// (`$2a$`, `$2b$`, `$2y$`). Comparisons inside both libraries are constant-time.
+pub fn verify(password: &str, stored: &str) -> Verification {
+    if stored.starts_with("$2a$") || stored.starts_with("$2b$") || stored.starts_with("$2y$") {
+        return match bcrypt::verify(password, stored) {
+            Ok(true) => Verification::MatchNeedsRehash,
+            _ => Verification::Mismatch,
+        };
+    }
+    let Ok(parsed) = PasswordHash::new(stored) else {
+        return Verification::Mismatch;
+    };
+    // Verify with the parameters the hash was made with, then decide about upgrading.
+    if Argon2::default().verify_password(password.as_bytes(), &parsed).is_err() {
+        return Verification::Mismatch;
+    }
+    let current = argon2id();
+    let up_to_date = parsed.algorithm.as_str() == "argon2id"
+        && Params::try_from(&parsed).is_ok_and(|p| {
+            p.m_cost() >= current.params().m_cost() && p.t_cost() >= current.params().t_cost()
+        });
+    if up_to_date {
+        Verification::Match
+    } else {
+        Verification::MatchNeedsRehash
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn descriptions(v: Vec<FieldViolation>) -> Vec<String> {
+        v.into_iter().map(|v| v.description).collect()
+    }
+
+    #[test]
+    fn nist_default_accepts_passphrases_and_rejects_short_long_and_common() {
+        let p = PasswordPolicy::default();
+        assert!(p.check("password", "correct horse battery staple", &[]).is_empty());
+        assert!(p.check("password", "Xq7#mLp2vR", &[]).is_empty());
+        assert_eq!(descriptions(p.check("password", "aB3$", &[])), ["must be at least 8 characters long"]);
+        assert_eq!(
+            descriptions(p.check("password", &"x".repeat(129), &[])),
+            ["must be at most 128 characters long"]
+        );
+        for common in ["password", "12345678", "Password1", "qwertyuiop", "iloveyou1"] {
+            assert!(!p.check("password", common, &[]).is_empty(), "{common} accepted");
+        }
+        // The user's own email is a guessable word.
+        assert!(!p.check("password", "jane.doe@example.com", &["jane.doe@example.com"]).is_empty());
+        assert!(!p.check("password", "zebrafinch", &["zebrafinch@example.com"]).is_empty());
+        assert!(p.check("password", "zebrafinch", &[]).is_empty());
+    }
+
+    #[test]
+    fn composition_rules_apply_only_when_configured() {
+        let p = PasswordPolicy {
+            require_uppercase: true,
+            require_lowercase: true,
+            require_digit: true,
+            require_symbol: true,
+            ..PasswordPolicy::default()
+        };
+        let v = descriptions(p.check("new_password", "correct horse battery staple", &[]));
+        assert_eq!(
+            v,
+            ["must contain an uppercase letter", "must contain a digit", "must contain a special character"]
+        );
+        assert!(p.check("new_password", "Correct-horse-battery-9", &[]).is_empty());
+    }
+
+    #[test]
+    fn argon2id_round_trip_and_no_truncation() {
+        let long = format!("{}A", "b".repeat(127));
+        let h = hash(&long).unwrap();
+        assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
+        assert_eq!(verify(&long, &h), Verification::Match);
+        // A password differing only after byte 72 (where bcrypt would truncate) must fail.
+        let other = format!("{}B", "b".repeat(127));
+        assert_eq!(verify(&other, &h), Verification::Mismatch);
+    }
+
+    #[test]
+    fn bcrypt_imports_verify_and_ask_for_rehash() {
+        let h = bcrypt::hash("hunter2hunter2", 4).unwrap();
+        for prefix in ["$2a$", "$2b$", "$2y$"] {
+            let variant = format!("{prefix}{}", &h[4..]);
+            assert_eq!(verify("hunter2hunter2", &variant), Verification::MatchNeedsRehash);
+            assert_eq!(verify("hunter3hunter3", &variant), Verification::Mismatch);
+        }
+    }
+
+    #[test]
+    fn weaker_argon2_asks_for_rehash_and_garbage_never_matches() {
+        let weak = Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::new(8 * 1024, 1, 1, None).unwrap());
+        let salt = SaltString::generate(&mut rand::rngs::OsRng);
+        let h = weak.hash_password(b"pw-pw-pw-pw", &salt).unwrap().to_string();
+        assert_eq!(verify("pw-pw-pw-pw", &h), Verification::MatchNeedsRehash);
+        assert_eq!(verify("anything", "not a hash"), Verification::Mismatch);
+        assert_eq!(verify("anything", ""), Verification::Mismatch);
+    }
+}

@@ -1,0 +1,126 @@
+//! The one place where keyward's errors become gRPC statuses.
+//!
+//! Every error carries a `google.rpc.ErrorInfo` whose `reason` is a stable, documented string
+//! (clients switch on it), invalid input carries `google.rpc.BadRequest` field violations, and
+//! rate limits carry `google.rpc.RetryInfo`. Internal causes are logged here, once, and the client
+//! only ever sees a generic message.
+
+use std::time::Duration;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The `ErrorInfo.domain` of every keyward error.
+pub const ERROR_DOMAIN: &str = "keyward";
+
+/// One invalid field of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: String,
+    pub description: String,
+}
+
+impl FieldViolation {
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self { field: field.into(), description: description.into() }
+    }
+}
+
+/// Everything that can go wrong in a keyward call, in the words of the domain.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid request")]
+    InvalidArgument(Vec<FieldViolation>),
+    #[error("invalid email or password")]
+    InvalidCredentials,
+    #[error("an account with this email already exists")]
+    EmailTaken,
+    #[error("too many failed logins for this account; try again later")]
+    AccountLocked { retry_after: Duration },
+    #[error("too many requests; try again later")]
+    RateLimited { retry_after: Duration },
+    #[error("this account is disabled")]
+    AccountDisabled,
+    #[error("the access token is missing, malformed, expired or not valid")]
+    TokenInvalid,
+    #[error("the session of this token has ended")]
+    SessionRevoked,
+    #[error("the refresh token is not valid")]
+    RefreshTokenInvalid,
+    #[error("the refresh token was already used; the session has been revoked")]
+    RefreshTokenReused,
+    #[error("the refresh token was rotated moments ago; use the newer token")]
+    RefreshTokenAlreadyRotated,
+    #[error("session not found")]
+    SessionNotFound,
+    #[error("keyward is starting; try again shortly")]
+    NotReady,
+    #[error("internal error")]
+    Internal(#[from] anyhow::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// A single-field `InvalidArgument`.
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Error::InvalidArgument(vec![FieldViolation::new(field, description)])
+    }
+
+    /// The gRPC code and the stable `ErrorInfo.reason` of this error.
+    pub fn code_and_reason(&self) -> (Code, &'static str) {
+        match self {
+            Error::InvalidArgument(_) => (Code::InvalidArgument, "INVALID_ARGUMENT"),
+            Error::InvalidCredentials => (Code::Unauthenticated, "INVALID_CREDENTIALS"),
+            Error::EmailTaken => (Code::AlreadyExists, "EMAIL_TAKEN"),
+            Error::AccountLocked { .. } => (Code::ResourceExhausted, "ACCOUNT_LOCKED"),
+            Error::RateLimited { .. } => (Code::ResourceExhausted, "RATE_LIMITED"),
+            Error::AccountDisabled => (Code::PermissionDenied, "ACCOUNT_DISABLED"),
+            Error::TokenInvalid => (Code::Unauthenticated, "TOKEN_INVALID"),
+            Error::SessionRevoked => (Code::Unauthenticated, "SESSION_REVOKED"),
+            Error::RefreshTokenInvalid => (Code::Unauthenticated, "REFRESH_TOKEN_INVALID"),
+            Error::RefreshTokenReused => (Code::Unauthenticated, "REFRESH_TOKEN_REUSED"),
+            Error::RefreshTokenAlreadyRotated => (Code::Aborted, "REFRESH_TOKEN_ALREADY_ROTATED"),
+            Error::SessionNotFound => (Code::NotFound, "SESSION_NOT_FOUND"),
+            Error::NotReady => (Code::Unavailable, "NOT_READY"),
+            Error::Internal(_) => (Code::Internal, "INTERNAL"),
+        }
+    }
+}
+
+impl From<mongodb::error::Error> for Error {
+    fn from(err: mongodb::error::Error) -> Self {
+        Error::Internal(err.into())
+    }
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        let (code, reason) = err.code_and_reason();
+        let mut details = ErrorDetails::new();
+        details.set_error_info(reason, ERROR_DOMAIN, std::collections::HashMap::new());
+        match &err {
+            Error::InvalidArgument(violations) => {
+                for v in violations {
+                    details.add_bad_request_violation(v.field.clone(), v.description.clone());
+                }
+            }
+            Error::AccountLocked { retry_after } | Error::RateLimited { retry_after } => {
+                details.set_retry_info(Some(*retry_after));
+            }
+            Error::Internal(cause) => {
+                tracing::error!(error = %format!("{cause:#}"), "internal error");
+            }
+            _ => {}
+        }
+        let message = match &err {
+            Error::InvalidArgument(violations) => violations
+                .iter()
+                .map(|v| format!("{}: {}", v.field, v.description))
+                .collect::<Vec<_>>()
+                .join("; "),
+            other => other.to_string(),
+        };
+        Status::with_error_details(code, message, details)
+    }
+}

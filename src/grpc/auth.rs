@@ -1,0 +1,147 @@
+//! `keyward.v1.AuthService`.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+use super::pb::auth_service_server::AuthService;
+use super::pb::*;
+use super::{bearer_token, caller, convert};
+use crate::app::accounts::NewAccount;
+use crate::app::App;
+use crate::domain::tokens::AccessClaims;
+use crate::error::Error;
+
+/// The AuthService adapter.
+pub struct Auth {
+    pub app: Arc<App>,
+}
+
+impl Auth {
+    /// The signed-in caller, from the bearer token in the metadata.
+    async fn who<T>(&self, request: &Request<T>) -> Result<Arc<AccessClaims>, Error> {
+        self.app.ensure_ready()?;
+        let token = bearer_token(request.metadata())?;
+        self.app.authenticate(token).await
+    }
+
+    fn caller<T>(&self, request: &Request<T>) -> crate::app::Caller {
+        caller(request, self.app.config.trust_forwarded_for)
+    }
+}
+
+#[tonic::async_trait]
+impl AuthService for Auth {
+    #[instrument(skip(self, request))]
+    async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
+        self.app.ensure_ready()?;
+        let caller = self.caller(&request);
+        let r = request.into_inner();
+        if r.organization.is_some() {
+            return Err(Status::unimplemented("registering with an organization is not available yet"));
+        }
+        let account = NewAccount { email: r.email, password: r.password, display_name: r.display_name, ..Default::default() };
+        let user = self.app.register(account, &caller).await?;
+        Ok(Response::new(RegisterResponse {
+            pending_verification: !user.email_verified,
+            user: Some(convert::user(&user)),
+            org_id: String::new(),
+        }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn login(&self, request: Request<LoginRequest>) -> Result<Response<TokenPair>, Status> {
+        self.app.ensure_ready()?;
+        let caller = self.caller(&request);
+        let r = request.into_inner();
+        let issued = self.app.login(&r.email, &r.password, &caller).await?;
+        Ok(Response::new(convert::token_pair(issued, self.app.now())))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn refresh(&self, request: Request<RefreshRequest>) -> Result<Response<TokenPair>, Status> {
+        self.app.ensure_ready()?;
+        let caller = self.caller(&request);
+        let issued = self.app.refresh(&request.into_inner().refresh_token, &caller).await?;
+        Ok(Response::new(convert::token_pair(issued, self.app.now())))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn logout(&self, request: Request<LogoutRequest>) -> Result<Response<LogoutResponse>, Status> {
+        let who = self.who(&request).await?;
+        let caller = self.caller(&request);
+        let ended = self.app.logout(&who, request.into_inner().all_sessions, &caller).await?;
+        Ok(Response::new(LogoutResponse { sessions_ended: ended as i32 }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn authenticate(&self, request: Request<AuthenticateRequest>) -> Result<Response<AuthenticateResponse>, Status> {
+        self.app.ensure_ready()?;
+        let claims = self.app.authenticate(&request.into_inner().access_token).await?;
+        Ok(Response::new(AuthenticateResponse { principal: Some(convert::principal(&claims)) }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn get_me(&self, request: Request<GetMeRequest>) -> Result<Response<User>, Status> {
+        let who = self.who(&request).await?;
+        let user = self.app.me(&who).await?;
+        Ok(Response::new(convert::user(&user)))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn change_password(
+        &self,
+        request: Request<ChangePasswordRequest>,
+    ) -> Result<Response<ChangePasswordResponse>, Status> {
+        let who = self.who(&request).await?;
+        let caller = self.caller(&request);
+        let r = request.into_inner();
+        let ended = self
+            .app
+            .change_password(&who, &r.current_password, &r.new_password, r.keep_other_sessions, &caller)
+            .await?;
+        Ok(Response::new(ChangePasswordResponse { sessions_ended: ended as i32 }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn list_sessions(&self, request: Request<ListSessionsRequest>) -> Result<Response<ListSessionsResponse>, Status> {
+        let who = self.who(&request).await?;
+        let sessions = self.app.list_sessions(&who).await?;
+        Ok(Response::new(ListSessionsResponse {
+            sessions: sessions.iter().map(|s| convert::session(s, &who.session_id)).collect(),
+        }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn revoke_session(
+        &self,
+        request: Request<RevokeSessionRequest>,
+    ) -> Result<Response<RevokeSessionResponse>, Status> {
+        let who = self.who(&request).await?;
+        let caller = self.caller(&request);
+        self.app.revoke_session(&who, &request.into_inner().session_id, &caller).await?;
+        Ok(Response::new(RevokeSessionResponse {}))
+    }
+
+    #[instrument(skip(self, _request))]
+    async fn get_public_keys(
+        &self,
+        _request: Request<GetPublicKeysRequest>,
+    ) -> Result<Response<GetPublicKeysResponse>, Status> {
+        let keys = &self.app.keys;
+        Ok(Response::new(GetPublicKeysResponse {
+            keys: keys
+                .verifying_keys()
+                .iter()
+                .map(|k| PublicKey {
+                    key_id: k.key_id.clone(),
+                    public_key: k.paserk(),
+                    signing: k.key_id == keys.signing_key_id(),
+                })
+                .collect(),
+            issuer: keys.issuer().to_string(),
+            audience: keys.audience().to_string(),
+        }))
+    }
+}

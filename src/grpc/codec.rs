@@ -1,0 +1,112 @@
+//! The protobuf codec of keyward's own services: prost, plus two guarantees at the edge.
+//! - A request larger than the configured limit is refused with INVALID_ARGUMENT (and a field
+//!   violation) before it is decoded.
+//! - A request prost cannot decode (say, invalid UTF-8 in a string field) gets INVALID_ARGUMENT
+//!   naming the field, instead of tonic's INTERNAL.
+
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use prost::Message;
+use tonic::codec::{Codec, DecodeBuf, Decoder};
+use tonic::Status;
+use tonic_prost::{ProstCodec, ProstEncoder};
+
+use crate::error::{Error, FieldViolation};
+
+/// Largest message this process decodes. Set once by the server from `max_message_bytes`.
+static MAX_MESSAGE_BYTES: AtomicUsize = AtomicUsize::new(1024 * 1024);
+
+/// Sets the decode limit for every keyward service in this process.
+pub fn set_max_message_bytes(limit: usize) {
+    MAX_MESSAGE_BYTES.store(limit, Ordering::Relaxed);
+}
+
+/// prost with keyward's decode errors (see the module doc).
+#[derive(Debug, Clone)]
+pub struct KeywardCodec<T, U>(PhantomData<(T, U)>);
+
+impl<T, U> Default for KeywardCodec<T, U> {
+    fn default() -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<T, U> Codec for KeywardCodec<T, U>
+where
+    T: Message + Send + 'static,
+    U: Message + Default + Send + 'static,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = ProstEncoder<T>;
+    type Decoder = KeywardDecoder<U>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ProstCodec::<T, U>::default().encoder()
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        KeywardDecoder(PhantomData)
+    }
+}
+
+/// See [`KeywardCodec`].
+#[derive(Debug)]
+pub struct KeywardDecoder<U>(PhantomData<U>);
+
+impl<U: Message + Default> Decoder for KeywardDecoder<U> {
+    type Item = U;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
+        use prost::bytes::Buf;
+        let limit = MAX_MESSAGE_BYTES.load(Ordering::Relaxed);
+        let len = buf.remaining();
+        if len > limit {
+            buf.advance(len);
+            return Err(Error::InvalidArgument(vec![FieldViolation::new(
+                "",
+                format!("request is {len} bytes; the limit is {limit} bytes"),
+            )])
+            .into());
+        }
+        U::decode(buf).map(Some).map_err(|e| Error::InvalidArgument(vec![violation_of(&e)]).into())
+    }
+}
+
+/// Turns prost's "Msg.field: Inner.field: what went wrong" into a field path and a description.
+fn violation_of(err: &prost::DecodeError) -> FieldViolation {
+    let text = err.to_string();
+    let text = text.strip_prefix("failed to decode Protobuf message: ").unwrap_or(&text);
+    let mut path = Vec::new();
+    let mut rest = text;
+    while let Some((head, tail)) = rest.split_once(": ") {
+        match head.split_once('.') {
+            Some((message, field)) if !message.is_empty() && !field.contains(' ') => {
+                path.push(field.to_string());
+                rest = tail;
+            }
+            _ => break,
+        }
+    }
+    // prost records the innermost field first.
+    path.reverse();
+    FieldViolation::new(path.join("."), rest.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_utf8_names_the_nested_field() {
+        let err = prost::DecodeError::new("invalid string value: data is not UTF-8 encoded");
+        let mut err = err;
+        err.push("OrganizationSignup", "name");
+        err.push("RegisterRequest", "organization");
+        let v = violation_of(&err);
+        assert_eq!(v.field, "organization.name");
+        assert_eq!(v.description, "invalid string value: data is not UTF-8 encoded");
+    }
+}

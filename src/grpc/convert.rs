@@ -1,0 +1,82 @@
+//! Domain and storage types -> protobuf messages.
+
+use chrono::{DateTime, Utc};
+use prost_types::Timestamp;
+
+use super::pb;
+use crate::app::sessions::IssuedTokens;
+use crate::domain::roles::Role;
+use crate::domain::tokens::AccessClaims;
+use crate::store::sessions::SessionDoc;
+use crate::store::users::{UserDoc, UserStatus};
+
+pub fn timestamp(t: DateTime<Utc>) -> Option<Timestamp> {
+    Some(Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 })
+}
+
+fn bson_ts(t: mongodb::bson::DateTime) -> Option<Timestamp> {
+    timestamp(t.to_chrono())
+}
+
+pub fn role(r: Role) -> pb::Role {
+    match r {
+        Role::Guest => pb::Role::Guest,
+        Role::User => pb::Role::User,
+        Role::Moderator => pb::Role::Moderator,
+        Role::Admin => pb::Role::Admin,
+        Role::SuperAdmin => pb::Role::SuperAdmin,
+    }
+}
+
+pub fn user(u: &UserDoc) -> pb::User {
+    pb::User {
+        id: u.id.clone(),
+        email: u.email.clone(),
+        display_name: u.display_name.clone(),
+        role: role(u.role) as i32,
+        status: match u.status {
+            UserStatus::Active => pb::UserStatus::Active,
+            UserStatus::Disabled => pb::UserStatus::Disabled,
+            UserStatus::Deleted => pb::UserStatus::Deleted,
+        } as i32,
+        email_verified: u.email_verified,
+        created_at: bson_ts(u.created_at),
+        updated_at: bson_ts(u.updated_at),
+        last_login_at: u.last_login_at.and_then(bson_ts),
+    }
+}
+
+pub fn token_pair(t: IssuedTokens, now: DateTime<Utc>) -> pb::TokenPair {
+    pb::TokenPair {
+        expires_in: (t.access_token_expires_at - now).num_seconds().max(0),
+        access_token_expires_at: timestamp(t.access_token_expires_at),
+        refresh_token_expires_at: bson_ts(t.session.expires_at),
+        session_id: t.session.id.clone(),
+        user: Some(user(&t.user)),
+        token_type: "Bearer".into(),
+        access_token: t.access_token,
+        refresh_token: t.refresh_token,
+    }
+}
+
+pub fn principal(c: &AccessClaims) -> pb::Principal {
+    pb::Principal {
+        user_id: c.user_id.clone(),
+        session_id: c.session_id.clone(),
+        email: c.email.clone(),
+        role: role(c.role) as i32,
+        expires_at: timestamp(c.expires_at),
+    }
+}
+
+pub fn session(s: &SessionDoc, current_session_id: &str) -> pb::Session {
+    pb::Session {
+        id: s.id.clone(),
+        user_agent: s.user_agent.clone(),
+        client_address: s.client_address.clone(),
+        created_at: bson_ts(s.created_at),
+        last_used_at: bson_ts(s.last_used_at),
+        expires_at: bson_ts(s.expires_at),
+        current: s.id == current_session_id,
+    }
+}

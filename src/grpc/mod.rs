@@ -1,0 +1,57 @@
+//! Thin gRPC adapters, one file per service: unwrap the request, call `app`, convert the result.
+
+pub mod auth;
+pub mod codec;
+pub mod convert;
+pub mod unimplemented;
+
+use tonic::metadata::MetadataMap;
+
+use crate::app::Caller;
+use crate::error::Error;
+
+/// Generated protobuf types and service stubs for `keyward.v1`.
+pub mod pb {
+    tonic::include_proto!("keyward.v1");
+
+    /// Descriptor set served by the reflection service.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("keyward_descriptor");
+}
+
+/// Longest user agent kept for a session.
+const MAX_USER_AGENT: usize = 256;
+
+/// Who is calling: the client address (from `x-forwarded-for` when trusted) and user agent.
+pub fn caller<T>(request: &tonic::Request<T>, trust_forwarded_for: bool) -> Caller {
+    let md = request.metadata();
+    let forwarded = trust_forwarded_for
+        .then(|| md.get("x-forwarded-for").and_then(|v| v.to_str().ok()))
+        .flatten()
+        .and_then(|v| v.split(',').next())
+        .map(|v| v.trim().to_string())
+        .filter(|v| v.parse::<std::net::IpAddr>().is_ok());
+    let client_address = forwarded
+        .or_else(|| request.remote_addr().map(|a| a.ip().to_string()))
+        .unwrap_or_default();
+    // grpc clients put their own library name in user-agent; a gateway forwards the browser's
+    // in x-forwarded-user-agent or grpcgateway-user-agent.
+    let user_agent = ["x-forwarded-user-agent", "grpcgateway-user-agent", "user-agent"]
+        .iter()
+        .find_map(|k| md.get(*k).and_then(|v| v.to_str().ok()))
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_USER_AGENT)
+        .collect();
+    Caller { client_address, user_agent }
+}
+
+/// The access token from `authorization: Bearer <token>` metadata.
+pub fn bearer_token(md: &MetadataMap) -> Result<&str, Error> {
+    let value = md.get("authorization").ok_or(Error::TokenInvalid)?.to_str().map_err(|_| Error::TokenInvalid)?;
+    let (scheme, token) = value.split_once(' ').ok_or(Error::TokenInvalid)?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(Error::TokenInvalid);
+    }
+    Ok(token.trim())
+}

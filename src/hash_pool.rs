@@ -1,0 +1,101 @@
+//! A small, bounded pool of threads for password hashing.
+//!
+//! argon2id costs tens of milliseconds of CPU per call. Running it on tokio's workers would stall
+//! every other call (Authenticate above all) during a login storm, so it runs here instead: a
+//! fixed number of threads, at a lower scheduling priority than the async workers, fed through a
+//! queue. A job whose caller has gone away (timeout, cancelled call) is skipped, not hashed.
+
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use tokio::sync::oneshot;
+
+type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// Handle to the pool; cheap to clone.
+#[derive(Clone)]
+pub struct HashPool {
+    queue: mpsc::Sender<Job>,
+    workers: usize,
+}
+
+/// The pool has shut down (only during process exit).
+#[derive(Debug, thiserror::Error)]
+#[error("password hashing pool is gone")]
+pub struct PoolGone;
+
+impl HashPool {
+    /// Starts `workers` threads (0: one per CPU core).
+    pub fn new(workers: usize) -> Self {
+        let workers = if workers == 0 { thread::available_parallelism().map_or(2, |n| n.get()) } else { workers };
+        let (queue, jobs) = mpsc::channel::<Job>();
+        let jobs = Arc::new(Mutex::new(jobs));
+        for i in 0..workers {
+            let jobs = Arc::clone(&jobs);
+            thread::Builder::new()
+                .name(format!("keyward-hash-{i}"))
+                .spawn(move || {
+                    lower_priority();
+                    loop {
+                        let job = match jobs.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                })
+                .expect("spawning a hashing thread");
+        }
+        Self { queue, workers }
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// Runs `f` on the pool and waits for its result without blocking the async worker.
+    pub async fn run<T, F>(&self, f: F) -> Result<T, PoolGone>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            if !tx.is_closed() {
+                let _ = tx.send(f());
+            }
+        });
+        self.queue.send(job).map_err(|_| PoolGone)?;
+        rx.await.map_err(|_| PoolGone)
+    }
+}
+
+/// Makes the calling thread yield to the async workers when the CPU is contended (nice +10).
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain syscalls on the calling thread; failure only leaves the priority unchanged.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn runs_jobs_off_the_async_workers() {
+        let pool = HashPool::new(2);
+        let caller = thread::current().id();
+        let (name, other) = pool.run(move || (thread::current().name().map(String::from), thread::current().id() != caller)).await.unwrap();
+        assert!(name.unwrap().starts_with("keyward-hash-"));
+        assert!(other);
+        let sum: u32 = futures::future::join_all((0..10u32).map(|i| pool.run(move || i))).await.into_iter().map(Result::unwrap).sum();
+        assert_eq!(sum, 45);
+    }
+}

@@ -1,0 +1,95 @@
+//! keyward: a small, fast, gRPC-native identity service.
+//!
+//! # Layout
+//! - [`config`]: settings from a TOML file and `KEYWARD_*` environment, validated at start.
+//! - [`telemetry`]: logs (text/JSON), OTLP traces, trace context from gRPC metadata.
+//! - [`server`]: the tonic server — limits, health, reflection, services, graceful shutdown.
+//! - [`grpc`]: thin adapters, one file per service (`auth.rs`, …), the codec that turns bad
+//!   input into INVALID_ARGUMENT, and proto conversions.
+//! - [`app`]: the use cases (register, login, refresh, authenticate, logout, …) combining domain
+//!   rules with storage; knows nothing of protobuf.
+//! - [`domain`]: pure rules — emails, password policy and hashing, tokens, roles, lockout.
+//! - [`store`]: MongoDB, one file per collection (`users`, `sessions`, `rate_limits`,
+//!   `audit_events`) with its documents, indexes and queries.
+//! - [`hash_pool`]: the bounded, low-priority thread pool that runs argon2id.
+//! - [`error`]: the one mapping from domain errors to gRPC status + ErrorInfo/BadRequest/RetryInfo.
+//!
+//! Entry points: [`run`] serves until a shutdown future resolves (tests pass their own);
+//! [`build_app`] wires config -> keys + store -> [`app::App`] for the CLI commands.
+
+pub mod app;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod grpc;
+pub mod hash_pool;
+pub mod server;
+pub mod store;
+pub mod telemetry;
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::app::App;
+use crate::config::Config;
+use crate::domain::tokens::{generate_key, KeyRing};
+use crate::store::Store;
+
+/// Serves keyward on `listener` until `shutdown` resolves, then drains and returns.
+pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    let app = build_app(config).await?;
+    server::serve(app, listener, shutdown).await
+}
+
+/// Builds the application from a validated config (keys, store, caches, hash pool).
+pub async fn build_app(config: Config) -> anyhow::Result<Arc<App>> {
+    let keys = key_ring(&config)?;
+    let uri = config.mongodb_uri.clone().context("mongodb_uri is not set")?;
+    let store = Store::connect(&uri, &config.mongodb_database, config.audit_retention).await?;
+    Ok(App::new(config, store, keys))
+}
+
+/// The configured signing key, or in dev mode one generated once and kept in `data_dir`.
+fn key_ring(config: &Config) -> anyhow::Result<KeyRing> {
+    let secret = match config.signing_key_paserk().map_err(|e| anyhow::anyhow!(e))? {
+        Some(secret) => secret,
+        None => {
+            anyhow::ensure!(config.dev, "no signing key configured");
+            dev_signing_key(&config.data_dir)?
+        }
+    };
+    KeyRing::new(&secret, &config.verification_keys, &config.token_issuer, &config.token_audience)
+        .map_err(|e| anyhow::anyhow!(e))
+}
+
+fn dev_signing_key(dir: &Path) -> anyhow::Result<String> {
+    let path = dir.join("signing_key.paserk");
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        return Ok(existing.trim().to_string());
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let (secret, _, key_id) = generate_key();
+    {
+        use std::io::Write;
+        #[cfg(unix)]
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        options.mode(0o600);
+        match options.open(&path) {
+            Ok(mut file) => file.write_all(secret.as_bytes())?,
+            // Another process created it first: use theirs.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Ok(std::fs::read_to_string(&path)?.trim().to_string())
+            }
+            Err(e) => return Err(e).with_context(|| format!("writing {}", path.display())),
+        }
+    }
+    tracing::warn!(path = %path.display(), key_id, "DEV MODE: generated a signing key; never use it in production");
+    Ok(secret)
+}

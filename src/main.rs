@@ -1,0 +1,169 @@
+//! The `keyward` command: parse the CLI, load config, start telemetry, call the library.
+
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use keyward::app::accounts::NewAccount;
+use keyward::app::Caller;
+use keyward::config::{Config, LogFormat, ENV_PREFIX};
+use keyward::domain::roles::Role;
+
+#[derive(Parser)]
+#[command(name = "keyward", version, about = "A small, fast, gRPC-native identity service")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct ConfigArgs {
+    /// TOML config file; KEYWARD_* environment variables override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Development mode (same as KEYWARD_DEV=1): generated signing key kept in data_dir.
+    #[arg(long)]
+    dev: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the gRPC API.
+    Serve {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Log format (overrides KEYWARD_LOG_FORMAT).
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormatArg>,
+    },
+    /// Create the collections' indexes and exit (the server also does this at start-up).
+    Migrate {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Operator tasks.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print a new Ed25519 signing key (PASERK k4.secret), its public key and key id.
+    Generate,
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create a verified account, e.g. the first super_admin. Reads the password from stdin.
+    CreateUser {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[arg(long)]
+        email: String,
+        #[arg(long, default_value = "user")]
+        role: Role,
+        #[arg(long, default_value = "")]
+        display_name: String,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
+fn load_config(args: &ConfigArgs) -> anyhow::Result<Config> {
+    let mut env: BTreeMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+    if args.dev {
+        env.entry("KEYWARD_DEV".into()).or_insert_with(|| "true".into());
+    }
+    Config::load(args.config.as_deref(), &env).map_err(|e| anyhow::anyhow!("configuration error: {e}"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config, log_format } => {
+            let mut config = load_config(&config)?;
+            if let Some(f) = log_format {
+                config.log_format = match f {
+                    LogFormatArg::Text => LogFormat::Text,
+                    LogFormatArg::Json => LogFormat::Json,
+                };
+            }
+            let _telemetry = keyward::telemetry::init(config.log_format, &config.log_level, config.otlp_endpoint.as_deref())?;
+            if config.dev {
+                tracing::warn!("DEV MODE: generated signing key in {}; do not use in production", config.data_dir.display());
+            }
+            let listener = tokio::net::TcpListener::bind(config.grpc_addr)
+                .await
+                .with_context(|| format!("binding {}", config.grpc_addr))?;
+            keyward::run(config, listener, shutdown_signal()).await
+        }
+        Command::Migrate { config } => {
+            let config = load_config(&config)?;
+            let app = keyward::build_app(config).await?;
+            app.store.ready().await?;
+            println!("indexes are in place");
+            Ok(())
+        }
+        Command::Keys { command: KeysCommand::Generate } => {
+            let (secret, public, key_id) = keyward::domain::tokens::generate_key();
+            println!("KEYWARD_SIGNING_KEY={secret}");
+            println!("# public key (k4.public): {public}");
+            println!("# key id (k4.pid):        {key_id}");
+            Ok(())
+        }
+        Command::Admin { command: AdminCommand::CreateUser { config, email, role, display_name } } => {
+            let config = load_config(&config)?;
+            let mut password = String::new();
+            std::io::stdin().lock().read_line(&mut password).context("reading the password from stdin")?;
+            let password = password.trim_end_matches(['\r', '\n']).to_string();
+            let app = keyward::build_app(config).await?;
+            app.store.ready().await?;
+            let account = NewAccount { email, password, display_name, role, email_verified: true };
+            let caller = Caller { client_address: "cli".into(), user_agent: "keyward admin create-user".into() };
+            match app.register(account, &caller).await {
+                Ok(user) => {
+                    println!("created {} user {} ({})", user.role, user.email, user.id);
+                    Ok(())
+                }
+                Err(keyward::error::Error::InvalidArgument(v)) => {
+                    let lines: Vec<String> = v.iter().map(|v| format!("{}: {}", v.field, v.description)).collect();
+                    anyhow::bail!("{}", lines.join("\n"))
+                }
+                Err(e) => Err(anyhow::anyhow!("{e}")),
+            }
+        }
+    }
+}
+
+/// Resolves on SIGTERM or ctrl-c.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

@@ -1,0 +1,108 @@
+//! Builds the gRPC server: limits, per-RPC spans, health, reflection and the keyward services,
+//! then serves until `shutdown` resolves and in-flight calls have drained.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::server::HealthReporter;
+
+use crate::app::App;
+use crate::grpc::pb::auth_service_server::AuthServiceServer;
+use crate::grpc::pb::org_service_server::OrgServiceServer;
+use crate::grpc::pb::otp_service_server::OtpServiceServer;
+use crate::grpc::pb::user_service_server::UserServiceServer;
+use crate::grpc::{auth::Auth, codec, pb, unimplemented};
+
+/// Hard ceiling tonic enforces before our codec sees a message; between `max_message_bytes` and
+/// this, requests get INVALID_ARGUMENT with a field violation, above it OUT_OF_RANGE.
+const DECODE_CEILING: usize = 16 * 1024 * 1024;
+
+/// The fully-qualified names of keyward's services (health reports each).
+pub const SERVICES: [&str; 4] =
+    ["keyward.v1.AuthService", "keyward.v1.OtpService", "keyward.v1.OrgService", "keyward.v1.UserService"];
+
+async fn set_all(health: &HealthReporter, serving: bool) {
+    let status = if serving {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    health.set_service_status("", status).await;
+    for name in SERVICES {
+        health.set_service_status(name, status).await;
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves: health turns NOT_SERVING, no new
+/// connections are accepted, in-flight calls finish, then this returns.
+pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    let config = &app.config;
+    codec::set_max_message_bytes(config.max_message_bytes);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    set_all(&health, false).await;
+
+    // Health turns SERVING once MongoDB answers and every index exists.
+    let ready_task = {
+        let (app, health) = (Arc::clone(&app), health.clone());
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(100);
+            loop {
+                match app.store.ready().await {
+                    Ok(()) => {
+                        app.set_ready();
+                        set_all(&health, true).await;
+                        tracing::info!("database ready: serving");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "database not ready; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        })
+    };
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let auth = AuthServiceServer::new(Auth { app: Arc::clone(&app) }).max_decoding_message_size(DECODE_CEILING);
+    let otp = OtpServiceServer::new(unimplemented::Otp).max_decoding_message_size(DECODE_CEILING);
+    let org = OrgServiceServer::new(unimplemented::Org).max_decoding_message_size(DECODE_CEILING);
+    let users = UserServiceServer::new(unimplemented::Users).max_decoding_message_size(DECODE_CEILING);
+
+    tracing::info!(addr = %listener.local_addr()?, "keyward listening");
+    let result = Server::builder()
+        .timeout(config.request_timeout)
+        .concurrency_limit_per_connection(config.concurrency_per_connection)
+        .load_shed(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .trace_fn(crate::telemetry::rpc_span)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(auth)
+        .add_service(otp)
+        .add_service(org)
+        .add_service(users)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            shutdown.await;
+            tracing::info!("shutting down: NOT_SERVING, draining in-flight calls");
+            set_all(&health, false).await;
+        })
+        .await;
+    ready_task.abort();
+    tracing::info!("keyward stopped");
+    Ok(result?)
+}

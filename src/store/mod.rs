@@ -1,0 +1,81 @@
+//! MongoDB storage: one file per collection, each owning its document struct, its indexes and
+//! its queries. No multi-document transactions: every exactly-once change is one conditional
+//! single-document update. Credential writes use majority write concern.
+
+pub mod audit_events;
+pub mod rate_limits;
+pub mod sessions;
+pub mod users;
+
+use std::time::Duration;
+
+use mongodb::bson::doc;
+use mongodb::options::{ClientOptions, CollectionOptions, WriteConcern};
+use mongodb::{Client, Collection, Database};
+
+pub use audit_events::{AuditEvent, AuditEvents};
+pub use rate_limits::RateLimits;
+pub use sessions::Sessions;
+pub use users::Users;
+
+/// Handles to every collection keyward uses.
+#[derive(Clone)]
+pub struct Store {
+    pub db: Database,
+    pub users: Users,
+    pub sessions: Sessions,
+    pub audit_events: AuditEvents,
+    pub rate_limits: RateLimits,
+}
+
+impl Store {
+    /// Connects lazily: the driver dials on first use, so this succeeds while the database is
+    /// still down and `ready()` tells when it answers.
+    pub async fn connect(uri: &str, database: &str, audit_retention: Duration) -> anyhow::Result<Self> {
+        let mut options = ClientOptions::parse(uri).await?;
+        options.app_name.get_or_insert_with(|| "keyward".into());
+        options.server_selection_timeout.get_or_insert(Duration::from_secs(5));
+        let client = Client::with_options(options)?;
+        Ok(Self::new(client.database(database), audit_retention))
+    }
+
+    pub fn new(db: Database, audit_retention: Duration) -> Self {
+        Self {
+            users: Users(credential_collection(&db, "users")),
+            sessions: Sessions(credential_collection(&db, "sessions")),
+            audit_events: AuditEvents { collection: db.collection("audit_events"), retention: audit_retention },
+            rate_limits: RateLimits(db.collection("rate_limits")),
+            db,
+        }
+    }
+
+    /// Pings the server and creates every index (idempotent). Health turns SERVING after this.
+    pub async fn ready(&self) -> anyhow::Result<()> {
+        self.db.run_command(doc! { "ping": 1 }).await?;
+        self.users.ensure_indexes().await?;
+        self.sessions.ensure_indexes().await?;
+        self.audit_events.ensure_indexes().await?;
+        self.rate_limits.ensure_indexes().await?;
+        Ok(())
+    }
+}
+
+fn credential_collection<T: Send + Sync>(db: &Database, name: &str) -> Collection<T> {
+    db.collection_with_options(name, CollectionOptions::builder().write_concern(WriteConcern::majority()).build())
+}
+
+/// True when `err` is a unique-index violation (E11000).
+pub fn is_duplicate_key(err: &mongodb::error::Error) -> bool {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    match err.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == 11000,
+        ErrorKind::Command(e) => e.code == 11000,
+        ErrorKind::InsertMany(e) => e.write_errors.as_ref().is_some_and(|w| w.iter().any(|e| e.code == 11000)),
+        _ => err.to_string().contains("E11000"),
+    }
+}
+
+/// chrono -> BSON date.
+pub fn bson_time(t: chrono::DateTime<chrono::Utc>) -> mongodb::bson::DateTime {
+    mongodb::bson::DateTime::from_chrono(t)
+}
