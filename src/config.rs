@@ -198,7 +198,12 @@ fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
         Many(Vec<String>),
     }
     Ok(match List::deserialize(d)? {
-        List::One(s) => s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
+        List::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
         List::Many(v) => v,
     })
 }
@@ -214,8 +219,9 @@ impl Config {
     pub fn load(file: Option<&Path>, env: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
         let mut table = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError(format!("cannot read config file {}: {e}", path.display()))
+                })?;
                 toml::from_str::<toml::Table>(&text)
                     .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?
             }
@@ -223,13 +229,19 @@ impl Config {
         };
         let known = Self::known_keys();
         if let Some(bad) = table.keys().find(|k| !known.contains(&k.as_str())) {
-            return Err(ConfigError(format!("unknown setting `{bad}` in config file")));
+            return Err(ConfigError(format!(
+                "unknown setting `{bad}` in config file"
+            )));
         }
         for (name, value) in env {
-            let Some(key) = name.strip_prefix(ENV_PREFIX) else { continue };
+            let Some(key) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
             let key = key.to_ascii_lowercase();
             if !known.contains(&key.as_str()) {
-                return Err(ConfigError(format!("unknown setting {name} in the environment")));
+                return Err(ConfigError(format!(
+                    "unknown setting {name} in the environment"
+                )));
             }
             table.insert(key, toml::Value::String(value.clone()));
         }
@@ -247,9 +259,22 @@ impl Config {
 
     /// Checks values that parse but make no sense together.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |key: &str, why: &str| Err(ConfigError(format!("{}{}: {why}", ENV_PREFIX, key.to_ascii_uppercase())));
-        if self.mongodb_uri.as_deref().is_none_or(|u| !(u.starts_with("mongodb://") || u.starts_with("mongodb+srv://"))) {
-            return bad("mongodb_uri", "must be set to a mongodb:// or mongodb+srv:// URI");
+        let bad = |key: &str, why: &str| {
+            Err(ConfigError(format!(
+                "{}{}: {why}",
+                ENV_PREFIX,
+                key.to_ascii_uppercase()
+            )))
+        };
+        if self
+            .mongodb_uri
+            .as_deref()
+            .is_none_or(|u| !(u.starts_with("mongodb://") || u.starts_with("mongodb+srv://")))
+        {
+            return bad(
+                "mongodb_uri",
+                "must be set to a mongodb:// or mongodb+srv:// URI",
+            );
         }
         if self.mongodb_database.is_empty() {
             return bad("mongodb_database", "must not be empty");
@@ -261,9 +286,14 @@ impl Config {
             );
         }
         if self.signing_key.is_some() && self.signing_key_file.is_some() {
-            return bad("signing_key_file", "set either signing_key or signing_key_file, not both");
+            return bad(
+                "signing_key_file",
+                "set either signing_key or signing_key_file, not both",
+            );
         }
-        if self.access_token_ttl < Duration::from_secs(10) || self.access_token_ttl > Duration::from_secs(24 * 3600) {
+        if self.access_token_ttl < Duration::from_secs(10)
+            || self.access_token_ttl > Duration::from_secs(24 * 3600)
+        {
             return bad("access_token_ttl", "must be between 10s and 24h");
         }
         if self.session_lifetime <= self.access_token_ttl {
@@ -273,10 +303,16 @@ impl Config {
             return bad("refresh_reuse_grace", "must be at most 60s");
         }
         if self.session_cache_ttl > Duration::from_secs(2) {
-            return bad("session_cache_ttl", "must be at most 2s so revocations reach every replica in time");
+            return bad(
+                "session_cache_ttl",
+                "must be at most 2s so revocations reach every replica in time",
+            );
         }
         if self.password_min_length < 8 {
-            return bad("password_min_length", "must be at least 8 (NIST SP 800-63B)");
+            return bad(
+                "password_min_length",
+                "must be at least 8 (NIST SP 800-63B)",
+            );
         }
         if self.password_max_length < 64 || self.password_max_length > 4096 {
             return bad("password_max_length", "must be between 64 and 4096");
@@ -291,10 +327,16 @@ impl Config {
             return bad("concurrency_per_connection", "must be at least 1");
         }
         if self.lockout_threshold > 0 && self.lockout_base_delay.is_zero() {
-            return bad("lockout_base_delay", "must be positive when lockout_threshold is set");
+            return bad(
+                "lockout_base_delay",
+                "must be positive when lockout_threshold is set",
+            );
         }
         if self.token_issuer.is_empty() || self.token_audience.is_empty() {
-            return bad("token_issuer", "token_issuer and token_audience must not be empty");
+            return bad(
+                "token_issuer",
+                "token_issuer and token_audience must not be empty",
+            );
         }
         Ok(())
     }
@@ -327,7 +369,12 @@ impl Config {
         match &self.signing_key_file {
             Some(path) => std::fs::read_to_string(path)
                 .map(|s| Some(s.trim().to_string()))
-                .map_err(|e| ConfigError(format!("KEYWARD_SIGNING_KEY_FILE: cannot read {}: {e}", path.display()))),
+                .map_err(|e| {
+                    ConfigError(format!(
+                        "KEYWARD_SIGNING_KEY_FILE: cannot read {}: {e}",
+                        path.display()
+                    ))
+                }),
             None => Ok(None),
         }
     }
@@ -376,9 +423,15 @@ fn describe(err: &toml::de::Error, table: &toml::Table) -> String {
     let msg = err.message().to_string();
     // toml reports the key path in its own Display; find which of our keys it is about.
     let full = err.to_string();
-    let key = table.keys().find(|k| full.contains(&format!("`{k}`")) || full.contains(k.as_str()));
+    let key = table
+        .keys()
+        .find(|k| full.contains(&format!("`{k}`")) || full.contains(k.as_str()));
     match key {
-        Some(k) => format!("{}{} (or `{k}` in the config file): {msg}", ENV_PREFIX, k.to_ascii_uppercase()),
+        Some(k) => format!(
+            "{}{} (or `{k}` in the config file): {msg}",
+            ENV_PREFIX,
+            k.to_ascii_uppercase()
+        ),
         None => format!("invalid configuration: {msg}"),
     }
 }
@@ -388,7 +441,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     const URI: (&str, &str) = ("KEYWARD_MONGODB_URI", "mongodb://127.0.0.1:27017");
@@ -398,7 +454,10 @@ mod tests {
         // serde's unknown-field error lists every field the struct has.
         let mut table = toml::Table::new();
         table.insert("no_such_key".into(), toml::Value::Boolean(true));
-        let err = toml::Value::Table(table).try_into::<Config>().unwrap_err().to_string();
+        let err = toml::Value::Table(table)
+            .try_into::<Config>()
+            .unwrap_err()
+            .to_string();
         let mut fields: Vec<&str> = err.split('`').skip(3).step_by(2).collect();
         fields.sort_unstable();
         let mut keys = KEYS.to_vec();
@@ -411,13 +470,25 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("keyward-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("keyward.toml");
-        std::fs::write(&file, "grpc_addr = \"127.0.0.1:1000\"\ndev = true\nlockout_threshold = 7\n").unwrap();
-        let c = Config::load(Some(&file), &env(&[URI, ("KEYWARD_GRPC_ADDR", "127.0.0.1:2000")])).unwrap();
+        std::fs::write(
+            &file,
+            "grpc_addr = \"127.0.0.1:1000\"\ndev = true\nlockout_threshold = 7\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&file),
+            &env(&[URI, ("KEYWARD_GRPC_ADDR", "127.0.0.1:2000")]),
+        )
+        .unwrap();
         assert_eq!(c.grpc_addr.port(), 2000);
         assert_eq!(c.lockout_threshold, 7);
         assert!(c.dev);
 
-        let err = Config::load(None, &env(&[URI, ("KEYWARD_DEV", "1"), ("KEYWARD_MONGO_URL", "x")])).unwrap_err();
+        let err = Config::load(
+            None,
+            &env(&[URI, ("KEYWARD_DEV", "1"), ("KEYWARD_MONGO_URL", "x")]),
+        )
+        .unwrap_err();
         assert!(err.0.contains("KEYWARD_MONGO_URL"), "{err}");
         std::fs::write(&file, "grpc_adress = \"127.0.0.1:1\"\n").unwrap();
         let err = Config::load(Some(&file), &env(&[URI])).unwrap_err();
@@ -426,9 +497,25 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_key() {
-        let err = Config::load(None, &env(&[URI, ("KEYWARD_DEV", "1"), ("KEYWARD_ACCESS_TOKEN_TTL", "soon")])).unwrap_err();
+        let err = Config::load(
+            None,
+            &env(&[
+                URI,
+                ("KEYWARD_DEV", "1"),
+                ("KEYWARD_ACCESS_TOKEN_TTL", "soon"),
+            ]),
+        )
+        .unwrap_err();
         assert!(err.0.contains("KEYWARD_ACCESS_TOKEN_TTL"), "{err}");
-        let err = Config::load(None, &env(&[URI, ("KEYWARD_DEV", "1"), ("KEYWARD_PASSWORD_MIN_LENGTH", "4")])).unwrap_err();
+        let err = Config::load(
+            None,
+            &env(&[
+                URI,
+                ("KEYWARD_DEV", "1"),
+                ("KEYWARD_PASSWORD_MIN_LENGTH", "4"),
+            ]),
+        )
+        .unwrap_err();
         assert!(err.0.contains("KEYWARD_PASSWORD_MIN_LENGTH"), "{err}");
         let err = Config::load(None, &env(&[("KEYWARD_DEV", "yes")])).unwrap_err();
         assert!(err.0.contains("KEYWARD_MONGODB_URI"), "{err}");
@@ -443,7 +530,11 @@ mod tests {
         let (secret, public, _) = crate::domain::tokens::generate_key();
         let c = Config::load(
             None,
-            &env(&[URI, ("KEYWARD_SIGNING_KEY", &secret), ("KEYWARD_VERIFICATION_KEYS", &format!("{public}, {public}"))]),
+            &env(&[
+                URI,
+                ("KEYWARD_SIGNING_KEY", &secret),
+                ("KEYWARD_VERIFICATION_KEYS", &format!("{public}, {public}")),
+            ]),
         )
         .unwrap();
         assert_eq!(c.verification_keys.len(), 2);

@@ -28,7 +28,11 @@ pub struct PoolGone;
 impl HashPool {
     /// Starts `workers` threads (0: one per CPU core).
     pub fn new(workers: usize) -> Self {
-        let workers = if workers == 0 { thread::available_parallelism().map_or(2, |n| n.get()) } else { workers };
+        let workers = if workers == 0 {
+            thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            workers
+        };
         let (queue, jobs) = mpsc::channel::<Job>();
         let jobs = Arc::new(Mutex::new(jobs));
         for i in 0..workers {
@@ -92,10 +96,22 @@ mod tests {
     async fn runs_jobs_off_the_async_workers() {
         let pool = HashPool::new(2);
         let caller = thread::current().id();
-        let (name, other) = pool.run(move || (thread::current().name().map(String::from), thread::current().id() != caller)).await.unwrap();
+        let (name, other) = pool
+            .run(move || {
+                (
+                    thread::current().name().map(String::from),
+                    thread::current().id() != caller,
+                )
+            })
+            .await
+            .unwrap();
         assert!(name.unwrap().starts_with("keyward-hash-"));
         assert!(other);
-        let sum: u32 = futures::future::join_all((0..10u32).map(|i| pool.run(move || i))).await.into_iter().map(Result::unwrap).sum();
+        let sum: u32 = futures::future::join_all((0..10u32).map(|i| pool.run(move || i)))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .sum();
         assert_eq!(sum, 45);
     }
 }

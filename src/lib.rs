@@ -40,7 +40,11 @@ use crate::domain::tokens::{generate_key, KeyRing};
 use crate::store::Store;
 
 /// Serves keyward on `listener` until `shutdown` resolves, then drains and returns.
-pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     let app = build_app(config).await?;
     server::serve(app, listener, shutdown).await
 }
@@ -48,22 +52,33 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
 /// Builds the application from a validated config (keys, store, caches, hash pool).
 pub async fn build_app(config: Config) -> anyhow::Result<Arc<App>> {
     let keys = key_ring(&config)?;
-    let uri = config.mongodb_uri.clone().context("mongodb_uri is not set")?;
+    let uri = config
+        .mongodb_uri
+        .clone()
+        .context("mongodb_uri is not set")?;
     let store = Store::connect(&uri, &config.mongodb_database, config.audit_retention).await?;
     Ok(App::new(config, store, keys))
 }
 
 /// The configured signing key, or in dev mode one generated once and kept in `data_dir`.
 fn key_ring(config: &Config) -> anyhow::Result<KeyRing> {
-    let secret = match config.signing_key_paserk().map_err(|e| anyhow::anyhow!(e))? {
+    let secret = match config
+        .signing_key_paserk()
+        .map_err(|e| anyhow::anyhow!(e))?
+    {
         Some(secret) => secret,
         None => {
             anyhow::ensure!(config.dev, "no signing key configured");
             dev_signing_key(&config.data_dir)?
         }
     };
-    KeyRing::new(&secret, &config.verification_keys, &config.token_issuer, &config.token_audience)
-        .map_err(|e| anyhow::anyhow!(e))
+    KeyRing::new(
+        &secret,
+        &config.verification_keys,
+        &config.token_issuer,
+        &config.token_audience,
+    )
+    .map_err(|e| anyhow::anyhow!(e))
 }
 
 fn dev_signing_key(dir: &Path) -> anyhow::Result<String> {

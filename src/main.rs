@@ -12,7 +12,11 @@ use keyward::config::{Config, LogFormat, ENV_PREFIX};
 use keyward::domain::roles::Role;
 
 #[derive(Parser)]
-#[command(name = "keyward", version, about = "A small, fast, gRPC-native identity service")]
+#[command(
+    name = "keyward",
+    version,
+    about = "A small, fast, gRPC-native identity service"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -83,11 +87,15 @@ enum LogFormatArg {
 }
 
 fn load_config(args: &ConfigArgs) -> anyhow::Result<Config> {
-    let mut env: BTreeMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+    let mut env: BTreeMap<String, String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .collect();
     if args.dev {
-        env.entry("KEYWARD_DEV".into()).or_insert_with(|| "true".into());
+        env.entry("KEYWARD_DEV".into())
+            .or_insert_with(|| "true".into());
     }
-    Config::load(args.config.as_deref(), &env).map_err(|e| anyhow::anyhow!("configuration error: {e}"))
+    Config::load(args.config.as_deref(), &env)
+        .map_err(|e| anyhow::anyhow!("configuration error: {e}"))
 }
 
 #[tokio::main]
@@ -102,9 +110,16 @@ async fn main() -> anyhow::Result<()> {
                     LogFormatArg::Json => LogFormat::Json,
                 };
             }
-            let _telemetry = keyward::telemetry::init(config.log_format, &config.log_level, config.otlp_endpoint.as_deref())?;
+            let _telemetry = keyward::telemetry::init(
+                config.log_format,
+                &config.log_level,
+                config.otlp_endpoint.as_deref(),
+            )?;
             if config.dev {
-                tracing::warn!("DEV MODE: generated signing key in {}; do not use in production", config.data_dir.display());
+                tracing::warn!(
+                    "DEV MODE: generated signing key in {}; do not use in production",
+                    config.data_dir.display()
+                );
             }
             let listener = tokio::net::TcpListener::bind(config.grpc_addr)
                 .await
@@ -118,29 +133,54 @@ async fn main() -> anyhow::Result<()> {
             println!("indexes are in place");
             Ok(())
         }
-        Command::Keys { command: KeysCommand::Generate } => {
+        Command::Keys {
+            command: KeysCommand::Generate,
+        } => {
             let (secret, public, key_id) = keyward::domain::tokens::generate_key();
             println!("KEYWARD_SIGNING_KEY={secret}");
             println!("# public key (k4.public): {public}");
             println!("# key id (k4.pid):        {key_id}");
             Ok(())
         }
-        Command::Admin { command: AdminCommand::CreateUser { config, email, role, display_name } } => {
+        Command::Admin {
+            command:
+                AdminCommand::CreateUser {
+                    config,
+                    email,
+                    role,
+                    display_name,
+                },
+        } => {
             let config = load_config(&config)?;
             let mut password = String::new();
-            std::io::stdin().lock().read_line(&mut password).context("reading the password from stdin")?;
+            std::io::stdin()
+                .lock()
+                .read_line(&mut password)
+                .context("reading the password from stdin")?;
             let password = password.trim_end_matches(['\r', '\n']).to_string();
             let app = keyward::build_app(config).await?;
             app.store.ready().await?;
-            let account = NewAccount { email, password, display_name, role, email_verified: true };
-            let caller = Caller { client_address: "cli".into(), user_agent: "keyward admin create-user".into() };
+            let account = NewAccount {
+                email,
+                password,
+                display_name,
+                role,
+                email_verified: true,
+            };
+            let caller = Caller {
+                client_address: "cli".into(),
+                user_agent: "keyward admin create-user".into(),
+            };
             match app.register(account, &caller).await {
                 Ok(user) => {
                     println!("created {} user {} ({})", user.role, user.email, user.id);
                     Ok(())
                 }
                 Err(keyward::error::Error::InvalidArgument(v)) => {
-                    let lines: Vec<String> = v.iter().map(|v| format!("{}: {}", v.field, v.description)).collect();
+                    let lines: Vec<String> = v
+                        .iter()
+                        .map(|v| format!("{}: {}", v.field, v.description))
+                        .collect();
                     anyhow::bail!("{}", lines.join("\n"))
                 }
                 Err(e) => Err(anyhow::anyhow!("{e}")),

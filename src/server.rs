@@ -22,8 +22,12 @@ use crate::grpc::{auth::Auth, codec, pb, unimplemented};
 const DECODE_CEILING: usize = 16 * 1024 * 1024;
 
 /// The fully-qualified names of keyward's services (health reports each).
-pub const SERVICES: [&str; 4] =
-    ["keyward.v1.AuthService", "keyward.v1.OtpService", "keyward.v1.OrgService", "keyward.v1.UserService"];
+pub const SERVICES: [&str; 4] = [
+    "keyward.v1.AuthService",
+    "keyward.v1.OtpService",
+    "keyward.v1.OrgService",
+    "keyward.v1.UserService",
+];
 
 async fn set_all(health: &HealthReporter, serving: bool) {
     let status = if serving {
@@ -39,7 +43,11 @@ async fn set_all(health: &HealthReporter, serving: bool) {
 
 /// Serves `app` on `listener` until `shutdown` resolves: health turns NOT_SERVING, no new
 /// connections are accepted, in-flight calls finish, then this returns.
-pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+pub async fn serve(
+    app: Arc<App>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     let config = &app.config;
     codec::set_max_message_bytes(config.max_message_bytes);
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -71,16 +79,23 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // So grpcurl can print ErrorInfo / BadRequest / RetryInfo details.
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let auth = AuthServiceServer::new(Auth { app: Arc::clone(&app) }).max_decoding_message_size(DECODE_CEILING);
+    let auth = AuthServiceServer::new(Auth {
+        app: Arc::clone(&app),
+    })
+    .max_decoding_message_size(DECODE_CEILING);
     let otp = OtpServiceServer::new(unimplemented::Otp).max_decoding_message_size(DECODE_CEILING);
     let org = OrgServiceServer::new(unimplemented::Org).max_decoding_message_size(DECODE_CEILING);
-    let users = UserServiceServer::new(unimplemented::Users).max_decoding_message_size(DECODE_CEILING);
+    let users =
+        UserServiceServer::new(unimplemented::Users).max_decoding_message_size(DECODE_CEILING);
 
     tracing::info!(addr = %listener.local_addr()?, "keyward listening");
     let result = Server::builder()

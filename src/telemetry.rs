@@ -26,12 +26,19 @@ impl Drop for TelemetryGuard {
 }
 
 /// Installs the global subscriber. Call once, from `main`.
-pub fn init(format: LogFormat, filter: &str, otlp_endpoint: Option<&str>) -> anyhow::Result<TelemetryGuard> {
+pub fn init(
+    format: LogFormat,
+    filter: &str,
+    otlp_endpoint: Option<&str>,
+) -> anyhow::Result<TelemetryGuard> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let filter = EnvFilter::try_new(filter)?;
     let provider = match otlp_endpoint {
         Some(endpoint) => {
-            let exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(endpoint).build()?;
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .build()?;
             Some(
                 SdkTracerProvider::builder()
                     .with_batch_exporter(exporter)
@@ -41,10 +48,14 @@ pub fn init(format: LogFormat, filter: &str, otlp_endpoint: Option<&str>) -> any
         }
         None => None,
     };
-    let otel = provider.as_ref().map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("keyward")));
+    let otel = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("keyward")));
     let registry = tracing_subscriber::registry().with(filter).with(otel);
     match format {
-        LogFormat::Json => registry.with(tracing_subscriber::fmt::layer().json().flatten_event(true)).try_init()?,
+        LogFormat::Json => registry
+            .with(tracing_subscriber::fmt::layer().json().flatten_event(true))
+            .try_init()?,
         LogFormat::Text => registry.with(tracing_subscriber::fmt::layer()).try_init()?,
     }
     Ok(TelemetryGuard(provider))
@@ -64,7 +75,10 @@ impl Extractor for HeaderExtractor<'_> {
 /// The span of one incoming RPC, joined to the caller's trace (`traceparent` metadata).
 pub fn rpc_span(request: &http::Request<()>) -> tracing::Span {
     let path = request.uri().path();
-    let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or((path, ""));
+    let (service, method) = path
+        .trim_start_matches('/')
+        .split_once('/')
+        .unwrap_or((path, ""));
     let span = tracing::info_span!(
         "rpc",
         otel.name = %path.trim_start_matches('/'),
@@ -73,8 +87,9 @@ pub fn rpc_span(request: &http::Request<()>) -> tracing::Span {
         rpc.service = %service,
         rpc.method = %method,
     );
-    let parent =
-        opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(request.headers())));
+    let parent = opentelemetry::global::get_text_map_propagator(|p| {
+        p.extract(&HeaderExtractor(request.headers()))
+    });
     let _ = span.set_parent(parent);
     span
 }

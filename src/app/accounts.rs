@@ -38,14 +38,23 @@ pub struct NewAccount {
 
 fn lockout_key(email: &str) -> String {
     // Hashed so the counters do not make a second list of addresses.
-    format!("login_email:{}", hex::encode(Sha256::digest(email.as_bytes())))
+    format!(
+        "login_email:{}",
+        hex::encode(Sha256::digest(email.as_bytes()))
+    )
 }
 
 fn check_display_name(name: &str, out: &mut Vec<FieldViolation>) {
     if name.chars().count() > MAX_DISPLAY_NAME {
-        out.push(FieldViolation::new("display_name", format!("must be at most {MAX_DISPLAY_NAME} characters")));
+        out.push(FieldViolation::new(
+            "display_name",
+            format!("must be at most {MAX_DISPLAY_NAME} characters"),
+        ));
     } else if name.chars().any(char::is_control) {
-        out.push(FieldViolation::new("display_name", "must not contain control characters"));
+        out.push(FieldViolation::new(
+            "display_name",
+            "must not contain control characters",
+        ));
     }
 }
 
@@ -59,12 +68,20 @@ impl App {
             .unwrap_or_default();
         let display_name = account.display_name.trim().to_string();
         check_display_name(&display_name, &mut violations);
-        violations.extend(self.password_policy.check("password", &account.password, &[&email, &display_name]));
+        violations.extend(self.password_policy.check(
+            "password",
+            &account.password,
+            &[&email, &display_name],
+        ));
         if !violations.is_empty() {
             return Err(Error::InvalidArgument(violations));
         }
         let plain = account.password;
-        let hash = self.hasher.run(move || password::hash(&plain)).await.map_err(anyhow::Error::from)??;
+        let hash = self
+            .hasher
+            .run(move || password::hash(&plain))
+            .await
+            .map_err(anyhow::Error::from)??;
         let now = bson_time(self.now());
         let user = UserDoc {
             id: new_id(),
@@ -80,7 +97,12 @@ impl App {
         };
         match self.store.users.insert(&user).await? {
             Inserted::Created => {
-                self.audit(AuditRecord::new("register", Outcome::Success, caller).user(&user.id).email(&user.email)).await;
+                self.audit(
+                    AuditRecord::new("register", Outcome::Success, caller)
+                        .user(&user.id)
+                        .email(&user.email),
+                )
+                .await;
                 Ok(user)
             }
             Inserted::EmailTaken => Err(Error::EmailTaken),
@@ -90,7 +112,12 @@ impl App {
     /// Password login. An unknown email and a wrong password take the same path (a real argon2id
     /// verify, a failure count, an audit event) and give the same answer. Account state
     /// (disabled) is told only after a correct password.
-    pub async fn login(&self, raw_email: &str, plain: &str, caller: &Caller) -> Result<IssuedTokens> {
+    pub async fn login(
+        &self,
+        raw_email: &str,
+        plain: &str,
+        caller: &Caller,
+    ) -> Result<IssuedTokens> {
         let mut violations = Vec::new();
         let email = email::normalize(raw_email)
             .map_err(|why| violations.push(FieldViolation::new("email", why)))
@@ -100,7 +127,10 @@ impl App {
         } else if plain.chars().count() > self.password_policy.max_length {
             violations.push(FieldViolation::new(
                 "password",
-                format!("must be at most {} characters long", self.password_policy.max_length),
+                format!(
+                    "must be at most {} characters long",
+                    self.password_policy.max_length
+                ),
             ));
         }
         if !violations.is_empty() {
@@ -111,20 +141,34 @@ impl App {
         let key = lockout_key(&email);
         if let Some(left) = self.locked_for(&key).await? {
             self.audit(
-                AuditRecord::new("login", Outcome::Failure, caller).email(&email).detail("reason", "account_locked"),
+                AuditRecord::new("login", Outcome::Failure, caller)
+                    .email(&email)
+                    .detail("reason", "account_locked"),
             )
             .await;
             return Err(Error::AccountLocked { retry_after: left });
         }
 
-        let user = self.store.users.find_by_email(&email).await?.filter(|u| u.status != UserStatus::Deleted);
-        let stored = user.as_ref().map_or_else(|| self.dummy_hash.clone(), |u| u.password_hash.clone());
+        let user = self
+            .store
+            .users
+            .find_by_email(&email)
+            .await?
+            .filter(|u| u.status != UserStatus::Deleted);
+        let stored = user
+            .as_ref()
+            .map_or_else(|| self.dummy_hash.clone(), |u| u.password_hash.clone());
         let attempt = plain.to_string();
-        let verdict = self.hasher.run(move || password::verify(&attempt, &stored)).await.map_err(anyhow::Error::from)?;
+        let verdict = self
+            .hasher
+            .run(move || password::verify(&attempt, &stored))
+            .await
+            .map_err(anyhow::Error::from)?;
         let user = match user {
             Some(user) if verdict != Verification::Mismatch => user,
             user => {
-                self.count_failure(&key, user.as_ref().map(|u| u.id.as_str()), &email, caller).await?;
+                self.count_failure(&key, user.as_ref().map(|u| u.id.as_str()), &email, caller)
+                    .await?;
                 return Err(Error::InvalidCredentials);
             }
         };
@@ -132,7 +176,9 @@ impl App {
         self.store.rate_limits.clear(&key).await?;
         if user.status == UserStatus::Disabled {
             self.audit(
-                AuditRecord::new("login", Outcome::Failure, caller).user(&user.id).detail("reason", "account_disabled"),
+                AuditRecord::new("login", Outcome::Failure, caller)
+                    .user(&user.id)
+                    .detail("reason", "account_disabled"),
             )
             .await;
             return Err(Error::AccountDisabled);
@@ -157,13 +203,20 @@ impl App {
     async fn upgrade_hash(&self, user: &UserDoc, plain: &str) {
         let plain = plain.to_string();
         let upgraded = match self.hasher.run(move || password::hash(&plain)).await {
-            Ok(Ok(hash)) => self.store.users.replace_password_hash(&user.id, &user.password_hash, &hash, self.now()).await,
+            Ok(Ok(hash)) => {
+                self.store
+                    .users
+                    .replace_password_hash(&user.id, &user.password_hash, &hash, self.now())
+                    .await
+            }
             _ => return,
         };
         match upgraded {
             Ok(true) => tracing::info!(user_id = %user.id, "password hash upgraded to argon2id"),
             Ok(false) => {}
-            Err(e) => tracing::warn!(user_id = %user.id, error = %e, "password hash upgrade failed"),
+            Err(e) => {
+                tracing::warn!(user_id = %user.id, error = %e, "password hash upgrade failed")
+            }
         }
     }
 
@@ -175,7 +228,11 @@ impl App {
         }
         let (index, left) = window(self.now(), ADDRESS_WINDOW);
         let key = format!("login_addr:{}:{index}", caller.client_address);
-        let count = self.store.rate_limits.hit(&key, self.now(), ADDRESS_WINDOW * 2).await?;
+        let count = self
+            .store
+            .rate_limits
+            .hit(&key, self.now(), ADDRESS_WINDOW * 2)
+            .await?;
         if count > limit {
             return Err(Error::RateLimited { retry_after: left });
         }
@@ -193,9 +250,19 @@ impl App {
     }
 
     /// Counts a failed password for `email` (existing or not) and locks it when the policy says.
-    async fn count_failure(&self, key: &str, user_id: Option<&str>, email: &str, caller: &Caller) -> Result<()> {
+    async fn count_failure(
+        &self,
+        key: &str,
+        user_id: Option<&str>,
+        email: &str,
+        caller: &Caller,
+    ) -> Result<()> {
         let now = self.now();
-        let failures = self.store.rate_limits.record_failure(key, now, FAILURE_MEMORY).await?;
+        let failures = self
+            .store
+            .rate_limits
+            .record_failure(key, now, FAILURE_MEMORY)
+            .await?;
         let mut event = AuditRecord::new("login", Outcome::Failure, caller)
             .email(email)
             .detail("reason", "invalid_credentials")
@@ -206,8 +273,15 @@ impl App {
         self.audit(event).await;
         if let Some(delay) = self.lockout.delay_after(failures) {
             let until = now + chrono::Duration::from_std(delay).unwrap_or_default();
-            self.store.rate_limits.lock_until(key, until, FAILURE_MEMORY).await?;
-            tracing::warn!(failures, lock_seconds = delay.as_secs(), "login locked for an email after repeated failures");
+            self.store
+                .rate_limits
+                .lock_until(key, until, FAILURE_MEMORY)
+                .await?;
+            tracing::warn!(
+                failures,
+                lock_seconds = delay.as_secs(),
+                "login locked for an email after repeated failures"
+            );
             let mut event = AuditRecord::new("lockout", Outcome::Failure, caller)
                 .email(email)
                 .detail("lock_seconds", delay.as_secs() as i64);
@@ -244,7 +318,11 @@ impl App {
         if current.is_empty() {
             violations.push(FieldViolation::new("current_password", "is required"));
         }
-        violations.extend(self.password_policy.check("new_password", new, &[&user.email, &user.display_name]));
+        violations.extend(self.password_policy.check(
+            "new_password",
+            new,
+            &[&user.email, &user.display_name],
+        ));
         if !violations.is_empty() {
             return Err(Error::InvalidArgument(violations));
         }
@@ -253,15 +331,29 @@ impl App {
             return Err(Error::AccountLocked { retry_after: left });
         }
         let (attempt, stored) = (current.to_string(), user.password_hash.clone());
-        let verdict = self.hasher.run(move || password::verify(&attempt, &stored)).await.map_err(anyhow::Error::from)?;
+        let verdict = self
+            .hasher
+            .run(move || password::verify(&attempt, &stored))
+            .await
+            .map_err(anyhow::Error::from)?;
         if verdict == Verification::Mismatch {
-            self.count_failure(&key, Some(&user.id), &user.email, caller).await?;
+            self.count_failure(&key, Some(&user.id), &user.email, caller)
+                .await?;
             return Err(Error::InvalidCredentials);
         }
         let plain = new.to_string();
-        let hash = self.hasher.run(move || password::hash(&plain)).await.map_err(anyhow::Error::from)??;
+        let hash = self
+            .hasher
+            .run(move || password::hash(&plain))
+            .await
+            .map_err(anyhow::Error::from)??;
         let now = self.now();
-        if !self.store.users.replace_password_hash(&user.id, &user.password_hash, &hash, now).await? {
+        if !self
+            .store
+            .users
+            .replace_password_hash(&user.id, &user.password_hash, &hash, now)
+            .await?
+        {
             // Someone changed the password between our read and write: the current one we
             // checked is no longer current.
             return Err(Error::InvalidCredentials);
@@ -270,7 +362,10 @@ impl App {
         let ended = if keep_other_sessions {
             Vec::new()
         } else {
-            self.store.sessions.revoke_all_for_user(&user.id, Some(&who.session_id), "password_changed", now).await?
+            self.store
+                .sessions
+                .revoke_all_for_user(&user.id, Some(&who.session_id), "password_changed", now)
+                .await?
         };
         self.revoke_sessions(ended.iter().map(String::as_str));
         self.audit(

@@ -46,7 +46,8 @@ pub struct App {
 impl App {
     pub fn new(config: Config, store: Store, keys: KeyRing) -> Arc<Self> {
         let hasher = HashPool::new(config.hash_workers);
-        let dummy_hash = password::hash(&crate::domain::secrets::new_refresh_token()).expect("argon2 works");
+        let dummy_hash =
+            password::hash(&crate::domain::secrets::new_refresh_token()).expect("argon2 works");
         Arc::new(Self {
             password_policy: config.password_policy(),
             lockout: config.lockout_policy(),
@@ -114,7 +115,15 @@ pub struct AuditRecord<'a> {
 
 impl<'a> AuditRecord<'a> {
     pub fn new(action: &'static str, outcome: Outcome, caller: &'a Caller) -> Self {
-        Self { action, outcome, caller, user_id: None, session_id: None, email: None, detail: Document::new() }
+        Self {
+            action,
+            outcome,
+            caller,
+            user_id: None,
+            session_id: None,
+            email: None,
+            detail: Document::new(),
+        }
     }
     pub fn user(mut self, user_id: &'a str) -> Self {
         self.user_id = Some(user_id);

@@ -71,7 +71,8 @@ impl App {
     pub async fn start_session(&self, user: UserDoc, caller: &Caller) -> Result<IssuedTokens> {
         let now = self.now();
         let refresh_token = new_refresh_token();
-        let lifetime = chrono::Duration::from_std(self.config.session_lifetime).unwrap_or(chrono::Duration::days(30));
+        let lifetime = chrono::Duration::from_std(self.config.session_lifetime)
+            .unwrap_or(chrono::Duration::days(30));
         let session = SessionDoc {
             id: new_id(),
             user_id: user.id.clone(),
@@ -91,7 +92,13 @@ impl App {
         Ok(self.sign(user, session, refresh_token, now))
     }
 
-    fn sign(&self, user: UserDoc, session: SessionDoc, refresh_token: String, now: DateTime<Utc>) -> IssuedTokens {
+    fn sign(
+        &self,
+        user: UserDoc,
+        session: SessionDoc,
+        refresh_token: String,
+        now: DateTime<Utc>,
+    ) -> IssuedTokens {
         let claims = AccessClaims {
             user_id: user.id.clone(),
             session_id: session.id.clone(),
@@ -100,9 +107,19 @@ impl App {
             expires_at: now,
         };
         // An access token never outlives its session.
-        let left = (session.expires_at.to_chrono() - now).to_std().unwrap_or_default();
-        let (access_token, access_token_expires_at) = self.keys.issue(&claims, now, self.config.access_token_ttl.min(left));
-        IssuedTokens { access_token, access_token_expires_at, refresh_token, session, user }
+        let left = (session.expires_at.to_chrono() - now)
+            .to_std()
+            .unwrap_or_default();
+        let (access_token, access_token_expires_at) =
+            self.keys
+                .issue(&claims, now, self.config.access_token_ttl.min(left));
+        IssuedTokens {
+            access_token,
+            access_token_expires_at,
+            refresh_token,
+            session,
+            user,
+        }
     }
 
     /// Rotates a refresh token. Exactly one of any number of concurrent calls with the same
@@ -118,18 +135,33 @@ impl App {
         let now = self.now();
         let presented = hash_token(refresh_token);
         let next = new_refresh_token();
-        if let Some(session) = self.store.sessions.rotate_refresh_token(&presented, &hash_token(&next), now).await? {
+        if let Some(session) = self
+            .store
+            .sessions
+            .rotate_refresh_token(&presented, &hash_token(&next), now)
+            .await?
+        {
             let user = self.store.users.find_by_id(&session.user_id).await?;
             return match user {
-                Some(user) if user.status == UserStatus::Active => Ok(self.sign(user, session, next, now)),
+                Some(user) if user.status == UserStatus::Active => {
+                    Ok(self.sign(user, session, next, now))
+                }
                 _ => {
                     self.revoke_sessions([session.id.as_str()]);
-                    self.store.sessions.revoke(&session.id, None, "account_inactive", now).await?;
+                    self.store
+                        .sessions
+                        .revoke(&session.id, None, "account_inactive", now)
+                        .await?;
                     Err(Error::RefreshTokenInvalid)
                 }
             };
         }
-        let Some(session) = self.store.sessions.find_by_used_refresh_hash(&presented).await? else {
+        let Some(session) = self
+            .store
+            .sessions
+            .find_by_used_refresh_hash(&presented)
+            .await?
+        else {
             return Err(Error::RefreshTokenInvalid);
         };
         if !session.is_active(now) {
@@ -137,10 +169,17 @@ impl App {
         }
         let grace = chrono::Duration::from_std(self.config.refresh_reuse_grace).unwrap_or_default();
         let is_parent = session.previous_refresh_hash.as_deref() == Some(presented.as_str());
-        if is_parent && session.rotated_at.is_some_and(|at| now - at.to_chrono() <= grace) {
+        if is_parent
+            && session
+                .rotated_at
+                .is_some_and(|at| now - at.to_chrono() <= grace)
+        {
             return Err(Error::RefreshTokenAlreadyRotated);
         }
-        self.store.sessions.revoke(&session.id, None, "refresh_token_reused", now).await?;
+        self.store
+            .sessions
+            .revoke(&session.id, None, "refresh_token_reused", now)
+            .await?;
         self.revoke_sessions([session.id.as_str()]);
         tracing::warn!(session_id = %session.id, user_id = %session.user_id, "refresh token reuse: session revoked");
         self.audit(
@@ -167,15 +206,24 @@ impl App {
                     tracing::debug!(reason = %e, "access token refused");
                     Error::TokenInvalid
                 })?);
-                self.sessions.verified.insert(access_token.to_string(), Arc::clone(&claims));
+                self.sessions
+                    .verified
+                    .insert(access_token.to_string(), Arc::clone(&claims));
                 claims
             }
         };
         let active = match self.sessions.fresh_state(&claims.session_id) {
             Some(active) => active,
             None => {
-                let active = self.store.sessions.find(&claims.session_id).await?.is_some_and(|s| s.is_active(now));
-                self.sessions.states.insert(claims.session_id.clone(), (active, Instant::now()));
+                let active = self
+                    .store
+                    .sessions
+                    .find(&claims.session_id)
+                    .await?
+                    .is_some_and(|s| s.is_active(now));
+                self.sessions
+                    .states
+                    .insert(claims.session_id.clone(), (active, Instant::now()));
                 active
             }
         };
@@ -192,15 +240,28 @@ impl App {
     }
 
     /// Ends the caller's session, or all of the user's sessions. Returns how many ended.
-    pub async fn logout(&self, who: &AccessClaims, all_sessions: bool, caller: &Caller) -> Result<usize> {
+    pub async fn logout(
+        &self,
+        who: &AccessClaims,
+        all_sessions: bool,
+        caller: &Caller,
+    ) -> Result<usize> {
         let now = self.now();
         let ended = if all_sessions {
-            let ids = self.store.sessions.revoke_all_for_user(&who.user_id, None, "logout_all", now).await?;
+            let ids = self
+                .store
+                .sessions
+                .revoke_all_for_user(&who.user_id, None, "logout_all", now)
+                .await?;
             self.revoke_sessions(ids.iter().map(String::as_str));
             self.revoke_sessions([who.session_id.as_str()]);
             ids.len()
         } else {
-            let ended = self.store.sessions.revoke(&who.session_id, Some(&who.user_id), "logout", now).await?;
+            let ended = self
+                .store
+                .sessions
+                .revoke(&who.session_id, Some(&who.user_id), "logout", now)
+                .await?;
             self.revoke_sessions([who.session_id.as_str()]);
             usize::from(ended)
         };
@@ -216,15 +277,34 @@ impl App {
     }
 
     pub async fn list_sessions(&self, who: &AccessClaims) -> Result<Vec<SessionDoc>> {
-        Ok(self.store.sessions.list_active(&who.user_id, self.now()).await?)
+        Ok(self
+            .store
+            .sessions
+            .list_active(&who.user_id, self.now())
+            .await?)
     }
 
     /// Ends one of the caller's own sessions. Another user's session id answers NOT_FOUND.
-    pub async fn revoke_session(&self, who: &AccessClaims, session_id: &str, caller: &Caller) -> Result<()> {
+    pub async fn revoke_session(
+        &self,
+        who: &AccessClaims,
+        session_id: &str,
+        caller: &Caller,
+    ) -> Result<()> {
         if session_id.is_empty() {
             return Err(Error::invalid("session_id", "is required"));
         }
-        if !self.store.sessions.revoke(session_id, Some(&who.user_id), "revoked_by_user", self.now()).await? {
+        if !self
+            .store
+            .sessions
+            .revoke(
+                session_id,
+                Some(&who.user_id),
+                "revoked_by_user",
+                self.now(),
+            )
+            .await?
+        {
             return Err(Error::SessionNotFound);
         }
         self.revoke_sessions([session_id]);

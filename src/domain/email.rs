@@ -24,7 +24,9 @@ pub fn normalize(raw: &str) -> Result<String, &'static str> {
         return Err("is not a valid email address");
     }
     // Display names and IP-literal domains are valid RFC 5322 but never a login identifier.
-    let (_, domain) = normalized.rsplit_once('@').ok_or("is not a valid email address")?;
+    let (_, domain) = normalized
+        .rsplit_once('@')
+        .ok_or("is not a valid email address")?;
     if normalized.contains(['<', '>', ' ']) || domain.starts_with('[') || !domain.contains('.') {
         return Err("is not a valid email address");
     }
@@ -37,14 +39,28 @@ mod tests {
 
     #[test]
     fn case_space_and_unicode_forms_collapse_to_one_identifier() {
-        assert_eq!(normalize("  Alice@Example.COM ").unwrap(), "alice@example.com");
+        assert_eq!(
+            normalize("  Alice@Example.COM ").unwrap(),
+            "alice@example.com"
+        );
         // "é" precomposed vs. "e" + combining acute accent.
-        assert_eq!(normalize("jos\u{e9}@example.com"), normalize("jose\u{301}@example.com"));
+        assert_eq!(
+            normalize("jos\u{e9}@example.com"),
+            normalize("jose\u{301}@example.com")
+        );
     }
 
     #[test]
     fn rejects_what_is_not_a_mailbox() {
-        for bad in ["", "   ", "no-at-sign", "a@b", "a@[127.0.0.1]", "Alice <a@example.com>", "a\r\n@example.com"] {
+        for bad in [
+            "",
+            "   ",
+            "no-at-sign",
+            "a@b",
+            "a@[127.0.0.1]",
+            "Alice <a@example.com>",
+            "a\r\n@example.com",
+        ] {
             assert!(normalize(bad).is_err(), "{bad:?} accepted");
         }
         let long = format!("{}@example.com", "a".repeat(250));

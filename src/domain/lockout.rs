@@ -24,7 +24,11 @@ impl LockoutPolicy {
             return None;
         }
         let doublings = (failures - self.threshold).min(20);
-        Some(self.base_delay.saturating_mul(1 << doublings).min(self.max_delay))
+        Some(
+            self.base_delay
+                .saturating_mul(1 << doublings)
+                .min(self.max_delay),
+        )
     }
 }
 
@@ -79,8 +83,14 @@ mod tests {
     fn remaining_lock_and_windows() {
         let now = DateTime::from_timestamp(1_000_000, 0).unwrap();
         assert_eq!(remaining(None, now), None);
-        assert_eq!(remaining(Some(now - chrono::Duration::seconds(1)), now), None);
-        assert_eq!(remaining(Some(now + chrono::Duration::seconds(7)), now), Some(Duration::from_secs(7)));
+        assert_eq!(
+            remaining(Some(now - chrono::Duration::seconds(1)), now),
+            None
+        );
+        assert_eq!(
+            remaining(Some(now + chrono::Duration::seconds(7)), now),
+            Some(Duration::from_secs(7))
+        );
         let (i, left) = window(now + chrono::Duration::seconds(10), Duration::from_secs(60));
         assert_eq!(i, (1_000_010_000i64).div_euclid(60_000));
         assert!(left <= Duration::from_secs(60) && left > Duration::ZERO);

@@ -49,10 +49,16 @@ impl PasswordPolicy {
             return out;
         }
         if len < self.min_length {
-            violation(format!("must be at least {} characters long", self.min_length));
+            violation(format!(
+                "must be at least {} characters long",
+                self.min_length
+            ));
         }
         if len > self.max_length {
-            violation(format!("must be at most {} characters long", self.max_length));
+            violation(format!(
+                "must be at most {} characters long",
+                self.max_length
+            ));
             // zxcvbn on a huge input is slow and pointless.
             return out;
         }
@@ -65,14 +71,20 @@ impl PasswordPolicy {
         if self.require_digit && !password.chars().any(|c| c.is_ascii_digit()) {
             violation("must contain a digit".into());
         }
-        if self.require_symbol && !password.chars().any(|c| !c.is_alphanumeric() && !c.is_whitespace()) {
+        if self.require_symbol
+            && !password
+                .chars()
+                .any(|c| !c.is_alphanumeric() && !c.is_whitespace())
+        {
             violation("must contain a special character".into());
         }
         if self.min_strength > 0 && len >= self.min_length {
             // The user's own words (email parts, name) count as a dictionary.
             let words: Vec<&str> = user_inputs
                 .iter()
-                .flat_map(|input| std::iter::once(*input).chain(input.split(|c: char| !c.is_alphanumeric())))
+                .flat_map(|input| {
+                    std::iter::once(*input).chain(input.split(|c: char| !c.is_alphanumeric()))
+                })
                 .filter(|w| w.chars().count() >= 3)
                 .collect();
             let score = u8::from(zxcvbn::zxcvbn(password, &words).score());
@@ -121,7 +133,10 @@ pub fn verify(password: &str, stored: &str) -> Verification {
         return Verification::Mismatch;
     };
     // Verify with the parameters the hash was made with, then decide about upgrading.
-    if Argon2::default().verify_password(password.as_bytes(), &parsed).is_err() {
+    if Argon2::default()
+        .verify_password(password.as_bytes(), &parsed)
+        .is_err()
+    {
         return Verification::Mismatch;
     }
     let current = argon2id();
@@ -147,19 +162,41 @@ mod tests {
     #[test]
     fn nist_default_accepts_passphrases_and_rejects_short_long_and_common() {
         let p = PasswordPolicy::default();
-        assert!(p.check("password", "correct horse battery staple", &[]).is_empty());
+        assert!(p
+            .check("password", "correct horse battery staple", &[])
+            .is_empty());
         assert!(p.check("password", "Xq7#mLp2vR", &[]).is_empty());
-        assert_eq!(descriptions(p.check("password", "aB3$", &[])), ["must be at least 8 characters long"]);
+        assert_eq!(
+            descriptions(p.check("password", "aB3$", &[])),
+            ["must be at least 8 characters long"]
+        );
         assert_eq!(
             descriptions(p.check("password", &"x".repeat(129), &[])),
             ["must be at most 128 characters long"]
         );
-        for common in ["password", "12345678", "Password1", "qwertyuiop", "iloveyou1"] {
-            assert!(!p.check("password", common, &[]).is_empty(), "{common} accepted");
+        for common in [
+            "password",
+            "12345678",
+            "Password1",
+            "qwertyuiop",
+            "iloveyou1",
+        ] {
+            assert!(
+                !p.check("password", common, &[]).is_empty(),
+                "{common} accepted"
+            );
         }
         // The user's own email is a guessable word.
-        assert!(!p.check("password", "jane.doe@example.com", &["jane.doe@example.com"]).is_empty());
-        assert!(!p.check("password", "zebrafinch", &["zebrafinch@example.com"]).is_empty());
+        assert!(!p
+            .check(
+                "password",
+                "jane.doe@example.com",
+                &["jane.doe@example.com"]
+            )
+            .is_empty());
+        assert!(!p
+            .check("password", "zebrafinch", &["zebrafinch@example.com"])
+            .is_empty());
         assert!(p.check("password", "zebrafinch", &[]).is_empty());
     }
 
@@ -175,9 +212,15 @@ mod tests {
         let v = descriptions(p.check("new_password", "correct horse battery staple", &[]));
         assert_eq!(
             v,
-            ["must contain an uppercase letter", "must contain a digit", "must contain a special character"]
+            [
+                "must contain an uppercase letter",
+                "must contain a digit",
+                "must contain a special character"
+            ]
         );
-        assert!(p.check("new_password", "Correct-horse-battery-9", &[]).is_empty());
+        assert!(p
+            .check("new_password", "Correct-horse-battery-9", &[])
+            .is_empty());
     }
 
     #[test]
@@ -196,16 +239,26 @@ mod tests {
         let h = bcrypt::hash("hunter2hunter2", 4).unwrap();
         for prefix in ["$2a$", "$2b$", "$2y$"] {
             let variant = format!("{prefix}{}", &h[4..]);
-            assert_eq!(verify("hunter2hunter2", &variant), Verification::MatchNeedsRehash);
+            assert_eq!(
+                verify("hunter2hunter2", &variant),
+                Verification::MatchNeedsRehash
+            );
             assert_eq!(verify("hunter3hunter3", &variant), Verification::Mismatch);
         }
     }
 
     #[test]
     fn weaker_argon2_asks_for_rehash_and_garbage_never_matches() {
-        let weak = Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::new(8 * 1024, 1, 1, None).unwrap());
+        let weak = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(8 * 1024, 1, 1, None).unwrap(),
+        );
         let salt = SaltString::generate(&mut rand::rngs::OsRng);
-        let h = weak.hash_password(b"pw-pw-pw-pw", &salt).unwrap().to_string();
+        let h = weak
+            .hash_password(b"pw-pw-pw-pw", &salt)
+            .unwrap()
+            .to_string();
         assert_eq!(verify("pw-pw-pw-pw", &h), Verification::MatchNeedsRehash);
         assert_eq!(verify("anything", "not a hash"), Verification::Mismatch);
         assert_eq!(verify("anything", ""), Verification::Mismatch);

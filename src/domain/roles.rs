@@ -15,7 +15,13 @@ pub enum Role {
 }
 
 impl Role {
-    pub const ALL: [Role; 5] = [Role::Guest, Role::User, Role::Moderator, Role::Admin, Role::SuperAdmin];
+    pub const ALL: [Role; 5] = [
+        Role::Guest,
+        Role::User,
+        Role::Moderator,
+        Role::Admin,
+        Role::SuperAdmin,
+    ];
 
     /// The stored and claimed form, e.g. `super_admin`.
     pub fn as_str(self) -> &'static str {

@@ -88,22 +88,39 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 impl KeyRing {
     /// Builds the ring from a PASERK `k4.secret` and any number of extra `k4.public` keys (keys
     /// being rotated out, or in).
-    pub fn new(secret_paserk: &str, extra_public: &[String], issuer: &str, audience: &str) -> Result<Self, String> {
+    pub fn new(
+        secret_paserk: &str,
+        extra_public: &[String],
+        issuer: &str,
+        audience: &str,
+    ) -> Result<Self, String> {
         let secret = AsymmetricSecretKey::<V4>::try_from(secret_paserk.trim())
             .map_err(|_| "signing_key is not a PASERK k4.secret key".to_string())?;
         let public = AsymmetricPublicKey::<V4>::try_from(&secret)
             .map_err(|_| "signing_key does not yield a public key".to_string())?;
-        let signing = VerifyingKey { key_id: key_id(&public), public };
+        let signing = VerifyingKey {
+            key_id: key_id(&public),
+            public,
+        };
         let mut verifying = vec![signing.clone()];
         for (i, p) in extra_public.iter().enumerate() {
             let public = AsymmetricPublicKey::<V4>::try_from(p.trim())
                 .map_err(|_| format!("verification_keys[{i}] is not a PASERK k4.public key"))?;
-            let key = VerifyingKey { key_id: key_id(&public), public };
+            let key = VerifyingKey {
+                key_id: key_id(&public),
+                public,
+            };
             if !verifying.iter().any(|k| k.key_id == key.key_id) {
                 verifying.push(key);
             }
         }
-        Ok(Self { secret, signing, verifying, issuer: issuer.into(), audience: audience.into() })
+        Ok(Self {
+            secret,
+            signing,
+            verifying,
+            issuer: issuer.into(),
+            audience: audience.into(),
+        })
     }
 
     pub fn signing_key_id(&self) -> &str {
@@ -123,8 +140,14 @@ impl KeyRing {
     }
 
     /// Signs an access token valid from `now` for `ttl`.
-    pub fn issue(&self, claims: &AccessClaims, now: DateTime<Utc>, ttl: Duration) -> (String, DateTime<Utc>) {
-        let expires_at = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::minutes(15));
+    pub fn issue(
+        &self,
+        claims: &AccessClaims,
+        now: DateTime<Utc>,
+        ttl: Duration,
+    ) -> (String, DateTime<Utc>) {
+        let expires_at =
+            now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::minutes(15));
         let mut c = Claims::new().expect("system clock is after 1970");
         let set = |c: &mut Claims| -> Result<(), pasetors::errors::Error> {
             c.subject(&claims.user_id)?;
@@ -141,26 +164,43 @@ impl KeyRing {
         set(&mut c).expect("claim names are not reserved and values are strings");
         let mut footer = Footer::new();
         footer.key_id(&Id::try_from(self.signing.key_id.as_str()).expect("our own key id parses"));
-        let token = public::sign(&self.secret, &c, Some(&footer), None).expect("Ed25519 signing cannot fail");
+        let token = public::sign(&self.secret, &c, Some(&footer), None)
+            .expect("Ed25519 signing cannot fail");
         (token, expires_at.with_timezone(&Utc))
     }
 
     /// Verifies signature, `exp`/`nbf`/`iat` against the clock, issuer and audience, and reads
     /// the claims. Only `v4.public` tokens from a key in the ring pass.
     pub fn verify(&self, token: &str) -> Result<AccessClaims, TokenError> {
-        let untrusted = UntrustedToken::<Public, V4>::try_from(token).map_err(|_| TokenError::Malformed)?;
+        let untrusted =
+            UntrustedToken::<Public, V4>::try_from(token).map_err(|_| TokenError::Malformed)?;
         let mut footer = Footer::new();
-        footer.parse_bytes(untrusted.untrusted_footer()).map_err(|_| TokenError::Malformed)?;
-        let kid = footer.get_claim("kid").and_then(|v| v.as_str()).ok_or(TokenError::UnknownKey)?;
-        let key = self.verifying.iter().find(|k| k.key_id == kid).ok_or(TokenError::UnknownKey)?;
+        footer
+            .parse_bytes(untrusted.untrusted_footer())
+            .map_err(|_| TokenError::Malformed)?;
+        let kid = footer
+            .get_claim("kid")
+            .and_then(|v| v.as_str())
+            .ok_or(TokenError::UnknownKey)?;
+        let key = self
+            .verifying
+            .iter()
+            .find(|k| k.key_id == kid)
+            .ok_or(TokenError::UnknownKey)?;
         let mut rules = ClaimsValidationRules::new();
         rules.validate_issuer_with(&self.issuer);
         rules.validate_audience_with(&self.audience);
         let trusted = public::verify(&key.public, &untrusted, &rules, None, None)
             .map_err(|e| TokenError::Rejected(e.to_string()))?;
-        let claims = trusted.payload_claims().ok_or(TokenError::BadClaim("payload"))?;
+        let claims = trusted
+            .payload_claims()
+            .ok_or(TokenError::BadClaim("payload"))?;
         let text = |name: &'static str| {
-            claims.get_claim(name).and_then(|v| v.as_str()).map(str::to_owned).ok_or(TokenError::BadClaim(name))
+            claims
+                .get_claim(name)
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+                .ok_or(TokenError::BadClaim(name))
         };
         let expires_at = DateTime::parse_from_rfc3339(&text("exp")?)
             .map_err(|_| TokenError::BadClaim("exp"))?
@@ -169,7 +209,9 @@ impl KeyRing {
             user_id: text("sub")?,
             session_id: text("sid")?,
             email: text("email")?,
-            role: text("role")?.parse().map_err(|_| TokenError::BadClaim("role"))?,
+            role: text("role")?
+                .parse()
+                .map_err(|_| TokenError::BadClaim("role"))?,
             expires_at,
         })
     }
@@ -209,13 +251,21 @@ mod tests {
     #[test]
     fn expired_wrong_key_wrong_audience_and_tampered_tokens_fail() {
         let r = ring("keyward");
-        let (expired, _) = r.issue(&claims(), Utc::now() - chrono::Duration::hours(1), Duration::from_secs(60));
+        let (expired, _) = r.issue(
+            &claims(),
+            Utc::now() - chrono::Duration::hours(1),
+            Duration::from_secs(60),
+        );
         assert!(matches!(r.verify(&expired), Err(TokenError::Rejected(_))));
 
         let (other, _) = ring("keyward").issue(&claims(), Utc::now(), Duration::from_secs(60));
         assert_eq!(r.verify(&other), Err(TokenError::UnknownKey));
 
-        let (aud, _) = KeyRing { audience: "billing".into(), ..r.clone() }.issue(&claims(), Utc::now(), Duration::from_secs(60));
+        let (aud, _) = KeyRing {
+            audience: "billing".into(),
+            ..r.clone()
+        }
+        .issue(&claims(), Utc::now(), Duration::from_secs(60));
         assert!(matches!(r.verify(&aud), Err(TokenError::Rejected(_))));
 
         let (good, _) = r.issue(&claims(), Utc::now(), Duration::from_secs(60));

@@ -34,14 +34,24 @@ impl Auth {
 #[tonic::async_trait]
 impl AuthService for Auth {
     #[instrument(skip(self, request))]
-    async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
         self.app.ensure_ready()?;
         let caller = self.caller(&request);
         let r = request.into_inner();
         if r.organization.is_some() {
-            return Err(Status::unimplemented("registering with an organization is not available yet"));
+            return Err(Status::unimplemented(
+                "registering with an organization is not available yet",
+            ));
         }
-        let account = NewAccount { email: r.email, password: r.password, display_name: r.display_name, ..Default::default() };
+        let account = NewAccount {
+            email: r.email,
+            password: r.password,
+            display_name: r.display_name,
+            ..Default::default()
+        };
         let user = self.app.register(account, &caller).await?;
         Ok(Response::new(RegisterResponse {
             pending_verification: !user.email_verified,
@@ -60,26 +70,48 @@ impl AuthService for Auth {
     }
 
     #[instrument(skip(self, request))]
-    async fn refresh(&self, request: Request<RefreshRequest>) -> Result<Response<TokenPair>, Status> {
+    async fn refresh(
+        &self,
+        request: Request<RefreshRequest>,
+    ) -> Result<Response<TokenPair>, Status> {
         self.app.ensure_ready()?;
         let caller = self.caller(&request);
-        let issued = self.app.refresh(&request.into_inner().refresh_token, &caller).await?;
+        let issued = self
+            .app
+            .refresh(&request.into_inner().refresh_token, &caller)
+            .await?;
         Ok(Response::new(convert::token_pair(issued, self.app.now())))
     }
 
     #[instrument(skip(self, request))]
-    async fn logout(&self, request: Request<LogoutRequest>) -> Result<Response<LogoutResponse>, Status> {
+    async fn logout(
+        &self,
+        request: Request<LogoutRequest>,
+    ) -> Result<Response<LogoutResponse>, Status> {
         let who = self.who(&request).await?;
         let caller = self.caller(&request);
-        let ended = self.app.logout(&who, request.into_inner().all_sessions, &caller).await?;
-        Ok(Response::new(LogoutResponse { sessions_ended: ended as i32 }))
+        let ended = self
+            .app
+            .logout(&who, request.into_inner().all_sessions, &caller)
+            .await?;
+        Ok(Response::new(LogoutResponse {
+            sessions_ended: ended as i32,
+        }))
     }
 
     #[instrument(skip(self, request))]
-    async fn authenticate(&self, request: Request<AuthenticateRequest>) -> Result<Response<AuthenticateResponse>, Status> {
+    async fn authenticate(
+        &self,
+        request: Request<AuthenticateRequest>,
+    ) -> Result<Response<AuthenticateResponse>, Status> {
         self.app.ensure_ready()?;
-        let claims = self.app.authenticate(&request.into_inner().access_token).await?;
-        Ok(Response::new(AuthenticateResponse { principal: Some(convert::principal(&claims)) }))
+        let claims = self
+            .app
+            .authenticate(&request.into_inner().access_token)
+            .await?;
+        Ok(Response::new(AuthenticateResponse {
+            principal: Some(convert::principal(&claims)),
+        }))
     }
 
     #[instrument(skip(self, request))]
@@ -99,17 +131,31 @@ impl AuthService for Auth {
         let r = request.into_inner();
         let ended = self
             .app
-            .change_password(&who, &r.current_password, &r.new_password, r.keep_other_sessions, &caller)
+            .change_password(
+                &who,
+                &r.current_password,
+                &r.new_password,
+                r.keep_other_sessions,
+                &caller,
+            )
             .await?;
-        Ok(Response::new(ChangePasswordResponse { sessions_ended: ended as i32 }))
+        Ok(Response::new(ChangePasswordResponse {
+            sessions_ended: ended as i32,
+        }))
     }
 
     #[instrument(skip(self, request))]
-    async fn list_sessions(&self, request: Request<ListSessionsRequest>) -> Result<Response<ListSessionsResponse>, Status> {
+    async fn list_sessions(
+        &self,
+        request: Request<ListSessionsRequest>,
+    ) -> Result<Response<ListSessionsResponse>, Status> {
         let who = self.who(&request).await?;
         let sessions = self.app.list_sessions(&who).await?;
         Ok(Response::new(ListSessionsResponse {
-            sessions: sessions.iter().map(|s| convert::session(s, &who.session_id)).collect(),
+            sessions: sessions
+                .iter()
+                .map(|s| convert::session(s, &who.session_id))
+                .collect(),
         }))
     }
 
@@ -120,7 +166,9 @@ impl AuthService for Auth {
     ) -> Result<Response<RevokeSessionResponse>, Status> {
         let who = self.who(&request).await?;
         let caller = self.caller(&request);
-        self.app.revoke_session(&who, &request.into_inner().session_id, &caller).await?;
+        self.app
+            .revoke_session(&who, &request.into_inner().session_id, &caller)
+            .await?;
         Ok(Response::new(RevokeSessionResponse {}))
     }
 

@@ -11,7 +11,10 @@ use crate::store::sessions::SessionDoc;
 use crate::store::users::{UserDoc, UserStatus};
 
 pub fn timestamp(t: DateTime<Utc>) -> Option<Timestamp> {
-    Some(Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 })
+    Some(Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    })
 }
 
 fn bson_ts(t: mongodb::bson::DateTime) -> Option<Timestamp> {

@@ -15,7 +15,8 @@ pub mod pb {
     tonic::include_proto!("keyward.v1");
 
     /// Descriptor set served by the reflection service.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("keyward_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("keyward_descriptor");
 }
 
 /// Longest user agent kept for a session.
@@ -35,20 +36,31 @@ pub fn caller<T>(request: &tonic::Request<T>, trust_forwarded_for: bool) -> Call
         .unwrap_or_default();
     // grpc clients put their own library name in user-agent; a gateway forwards the browser's
     // in x-forwarded-user-agent or grpcgateway-user-agent.
-    let user_agent = ["x-forwarded-user-agent", "grpcgateway-user-agent", "user-agent"]
-        .iter()
-        .find_map(|k| md.get(*k).and_then(|v| v.to_str().ok()))
-        .unwrap_or_default()
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(MAX_USER_AGENT)
-        .collect();
-    Caller { client_address, user_agent }
+    let user_agent = [
+        "x-forwarded-user-agent",
+        "grpcgateway-user-agent",
+        "user-agent",
+    ]
+    .iter()
+    .find_map(|k| md.get(*k).and_then(|v| v.to_str().ok()))
+    .unwrap_or_default()
+    .chars()
+    .filter(|c| !c.is_control())
+    .take(MAX_USER_AGENT)
+    .collect();
+    Caller {
+        client_address,
+        user_agent,
+    }
 }
 
 /// The access token from `authorization: Bearer <token>` metadata.
 pub fn bearer_token(md: &MetadataMap) -> Result<&str, Error> {
-    let value = md.get("authorization").ok_or(Error::TokenInvalid)?.to_str().map_err(|_| Error::TokenInvalid)?;
+    let value = md
+        .get("authorization")
+        .ok_or(Error::TokenInvalid)?
+        .to_str()
+        .map_err(|_| Error::TokenInvalid)?;
     let (scheme, token) = value.split_once(' ').ok_or(Error::TokenInvalid)?;
     if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
         return Err(Error::TokenInvalid);

@@ -52,8 +52,12 @@ pub struct AuditEvents {
 impl AuditEvents {
     pub async fn ensure_indexes(&self) -> mongodb::error::Result<()> {
         let indexes = [
-            IndexModel::builder().keys(doc! { "user_id": 1, "occurred_at": -1 }).build(),
-            IndexModel::builder().keys(doc! { "action": 1, "occurred_at": -1 }).build(),
+            IndexModel::builder()
+                .keys(doc! { "user_id": 1, "occurred_at": -1 })
+                .build(),
+            IndexModel::builder()
+                .keys(doc! { "action": 1, "occurred_at": -1 })
+                .build(),
             IndexModel::builder()
                 .keys(doc! { "expires_at": 1 })
                 .options(IndexOptions::builder().expire_after(Duration::ZERO).build())
@@ -62,15 +66,26 @@ impl AuditEvents {
         self.collection.create_indexes(indexes).await.map(|_| ())
     }
 
-    pub async fn record(&self, mut event: AuditEvent, now: DateTime<Utc>) -> mongodb::error::Result<()> {
+    pub async fn record(
+        &self,
+        mut event: AuditEvent,
+        now: DateTime<Utc>,
+    ) -> mongodb::error::Result<()> {
         event.occurred_at = bson_time(now);
-        event.expires_at = bson_time(now + chrono::Duration::from_std(self.retention).unwrap_or(chrono::Duration::days(90)));
+        event.expires_at = bson_time(
+            now + chrono::Duration::from_std(self.retention).unwrap_or(chrono::Duration::days(90)),
+        );
         self.collection.insert_one(event).await.map(|_| ())
     }
 
     /// Events about `user_id`, newest first (used by tests and, later, ListAuditEvents).
     pub async fn for_user(&self, user_id: &str) -> mongodb::error::Result<Vec<AuditEvent>> {
         use futures::TryStreamExt;
-        self.collection.find(doc! { "user_id": user_id }).sort(doc! { "occurred_at": -1 }).await?.try_collect().await
+        self.collection
+            .find(doc! { "user_id": user_id })
+            .sort(doc! { "occurred_at": -1 })
+            .await?
+            .try_collect()
+            .await
     }
 }

@@ -31,10 +31,16 @@ pub struct Store {
 impl Store {
     /// Connects lazily: the driver dials on first use, so this succeeds while the database is
     /// still down and `ready()` tells when it answers.
-    pub async fn connect(uri: &str, database: &str, audit_retention: Duration) -> anyhow::Result<Self> {
+    pub async fn connect(
+        uri: &str,
+        database: &str,
+        audit_retention: Duration,
+    ) -> anyhow::Result<Self> {
         let mut options = ClientOptions::parse(uri).await?;
         options.app_name.get_or_insert_with(|| "keyward".into());
-        options.server_selection_timeout.get_or_insert(Duration::from_secs(5));
+        options
+            .server_selection_timeout
+            .get_or_insert(Duration::from_secs(5));
         let client = Client::with_options(options)?;
         Ok(Self::new(client.database(database), audit_retention))
     }
@@ -43,7 +49,10 @@ impl Store {
         Self {
             users: Users(credential_collection(&db, "users")),
             sessions: Sessions(credential_collection(&db, "sessions")),
-            audit_events: AuditEvents { collection: db.collection("audit_events"), retention: audit_retention },
+            audit_events: AuditEvents {
+                collection: db.collection("audit_events"),
+                retention: audit_retention,
+            },
             rate_limits: RateLimits(db.collection("rate_limits")),
             db,
         }
@@ -61,7 +70,12 @@ impl Store {
 }
 
 fn credential_collection<T: Send + Sync>(db: &Database, name: &str) -> Collection<T> {
-    db.collection_with_options(name, CollectionOptions::builder().write_concern(WriteConcern::majority()).build())
+    db.collection_with_options(
+        name,
+        CollectionOptions::builder()
+            .write_concern(WriteConcern::majority())
+            .build(),
+    )
 }
 
 /// True when `err` is a unique-index violation (E11000).
@@ -70,7 +84,10 @@ pub fn is_duplicate_key(err: &mongodb::error::Error) -> bool {
     match err.kind.as_ref() {
         ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == 11000,
         ErrorKind::Command(e) => e.code == 11000,
-        ErrorKind::InsertMany(e) => e.write_errors.as_ref().is_some_and(|w| w.iter().any(|e| e.code == 11000)),
+        ErrorKind::InsertMany(e) => e
+            .write_errors
+            .as_ref()
+            .is_some_and(|w| w.iter().any(|e| e.code == 11000)),
         _ => err.to_string().contains("E11000"),
     }
 }

@@ -39,7 +39,12 @@ impl RateLimits {
     }
 
     /// Counts one hit on `key` in a window that ends after `ttl`; returns the count so far.
-    pub async fn hit(&self, key: &str, now: DateTime<Utc>, ttl: Duration) -> mongodb::error::Result<u32> {
+    pub async fn hit(
+        &self,
+        key: &str,
+        now: DateTime<Utc>,
+        ttl: Duration,
+    ) -> mongodb::error::Result<u32> {
         let doc = self
             .0
             .find_one_and_update(
@@ -53,14 +58,27 @@ impl RateLimits {
     }
 
     /// The counter for `key` if it has not expired.
-    pub async fn get(&self, key: &str, now: DateTime<Utc>) -> mongodb::error::Result<Option<RateLimitDoc>> {
-        self.0.find_one(doc! { "_id": key, "expires_at": { "$gt": bson_time(now) } }).await
+    pub async fn get(
+        &self,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> mongodb::error::Result<Option<RateLimitDoc>> {
+        self.0
+            .find_one(doc! { "_id": key, "expires_at": { "$gt": bson_time(now) } })
+            .await
     }
 
     /// Counts a consecutive failure on `key` (kept for `memory`), returning the new count.
-    pub async fn record_failure(&self, key: &str, now: DateTime<Utc>, memory: Duration) -> mongodb::error::Result<u32> {
+    pub async fn record_failure(
+        &self,
+        key: &str,
+        now: DateTime<Utc>,
+        memory: Duration,
+    ) -> mongodb::error::Result<u32> {
         // An expired counter that the TTL monitor has not removed yet starts over.
-        self.0.delete_one(doc! { "_id": key, "expires_at": { "$lte": bson_time(now) } }).await?;
+        self.0
+            .delete_one(doc! { "_id": key, "expires_at": { "$lte": bson_time(now) } })
+            .await?;
         let doc = self
             .0
             .find_one_and_update(
@@ -73,7 +91,12 @@ impl RateLimits {
         Ok(doc.map_or(1, |d| d.count))
     }
 
-    pub async fn lock_until(&self, key: &str, until: DateTime<Utc>, memory: Duration) -> mongodb::error::Result<()> {
+    pub async fn lock_until(
+        &self,
+        key: &str,
+        until: DateTime<Utc>,
+        memory: Duration,
+    ) -> mongodb::error::Result<()> {
         self.0
             .update_one(
                 doc! { "_id": key },

@@ -62,10 +62,16 @@ impl Sessions {
                 .keys(doc! { "refresh_hash": 1 })
                 .options(IndexOptions::builder().unique(true).build())
                 .build(),
-            IndexModel::builder().keys(doc! { "used_refresh_hashes": 1 }).build(),
+            IndexModel::builder()
+                .keys(doc! { "used_refresh_hashes": 1 })
+                .build(),
             IndexModel::builder()
                 .keys(doc! { "expires_at": 1 })
-                .options(IndexOptions::builder().expire_after(std::time::Duration::ZERO).build())
+                .options(
+                    IndexOptions::builder()
+                        .expire_after(std::time::Duration::ZERO)
+                        .build(),
+                )
                 .build(),
         ];
         self.0.create_indexes(indexes).await?;
@@ -96,11 +102,17 @@ impl Sessions {
             },
             "$push": { "used_refresh_hashes": { "$each": [old_hash], "$slice": -USED_HASHES_KEPT } },
         };
-        self.0.find_one_and_update(filter, update).return_document(ReturnDocument::After).await
+        self.0
+            .find_one_and_update(filter, update)
+            .return_document(ReturnDocument::After)
+            .await
     }
 
     /// The session that once had a refresh token hashing to `hash` (already rotated out).
-    pub async fn find_by_used_refresh_hash(&self, hash: &str) -> mongodb::error::Result<Option<SessionDoc>> {
+    pub async fn find_by_used_refresh_hash(
+        &self,
+        hash: &str,
+    ) -> mongodb::error::Result<Option<SessionDoc>> {
         self.0.find_one(doc! { "used_refresh_hashes": hash }).await
     }
 
@@ -124,7 +136,10 @@ impl Sessions {
         }
         let r = self
             .0
-            .update_one(filter, doc! { "$set": { "revoked_at": bson_time(now), "revoked_reason": reason } })
+            .update_one(
+                filter,
+                doc! { "$set": { "revoked_at": bson_time(now), "revoked_reason": reason } },
+            )
             .await?;
         Ok(r.modified_count == 1)
     }
@@ -158,13 +173,26 @@ impl Sessions {
             .await?
             .try_collect()
             .await?;
-        Ok(ids.iter().filter_map(|d| d.get_str("_id").ok().map(str::to_owned)).collect())
+        Ok(ids
+            .iter()
+            .filter_map(|d| d.get_str("_id").ok().map(str::to_owned))
+            .collect())
     }
 
     /// The user's active sessions, newest first.
-    pub async fn list_active(&self, user_id: &str, now: DateTime<Utc>) -> mongodb::error::Result<Vec<SessionDoc>> {
+    pub async fn list_active(
+        &self,
+        user_id: &str,
+        now: DateTime<Utc>,
+    ) -> mongodb::error::Result<Vec<SessionDoc>> {
         let mut filter = active(now);
         filter.insert("user_id", user_id);
-        self.0.find(filter).sort(doc! { "created_at": -1 }).limit(1000).await?.try_collect().await
+        self.0
+            .find(filter)
+            .sort(doc! { "created_at": -1 })
+            .limit(1000)
+            .await?
+            .try_collect()
+            .await
     }
 }

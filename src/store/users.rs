@@ -47,7 +47,9 @@ mod role_str {
         s.serialize_str(role.as_str())
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Role, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -65,7 +67,12 @@ impl Users {
     pub async fn ensure_indexes(&self) -> mongodb::error::Result<()> {
         let unique_email = IndexModel::builder()
             .keys(doc! { "email": 1 })
-            .options(IndexOptions::builder().unique(true).name("email_unique".to_string()).build())
+            .options(
+                IndexOptions::builder()
+                    .unique(true)
+                    .name("email_unique".to_string())
+                    .build(),
+            )
             .build();
         self.0.create_index(unique_email).await?;
         Ok(())
@@ -109,7 +116,12 @@ impl Users {
     }
 
     pub async fn record_login(&self, id: &str, now: DateTime<Utc>) -> mongodb::error::Result<()> {
-        self.0.update_one(doc! { "_id": id }, doc! { "$set": { "last_login_at": bson_time(now) } }).await?;
+        self.0
+            .update_one(
+                doc! { "_id": id },
+                doc! { "$set": { "last_login_at": bson_time(now) } },
+            )
+            .await?;
         Ok(())
     }
 

@@ -1,1 +1,14 @@
+//! keyward's integration tests: one binary, a real MongoDB-compatible server, keyward on
+//! 127.0.0.1:0 and real gRPC clients (plus the real grpcurl and a second keyward process).
 
+mod harness;
+
+mod accounts;
+mod bad_input;
+mod grpcurl;
+mod lockout;
+mod refresh;
+mod replicas;
+mod server;
+mod sessions;
+mod tokens;

@@ -1,0 +1,130 @@
+//! The real grpcurl against keyward: reflection (list, describe), health, and
+//! Register -> Login -> Authenticate in JSON, as an operator would do it.
+
+use std::process::Command;
+
+use crate::harness::*;
+
+fn grpcurl(args: &[&str]) -> (bool, String) {
+    let out = Command::new("grpcurl")
+        .args(args)
+        .output()
+        .expect("grpcurl not found: run scripts/setup.sh first");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+#[tokio::test]
+async fn grpcurl_lists_describes_checks_health_and_logs_in() {
+    let app = TestApp::start().await;
+    let addr = app.addr.to_string();
+    let email = email("grpcurl");
+    let result = tokio::task::spawn_blocking(move || {
+        let (ok, list) = grpcurl(&["-plaintext", &addr, "list"]);
+        assert!(ok, "{list}");
+        for service in [
+            "keyward.v1.AuthService",
+            "keyward.v1.OtpService",
+            "keyward.v1.OrgService",
+            "keyward.v1.UserService",
+            "grpc.health.v1.Health",
+        ] {
+            assert!(
+                list.lines().any(|l| l.trim() == service),
+                "{service} not listed:\n{list}"
+            );
+        }
+        let (ok, described) = grpcurl(&["-plaintext", &addr, "describe", "keyward.v1.AuthService"]);
+        assert!(ok, "{described}");
+        assert!(
+            described.contains(
+                "rpc Login ( .keyward.v1.LoginRequest ) returns ( .keyward.v1.TokenPair );"
+            ),
+            "{described}"
+        );
+        let (ok, described) = grpcurl(&["-plaintext", &addr, "describe", "keyward.v1.TokenPair"]);
+        assert!(ok && described.contains("refresh_token"), "{described}");
+
+        let (ok, health) = grpcurl(&[
+            "-plaintext",
+            "-d",
+            r#"{"service":"keyward.v1.AuthService"}"#,
+            &addr,
+            "grpc.health.v1.Health/Check",
+        ]);
+        assert!(ok, "{health}");
+        assert_eq!(json(&health)["status"], "SERVING");
+
+        let register =
+            format!(r#"{{"email":"{email}","password":"{PASSWORD}","display_name":"Grace"}}"#);
+        let (ok, out) = grpcurl(&[
+            "-plaintext",
+            "-d",
+            &register,
+            &addr,
+            "keyward.v1.AuthService/Register",
+        ]);
+        assert!(ok, "{out}");
+        assert_eq!(json(&out)["user"]["email"], email.as_str());
+
+        let login = format!(r#"{{"email":"{email}","password":"{PASSWORD}"}}"#);
+        let (ok, out) = grpcurl(&[
+            "-plaintext",
+            "-d",
+            &login,
+            &addr,
+            "keyward.v1.AuthService/Login",
+        ]);
+        assert!(ok, "{out}");
+        let pair = json(&out);
+        let access = pair["accessToken"].as_str().unwrap().to_string();
+        assert!(pair["refreshToken"].as_str().unwrap().starts_with("kwr_"));
+
+        let auth = format!(r#"{{"access_token":"{access}"}}"#);
+        let (ok, out) = grpcurl(&[
+            "-plaintext",
+            "-d",
+            &auth,
+            &addr,
+            "keyward.v1.AuthService/Authenticate",
+        ]);
+        assert!(ok, "{out}");
+        assert_eq!(json(&out)["principal"]["email"], email.as_str());
+
+        let (ok, out) = grpcurl(&[
+            "-plaintext",
+            "-H",
+            &format!("authorization: Bearer {access}"),
+            &addr,
+            "keyward.v1.AuthService/GetMe",
+        ]);
+        assert!(ok, "{out}");
+        assert_eq!(json(&out)["displayName"], "Grace");
+
+        // A refusal shows grpcurl the status and the stable reason.
+        let (ok, out) = grpcurl(&[
+            "-plaintext",
+            "-d",
+            &format!(r#"{{"email":"{email}","password":"nope nope nope"}}"#),
+            &addr,
+            "keyward.v1.AuthService/Login",
+        ]);
+        assert!(!ok);
+        assert!(
+            out.contains("Code: Unauthenticated") && out.contains("INVALID_CREDENTIALS"),
+            "{out}"
+        );
+    })
+    .await;
+    if let Err(e) = result {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}

@@ -1,0 +1,276 @@
+//! Test harness: a real MongoDB-compatible server (`secantusd-rs`, started once per test
+//! process on port 0, or any MongoDB named by `KEYWARD_TEST_MONGODB_URI`), a fresh database per
+//! test, and keyward itself on 127.0.0.1:0 with real tonic clients.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use keyward::config::Config;
+use keyward::grpc::pb::auth_service_client::AuthServiceClient;
+use keyward::grpc::pb::{LoginRequest, RegisterRequest, TokenPair};
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+/// A password every default policy accepts.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// The MongoDB URI tests run against.
+pub fn mongo_uri() -> String {
+    static URI: OnceLock<String> = OnceLock::new();
+    URI.get_or_init(|| match std::env::var("KEYWARD_TEST_MONGODB_URI") {
+        Ok(uri) if !uri.is_empty() => uri,
+        _ => start_secantus(),
+    })
+    .clone()
+}
+
+/// Starts secantusd-rs for the whole test process. It is started from a thread that lives as
+/// long as the process and asks the kernel to kill it when that thread's process dies, so no
+/// server outlives the tests.
+fn start_secantus() -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let dir = std::env::temp_dir().join(format!("keyward-test-mongo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut cmd = Command::new("secantusd-rs");
+        cmd.args([
+            "--port",
+            "0",
+            "--log-level",
+            "WARNING",
+            "--log-file-max",
+            "16MB",
+            "--cache-size",
+            "512M",
+        ])
+        .arg("--storage-path")
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+        kill_with_parent(&mut cmd);
+        let mut child: Child = cmd
+            .spawn()
+            .expect("secantusd-rs not found: run scripts/setup.sh first");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let port = loop {
+            let line = lines.next().expect("secantusd-rs exited").unwrap();
+            if let Some(addr) = line.strip_prefix("secantusd-rs listening on ") {
+                break addr.trim().rsplit(':').next().unwrap().to_string();
+            }
+        };
+        tx.send(format!("mongodb://127.0.0.1:{port}/?directConnection=true"))
+            .unwrap();
+        // Keep draining its output and keep this thread (the child's parent thread) alive.
+        for _ in lines {}
+        let _ = child.wait();
+        std::thread::park();
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("secantusd-rs did not start")
+}
+
+/// Makes `cmd`'s process die with the thread that spawned it (Linux PR_SET_PDEATHSIG).
+pub fn kill_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches only the child being set up.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
+/// A config for a test: fresh database, fresh signing key, loopback port 0.
+pub fn test_config() -> Config {
+    let (secret, _, _) = keyward::domain::tokens::generate_key();
+    let env: BTreeMap<String, String> = [
+        ("KEYWARD_MONGODB_URI", mongo_uri()),
+        (
+            "KEYWARD_MONGODB_DATABASE",
+            format!("kw_test_{}", uuid::Uuid::new_v4().simple()),
+        ),
+        ("KEYWARD_SIGNING_KEY", secret),
+        ("KEYWARD_GRPC_ADDR", "127.0.0.1:0".into()),
+        ("KEYWARD_HASH_WORKERS", "2".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    Config::load(None, &env).expect("test config is valid")
+}
+
+/// A running keyward.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub config: Config,
+    channel: Channel,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestApp {
+    pub async fn start() -> Self {
+        Self::start_with(test_config()).await
+    }
+
+    pub async fn start_with_config(change: impl FnOnce(&mut Config)) -> Self {
+        let mut config = test_config();
+        change(&mut config);
+        Self::start_with(config).await
+    }
+
+    pub async fn start_with(config: Config) -> Self {
+        let listener = tokio::net::TcpListener::bind(config.grpc_addr)
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(keyward::run(config.clone(), listener, async {
+            let _ = rx.await;
+        }));
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let app = Self {
+            addr,
+            config,
+            channel,
+            shutdown: Some(tx),
+            task: Some(task),
+        };
+        app.wait_serving().await;
+        app
+    }
+
+    /// Waits until health says SERVING (database answered, indexes exist).
+    pub async fn wait_serving(&self) {
+        let mut health = HealthClient::new(self.channel.clone());
+        for _ in 0..300 {
+            let r = health
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await;
+            if r.is_ok_and(|r| r.into_inner().status == 1) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("keyward did not become SERVING");
+    }
+
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    pub fn auth(&self) -> AuthServiceClient<Channel> {
+        AuthServiceClient::new(self.channel.clone())
+    }
+
+    pub fn health(&self) -> HealthClient<Channel> {
+        HealthClient::new(self.channel.clone())
+    }
+
+    /// A handle on the test's database, to look at what keyward stored.
+    pub async fn db(&self) -> mongodb::Database {
+        let client = mongodb::Client::with_uri_str(self.config.mongodb_uri.as_deref().unwrap())
+            .await
+            .unwrap();
+        client.database(&self.config.mongodb_database)
+    }
+
+    /// Registers `email` with [`PASSWORD`].
+    pub async fn register(&self, email: &str) {
+        self.auth()
+            .register(RegisterRequest {
+                email: email.into(),
+                password: PASSWORD.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("register");
+    }
+
+    /// Registers and logs in `email`.
+    pub async fn signed_in(&self, email: &str) -> TokenPair {
+        self.register(email).await;
+        self.login(email, PASSWORD).await.expect("login")
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Result<TokenPair, tonic::Status> {
+        self.auth()
+            .login(LoginRequest {
+                email: email.into(),
+                password: password.into(),
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// Graceful stop: returns once keyward has drained and exited.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// `authorization: Bearer <token>` on a request.
+pub fn bearer<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+/// The stable `ErrorInfo.reason` of a status.
+pub fn reason(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    status
+        .get_details_error_info()
+        .map(|i| i.reason)
+        .unwrap_or_default()
+}
+
+/// The `BadRequest` field violations of a status, as (field, description).
+pub fn violations(status: &tonic::Status) -> Vec<(String, String)> {
+    use tonic_types::StatusExt;
+    status
+        .get_details_bad_request()
+        .map(|b| {
+            b.field_violations
+                .into_iter()
+                .map(|v| (v.field, v.description))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A unique email for a test.
+pub fn email(tag: &str) -> String {
+    format!(
+        "{tag}-{}@example.com",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}

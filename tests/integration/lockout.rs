@@ -1,0 +1,115 @@
+//! Per-email lockout with growing delays, its reset, and per-address throttling.
+
+use std::time::Duration;
+
+use tonic::Code;
+use tonic_types::StatusExt;
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn five_failures_lock_the_email_even_for_the_right_password_then_it_unlocks() {
+    let app = TestApp::start_with_config(|c| {
+        c.lockout_base_delay = Duration::from_secs(2);
+        c.login_attempts_per_address_per_minute = 0;
+    })
+    .await;
+    let email = email("locked");
+    app.register(&email).await;
+    for _ in 0..5 {
+        assert_eq!(
+            reason(&app.login(&email, "wrong guess 123").await.unwrap_err()),
+            "INVALID_CREDENTIALS"
+        );
+    }
+    let err = app.login(&email, PASSWORD).await.unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err).as_str()),
+        (Code::ResourceExhausted, "ACCOUNT_LOCKED")
+    );
+    let retry = err
+        .get_details_retry_info()
+        .and_then(|r| r.retry_delay)
+        .expect("RetryInfo");
+    assert!(
+        retry > Duration::ZERO && retry <= Duration::from_secs(2),
+        "{retry:?}"
+    );
+
+    tokio::time::sleep(retry + Duration::from_millis(200)).await;
+    app.login(&email, PASSWORD)
+        .await
+        .expect("unlocked after the delay");
+    // Success reset the count: four more failures do not lock.
+    for _ in 0..4 {
+        let _ = app.login(&email, "wrong guess 123").await;
+    }
+    app.login(&email, PASSWORD)
+        .await
+        .expect("not locked after 4 failures");
+
+    let events = {
+        use mongodb::bson::{doc, Document};
+        app.db()
+            .await
+            .collection::<Document>("audit_events")
+            .count_documents(doc! { "action": "lockout" })
+            .await
+            .unwrap()
+    };
+    assert_eq!(events, 1);
+}
+
+#[tokio::test]
+async fn unknown_emails_lock_exactly_like_real_ones() {
+    let app = TestApp::start_with_config(|c| c.login_attempts_per_address_per_minute = 0).await;
+    let (real, ghost) = (email("real"), email("ghost"));
+    app.register(&real).await;
+    let mut answers = Vec::new();
+    for who in [&real, &ghost] {
+        let mut seq = Vec::new();
+        for _ in 0..7 {
+            let e = app.login(who, "wrong guess 123").await.unwrap_err();
+            seq.push((e.code(), reason(&e)));
+        }
+        answers.push(seq);
+    }
+    assert_eq!(
+        answers[0], answers[1],
+        "lockout must not reveal which emails have accounts"
+    );
+    assert_eq!(
+        answers[0][5],
+        (Code::ResourceExhausted, "ACCOUNT_LOCKED".to_string())
+    );
+}
+
+#[tokio::test]
+async fn one_address_is_throttled_with_retry_info() {
+    let app = TestApp::start_with_config(|c| c.login_attempts_per_address_per_minute = 3).await;
+    let mut reasons = Vec::new();
+    for i in 0..4 {
+        let e = app
+            .login(&format!("spray{i}@example.com"), "wrong guess 123")
+            .await
+            .unwrap_err();
+        reasons.push(reason(&e));
+        if i == 3 {
+            assert_eq!(e.code(), Code::ResourceExhausted);
+            let retry = e
+                .get_details_retry_info()
+                .and_then(|r| r.retry_delay)
+                .expect("RetryInfo");
+            assert!(retry <= Duration::from_secs(60));
+        }
+    }
+    assert_eq!(
+        reasons,
+        [
+            "INVALID_CREDENTIALS",
+            "INVALID_CREDENTIALS",
+            "INVALID_CREDENTIALS",
+            "RATE_LIMITED"
+        ]
+    );
+}
