@@ -1,1 +1,428 @@
-fn main() {}
+//! keyward's load benchmark: starts secantusd-rs and the release keyward binary on loopback and
+//! prints throughput and latency at concurrency 64, with the targets beside them.
+//!
+//!   scripts/bench.sh               (or: cargo bench --bench load -- [--seconds N])
+//!
+//! Phases (each `--seconds`, default 5):
+//!   1. grpc.health.v1 Check          — the server's ceiling on this machine
+//!   2. Authenticate                  — the hot path, same tokens repeatedly (as sidecars do)
+//!   3. raw argon2id                  — hashes/s on as many threads as keyward's hash pool
+//!   4. Login flood                   — logins/s, with an Authenticate probe running beside it
+//!   5. Refresh                       — rotations/s, each worker on its own session chain
+//! Then keyward's peak RSS (VmHWM).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keyward::grpc::pb::auth_service_client::AuthServiceClient;
+use keyward::grpc::pb::{AuthenticateRequest, LoginRequest, RefreshRequest, RegisterRequest};
+use tonic::transport::Channel;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+const CONCURRENCY: usize = 64;
+const CONNECTIONS: usize = 4;
+const PASSWORD: &str = "correct horse battery staple";
+
+struct Stats {
+    count: usize,
+    errors: usize,
+    elapsed: Duration,
+    p50: Duration,
+    p99: Duration,
+}
+
+impl Stats {
+    fn rate(&self) -> f64 {
+        self.count as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Runs `workers` loops of `call` until `duration` has passed; latency of every call recorded.
+async fn drive<F, Fut>(workers: usize, duration: Duration, call: F) -> Stats
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let call = Arc::new(call);
+    let start = Instant::now();
+    let deadline = start + duration;
+    let tasks: Vec<_> = (0..workers)
+        .map(|w| {
+            let call = Arc::clone(&call);
+            tokio::spawn(async move {
+                let (mut lat, mut errors) = (Vec::new(), 0usize);
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    if call(w).await {
+                        lat.push(t.elapsed());
+                    } else {
+                        errors += 1;
+                    }
+                }
+                (lat, errors)
+            })
+        })
+        .collect();
+    let (mut all, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        let (lat, e) = t.await.unwrap();
+        all.extend(lat);
+        errors += e;
+    }
+    let elapsed = start.elapsed();
+    all.sort();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    Stats {
+        count: all.len(),
+        errors,
+        elapsed,
+        p50: pct(0.50),
+        p99: pct(0.99),
+    }
+}
+
+fn start_mongo(dir: &std::path::Path) -> (Child, String) {
+    let mut child = Command::new("secantusd-rs")
+        .args([
+            "--port",
+            "0",
+            "--log-level",
+            "WARNING",
+            "--log-file-max",
+            "16MB",
+            "--cache-size",
+            "512M",
+        ])
+        .arg("--storage-path")
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("secantusd-rs not found: run scripts/setup.sh");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let port = loop {
+        let line = lines.next().expect("secantusd-rs exited").unwrap();
+        if let Some(addr) = line.strip_prefix("secantusd-rs listening on ") {
+            break addr.trim().rsplit(':').next().unwrap().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (
+        child,
+        format!("mongodb://127.0.0.1:{port}/?directConnection=true"),
+    )
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "ok"
+    } else {
+        "MISSED"
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let seconds: u64 = args
+        .iter()
+        .position(|a| a == "--seconds")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let phase = Duration::from_secs(seconds);
+    let dir = std::env::temp_dir().join(format!("keyward-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (mut mongo, uri) = start_mongo(&dir.join("mongo"));
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (secret, _, _) = keyward::domain::tokens::generate_key();
+    let hash_workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut keyward = Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .arg("serve")
+        .env_clear()
+        .env("KEYWARD_MONGODB_URI", &uri)
+        .env("KEYWARD_SIGNING_KEY", &secret)
+        .env("KEYWARD_GRPC_ADDR", format!("127.0.0.1:{port}"))
+        .env("KEYWARD_LOG_LEVEL", "warn")
+        // The bench logs in from one address with one password on purpose.
+        .env("KEYWARD_LOGIN_ATTEMPTS_PER_ADDRESS_PER_MINUTE", "0")
+        .env("KEYWARD_LOCKOUT_THRESHOLD", "0")
+        .env("KEYWARD_HASH_WORKERS", hash_workers.to_string())
+        .spawn()
+        .expect("keyward binary");
+    let pid = keyward.id();
+
+    let mut channels = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let channel = loop {
+            match Channel::from_shared(format!("http://127.0.0.1:{port}"))
+                .unwrap()
+                .connect()
+                .await
+            {
+                Ok(c) => break c,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        channels.push(channel);
+    }
+    let channels = Arc::new(channels);
+    let mut health = HealthClient::new(channels[0].clone());
+    while health
+        .check(HealthCheckRequest::default())
+        .await
+        .map_or(true, |r| r.into_inner().status != 1)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Users and sessions for the phases.
+    let users = 16;
+    let mut auth = AuthServiceClient::new(channels[0].clone());
+    for u in 0..users {
+        auth.register(RegisterRequest {
+            email: format!("bench{u}@example.com"),
+            password: PASSWORD.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let mut sessions = Vec::new();
+    for i in 0..CONCURRENCY {
+        let pair = auth
+            .login(LoginRequest {
+                email: format!("bench{}@example.com", i % users),
+                password: PASSWORD.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        sessions.push(pair);
+    }
+    let access: Arc<Vec<String>> =
+        Arc::new(sessions.iter().map(|s| s.access_token.clone()).collect());
+
+    println!("keyward load benchmark: concurrency {CONCURRENCY} over {CONNECTIONS} loopback HTTP/2 connections, {seconds}s per phase, {} cores, {hash_workers} hash workers", hash_workers);
+    println!();
+
+    let ch = Arc::clone(&channels);
+    let check = drive(CONCURRENCY, phase, move |w| {
+        let mut c = HealthClient::new(ch[w % CONNECTIONS].clone());
+        async move { c.check(HealthCheckRequest::default()).await.is_ok() }
+    })
+    .await;
+
+    let (ch, tokens) = (Arc::clone(&channels), Arc::clone(&access));
+    let authn = drive(CONCURRENCY, phase, move |w| {
+        let mut c = AuthServiceClient::new(ch[w % CONNECTIONS].clone());
+        let token = tokens[w].clone();
+        async move {
+            c.authenticate(AuthenticateRequest {
+                access_token: token,
+            })
+            .await
+            .is_ok()
+        }
+    })
+    .await;
+
+    // Raw argon2id on the same number of threads as keyward's pool, keyward idle.
+    let raw_start = Instant::now();
+    let raw_deadline = raw_start + phase;
+    let hashers: Vec<_> = (0..hash_workers)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while Instant::now() < raw_deadline {
+                    keyward::domain::password::hash(PASSWORD).unwrap();
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let raw_hashes: u64 = hashers.into_iter().map(|h| h.join().unwrap()).sum();
+    let raw_rate = raw_hashes as f64 / raw_start.elapsed().as_secs_f64();
+
+    // Login flood with an Authenticate probe beside it.
+    let flooding = Arc::new(AtomicBool::new(true));
+    let probe = {
+        let (ch, tokens, flooding) = (
+            Arc::clone(&channels),
+            Arc::clone(&access),
+            Arc::clone(&flooding),
+        );
+        tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut c = AuthServiceClient::new(ch[0].clone());
+            let mut i = 0;
+            while flooding.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                if c.authenticate(AuthenticateRequest {
+                    access_token: tokens[i % tokens.len()].clone(),
+                })
+                .await
+                .is_ok()
+                {
+                    lat.push(t.elapsed());
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            lat.sort();
+            (
+                lat.len(),
+                lat.get(lat.len() * 99 / 100).copied().unwrap_or_default(),
+                lat.get(lat.len() / 2).copied().unwrap_or_default(),
+            )
+        })
+    };
+    let ch = Arc::clone(&channels);
+    let logins = drive(CONCURRENCY, phase, move |w| {
+        let mut c = AuthServiceClient::new(ch[w % CONNECTIONS].clone());
+        async move {
+            c.login(LoginRequest {
+                email: format!("bench{}@example.com", w % 16),
+                password: PASSWORD.into(),
+            })
+            .await
+            .is_ok()
+        }
+    })
+    .await;
+    flooding.store(false, Ordering::Relaxed);
+    let (probe_n, probe_p99, probe_p50) = probe.await.unwrap();
+
+    // Refresh: each worker rotates its own session's token chain.
+    let chains: Arc<Vec<tokio::sync::Mutex<String>>> = Arc::new(
+        sessions
+            .iter()
+            .map(|s| tokio::sync::Mutex::new(s.refresh_token.clone()))
+            .collect(),
+    );
+    let ch = Arc::clone(&channels);
+    let refresh = drive(CONCURRENCY, phase, move |w| {
+        let mut c = AuthServiceClient::new(ch[w % CONNECTIONS].clone());
+        let chains = Arc::clone(&chains);
+        async move {
+            let mut token = chains[w].lock().await;
+            match c
+                .refresh(RefreshRequest {
+                    refresh_token: token.clone(),
+                })
+                .await
+            {
+                Ok(r) => {
+                    *token = r.into_inner().refresh_token;
+                    true
+                }
+                Err(_) => false,
+            }
+        }
+    })
+    .await;
+
+    let rss = peak_rss_mib(pid);
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
+    let _ = keyward.wait();
+    let _ = mongo.kill();
+    let _ = mongo.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let row = |name: &str, s: &Stats| {
+        println!(
+            "| {name:<34} | {:>10.0} | {:>8.2} | {:>8.2} | {:>6} |",
+            s.rate(),
+            ms(s.p50),
+            ms(s.p99),
+            s.errors
+        )
+    };
+    println!(
+        "| {:<34} | {:>10} | {:>8} | {:>8} | {:>6} |",
+        "phase (concurrency 64)", "per second", "p50 ms", "p99 ms", "errors"
+    );
+    println!(
+        "|{:-<36}|{:-<12}|{:-<10}|{:-<10}|{:-<8}|",
+        "", "", "", "", ""
+    );
+    row("grpc.health.v1 Check (ceiling)", &check);
+    row("Authenticate", &authn);
+    row("Login (flood)", &logins);
+    row("Refresh", &refresh);
+    println!(
+        "| {:<34} | {:>10.0} | {:>8} | {:>8} | {:>6} |",
+        format!("raw argon2id, {hash_workers} threads"),
+        raw_rate,
+        "-",
+        "-",
+        "-"
+    );
+    println!(
+        "| {:<34} | {:>10} | {:>8.2} | {:>8.2} | {:>6} |",
+        "Authenticate probe during the flood",
+        probe_n,
+        ms(probe_p50),
+        ms(probe_p99),
+        "-"
+    );
+    println!();
+    println!("peak RSS of keyward: {rss:.1} MiB");
+    println!();
+    let authn_share = authn.rate() / check.rate();
+    let login_share = logins.rate() / raw_rate;
+    println!("targets:");
+    println!(
+        "  Authenticate >= 70% of health Check rate: {:.0}%  {}",
+        authn_share * 100.0,
+        verdict(authn_share >= 0.70)
+    );
+    println!(
+        "  Authenticate p99 < 5 ms:                  {:.2} ms  {}",
+        ms(authn.p99),
+        verdict(authn.p99 < Duration::from_millis(5))
+    );
+    println!(
+        "  logins/s >= 80% of raw argon2id rate:     {:.0}%  {}",
+        login_share * 100.0,
+        verdict(login_share >= 0.80)
+    );
+    println!(
+        "  Authenticate p99 < 10 ms during flood:    {:.2} ms  {}",
+        ms(probe_p99),
+        verdict(probe_p99 < Duration::from_millis(10))
+    );
+    println!(
+        "  peak RSS < 150 MiB:                       {rss:.1} MiB  {}",
+        verdict(rss < 150.0)
+    );
+}

@@ -139,7 +139,11 @@ impl App {
         let now = self.now();
         self.throttle_address(caller).await?;
         let key = lockout_key(&email);
-        if let Some(left) = self.locked_for(&key).await? {
+        let failures = self.store.rate_limits.get(&key, now).await?;
+        if let Some(left) = failures
+            .as_ref()
+            .and_then(|f| remaining(f.locked_until.map(|t| t.to_chrono()), now))
+        {
             self.audit(
                 AuditRecord::new("login", Outcome::Failure, caller)
                     .email(&email)
@@ -173,7 +177,9 @@ impl App {
             }
         };
 
-        self.store.rate_limits.clear(&key).await?;
+        if failures.is_some() {
+            self.store.rate_limits.clear(&key).await?;
+        }
         if user.status == UserStatus::Disabled {
             self.audit(
                 AuditRecord::new("login", Outcome::Failure, caller)
