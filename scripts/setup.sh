@@ -7,6 +7,7 @@
 set -euo pipefail
 
 SECANTUS_VERSION="0.5.3-beta.196"
+source "$(dirname "$0")/tool-path.sh"
 need_apt=()
 
 if ! command -v secantusd-rs >/dev/null 2>&1; then
@@ -24,6 +25,7 @@ if ! command -v secantusd-rs >/dev/null 2>&1; then
   echo "setup: building secantusd-rs ${SECANTUS_VERSION} (one-off, takes a few minutes)"
   cargo install secantus-mdb --version "${SECANTUS_VERSION}" --ignore-rust-version --locked
 fi
+
 
 if ! command -v grpcurl >/dev/null 2>&1; then
   echo "setup: installing grpcurl"

@@ -423,9 +423,7 @@ fn describe(err: &toml::de::Error, table: &toml::Table) -> String {
     let msg = err.message().to_string();
     // toml reports the key path in its own Display; find which of our keys it is about.
     let full = err.to_string();
-    let key = table
-        .keys()
-        .find(|k| full.contains(&format!("`{k}`")) || full.contains(k.as_str()));
+    let key = table.keys().find(|k| full.contains(&format!("`{k}`")));
     match key {
         Some(k) => format!(
             "{}{} (or `{k}` in the config file): {msg}",

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
 
@@ -111,11 +111,15 @@ pub async fn serve(
         .add_service(otp)
         .add_service(org)
         .add_service(users)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-            shutdown.await;
-            tracing::info!("shutting down: NOT_SERVING, draining in-flight calls");
-            set_all(&health, false).await;
-        })
+        // No Nagle: gRPC writes small frames and waits for answers; delayed ACKs would stall them.
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async {
+                shutdown.await;
+                tracing::info!("shutting down: NOT_SERVING, draining in-flight calls");
+                set_all(&health, false).await;
+            },
+        )
         .await;
     ready_task.abort();
     tracing::info!("keyward stopped");

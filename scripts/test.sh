@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs keyward's full test suite on a fresh Debian machine with only the Rust toolchain:
+# installs the test tools (scripts/setup.sh), then unit + integration tests against a real
+# MongoDB-compatible server (or KEYWARD_TEST_MONGODB_URI) and the real grpcurl.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+source scripts/tool-path.sh
+cargo fmt --all -- --check
+cargo test --locked "$@"
