@@ -113,6 +113,9 @@ pub struct Config {
     /// Login attempts allowed per client address per minute; 0 turns the limit off.
     #[serde(deserialize_with = "flexible")]
     pub login_attempts_per_address_per_minute: u32,
+    /// Registrations allowed per client address per hour; 0 turns the limit off.
+    #[serde(deserialize_with = "flexible")]
+    pub registrations_per_address_per_hour: u32,
 
     // --- audit ---
     #[serde(with = "humantime_serde")]
@@ -159,6 +162,7 @@ impl Default for Config {
             lockout_base_delay: Duration::from_secs(30),
             lockout_max_delay: Duration::from_secs(15 * 60),
             login_attempts_per_address_per_minute: 30,
+            registrations_per_address_per_hour: 30,
             audit_retention: Duration::from_secs(90 * 24 * 3600),
             log_format: LogFormat::Text,
             log_level: "info".into(),
@@ -412,6 +416,7 @@ const KEYS: &[&str] = &[
     "lockout_base_delay",
     "lockout_max_delay",
     "login_attempts_per_address_per_minute",
+    "registrations_per_address_per_hour",
     "audit_retention",
     "log_format",
     "log_level",

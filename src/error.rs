@@ -58,6 +58,8 @@ pub enum Error {
     SessionNotFound,
     #[error("keyward is starting; try again shortly")]
     NotReady,
+    #[error("keyward is overloaded; try again shortly")]
+    Overloaded,
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
 }
@@ -86,7 +88,17 @@ impl Error {
             Error::RefreshTokenAlreadyRotated => (Code::Aborted, "REFRESH_TOKEN_ALREADY_ROTATED"),
             Error::SessionNotFound => (Code::NotFound, "SESSION_NOT_FOUND"),
             Error::NotReady => (Code::Unavailable, "NOT_READY"),
+            Error::Overloaded => (Code::Unavailable, "OVERLOADED"),
             Error::Internal(_) => (Code::Internal, "INTERNAL"),
+        }
+    }
+}
+
+impl From<crate::hash_pool::PoolError> for Error {
+    fn from(err: crate::hash_pool::PoolError) -> Self {
+        match err {
+            crate::hash_pool::PoolError::Busy => Error::Overloaded,
+            gone => Error::Internal(gone.into()),
         }
     }
 }
@@ -110,6 +122,9 @@ impl From<Error> for Status {
             }
             Error::AccountLocked { retry_after } | Error::RateLimited { retry_after } => {
                 details.set_retry_info(Some(*retry_after));
+            }
+            Error::Overloaded => {
+                details.set_retry_info(Some(Duration::from_secs(1)));
             }
             Error::Internal(cause) => {
                 tracing::error!(error = %format!("{cause:#}"), "internal error");

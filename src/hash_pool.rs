@@ -3,7 +3,8 @@
 //! argon2id costs tens of milliseconds of CPU per call. Running it on tokio's workers would stall
 //! every other call (Authenticate above all) during a login storm, so it runs here instead: a
 //! fixed number of threads, at a lower scheduling priority than the async workers, fed through a
-//! queue. A job whose caller has gone away (timeout, cancelled call) is skipped, not hashed.
+//! bounded queue (a full queue refuses at once rather than letting waits grow without end). A
+//! job whose caller has gone away (timeout, cancelled call) is skipped, not hashed.
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -16,14 +17,21 @@ type Job = Box<dyn FnOnce() + Send + 'static>;
 /// Handle to the pool; cheap to clone.
 #[derive(Clone)]
 pub struct HashPool {
-    queue: mpsc::Sender<Job>,
+    queue: mpsc::SyncSender<Job>,
     workers: usize,
 }
 
-/// The pool has shut down (only during process exit).
+/// Jobs each worker may have waiting: about a second of argon2id work.
+const QUEUE_PER_WORKER: usize = 64;
+
+/// Why a job did not run.
 #[derive(Debug, thiserror::Error)]
-#[error("password hashing pool is gone")]
-pub struct PoolGone;
+pub enum PoolError {
+    #[error("password hashing queue is full")]
+    Busy,
+    #[error("password hashing pool is gone")]
+    Gone,
+}
 
 impl HashPool {
     /// Starts `workers` threads (0: one per CPU core).
@@ -33,7 +41,7 @@ impl HashPool {
         } else {
             workers
         };
-        let (queue, jobs) = mpsc::channel::<Job>();
+        let (queue, jobs) = mpsc::sync_channel::<Job>(workers * QUEUE_PER_WORKER);
         let jobs = Arc::new(Mutex::new(jobs));
         for i in 0..workers {
             let jobs = Arc::clone(&jobs);
@@ -62,7 +70,7 @@ impl HashPool {
     }
 
     /// Runs `f` on the pool and waits for its result without blocking the async worker.
-    pub async fn run<T, F>(&self, f: F) -> Result<T, PoolGone>
+    pub async fn run<T, F>(&self, f: F) -> Result<T, PoolError>
     where
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
@@ -73,8 +81,11 @@ impl HashPool {
                 let _ = tx.send(f());
             }
         });
-        self.queue.send(job).map_err(|_| PoolGone)?;
-        rx.await.map_err(|_| PoolGone)
+        self.queue.try_send(job).map_err(|e| match e {
+            mpsc::TrySendError::Full(_) => PoolError::Busy,
+            mpsc::TrySendError::Disconnected(_) => PoolError::Gone,
+        })?;
+        rx.await.map_err(|_| PoolError::Gone)
     }
 }
 

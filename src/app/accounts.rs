@@ -22,8 +22,18 @@ use crate::store::users::{Inserted, UserDoc, UserStatus};
 pub const MAX_DISPLAY_NAME: usize = 100;
 /// How long consecutive login failures are remembered without a new one.
 const FAILURE_MEMORY: Duration = Duration::from_secs(3600);
-/// Window of the per-address login limit.
-const ADDRESS_WINDOW: Duration = Duration::from_secs(60);
+/// Compare-and-set rounds before a contended password attempt is refused.
+const ADMISSION_RETRIES: usize = 4;
+const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// An admitted password attempt: its number in the run of consecutive attempts, and the lock
+/// already set in case it fails.
+#[derive(Debug, Clone, Copy)]
+struct PasswordAttempt {
+    count: u32,
+    lock: Option<Duration>,
+}
 
 /// A new account as asked for.
 #[derive(Debug, Clone, Default)]
@@ -62,6 +72,14 @@ impl App {
     /// Creates an account. Concurrent registrations of one email create exactly one account
     /// (the unique index decides); the others get EMAIL_TAKEN.
     pub async fn register(&self, account: NewAccount, caller: &Caller) -> Result<UserDoc> {
+        // Before any work: EMAIL_TAKEN answers and argon2id time are what this limit protects.
+        self.throttle_address(
+            caller,
+            "register",
+            self.config.registrations_per_address_per_hour,
+            HOUR,
+        )
+        .await?;
         let mut violations = Vec::new();
         let email = email::normalize(&account.email)
             .map_err(|why| violations.push(FieldViolation::new("email", why)))
@@ -77,11 +95,7 @@ impl App {
             return Err(Error::InvalidArgument(violations));
         }
         let plain = account.password;
-        let hash = self
-            .hasher
-            .run(move || password::hash(&plain))
-            .await
-            .map_err(anyhow::Error::from)??;
+        let hash = self.hasher.run(move || password::hash(&plain)).await??;
         let now = bson_time(self.now());
         let user = UserDoc {
             id: new_id(),
@@ -137,21 +151,26 @@ impl App {
             return Err(Error::InvalidArgument(violations));
         }
         let now = self.now();
-        self.throttle_address(caller).await?;
+        self.throttle_address(
+            caller,
+            "login",
+            self.config.login_attempts_per_address_per_minute,
+            MINUTE,
+        )
+        .await?;
         let key = lockout_key(&email);
-        let failures = self.store.rate_limits.get(&key, now).await?;
-        if let Some(left) = failures
-            .as_ref()
-            .and_then(|f| remaining(f.locked_until.map(|t| t.to_chrono()), now))
-        {
-            self.audit(
-                AuditRecord::new("login", Outcome::Failure, caller)
-                    .email(&email)
-                    .detail("reason", "account_locked"),
-            )
-            .await;
-            return Err(Error::AccountLocked { retry_after: left });
-        }
+        let attempt = match self.admit_password_attempt(&key).await {
+            Ok(attempt) => attempt,
+            Err(e) => {
+                self.audit(
+                    AuditRecord::new("login", Outcome::Failure, caller)
+                        .email(&email)
+                        .detail("reason", "account_locked"),
+                )
+                .await;
+                return Err(e);
+            }
+        };
 
         let user = self
             .store
@@ -162,24 +181,26 @@ impl App {
         let stored = user
             .as_ref()
             .map_or_else(|| self.dummy_hash.clone(), |u| u.password_hash.clone());
-        let attempt = plain.to_string();
+        let given = plain.to_string();
         let verdict = self
             .hasher
-            .run(move || password::verify(&attempt, &stored))
-            .await
-            .map_err(anyhow::Error::from)?;
+            .run(move || password::verify(&given, &stored))
+            .await?;
         let user = match user {
             Some(user) if verdict != Verification::Mismatch => user,
             user => {
-                self.count_failure(&key, user.as_ref().map(|u| u.id.as_str()), &email, caller)
-                    .await?;
+                self.password_failed(
+                    attempt,
+                    user.as_ref().map(|u| u.id.as_str()),
+                    &email,
+                    caller,
+                )
+                .await;
                 return Err(Error::InvalidCredentials);
             }
         };
 
-        if failures.is_some() {
-            self.store.rate_limits.clear(&key).await?;
-        }
+        self.store.rate_limits.clear(&key).await?;
         if user.status == UserStatus::Disabled {
             self.audit(
                 AuditRecord::new("login", Outcome::Failure, caller)
@@ -226,18 +247,24 @@ impl App {
         }
     }
 
-    /// Per-address fixed window on login attempts, shared by replicas.
-    async fn throttle_address(&self, caller: &Caller) -> Result<()> {
-        let limit = self.config.login_attempts_per_address_per_minute;
+    /// Per-address fixed window on one kind of call (`login`, `register`), shared by replicas.
+    async fn throttle_address(
+        &self,
+        caller: &Caller,
+        kind: &str,
+        limit: u32,
+        window_len: Duration,
+    ) -> Result<()> {
         if limit == 0 || caller.client_address.is_empty() {
             return Ok(());
         }
-        let (index, left) = window(self.now(), ADDRESS_WINDOW);
-        let key = format!("login_addr:{}:{index}", caller.client_address);
+        let now = self.now();
+        let (index, left) = window(now, window_len);
+        let key = format!("{kind}_addr:{}:{index}", caller.client_address);
         let count = self
             .store
             .rate_limits
-            .hit(&key, self.now(), ADDRESS_WINDOW * 2)
+            .hit(&key, now, window_len * 2)
             .await?;
         if count > limit {
             return Err(Error::RateLimited { retry_after: left });
@@ -245,46 +272,62 @@ impl App {
         Ok(())
     }
 
-    async fn locked_for(&self, key: &str) -> Result<Option<Duration>> {
-        let now = self.now();
-        Ok(self
-            .store
-            .rate_limits
-            .get(key, now)
-            .await?
-            .and_then(|d| remaining(d.locked_until.map(|t| t.to_chrono()), now)))
+    /// Admits one password attempt for the email behind `key`, or refuses it while the email is
+    /// locked. Admission is one compare-and-set on a shared counter, so concurrent attempts
+    /// (from any number of addresses and replicas) are admitted one by one, never past a lock:
+    /// the attempt that reaches the threshold sets the lock before its password is even
+    /// checked, and a correct password lifts it again.
+    async fn admit_password_attempt(&self, key: &str) -> Result<PasswordAttempt> {
+        for _ in 0..ADMISSION_RETRIES {
+            let now = self.now();
+            let seen = self.store.rate_limits.find_raw(key).await?;
+            let live = seen.as_ref().filter(|d| d.expires_at.to_chrono() > now);
+            if let Some(left) =
+                live.and_then(|d| remaining(d.locked_until.map(|t| t.to_chrono()), now))
+            {
+                return Err(Error::AccountLocked { retry_after: left });
+            }
+            let count = live.map_or(0, |d| d.count) + 1;
+            let lock = self.lockout.delay_after(count);
+            let locked_until =
+                lock.map(|d| now + chrono::Duration::from_std(d).unwrap_or_default());
+            let expires_at = locked_until.unwrap_or(now)
+                + chrono::Duration::from_std(FAILURE_MEMORY).unwrap_or_default();
+            if self
+                .store
+                .rate_limits
+                .compare_and_set(seen.as_ref(), key, count, locked_until, expires_at)
+                .await?
+            {
+                return Ok(PasswordAttempt { count, lock });
+            }
+        }
+        // Many attempts on one email at the same instant: answer as a lock would.
+        Err(Error::AccountLocked {
+            retry_after: Duration::from_secs(1),
+        })
     }
 
-    /// Counts a failed password for `email` (existing or not) and locks it when the policy says.
-    async fn count_failure(
+    /// Records a wrong password (for an existing email or not) in the audit trail, and the
+    /// lockout it caused, if any.
+    async fn password_failed(
         &self,
-        key: &str,
+        attempt: PasswordAttempt,
         user_id: Option<&str>,
         email: &str,
         caller: &Caller,
-    ) -> Result<()> {
-        let now = self.now();
-        let failures = self
-            .store
-            .rate_limits
-            .record_failure(key, now, FAILURE_MEMORY)
-            .await?;
+    ) {
         let mut event = AuditRecord::new("login", Outcome::Failure, caller)
             .email(email)
             .detail("reason", "invalid_credentials")
-            .detail("consecutive_failures", failures as i64);
+            .detail("consecutive_failures", attempt.count as i64);
         if let Some(id) = user_id {
             event = event.user(id);
         }
         self.audit(event).await;
-        if let Some(delay) = self.lockout.delay_after(failures) {
-            let until = now + chrono::Duration::from_std(delay).unwrap_or_default();
-            self.store
-                .rate_limits
-                .lock_until(key, until, FAILURE_MEMORY)
-                .await?;
+        if let Some(delay) = attempt.lock {
             tracing::warn!(
-                failures,
+                failures = attempt.count,
                 lock_seconds = delay.as_secs(),
                 "login locked for an email after repeated failures"
             );
@@ -296,7 +339,6 @@ impl App {
             }
             self.audit(event).await;
         }
-        Ok(())
     }
 
     /// The signed-in user's account.
@@ -333,26 +375,19 @@ impl App {
             return Err(Error::InvalidArgument(violations));
         }
         let key = lockout_key(&user.email);
-        if let Some(left) = self.locked_for(&key).await? {
-            return Err(Error::AccountLocked { retry_after: left });
-        }
-        let (attempt, stored) = (current.to_string(), user.password_hash.clone());
+        let attempt = self.admit_password_attempt(&key).await?;
+        let (given, stored) = (current.to_string(), user.password_hash.clone());
         let verdict = self
             .hasher
-            .run(move || password::verify(&attempt, &stored))
-            .await
-            .map_err(anyhow::Error::from)?;
+            .run(move || password::verify(&given, &stored))
+            .await?;
         if verdict == Verification::Mismatch {
-            self.count_failure(&key, Some(&user.id), &user.email, caller)
-                .await?;
+            self.password_failed(attempt, Some(&user.id), &user.email, caller)
+                .await;
             return Err(Error::InvalidCredentials);
         }
         let plain = new.to_string();
-        let hash = self
-            .hasher
-            .run(move || password::hash(&plain))
-            .await
-            .map_err(anyhow::Error::from)??;
+        let hash = self.hasher.run(move || password::hash(&plain)).await??;
         let now = self.now();
         if !self
             .store

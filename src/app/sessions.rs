@@ -28,8 +28,9 @@ pub struct IssuedTokens {
 
 /// Authenticate's memory: verified tokens (so Ed25519 is checked once per token, not per call)
 /// and session states (so the database is asked at most once per `ttl` per session).
-/// Revocations made by this replica are recorded for good and seen at once; those made by
-/// another replica are seen when the cached state expires.
+/// Revocations made by this replica are seen at once (kept in `revoked` while it has room, and
+/// in the database, which is asked again after eviction); those made by another replica are
+/// seen when the cached state expires (`session_cache_ttl`).
 pub struct SessionCache {
     verified: quick_cache::sync::Cache<String, Arc<AccessClaims>>,
     states: quick_cache::sync::Cache<String, (bool, Instant)>,
@@ -174,6 +175,14 @@ impl App {
                 .rotated_at
                 .is_some_and(|at| now - at.to_chrono() <= grace)
         {
+            // Usually a client retrying a lost response; recorded, since it could also be a
+            // thief who refreshed first.
+            self.audit(
+                AuditRecord::new("refresh_retry", Outcome::Failure, caller)
+                    .user(&session.user_id)
+                    .session(&session.id),
+            )
+            .await;
             return Err(Error::RefreshTokenAlreadyRotated);
         }
         self.store

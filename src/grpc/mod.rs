@@ -22,13 +22,16 @@ pub mod pb {
 /// Longest user agent kept for a session.
 const MAX_USER_AGENT: usize = 256;
 
-/// Who is calling: the client address (from `x-forwarded-for` when trusted) and user agent.
+/// Who is calling: the client address (from the last `x-forwarded-for` hop when the proxy in
+/// front of keyward is trusted) and user agent.
 pub fn caller<T>(request: &tonic::Request<T>, trust_forwarded_for: bool) -> Caller {
     let md = request.metadata();
     let forwarded = trust_forwarded_for
         .then(|| md.get("x-forwarded-for").and_then(|v| v.to_str().ok()))
         .flatten()
-        .and_then(|v| v.split(',').next())
+        // The rightmost entry is the one our trusted proxy appended; entries to its left came
+        // from the client and can be forged.
+        .and_then(|v| v.rsplit(',').next())
         .map(|v| v.trim().to_string())
         .filter(|v| v.parse::<std::net::IpAddr>().is_ok());
     let client_address = forwarded

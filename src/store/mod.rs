@@ -1,6 +1,7 @@
 //! MongoDB storage: one file per collection, each owning its document struct, its indexes and
 //! its queries. No multi-document transactions: every exactly-once change is one conditional
-//! single-document update. Credential writes use majority write concern.
+//! single-document update. Credential collections (users, sessions, rate_limits) write with
+//! majority write concern and read from the primary.
 
 pub mod audit_events;
 pub mod rate_limits;
@@ -10,7 +11,9 @@ pub mod users;
 use std::time::Duration;
 
 use mongodb::bson::doc;
-use mongodb::options::{ClientOptions, CollectionOptions, WriteConcern};
+use mongodb::options::{
+    ClientOptions, CollectionOptions, ReadPreference, SelectionCriteria, WriteConcern,
+};
 use mongodb::{Client, Collection, Database};
 
 pub use audit_events::{AuditEvent, AuditEvents};
@@ -53,7 +56,7 @@ impl Store {
                 collection: db.collection("audit_events"),
                 retention: audit_retention,
             },
-            rate_limits: RateLimits(db.collection("rate_limits")),
+            rate_limits: RateLimits(credential_collection(&db, "rate_limits")),
             db,
         }
     }
@@ -69,13 +72,14 @@ impl Store {
     }
 }
 
+/// Collections holding credentials and their guards: majority writes, and reads from the
+/// primary (a lagging secondary could show a revoked session as active).
 fn credential_collection<T: Send + Sync>(db: &Database, name: &str) -> Collection<T> {
-    db.collection_with_options(
-        name,
-        CollectionOptions::builder()
-            .write_concern(WriteConcern::majority())
-            .build(),
-    )
+    let options = CollectionOptions::builder()
+        .write_concern(WriteConcern::majority())
+        .selection_criteria(SelectionCriteria::ReadPreference(ReadPreference::Primary))
+        .build();
+    db.collection_with_options(name, options)
 }
 
 /// True when `err` is a unique-index violation (E11000).

@@ -1,5 +1,5 @@
-//! `rate_limits`: counters shared by every replica — per-email login lockout and per-address
-//! fixed windows. Documents expire by TTL; reads still check the times they hold.
+//! `rate_limits`: counters shared by every replica — per-email password attempts (lockout) and
+//! per-address fixed windows. Documents expire by TTL; reads still check the times they hold.
 
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ pub struct RateLimitDoc {
     #[serde(rename = "_id")]
     pub key: String,
     pub count: u32,
+    #[serde(default)]
     pub locked_until: Option<BsonDateTime>,
     pub expires_at: BsonDateTime,
 }
@@ -68,42 +69,48 @@ impl RateLimits {
             .await
     }
 
-    /// Counts a consecutive failure on `key` (kept for `memory`), returning the new count.
-    pub async fn record_failure(
-        &self,
-        key: &str,
-        now: DateTime<Utc>,
-        memory: Duration,
-    ) -> mongodb::error::Result<u32> {
-        // An expired counter that the TTL monitor has not removed yet starts over.
-        self.0
-            .delete_one(doc! { "_id": key, "expires_at": { "$lte": bson_time(now) } })
-            .await?;
-        let doc = self
-            .0
-            .find_one_and_update(
-                doc! { "_id": key },
-                doc! { "$inc": { "count": 1 }, "$set": { "expires_at": later(now, memory) } },
-            )
-            .upsert(true)
-            .return_document(ReturnDocument::After)
-            .await?;
-        Ok(doc.map_or(1, |d| d.count))
+    /// The counter for `key` as stored, expired or not (for compare-and-set).
+    pub async fn find_raw(&self, key: &str) -> mongodb::error::Result<Option<RateLimitDoc>> {
+        self.0.find_one(doc! { "_id": key }).await
     }
 
-    pub async fn lock_until(
+    /// Moves the counter from what `seen` held (or from nothing) to `count`, with `locked_until`,
+    /// only if nobody changed it since `seen` was read. Of concurrent callers that read the same
+    /// state, exactly one succeeds.
+    pub async fn compare_and_set(
         &self,
+        seen: Option<&RateLimitDoc>,
         key: &str,
-        until: DateTime<Utc>,
-        memory: Duration,
-    ) -> mongodb::error::Result<()> {
-        self.0
-            .update_one(
-                doc! { "_id": key },
-                doc! { "$set": { "locked_until": bson_time(until), "expires_at": later(until, memory) } },
-            )
-            .await
-            .map(|_| ())
+        count: u32,
+        locked_until: Option<DateTime<Utc>>,
+        expires_at: DateTime<Utc>,
+    ) -> mongodb::error::Result<bool> {
+        let locked_until = locked_until.map(bson_time);
+        match seen {
+            None => {
+                let new = RateLimitDoc {
+                    key: key.to_string(),
+                    count,
+                    locked_until,
+                    expires_at: bson_time(expires_at),
+                };
+                match self.0.insert_one(&new).await {
+                    Ok(_) => Ok(true),
+                    Err(e) if super::is_duplicate_key(&e) => Ok(false),
+                    Err(e) => Err(e),
+                }
+            }
+            Some(old) => {
+                let r = self
+                    .0
+                    .update_one(
+                        doc! { "_id": key, "count": old.count, "expires_at": old.expires_at },
+                        doc! { "$set": { "count": count, "locked_until": locked_until, "expires_at": bson_time(expires_at) } },
+                    )
+                    .await?;
+                Ok(r.modified_count == 1)
+            }
+        }
     }
 
     pub async fn clear(&self, key: &str) -> mongodb::error::Result<()> {

@@ -50,6 +50,11 @@ impl SessionDoc {
 #[derive(Clone)]
 pub struct Sessions(pub Collection<SessionDoc>);
 
+/// Leaves out the used-hash list (up to ~70 KB) wherever it is not needed.
+fn without_used_hashes() -> Document {
+    doc! { "used_refresh_hashes": 0 }
+}
+
 fn active(now: DateTime<Utc>) -> Document {
     doc! { "revoked_at": null, "expires_at": { "$gt": bson_time(now) } }
 }
@@ -105,6 +110,7 @@ impl Sessions {
         self.0
             .find_one_and_update(filter, update)
             .return_document(ReturnDocument::After)
+            .projection(without_used_hashes())
             .await
     }
 
@@ -113,11 +119,17 @@ impl Sessions {
         &self,
         hash: &str,
     ) -> mongodb::error::Result<Option<SessionDoc>> {
-        self.0.find_one(doc! { "used_refresh_hashes": hash }).await
+        self.0
+            .find_one(doc! { "used_refresh_hashes": hash })
+            .projection(without_used_hashes())
+            .await
     }
 
     pub async fn find(&self, id: &str) -> mongodb::error::Result<Option<SessionDoc>> {
-        self.0.find_one(doc! { "_id": id }).await
+        self.0
+            .find_one(doc! { "_id": id })
+            .projection(without_used_hashes())
+            .await
     }
 
     /// Revokes one session if it is still active; returns whether this call revoked it.
@@ -191,6 +203,7 @@ impl Sessions {
             .find(filter)
             .sort(doc! { "created_at": -1 })
             .limit(1000)
+            .projection(without_used_hashes())
             .await?
             .try_collect()
             .await

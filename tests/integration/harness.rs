@@ -113,7 +113,9 @@ pub struct TestApp {
     pub config: Config,
     channel: Channel,
     shutdown: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// keyward runs on its own runtime and thread, as it would in its own process, so a test's
+    /// runtime ending never tears it down mid-call.
+    server: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl TestApp {
@@ -128,14 +130,24 @@ impl TestApp {
     }
 
     pub async fn start_with(config: Config) -> Self {
-        let listener = tokio::net::TcpListener::bind(config.grpc_addr)
-            .await
-            .unwrap();
+        let listener = std::net::TcpListener::bind(config.grpc_addr).unwrap();
+        listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(keyward::run(config.clone(), listener, async {
-            let _ = rx.await;
-        }));
+        let server_config = config.clone();
+        let server = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                keyward::run(server_config, listener, async {
+                    let _ = rx.await;
+                })
+                .await
+            })
+        });
         let channel = Channel::from_shared(format!("http://{addr}"))
             .unwrap()
             .connect()
@@ -146,7 +158,7 @@ impl TestApp {
             config,
             channel,
             shutdown: Some(tx),
-            task: Some(task),
+            server: Some(server),
         };
         app.wait_serving().await;
         app
@@ -222,14 +234,20 @@ impl TestApp {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        if let Some(task) = self.task.take() {
-            task.await.unwrap().unwrap();
+        if let Some(server) = self.server.take() {
+            let result = tokio::task::spawn_blocking(move || server.join())
+                .await
+                .unwrap();
+            result
+                .expect("keyward thread panicked")
+                .expect("keyward exited with an error");
         }
     }
 }
 
 impl Drop for TestApp {
     fn drop(&mut self) {
+        // Ask keyward to stop; its thread finishes on its own once connections drain.
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }

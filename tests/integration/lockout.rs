@@ -113,3 +113,88 @@ async fn one_address_is_throttled_with_retry_info() {
         ]
     );
 }
+
+#[tokio::test]
+async fn concurrent_guesses_cannot_slip_past_the_lock() {
+    let app = TestApp::start_with_config(|c| c.login_attempts_per_address_per_minute = 0).await;
+    let email = email("burst");
+    app.register(&email).await;
+    let results = futures::future::join_all((0..16).map(|_| {
+        let mut client = app.auth();
+        let email = email.clone();
+        async move {
+            client
+                .login(keyward::grpc::pb::LoginRequest {
+                    email,
+                    password: "wrong guess 123".into(),
+                })
+                .await
+                .unwrap_err()
+        }
+    }))
+    .await;
+    let checked = results
+        .iter()
+        .filter(|e| reason(e) == "INVALID_CREDENTIALS")
+        .count();
+    let locked = results
+        .iter()
+        .filter(|e| reason(e) == "ACCOUNT_LOCKED")
+        .count();
+    assert_eq!(checked + locked, 16);
+    assert!(
+        checked <= 5,
+        "{checked} passwords were checked in one burst; the threshold is 5"
+    );
+    assert_eq!(
+        reason(&app.login(&email, PASSWORD).await.unwrap_err()),
+        "ACCOUNT_LOCKED"
+    );
+}
+
+#[tokio::test]
+async fn registrations_are_throttled_per_address() {
+    let app = TestApp::start_with_config(|c| c.registrations_per_address_per_hour = 2).await;
+    app.register(&email("first")).await;
+    app.register(&email("second")).await;
+    let err = app
+        .auth()
+        .register(keyward::grpc::pb::RegisterRequest {
+            email: email("third"),
+            password: PASSWORD.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), reason(&err).as_str()),
+        (Code::ResourceExhausted, "RATE_LIMITED")
+    );
+    assert!(err.get_details_retry_info().is_some());
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_address_is_the_hop_it_appended() {
+    let app = TestApp::start_with_config(|c| {
+        c.trust_forwarded_for = true;
+        c.login_attempts_per_address_per_minute = 2;
+    })
+    .await;
+    let mut reasons = Vec::new();
+    for forged in ["1.1.1.1", "2.2.2.2", "3.3.3.3"] {
+        // The client forges the left part; the proxy appends the address it saw.
+        let mut req = tonic::Request::new(keyward::grpc::pb::LoginRequest {
+            email: email("proxied"),
+            password: "wrong guess 123".into(),
+        });
+        req.metadata_mut().insert(
+            "x-forwarded-for",
+            format!("{forged}, 203.0.113.7").parse().unwrap(),
+        );
+        reasons.push(reason(&app.auth().login(req).await.unwrap_err()));
+    }
+    assert_eq!(
+        reasons,
+        ["INVALID_CREDENTIALS", "INVALID_CREDENTIALS", "RATE_LIMITED"]
+    );
+}
