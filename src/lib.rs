@@ -105,6 +105,6 @@ fn dev_signing_key(dir: &Path) -> anyhow::Result<String> {
             Err(e) => return Err(e).with_context(|| format!("writing {}", path.display())),
         }
     }
-    tracing::warn!(path = %path.display(), key_id, "DEV MODE: generated a signing key; never use it in production");
+    tracing::info!(path = %path.display(), key_id, "generated a dev signing key");
     Ok(secret)
 }

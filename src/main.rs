@@ -117,8 +117,8 @@ async fn main() -> anyhow::Result<()> {
             )?;
             if config.dev {
                 tracing::warn!(
-                    "DEV MODE: generated signing key in {}; do not use in production",
-                    config.data_dir.display()
+                    data_dir = %config.data_dir.display(),
+                    "DEV MODE: a missing signing key is generated and kept in data_dir; never run dev mode in production"
                 );
             }
             let listener = tokio::net::TcpListener::bind(config.grpc_addr)
