@@ -18,7 +18,6 @@ type Job = Box<dyn FnOnce() + Send + 'static>;
 #[derive(Clone)]
 pub struct HashPool {
     queue: mpsc::SyncSender<Job>,
-    workers: usize,
 }
 
 /// Jobs each worker may have waiting: about a second of argon2id work.
@@ -62,11 +61,7 @@ impl HashPool {
                 })
                 .expect("spawning a hashing thread");
         }
-        Self { queue, workers }
-    }
-
-    pub fn workers(&self) -> usize {
-        self.workers
+        Self { queue }
     }
 
     /// Runs `f` on the pool and waits for its result without blocking the async worker.

@@ -210,11 +210,26 @@ impl App {
             .await;
             return Err(Error::AccountDisabled);
         }
+        let mut verified_hash = user.password_hash.clone();
         if verdict == Verification::MatchNeedsRehash {
-            self.upgrade_hash(&user, plain).await;
+            if let Some(upgraded) = self.upgrade_hash(&user, plain).await {
+                verified_hash = upgraded;
+            }
         }
-        self.store.users.record_login(&user.id, now).await?;
         let issued = self.start_session(user, caller).await?;
+        // A password change (or disable) between our verify and the session insert ended every
+        // session but could not see this one: look again now that it exists.
+        let current = self.store.users.record_login(&issued.user.id, now).await?;
+        if current
+            .is_none_or(|u| u.password_hash != verified_hash || u.status != UserStatus::Active)
+        {
+            self.store
+                .sessions
+                .revoke(&issued.session.id, None, "credentials_changed", self.now())
+                .await?;
+            self.revoke_sessions([issued.session.id.as_str()]);
+            return Err(Error::InvalidCredentials);
+        }
         self.audit(
             AuditRecord::new("login", Outcome::Success, caller)
                 .user(&issued.user.id)
@@ -225,24 +240,30 @@ impl App {
         Ok(issued)
     }
 
-    /// Replaces an imported (bcrypt) or outdated hash after a correct password. Best effort: a
-    /// failure leaves the old hash, which still verifies.
-    async fn upgrade_hash(&self, user: &UserDoc, plain: &str) {
+    /// Replaces an imported (bcrypt) or outdated hash after a correct password and returns the
+    /// new one. Best effort: a failure leaves the old hash, which still verifies.
+    async fn upgrade_hash(&self, user: &UserDoc, plain: &str) -> Option<String> {
         let plain = plain.to_string();
-        let upgraded = match self.hasher.run(move || password::hash(&plain)).await {
-            Ok(Ok(hash)) => {
-                self.store
-                    .users
-                    .replace_password_hash(&user.id, &user.password_hash, &hash, self.now())
-                    .await
+        let hash = self
+            .hasher
+            .run(move || password::hash(&plain))
+            .await
+            .ok()?
+            .ok()?;
+        match self
+            .store
+            .users
+            .replace_password_hash(&user.id, &user.password_hash, &hash, self.now())
+            .await
+        {
+            Ok(true) => {
+                tracing::info!(user_id = %user.id, "password hash upgraded to argon2id");
+                Some(hash)
             }
-            _ => return,
-        };
-        match upgraded {
-            Ok(true) => tracing::info!(user_id = %user.id, "password hash upgraded to argon2id"),
-            Ok(false) => {}
+            Ok(false) => None,
             Err(e) => {
-                tracing::warn!(user_id = %user.id, error = %e, "password hash upgrade failed")
+                tracing::warn!(user_id = %user.id, error = %e, "password hash upgrade failed");
+                None
             }
         }
     }

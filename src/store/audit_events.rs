@@ -77,15 +77,4 @@ impl AuditEvents {
         );
         self.collection.insert_one(event).await.map(|_| ())
     }
-
-    /// Events about `user_id`, newest first (used by tests and, later, ListAuditEvents).
-    pub async fn for_user(&self, user_id: &str) -> mongodb::error::Result<Vec<AuditEvent>> {
-        use futures::TryStreamExt;
-        self.collection
-            .find(doc! { "user_id": user_id })
-            .sort(doc! { "occurred_at": -1 })
-            .await?
-            .try_collect()
-            .await
-    }
 }

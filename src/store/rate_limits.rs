@@ -58,17 +58,6 @@ impl RateLimits {
         Ok(doc.map_or(1, |d| d.count))
     }
 
-    /// The counter for `key` if it has not expired.
-    pub async fn get(
-        &self,
-        key: &str,
-        now: DateTime<Utc>,
-    ) -> mongodb::error::Result<Option<RateLimitDoc>> {
-        self.0
-            .find_one(doc! { "_id": key, "expires_at": { "$gt": bson_time(now) } })
-            .await
-    }
-
     /// The counter for `key` as stored, expired or not (for compare-and-set).
     pub async fn find_raw(&self, key: &str) -> mongodb::error::Result<Option<RateLimitDoc>> {
         self.0.find_one(doc! { "_id": key }).await

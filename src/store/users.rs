@@ -115,17 +115,18 @@ impl Users {
         Ok(r.modified_count == 1)
     }
 
-    pub async fn record_login(&self, id: &str, now: DateTime<Utc>) -> mongodb::error::Result<()> {
+    /// Stamps the login time and returns the account as it is now.
+    pub async fn record_login(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> mongodb::error::Result<Option<UserDoc>> {
         self.0
-            .update_one(
+            .find_one_and_update(
                 doc! { "_id": id },
                 doc! { "$set": { "last_login_at": bson_time(now) } },
             )
-            .await?;
-        Ok(())
-    }
-
-    pub async fn count(&self) -> mongodb::error::Result<u64> {
-        self.0.count_documents(doc! {}).await
+            .return_document(mongodb::options::ReturnDocument::After)
+            .await
     }
 }
