@@ -6,6 +6,7 @@
 //! Phases (each `--seconds`, default 5):
 //!   1. grpc.health.v1 Check          — the server's ceiling on this machine
 //!   2. Authenticate                  — the hot path, same tokens repeatedly (as sidecars do)
+//!   2b. Envoy ext_authz Check        — the same decision, asked the way an Envoy sidecar asks
 //!   3. raw argon2id                  — hashes/s on as many threads as keyward's hash pool
 //!   4. Login flood                   — logins/s, with an Authenticate probe running beside it
 //!   5. Refresh                       — rotations/s, each worker on its own session chain
@@ -17,11 +18,36 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+    HttpRequest, Request as AttrRequest,
+};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use keyward::grpc::pb::auth_service_client::AuthServiceClient;
 use keyward::grpc::pb::{AuthenticateRequest, LoginRequest, RefreshRequest, RegisterRequest};
 use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
+
+fn ext_authz_request(token: &str) -> CheckRequest {
+    let headers = [("authorization".to_string(), format!("Bearer {token}"))]
+        .into_iter()
+        .collect();
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(AttrRequest {
+                http: Some(HttpRequest {
+                    method: "GET".into(),
+                    path: "/api".into(),
+                    headers,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
 
 const CONCURRENCY: usize = 64;
 const CONNECTIONS: usize = 4;
@@ -252,6 +278,21 @@ async fn main() {
     })
     .await;
 
+    // Envoy ext_authz Check with the same tokens: the sidecar's view of Authenticate.
+    let checks: Arc<Vec<CheckRequest>> =
+        Arc::new(access.iter().map(|t| ext_authz_request(t)).collect());
+    let ch = Arc::clone(&channels);
+    let ext_authz = drive(CONCURRENCY, phase, move |w| {
+        let mut c = AuthorizationClient::new(ch[w % CONNECTIONS].clone());
+        let request = checks[w].clone();
+        async move {
+            c.check(request)
+                .await
+                .is_ok_and(|r| r.into_inner().status.is_some_and(|s| s.code == 0))
+        }
+    })
+    .await;
+
     // Raw argon2id on the same number of threads as keyward's pool, keyward idle.
     let raw_start = Instant::now();
     let raw_deadline = raw_start + phase;
@@ -377,6 +418,7 @@ async fn main() {
     );
     row("grpc.health.v1 Check (ceiling)", &check);
     row("Authenticate", &authn);
+    row("Envoy ext_authz Check", &ext_authz);
     row("Login (flood)", &logins);
     row("Refresh", &refresh);
     println!(
@@ -400,6 +442,7 @@ async fn main() {
     println!();
     let authn_share = authn.rate() / check.rate();
     let login_share = logins.rate() / raw_rate;
+    let check_share = ext_authz.rate() / authn.rate();
     println!("targets:");
     println!(
         "  Authenticate >= 70% of health Check rate: {:.0}%  {}",
@@ -410,6 +453,16 @@ async fn main() {
         "  Authenticate p99 < 5 ms:                  {:.2} ms  {}",
         ms(authn.p99),
         verdict(authn.p99 < Duration::from_millis(5))
+    );
+    println!(
+        "  ext_authz Check >= 80% of Authenticate:   {:.0}%  {}",
+        check_share * 100.0,
+        verdict(check_share >= 0.80)
+    );
+    println!(
+        "  ext_authz Check p99 < 5 ms:               {:.2} ms  {}",
+        ms(ext_authz.p99),
+        verdict(ext_authz.p99 < Duration::from_millis(5))
     );
     println!(
         "  logins/s >= 80% of raw argon2id rate:     {:.0}%  {}",

@@ -41,6 +41,9 @@ pub struct Config {
     /// In-flight calls per connection; beyond it calls are shed with UNAVAILABLE.
     #[serde(deserialize_with = "flexible")]
     pub concurrency_per_connection: usize,
+    /// Cookie that carries the access token for ext_authz checks when a request has no
+    /// `Authorization: Bearer` header (browser sessions behind Envoy). Unset: header only.
+    pub ext_authz_cookie: Option<String>,
     /// Take the client address from `x-forwarded-for` (set by the gateway sidecar or a trusted
     /// caller). Off by default: a direct client could forge it.
     #[serde(deserialize_with = "flexible")]
@@ -136,6 +139,7 @@ impl Default for Config {
             request_timeout: Duration::from_secs(10),
             max_message_bytes: 64 * 1024,
             concurrency_per_connection: 256,
+            ext_authz_cookie: None,
             trust_forwarded_for: false,
             mongodb_uri: None,
             mongodb_database: "keyward".into(),
@@ -390,6 +394,7 @@ const KEYS: &[&str] = &[
     "request_timeout",
     "max_message_bytes",
     "concurrency_per_connection",
+    "ext_authz_cookie",
     "trust_forwarded_for",
     "mongodb_uri",
     "mongodb_database",

@@ -11,22 +11,25 @@ use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
 
 use crate::app::App;
+use crate::grpc::ext_authz::ExtAuthz;
 use crate::grpc::pb::auth_service_server::AuthServiceServer;
 use crate::grpc::pb::org_service_server::OrgServiceServer;
 use crate::grpc::pb::otp_service_server::OtpServiceServer;
 use crate::grpc::pb::user_service_server::UserServiceServer;
 use crate::grpc::{auth::Auth, codec, pb, unimplemented};
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
 /// Hard ceiling tonic enforces before our codec sees a message; between `max_message_bytes` and
 /// this, requests get INVALID_ARGUMENT with a field violation, above it OUT_OF_RANGE.
 const DECODE_CEILING: usize = 16 * 1024 * 1024;
 
 /// The fully-qualified names of keyward's services (health reports each).
-pub const SERVICES: [&str; 4] = [
+pub const SERVICES: [&str; 5] = [
     "keyward.v1.AuthService",
     "keyward.v1.OtpService",
     "keyward.v1.OrgService",
     "keyward.v1.UserService",
+    "envoy.service.auth.v3.Authorization",
 ];
 
 async fn set_all(health: &HealthReporter, serving: bool) {
@@ -96,6 +99,9 @@ pub async fn serve(
     let org = OrgServiceServer::new(unimplemented::Org).max_decoding_message_size(DECODE_CEILING);
     let users =
         UserServiceServer::new(unimplemented::Users).max_decoding_message_size(DECODE_CEILING);
+    let ext_authz = AuthorizationServer::new(ExtAuthz {
+        app: Arc::clone(&app),
+    });
 
     tracing::info!(addr = %listener.local_addr()?, "keyward listening");
     let result = Server::builder()
@@ -111,6 +117,7 @@ pub async fn serve(
         .add_service(otp)
         .add_service(org)
         .add_service(users)
+        .add_service(ext_authz)
         // No Nagle: gRPC writes small frames and waits for answers; delayed ACKs would stall them.
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),

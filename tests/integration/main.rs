@@ -6,6 +6,7 @@ mod harness;
 mod accounts;
 mod bad_input;
 mod cli;
+mod ext_authz;
 mod grpcurl;
 mod lockout;
 mod refresh;

@@ -32,6 +32,7 @@ async fn every_service_reports_serving_once_the_database_is_ready() {
         "keyward.v1.OtpService",
         "keyward.v1.OrgService",
         "keyward.v1.UserService",
+        "envoy.service.auth.v3.Authorization",
     ] {
         assert_eq!(status(&mut health, service).await, 1, "{service:?} SERVING");
     }

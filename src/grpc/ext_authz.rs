@@ -1,0 +1,200 @@
+//! `envoy.service.auth.v3.Authorization/Check`: Envoy's ext_authz filter (and Istio's CUSTOM
+//! authorization provider) ask keyward about every request a sidecar sees. The decision is
+//! Authenticate's own (`App::authenticate`); this adapter only speaks HTTP through Envoy's types.
+//!
+//! - Allow: OK, with identity headers for the upstream (`x-keyward-user-id`, `-session-id`,
+//!   `-role`, `-email`) that overwrite anything the client sent under those names; identity
+//!   headers keyward does not set (`x-keyward-org-*`) are removed, so they cannot be spoofed.
+//! - Deny: 401 (no, invalid, expired or revoked token) with `WWW-Authenticate` and a small JSON
+//!   body; 403 when the route asks for a permission (`context_extensions.permission`), which
+//!   fails closed until Authorize exists; 503 when keyward cannot decide (fail closed).
+
+use std::sync::Arc;
+
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction,
+    HttpStatusCode,
+};
+use envoy_types::ext_authz::v3::{
+    CheckRequestExt, CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
+};
+use tonic::{Code, Request, Response, Status};
+use tracing::instrument;
+
+use crate::app::App;
+use crate::error::Error;
+
+/// Headers keyward sets for the upstream on allow.
+pub const USER_ID_HEADER: &str = "x-keyward-user-id";
+pub const SESSION_ID_HEADER: &str = "x-keyward-session-id";
+pub const ROLE_HEADER: &str = "x-keyward-role";
+pub const EMAIL_HEADER: &str = "x-keyward-email";
+/// Identity headers reserved for org decisions; always stripped from client requests for now.
+const RESERVED_HEADERS: [&str; 2] = ["x-keyward-org-id", "x-keyward-org-role"];
+
+/// The ext_authz adapter.
+pub struct ExtAuthz {
+    pub app: Arc<App>,
+}
+
+/// The bearer token of the HTTP request: `Authorization: Bearer …`, else the configured cookie.
+fn token_of(request: &CheckRequest, cookie_name: Option<&str>) -> Option<String> {
+    let headers = request.get_client_headers()?;
+    if let Some(value) = headers.get("authorization") {
+        let (scheme, token) = value.split_once(' ')?;
+        return (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty())
+            .then(|| token.trim().to_string());
+    }
+    let name = cookie_name?;
+    headers.get("cookie")?.split(';').find_map(|pair| {
+        let (k, v) = pair.trim().split_once('=')?;
+        (k == name && !v.is_empty()).then(|| v.to_string())
+    })
+}
+
+fn deny(
+    http: HttpStatusCode,
+    grpc: Code,
+    reason: &str,
+    message: &str,
+    challenge: Option<&str>,
+) -> CheckResponse {
+    let mut denied = DeniedHttpResponseBuilder::new();
+    denied.set_http_status(http);
+    denied.add_header("content-type", "application/json", None, false);
+    if let Some(challenge) = challenge {
+        denied.add_header("www-authenticate", challenge, None, false);
+    }
+    let body = serde_json::json!({ "error": message, "reason": reason });
+    denied.set_body(body.to_string());
+    let denied: DeniedHttpResponse = denied.build();
+    let mut response = CheckResponse::with_status(Status::new(grpc, message));
+    response.set_http_response(denied);
+    response
+}
+
+#[tonic::async_trait]
+impl Authorization for ExtAuthz {
+    #[instrument(skip(self, request))]
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
+        let request = request.into_inner();
+        let Some(token) = token_of(&request, self.app.config.ext_authz_cookie.as_deref()) else {
+            return Ok(Response::new(deny(
+                HttpStatusCode::Unauthorized,
+                Code::Unauthenticated,
+                "TOKEN_MISSING",
+                "a bearer token is required",
+                Some(r#"Bearer realm="keyward""#),
+            )));
+        };
+        let decision = match self.app.ensure_ready() {
+            Ok(()) => self.app.authenticate(&token).await,
+            Err(e) => Err(e),
+        };
+        let claims = match decision {
+            Ok(claims) => claims,
+            Err(e @ (Error::TokenInvalid | Error::SessionRevoked | Error::InvalidArgument(_))) => {
+                let (_, reason) = e.code_and_reason();
+                return Ok(Response::new(deny(
+                    HttpStatusCode::Unauthorized,
+                    Code::Unauthenticated,
+                    reason,
+                    "the access token is not valid",
+                    Some(r#"Bearer realm="keyward", error="invalid_token""#),
+                )));
+            }
+            Err(e) => {
+                let (_, reason) = e.code_and_reason();
+                // Logged once by the error mapping; the caller gets a generic answer.
+                let _ = Status::from(e);
+                return Ok(Response::new(deny(
+                    HttpStatusCode::ServiceUnavailable,
+                    Code::Unavailable,
+                    reason,
+                    "the authorization service cannot decide right now",
+                    None,
+                )));
+            }
+        };
+        let extensions = request.attributes.as_ref().map(|a| &a.context_extensions);
+        if let Some(permission) = extensions.and_then(|e| e.get("permission")) {
+            tracing::warn!(%permission, "route requires a permission; permission checks are not available yet, denying");
+            return Ok(Response::new(deny(
+                HttpStatusCode::Forbidden,
+                Code::PermissionDenied,
+                "PERMISSION_DENIED",
+                "not allowed",
+                None,
+            )));
+        }
+        let overwrite = Some(HeaderAppendAction::OverwriteIfExistsOrAdd);
+        let mut ok = OkHttpResponseBuilder::new();
+        ok.add_header(USER_ID_HEADER, claims.user_id.as_str(), overwrite, false)
+            .add_header(
+                SESSION_ID_HEADER,
+                claims.session_id.as_str(),
+                overwrite,
+                false,
+            )
+            .add_header(ROLE_HEADER, claims.role.as_str(), overwrite, false)
+            .add_header(EMAIL_HEADER, claims.email.as_str(), overwrite, false);
+        for header in RESERVED_HEADERS {
+            ok.remove_header(header);
+        }
+        let mut response = CheckResponse::with_status(Status::ok("allowed"));
+        response.set_http_response(ok.build());
+        Ok(Response::new(response))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+        HttpRequest, Request as AttrRequest,
+    };
+    use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+
+    fn request(headers: &[(&str, &str)]) -> CheckRequest {
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(AttrRequest {
+                    http: Some(HttpRequest {
+                        headers: headers
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .collect(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn token_from_bearer_header_or_configured_cookie_only() {
+        assert_eq!(
+            token_of(&request(&[("authorization", "Bearer abc")]), None).as_deref(),
+            Some("abc")
+        );
+        assert_eq!(
+            token_of(&request(&[("authorization", "bearer  abc ")]), None).as_deref(),
+            Some("abc")
+        );
+        assert_eq!(
+            token_of(&request(&[("authorization", "Basic abc")]), None),
+            None
+        );
+        assert_eq!(token_of(&request(&[("cookie", "a=1; kw=tok")]), None), None);
+        assert_eq!(
+            token_of(&request(&[("cookie", "a=1; kw=tok")]), Some("kw")).as_deref(),
+            Some("tok")
+        );
+        assert_eq!(token_of(&request(&[]), Some("kw")), None);
+    }
+}
