@@ -57,7 +57,7 @@ pub async fn build_app(config: Config) -> anyhow::Result<Arc<App>> {
         .clone()
         .context("mongodb_uri is not set")?;
     let store = Store::connect(&uri, &config.mongodb_database, config.audit_retention).await?;
-    Ok(App::new(config, store, keys))
+    App::new(config, store, keys).await
 }
 
 /// The configured signing key, or in dev mode one generated once and kept in `data_dir`.

@@ -44,11 +44,13 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(config: Config, store: Store, keys: KeyRing) -> Arc<Self> {
+    pub async fn new(config: Config, store: Store, keys: KeyRing) -> anyhow::Result<Arc<Self>> {
         let hasher = HashPool::new(config.hash_workers);
-        let dummy_hash =
-            password::hash(&crate::domain::secrets::new_refresh_token()).expect("argon2 works");
-        Arc::new(Self {
+        // On the pool, so argon2's working memory stays with the hashing threads.
+        let dummy_hash = hasher
+            .run(|| password::hash(&crate::domain::secrets::new_refresh_token()))
+            .await??;
+        Ok(Arc::new(Self {
             password_policy: config.password_policy(),
             lockout: config.lockout_policy(),
             sessions: SessionCache::new(config.session_cache_ttl),
@@ -58,7 +60,7 @@ impl App {
             hasher,
             dummy_hash,
             ready: AtomicBool::new(false),
-        })
+        }))
     }
 
     /// Clock for the use cases. Domain rules take `now` explicitly; this is the one real clock.
