@@ -229,6 +229,16 @@ impl TestApp {
             .map(|r| r.into_inner())
     }
 
+    /// Authenticate `token`, keeping only the verdict.
+    pub async fn authenticate(&self, token: &str) -> Result<(), tonic::Status> {
+        self.auth()
+            .authenticate(keyward::grpc::pb::AuthenticateRequest {
+                access_token: token.into(),
+            })
+            .await
+            .map(|_| ())
+    }
+
     /// Graceful stop: returns once keyward has drained and exited.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {

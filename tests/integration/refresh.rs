@@ -1,7 +1,7 @@
 //! Refresh-token rotation, the grace window, reuse detection and the exactly-once race.
 
 use futures::future::join_all;
-use keyward::grpc::pb::{AuthenticateRequest, RefreshRequest, TokenPair};
+use keyward::grpc::pb::{RefreshRequest, TokenPair};
 use mongodb::bson::{doc, Document};
 use tonic::Code;
 
@@ -16,15 +16,6 @@ async fn refresh(app: &TestApp, token: &str) -> Result<TokenPair, tonic::Status>
         .map(|r| r.into_inner())
 }
 
-async fn authenticate(app: &TestApp, token: &str) -> Result<(), tonic::Status> {
-    app.auth()
-        .authenticate(AuthenticateRequest {
-            access_token: token.into(),
-        })
-        .await
-        .map(|_| ())
-}
-
 #[tokio::test]
 async fn refresh_rotates_and_keeps_the_session() {
     let app = TestApp::start().await;
@@ -37,9 +28,9 @@ async fn refresh_rotates_and_keeps_the_session() {
         second.refresh_token_expires_at, first.refresh_token_expires_at,
         "absolute lifetime does not slide"
     );
-    authenticate(&app, &second.access_token).await.unwrap();
+    app.authenticate(&second.access_token).await.unwrap();
     let third = refresh(&app, &second.refresh_token).await.unwrap();
-    authenticate(&app, &third.access_token).await.unwrap();
+    app.authenticate(&third.access_token).await.unwrap();
 
     // Only hashes are stored.
     let stored = app
@@ -74,7 +65,7 @@ async fn reuse_outside_the_grace_window_revokes_the_whole_family() {
         TestApp::start_with_config(|c| c.refresh_reuse_grace = std::time::Duration::ZERO).await;
     let first = app.signed_in(&email("reuse")).await;
     let second = refresh(&app, &first.refresh_token).await.unwrap();
-    authenticate(&app, &second.access_token).await.unwrap();
+    app.authenticate(&second.access_token).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
 
     let err = refresh(&app, &first.refresh_token).await.unwrap_err();
@@ -88,7 +79,7 @@ async fn reuse_outside_the_grace_window_revokes_the_whole_family() {
         "REFRESH_TOKEN_INVALID"
     );
     assert_eq!(
-        reason(&authenticate(&app, &second.access_token).await.unwrap_err()),
+        reason(&app.authenticate(&second.access_token).await.unwrap_err()),
         "SESSION_REVOKED"
     );
     let events = app
@@ -113,7 +104,7 @@ async fn grace_covers_the_immediate_parent_only() {
         "REFRESH_TOKEN_REUSED"
     );
     assert_eq!(
-        reason(&authenticate(&app, &third.access_token).await.unwrap_err()),
+        reason(&app.authenticate(&third.access_token).await.unwrap_err()),
         "SESSION_REVOKED"
     );
 }
@@ -190,7 +181,7 @@ async fn unknown_empty_and_expired_refresh_tokens_are_refused() {
         "REFRESH_TOKEN_INVALID"
     );
     assert_eq!(
-        reason(&authenticate(&app, &pair.access_token).await.unwrap_err()),
+        reason(&app.authenticate(&pair.access_token).await.unwrap_err()),
         "SESSION_REVOKED"
     );
 }

@@ -1,21 +1,11 @@
 //! Logout, logout-all, session listing and revocation, and the published keys.
 
 use keyward::grpc::pb::{
-    AuthenticateRequest, GetPublicKeysRequest, ListSessionsRequest, LogoutRequest, RefreshRequest,
-    RevokeSessionRequest,
+    GetPublicKeysRequest, ListSessionsRequest, LogoutRequest, RefreshRequest, RevokeSessionRequest,
 };
 use tonic::Code;
 
 use crate::harness::*;
-
-async fn authenticate(app: &TestApp, token: &str) -> Result<(), tonic::Status> {
-    app.auth()
-        .authenticate(AuthenticateRequest {
-            access_token: token.into(),
-        })
-        .await
-        .map(|_| ())
-}
 
 #[tokio::test]
 async fn logout_ends_this_session_at_once_and_only_this_one() {
@@ -23,7 +13,7 @@ async fn logout_ends_this_session_at_once_and_only_this_one() {
     let email = email("logout");
     let one = app.signed_in(&email).await;
     let two = app.login(&email, PASSWORD).await.unwrap();
-    authenticate(&app, &one.access_token).await.unwrap(); // now cached as active
+    app.authenticate(&one.access_token).await.unwrap(); // now cached as active
 
     let r = app
         .auth()
@@ -36,7 +26,7 @@ async fn logout_ends_this_session_at_once_and_only_this_one() {
         .await
         .unwrap();
     assert_eq!(r.into_inner().sessions_ended, 1);
-    let err = authenticate(&app, &one.access_token).await.unwrap_err();
+    let err = app.authenticate(&one.access_token).await.unwrap_err();
     assert_eq!(
         (err.code(), reason(&err).as_str()),
         (Code::Unauthenticated, "SESSION_REVOKED")
@@ -49,7 +39,7 @@ async fn logout_ends_this_session_at_once_and_only_this_one() {
         .await
         .unwrap_err();
     assert_eq!(reason(&err), "REFRESH_TOKEN_INVALID");
-    authenticate(&app, &two.access_token)
+    app.authenticate(&two.access_token)
         .await
         .expect("the other session lives on");
 }
@@ -64,7 +54,7 @@ async fn logout_all_ends_every_session_at_once() {
         app.login(&email, PASSWORD).await.unwrap(),
     ];
     for s in &sessions {
-        authenticate(&app, &s.access_token).await.unwrap();
+        app.authenticate(&s.access_token).await.unwrap();
     }
     let other_user = app.signed_in(&crate::harness::email("bystander")).await;
     let r = app
@@ -78,11 +68,11 @@ async fn logout_all_ends_every_session_at_once() {
     assert_eq!(r.into_inner().sessions_ended, 3);
     for s in &sessions {
         assert_eq!(
-            reason(&authenticate(&app, &s.access_token).await.unwrap_err()),
+            reason(&app.authenticate(&s.access_token).await.unwrap_err()),
             "SESSION_REVOKED"
         );
     }
-    authenticate(&app, &other_user.access_token)
+    app.authenticate(&other_user.access_token)
         .await
         .expect("other users are untouched");
 }
@@ -138,7 +128,7 @@ async fn sessions_list_devices_and_can_be_revoked_by_their_owner_only() {
         (err.code(), reason(&err).as_str()),
         (Code::NotFound, "SESSION_NOT_FOUND")
     );
-    authenticate(&app, &phone.access_token).await.unwrap();
+    app.authenticate(&phone.access_token).await.unwrap();
 
     app.auth()
         .revoke_session(bearer(
@@ -150,7 +140,7 @@ async fn sessions_list_devices_and_can_be_revoked_by_their_owner_only() {
         .await
         .unwrap();
     assert_eq!(
-        reason(&authenticate(&app, &phone.access_token).await.unwrap_err()),
+        reason(&app.authenticate(&phone.access_token).await.unwrap_err()),
         "SESSION_REVOKED"
     );
     let list = app
