@@ -12,11 +12,13 @@
 //!   5. Refresh                       — rotations/s, each worker on its own session chain
 //! Then keyward's peak RSS (VmHWM).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+#[path = "../tests/support/local_servers.rs"]
+mod local_servers;
 
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
     HttpRequest, Request as AttrRequest,
@@ -25,7 +27,6 @@ use envoy_types::pb::envoy::service::auth::v3::authorization_client::Authorizati
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use keyward::grpc::pb::auth_service_client::AuthServiceClient;
 use keyward::grpc::pb::{AuthenticateRequest, LoginRequest, RefreshRequest, RegisterRequest};
-use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
@@ -119,37 +120,6 @@ where
     }
 }
 
-fn start_mongo(dir: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new("secantusd-rs")
-        .args([
-            "--port",
-            "0",
-            "--log-level",
-            "WARNING",
-            "--log-file-max",
-            "16MB",
-            "--cache-size",
-            "512M",
-        ])
-        .arg("--storage-path")
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("secantusd-rs not found: run scripts/setup.sh");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let port = loop {
-        let line = lines.next().expect("secantusd-rs exited").unwrap();
-        if let Some(addr) = line.strip_prefix("secantusd-rs listening on ") {
-            break addr.trim().rsplit(':').next().unwrap().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (
-        child,
-        format!("mongodb://127.0.0.1:{port}/?directConnection=true"),
-    )
-}
-
 fn peak_rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -179,7 +149,7 @@ async fn main() {
     let phase = Duration::from_secs(seconds);
     let dir = std::env::temp_dir().join(format!("keyward-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let (mut mongo, uri) = start_mongo(&dir.join("mongo"));
+    let (mut mongo, uri) = local_servers::start_secantus(&dir.join("mongo"), |_| {});
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -205,27 +175,9 @@ async fn main() {
 
     let mut channels = Vec::new();
     for _ in 0..CONNECTIONS {
-        let channel = loop {
-            match Channel::from_shared(format!("http://127.0.0.1:{port}"))
-                .unwrap()
-                .connect()
-                .await
-            {
-                Ok(c) => break c,
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        };
-        channels.push(channel);
+        channels.push(local_servers::connect_serving(&format!("127.0.0.1:{port}")).await);
     }
     let channels = Arc::new(channels);
-    let mut health = HealthClient::new(channels[0].clone());
-    while health
-        .check(HealthCheckRequest::default())
-        .await
-        .map_or(true, |r| r.into_inner().status != 1)
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 
     // Users and sessions for the phases.
     let users = 16;

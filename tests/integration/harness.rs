@@ -3,9 +3,8 @@
 //! test, and keyward itself on 127.0.0.1:0 with real tonic clients.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -15,7 +14,9 @@ use keyward::grpc::pb::{LoginRequest, RegisterRequest, TokenPair};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
+
+pub use crate::local_servers::connect_serving;
+use crate::local_servers::start_secantus as start_secantus_at;
 
 /// A password every default policy accepts.
 pub const PASSWORD: &str = "correct horse battery staple";
@@ -37,38 +38,9 @@ fn start_secantus() -> String {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let dir = std::env::temp_dir().join(format!("keyward-test-mongo-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut cmd = Command::new("secantusd-rs");
-        cmd.args([
-            "--port",
-            "0",
-            "--log-level",
-            "WARNING",
-            "--log-file-max",
-            "16MB",
-            "--cache-size",
-            "512M",
-        ])
-        .arg("--storage-path")
-        .arg(&dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-        kill_with_parent(&mut cmd);
-        let mut child: Child = cmd
-            .spawn()
-            .expect("secantusd-rs not found: run scripts/setup.sh first");
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let port = loop {
-            let line = lines.next().expect("secantusd-rs exited").unwrap();
-            if let Some(addr) = line.strip_prefix("secantusd-rs listening on ") {
-                break addr.trim().rsplit(':').next().unwrap().to_string();
-            }
-        };
-        tx.send(format!("mongodb://127.0.0.1:{port}/?directConnection=true"))
-            .unwrap();
-        // Keep draining its output and keep this thread (the child's parent thread) alive.
-        for _ in lines {}
+        let (mut child, uri) = start_secantus_at(&dir, kill_with_parent);
+        tx.send(uri).unwrap();
+        // Keep this thread (the child's parent thread) alive.
         let _ = child.wait();
         std::thread::park();
     });
@@ -148,11 +120,7 @@ impl TestApp {
                 .await
             })
         });
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let channel = connect_serving(&addr.to_string()).await;
         let app = Self {
             addr,
             config,
@@ -160,25 +128,7 @@ impl TestApp {
             shutdown: Some(tx),
             server: Some(server),
         };
-        app.wait_serving().await;
         app
-    }
-
-    /// Waits until health says SERVING (database answered, indexes exist).
-    pub async fn wait_serving(&self) {
-        let mut health = HealthClient::new(self.channel.clone());
-        for _ in 0..300 {
-            let r = health
-                .check(HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await;
-            if r.is_ok_and(|r| r.into_inner().status == 1) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("keyward did not become SERVING");
     }
 
     pub fn channel(&self) -> Channel {

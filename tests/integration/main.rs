@@ -2,6 +2,8 @@
 //! 127.0.0.1:0 and real gRPC clients (plus the real grpcurl and a second keyward process).
 
 mod harness;
+#[path = "../support/local_servers.rs"]
+mod local_servers;
 
 mod accounts;
 mod bad_input;

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use keyward::grpc::pb::auth_service_client::AuthServiceClient;
 use keyward::grpc::pb::{AuthenticateRequest, LogoutRequest};
-use tonic::transport::Channel;
 
 use crate::harness::*;
 
@@ -37,28 +36,7 @@ async fn revocation_reaches_another_replica_within_two_seconds() {
     kill_with_parent(&mut cmd);
     let mut b_process = cmd.spawn().unwrap();
 
-    let channel = loop {
-        match Channel::from_shared(format!("http://127.0.0.1:{port}"))
-            .unwrap()
-            .connect()
-            .await
-        {
-            Ok(c) => break c,
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    };
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
-    for _ in 0..200 {
-        let s = health
-            .check(tonic_health::pb::HealthCheckRequest {
-                service: String::new(),
-            })
-            .await;
-        if s.is_ok_and(|s| s.into_inner().status == 1) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let channel = connect_serving(&format!("127.0.0.1:{port}")).await;
     let mut b = AuthServiceClient::new(channel);
 
     let pair = a.signed_in(&email("replicas")).await;
