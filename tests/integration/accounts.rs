@@ -78,15 +78,7 @@ async fn duplicate_email_is_already_exists_whatever_its_case() {
     let app = TestApp::start().await;
     let email = email("dup");
     app.register(&email).await;
-    let err = app
-        .auth()
-        .register(RegisterRequest {
-            email: email.to_uppercase(),
-            password: PASSWORD.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let err = app.try_register(&email.to_uppercase()).await.unwrap_err();
     assert_eq!(
         (err.code(), reason(&err).as_str()),
         (Code::AlreadyExists, "EMAIL_TAKEN")
@@ -159,15 +151,7 @@ async fn weak_passwords_are_refused_with_field_violations() {
         c.password_require_digit = true;
     })
     .await;
-    let err = strict
-        .auth()
-        .register(RegisterRequest {
-            email: email("strict"),
-            password: PASSWORD.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let err = strict.try_register(&email("strict")).await.unwrap_err();
     let v = violations(&err);
     assert!(v.contains(&("password".into(), "must contain an uppercase letter".into())));
     assert!(v.contains(&("password".into(), "must contain a digit".into())));
@@ -338,15 +322,7 @@ async fn audit_trail_records_who_what_where_and_never_secrets() {
     req.metadata_mut()
         .insert("user-agent", "audit-test/1.0".parse().unwrap());
     app.auth().change_password(req).await.unwrap();
-    app.auth()
-        .logout(bearer(
-            keyward::grpc::pb::LogoutRequest {
-                all_sessions: false,
-            },
-            &pair.access_token,
-        ))
-        .await
-        .unwrap();
+    app.logout(&pair.access_token, false).await;
 
     let events: Vec<Document> = {
         use futures::TryStreamExt;

@@ -8,7 +8,6 @@ use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
-use keyward::grpc::pb::LogoutRequest;
 
 use crate::harness::*;
 
@@ -141,15 +140,7 @@ async fn missing_invalid_and_revoked_tokens_get_401_with_a_challenge() {
             .code,
         0
     );
-    app.auth()
-        .logout(bearer(
-            LogoutRequest {
-                all_sessions: false,
-            },
-            &pair.access_token,
-        ))
-        .await
-        .unwrap();
+    app.logout(&pair.access_token, false).await;
     let (_, http, _, body) =
         denied(&check(&app, http_request(&[("authorization", &auth)], &[])).await);
     assert_eq!(http, 401, "a revoked session is denied at once");

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use keyward::config::Config;
 use keyward::grpc::pb::auth_service_client::AuthServiceClient;
-use keyward::grpc::pb::{LoginRequest, RegisterRequest, TokenPair};
+use keyward::grpc::pb::{LoginRequest, RegisterRequest, RegisterResponse, TokenPair};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
@@ -153,14 +153,28 @@ impl TestApp {
 
     /// Registers `email` with [`PASSWORD`].
     pub async fn register(&self, email: &str) {
+        self.try_register(email).await.expect("register");
+    }
+
+    /// Registers `email` with [`PASSWORD`], returning keyward's answer.
+    pub async fn try_register(&self, email: &str) -> Result<RegisterResponse, tonic::Status> {
+        let request = RegisterRequest {
+            email: email.into(),
+            password: PASSWORD.into(),
+            ..Default::default()
+        };
+        self.auth().register(request).await.map(|r| r.into_inner())
+    }
+
+    /// Logs out the session of `token` (or all of its user's sessions); returns how many ended.
+    pub async fn logout(&self, token: &str, all_sessions: bool) -> i32 {
+        let request = bearer(keyward::grpc::pb::LogoutRequest { all_sessions }, token);
         self.auth()
-            .register(RegisterRequest {
-                email: email.into(),
-                password: PASSWORD.into(),
-                ..Default::default()
-            })
+            .logout(request)
             .await
-            .expect("register");
+            .expect("logout")
+            .into_inner()
+            .sessions_ended
     }
 
     /// Registers and logs in `email`.

@@ -157,15 +157,7 @@ async fn registrations_are_throttled_per_address() {
     let app = TestApp::start_with_config(|c| c.registrations_per_address_per_hour = 2).await;
     app.register(&email("first")).await;
     app.register(&email("second")).await;
-    let err = app
-        .auth()
-        .register(keyward::grpc::pb::RegisterRequest {
-            email: email("third"),
-            password: PASSWORD.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let err = app.try_register(&email("third")).await.unwrap_err();
     assert_eq!(
         (err.code(), reason(&err).as_str()),
         (Code::ResourceExhausted, "RATE_LIMITED")

@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use keyward::grpc::pb::auth_service_client::AuthServiceClient;
-use keyward::grpc::pb::{AuthenticateRequest, LogoutRequest};
+use keyward::grpc::pb::AuthenticateRequest;
 
 use crate::harness::*;
 
@@ -51,15 +51,7 @@ async fn revocation_reaches_another_replica_within_two_seconds() {
         .await
         .unwrap();
 
-    a.auth()
-        .logout(bearer(
-            LogoutRequest {
-                all_sessions: false,
-            },
-            &pair.access_token,
-        ))
-        .await
-        .unwrap();
+    a.logout(&pair.access_token, false).await;
     let revoked_at = Instant::now();
     assert_eq!(
         reason(

@@ -1,7 +1,7 @@
 //! Logout, logout-all, session listing and revocation, and the published keys.
 
 use keyward::grpc::pb::{
-    GetPublicKeysRequest, ListSessionsRequest, LogoutRequest, RefreshRequest, RevokeSessionRequest,
+    GetPublicKeysRequest, ListSessionsRequest, RefreshRequest, RevokeSessionRequest,
 };
 use tonic::Code;
 
@@ -15,17 +15,7 @@ async fn logout_ends_this_session_at_once_and_only_this_one() {
     let two = app.login(&email, PASSWORD).await.unwrap();
     app.authenticate(&one.access_token).await.unwrap(); // now cached as active
 
-    let r = app
-        .auth()
-        .logout(bearer(
-            LogoutRequest {
-                all_sessions: false,
-            },
-            &one.access_token,
-        ))
-        .await
-        .unwrap();
-    assert_eq!(r.into_inner().sessions_ended, 1);
+    assert_eq!(app.logout(&one.access_token, false).await, 1);
     let err = app.authenticate(&one.access_token).await.unwrap_err();
     assert_eq!(
         (err.code(), reason(&err).as_str()),
@@ -57,15 +47,7 @@ async fn logout_all_ends_every_session_at_once() {
         app.authenticate(&s.access_token).await.unwrap();
     }
     let other_user = app.signed_in(&crate::harness::email("bystander")).await;
-    let r = app
-        .auth()
-        .logout(bearer(
-            LogoutRequest { all_sessions: true },
-            &sessions[1].access_token,
-        ))
-        .await
-        .unwrap();
-    assert_eq!(r.into_inner().sessions_ended, 3);
+    assert_eq!(app.logout(&sessions[1].access_token, true).await, 3);
     for s in &sessions {
         assert_eq!(
             reason(&app.authenticate(&s.access_token).await.unwrap_err()),
