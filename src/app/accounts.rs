@@ -200,7 +200,9 @@ impl App {
             }
         };
 
-        self.store.rate_limits.clear(&key).await?;
+        if attempt.count > 0 {
+            self.store.rate_limits.clear(&key).await?;
+        }
         if user.status == UserStatus::Disabled {
             self.audit(
                 AuditRecord::new("login", Outcome::Failure, caller)
@@ -299,6 +301,13 @@ impl App {
     /// the attempt that reaches the threshold sets the lock before its password is even
     /// checked, and a correct password lifts it again.
     async fn admit_password_attempt(&self, key: &str) -> Result<PasswordAttempt> {
+        if self.lockout.threshold == 0 {
+            // Lockout is off: nothing to count, nothing to clear.
+            return Ok(PasswordAttempt {
+                count: 0,
+                lock: None,
+            });
+        }
         for _ in 0..ADMISSION_RETRIES {
             let now = self.now();
             let seen = self.store.rate_limits.find_raw(key).await?;
@@ -420,7 +429,9 @@ impl App {
             // checked is no longer current.
             return Err(Error::InvalidCredentials);
         }
-        self.store.rate_limits.clear(&key).await?;
+        if attempt.count > 0 {
+            self.store.rate_limits.clear(&key).await?;
+        }
         let ended = if keep_other_sessions {
             Vec::new()
         } else {
