@@ -1,0 +1,236 @@
+#!/usr/bin/env bash
+# Builds keyward's REST sidecar (grpc-gateway) offline from Debian packages, and keeps its OpenAPI
+# file in step with the protos and gateway/keyward.yaml.
+#
+#   scripts/gateway.sh build     target/gateway/keyward-gateway (skipped when no input changed)
+#   scripts/gateway.sh openapi   rewrite gateway/openapi/keyward.swagger.json (committed)
+#   scripts/gateway.sh check     fail when that file, or the route table, is out of date
+#
+# Each command first installs, idempotently, the Debian packages it needs (Go, grpc-gateway v1,
+# grpc-go, golang/protobuf 1.3, protoc). Nothing is downloaded besides those packages: Go builds
+# in GOPATH mode against /usr/share/gocode with the module proxy off. Generated code lives only
+# under target/gateway/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+PACKAGES=(golang-go golang-grpc-gateway golang-github-grpc-ecosystem-grpc-gateway-dev
+  golang-google-grpc-dev golang-goprotobuf-dev golang-google-genproto-dev protobuf-compiler)
+OUT="$ROOT/target/gateway"
+CONFIG="$ROOT/gateway/keyward.yaml"
+OPENAPI="$ROOT/gateway/openapi/keyward.swagger.json"
+GOPATH_DIR="$OUT/gopath"
+# The Go import path of the generated code; gateway/main.go imports it.
+GEN_IMPORT="keyward/gen/keywardv1"
+# Debian's timestamp.proto names the newer protobuf module's package as its go_package; the Go
+# protobuf Debian ships with grpc-gateway v1 is golang/protobuf 1.3, which has it here.
+WKT_MAP="Mgoogle/protobuf/timestamp.proto=github.com/golang/protobuf/ptypes/timestamp"
+
+say() { echo "gateway: $*" >&2; }
+
+install_packages() {
+  local missing=() p
+  for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return
+  say "installing Debian packages: ${missing[*]}"
+  local sudo=()
+  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo[@]}" apt-get update -qq
+  # One retry: an interrupted unpack leaves dpkg needing a second pass.
+  "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null ||
+    "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# The protos as Debian's plugins can read them, in $OUT/proto. Two mechanical rewrites of a copy:
+#  - proto3 `optional` fields become the one-field oneof `_name` that `optional` stands for (the
+#    same wire format and presence, so "unset" and "empty" stay apart through REST);
+#    protoc-gen-go 1.3 predates `optional` and protoc refuses to hand it such files. The field's
+#    comment moves inside the oneof so the OpenAPI file keeps it;
+#  - each file gets a go_package, so the generated Go code has an import path.
+stage_protos() {
+  rm -rf "$OUT/proto"
+  mkdir -p "$OUT/proto"
+  cp -r proto/. "$OUT/proto/"
+  python3 - "$GEN_IMPORT" "$OUT"/proto/keyward/v1/*.proto <<'PY'
+import re, sys
+go_package, files = sys.argv[1], sys.argv[2:]
+optional = re.compile(r"^(\s*)optional\s+([\w.]+)\s+(\w+)\s*=\s*(\d+)\s*;(.*)$")
+for path in files:
+    out = []
+    for line in open(path).read().split("\n"):
+        m = optional.match(line)
+        if m:
+            indent, typ, name, number, rest = m.groups()
+            comments = []
+            while out and out[-1].strip().startswith("//"):
+                comments.insert(0, out.pop())
+            out.append(f"{indent}oneof _{name} {{")
+            out.extend("  " + c for c in comments)
+            out.append(f"{indent}  {typ} {name} = {number};{rest}")
+            out.append(f"{indent}}}")
+        else:
+            out.append(line)
+            if line.strip() == "package keyward.v1;":
+                out.append(f'option go_package = "{go_package};keywardv1";')
+    open(path, "w").write("\n".join(out))
+PY
+}
+
+proto_files() { (cd "$OUT/proto" && ls keyward/v1/*.proto); }
+
+# Every RPC of the four services must have an http rule: without one grpc-gateway silently leaves
+# the RPC out of REST.
+check_routes() {
+  local rpcs rules missing
+  rpcs=$(for f in proto/keyward/v1/*_service.proto; do
+    svc=$(sed -nE 's/^service[[:space:]]+([A-Za-z0-9_]+).*/\1/p' "$f")
+    sed -nE "s/^[[:space:]]*rpc[[:space:]]+([A-Za-z0-9_]+).*/keyward.v1.$svc.\1/p" "$f"
+  done | sort)
+  rules=$(sed -nE 's/^[[:space:]]*-[[:space:]]*selector:[[:space:]]*([A-Za-z0-9_.]+).*/\1/p' "$CONFIG" | sort)
+  missing=$(comm -23 <(echo "$rpcs") <(echo "$rules"))
+  if [ -n "$missing" ]; then
+    say "RPCs without an http rule in gateway/keyward.yaml:"
+    echo "$missing" >&2
+    return 1
+  fi
+  local dup
+  dup=$(echo "$rules" | uniq -d)
+  if [ -n "$dup" ]; then
+    say "RPCs with more than one rule in gateway/keyward.yaml: $dup"
+    return 1
+  fi
+}
+
+# Writes the merged OpenAPI file for the current protos and config into directory $1.
+generate_openapi() {
+  local dir=$1
+  stage_protos
+  mkdir -p "$dir"
+  # shellcheck disable=SC2046
+  protoc -I "$OUT/proto" -I /usr/include \
+    --swagger_out=logtostderr=true,allow_merge=true,merge_file_name=keyward,grpc_api_configuration="$CONFIG":"$dir" \
+    $(proto_files)
+  mv "$dir/keyward.swagger.json" "$dir/keyward.swagger.json.tmp"
+  # What protoc-gen-swagger v1 cannot take from the YAML: a title, the bearer header and the
+  # gateway's error body on every operation. Then stable formatting (sorted keys, two-space
+  # indent, final newline) so diffs stay readable.
+  python3 - "$dir/keyward.swagger.json.tmp" >"$dir/keyward.swagger.json" <<'PY'
+import json, sys
+doc = json.load(open(sys.argv[1]))
+doc["info"] = {
+    "title": "keyward REST API",
+    "version": "v1",
+    "description": (
+        "keyward's gRPC API over JSON/HTTP through the grpc-gateway sidecar "
+        "(routes: gateway/keyward.yaml). Calls for a signed-in user send "
+        "`Authorization: Bearer <access_token>`. Every error answers a keywardError body whose "
+        "`reason` is keyward's stable ErrorInfo reason; 429 answers carry Retry-After."
+    ),
+}
+doc["securityDefinitions"] = {
+    "bearer": {"type": "apiKey", "in": "header", "name": "Authorization",
+               "description": "Bearer <access_token> from login, refresh or otp/login"},
+}
+doc["definitions"]["keywardError"] = {
+    "type": "object",
+    "description": "Every error the gateway answers.",
+    "properties": {
+        "code": {"type": "integer", "format": "int32", "description": "gRPC status code"},
+        "status": {"type": "string", "description": "gRPC status name, e.g. UNAUTHENTICATED"},
+        "reason": {"type": "string", "description": "keyward's stable reason, e.g. INVALID_CREDENTIALS"},
+        "message": {"type": "string"},
+        "field_violations": {"type": "array", "items": {
+            "type": "object",
+            "properties": {"field": {"type": "string"}, "description": {"type": "string"}},
+        }, "description": "invalid fields (google.rpc.BadRequest)"},
+        "retry_after_seconds": {"type": "integer", "format": "int64",
+                                "description": "when to retry (google.rpc.RetryInfo); also the Retry-After header"},
+        "details": {"type": "array", "items": {"type": "object"},
+                    "description": "the google.rpc detail messages, each with its @type"},
+    },
+}
+for path in doc["paths"].values():
+    for op in path.values():
+        op["responses"]["default"] = {"description": "An error.",
+                                      "schema": {"$ref": "#/definitions/keywardError"}}
+print(json.dumps(doc, indent=2, sort_keys=True))
+PY
+  rm "$dir/keyward.swagger.json.tmp"
+}
+
+inputs_digest() {
+  {
+    sha256sum "$0" gateway/main.go "$CONFIG" proto/keyward/v1/*.proto
+    go version
+    dpkg-query -W "${PACKAGES[@]}"
+  } | sha256sum | cut -d' ' -f1
+}
+
+cmd_build() {
+  install_packages
+  check_routes
+  local digest stamp="$OUT/inputs.sha256"
+  digest=$(inputs_digest)
+  if [ -x "$OUT/keyward-gateway" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$digest" ]; then
+    say "target/gateway/keyward-gateway is up to date"
+    return
+  fi
+  say "generating Go code and building target/gateway/keyward-gateway"
+  stage_protos
+  rm -rf "$GOPATH_DIR"
+  mkdir -p "$GOPATH_DIR/src/keyward/gateway"
+  # shellcheck disable=SC2046
+  protoc -I "$OUT/proto" -I /usr/include \
+    --go_out=plugins=grpc,"$WKT_MAP":"$GOPATH_DIR/src" \
+    --grpc-gateway_out=logtostderr=true,"$WKT_MAP",grpc_api_configuration="$CONFIG":"$GOPATH_DIR/src" \
+    $(proto_files)
+  cp gateway/main.go "$GOPATH_DIR/src/keyward/gateway/"
+  (
+    cd "$GOPATH_DIR/src/keyward/gateway"
+    GO111MODULE=off GOPATH="$GOPATH_DIR:/usr/share/gocode" GOPROXY=off GOFLAGS= \
+      go build -o "$OUT/keyward-gateway.new" .
+  )
+  mv "$OUT/keyward-gateway.new" "$OUT/keyward-gateway"
+  echo "$digest" >"$stamp"
+  say "built target/gateway/keyward-gateway"
+}
+
+cmd_openapi() {
+  install_packages
+  check_routes
+  generate_openapi "$OUT/openapi"
+  mkdir -p "$(dirname "$OPENAPI")"
+  cp "$OUT/openapi/keyward.swagger.json" "$OPENAPI"
+  say "wrote gateway/openapi/keyward.swagger.json"
+}
+
+cmd_check() {
+  install_packages
+  check_routes
+  generate_openapi "$OUT/openapi-check"
+  if ! diff -u "$OPENAPI" "$OUT/openapi-check/keyward.swagger.json" >"$OUT/openapi.diff" 2>&1; then
+    head -n 60 "$OUT/openapi.diff" >&2
+    say "gateway/openapi/keyward.swagger.json is out of date: run scripts/gateway.sh openapi and commit it"
+    return 1
+  fi
+  local unformatted
+  unformatted=$(gofmt -l gateway/main.go)
+  if [ -n "$unformatted" ]; then
+    say "gateway/main.go is not gofmt-formatted (gofmt -w gateway/main.go)"
+    return 1
+  fi
+  say "OpenAPI file and routes are up to date"
+}
+
+case "${1:-}" in
+  build) cmd_build ;;
+  openapi) cmd_openapi ;;
+  check) cmd_check ;;
+  *)
+    echo "usage: scripts/gateway.sh build|openapi|check" >&2
+    exit 2
+    ;;
+esac
