@@ -120,6 +120,43 @@ pub struct Config {
     #[serde(deserialize_with = "flexible")]
     pub registrations_per_address_per_hour: u32,
 
+    // --- email and one-time codes ---
+    /// SMTP server for outgoing mail: `smtp://host:25`, `smtp://user:pass@host:587?tls=required`
+    /// (STARTTLS) or `smtps://user:pass@host:465`. Required to serve, except in dev mode, where
+    /// mail goes to the log.
+    pub smtp_url: Option<String>,
+    /// Sender of every mail, `Name <address>` or `address`.
+    pub mail_from: String,
+    /// Directory whose template files (e.g. `login_code.html`) replace the built-in ones.
+    pub mail_templates_dir: Option<PathBuf>,
+    /// First wait before retrying a failed delivery; doubles per attempt up to the max.
+    #[serde(with = "humantime_serde")]
+    pub mail_retry_base_delay: Duration,
+    #[serde(with = "humantime_serde")]
+    pub mail_retry_max_delay: Duration,
+    /// How long a code works (at most 10 minutes).
+    #[serde(with = "humantime_serde")]
+    pub code_lifetime: Duration,
+    /// Least time between two codes for one email address and purpose.
+    #[serde(with = "humantime_serde")]
+    pub code_send_cooldown: Duration,
+    /// Most codes per email address and purpose per hour.
+    #[serde(deserialize_with = "flexible")]
+    pub code_sends_per_hour: u32,
+    /// Code requests and code attempts allowed per client address per minute; 0 turns it off.
+    #[serde(deserialize_with = "flexible")]
+    pub code_requests_per_address_per_minute: u32,
+    /// Password login needs a verified email (EMAIL_NOT_VERIFIED after a correct password).
+    #[serde(deserialize_with = "flexible")]
+    pub require_verified_email: bool,
+    /// LoginWithCode for an email without an account creates the account (passwordless
+    /// sign-up). Off by default.
+    #[serde(deserialize_with = "flexible")]
+    pub passwordless_signup: bool,
+    /// Secret (32+ characters) keying stored codes and sealing queued mail. Unset: derived from
+    /// the signing key, so rotating that key voids codes and queued mail of the moment.
+    pub code_secret: Option<String>,
+
     // --- audit ---
     #[serde(with = "humantime_serde")]
     pub audit_retention: Duration,
@@ -167,6 +204,18 @@ impl Default for Config {
             lockout_max_delay: Duration::from_secs(15 * 60),
             login_attempts_per_address_per_minute: 30,
             registrations_per_address_per_hour: 30,
+            smtp_url: None,
+            mail_from: "keyward <no-reply@keyward.localhost>".into(),
+            mail_templates_dir: None,
+            mail_retry_base_delay: Duration::from_secs(5),
+            mail_retry_max_delay: Duration::from_secs(5 * 60),
+            code_lifetime: Duration::from_secs(10 * 60),
+            code_send_cooldown: Duration::from_secs(60),
+            code_sends_per_hour: 5,
+            code_requests_per_address_per_minute: 30,
+            require_verified_email: true,
+            passwordless_signup: false,
+            code_secret: None,
             audit_retention: Duration::from_secs(90 * 24 * 3600),
             log_format: LogFormat::Text,
             log_level: "info".into(),
@@ -340,6 +389,33 @@ impl Config {
                 "must be positive when lockout_threshold is set",
             );
         }
+        if self.code_lifetime < Duration::from_secs(60)
+            || self.code_lifetime > crate::domain::codes::MAX_LIFETIME
+        {
+            return bad("code_lifetime", "must be between 1m and 10m");
+        }
+        if self.code_sends_per_hour == 0 {
+            return bad("code_sends_per_hour", "must be at least 1");
+        }
+        if self.mail_retry_base_delay.is_zero()
+            || self.mail_retry_max_delay < self.mail_retry_base_delay
+        {
+            return bad(
+                "mail_retry_max_delay",
+                "mail_retry_base_delay must be positive and at most mail_retry_max_delay",
+            );
+        }
+        if let Some(url) = &self.smtp_url {
+            if !(url.starts_with("smtp://") || url.starts_with("smtps://")) {
+                return bad("smtp_url", "must be an smtp:// or smtps:// URL");
+            }
+        }
+        if crate::mail::mailbox_from(&self.mail_from).is_err() {
+            return bad("mail_from", "must be `Name <address>` or an address");
+        }
+        if self.code_secret.as_ref().is_some_and(|s| s.len() < 32) {
+            return bad("code_secret", "must be at least 32 characters");
+        }
         if self.token_issuer.is_empty() || self.token_audience.is_empty() {
             return bad(
                 "token_issuer",
@@ -422,6 +498,18 @@ const KEYS: &[&str] = &[
     "lockout_max_delay",
     "login_attempts_per_address_per_minute",
     "registrations_per_address_per_hour",
+    "smtp_url",
+    "mail_from",
+    "mail_templates_dir",
+    "mail_retry_base_delay",
+    "mail_retry_max_delay",
+    "code_lifetime",
+    "code_send_cooldown",
+    "code_sends_per_hour",
+    "code_requests_per_address_per_minute",
+    "require_verified_email",
+    "passwordless_signup",
+    "code_secret",
     "audit_retention",
     "log_format",
     "log_level",

@@ -54,6 +54,10 @@ pub enum Error {
     RefreshTokenReused,
     #[error("the refresh token was rotated moments ago; use the newer token")]
     RefreshTokenAlreadyRotated,
+    #[error("the code is wrong, expired or used up; request a new one")]
+    CodeInvalid,
+    #[error("the email address is not verified yet; verify it with the code sent to it")]
+    EmailNotVerified,
     #[error("session not found")]
     SessionNotFound,
     #[error("keyward is starting; try again shortly")]
@@ -86,6 +90,8 @@ impl Error {
             Error::RefreshTokenInvalid => (Code::Unauthenticated, "REFRESH_TOKEN_INVALID"),
             Error::RefreshTokenReused => (Code::Unauthenticated, "REFRESH_TOKEN_REUSED"),
             Error::RefreshTokenAlreadyRotated => (Code::Aborted, "REFRESH_TOKEN_ALREADY_ROTATED"),
+            Error::CodeInvalid => (Code::Unauthenticated, "CODE_INVALID"),
+            Error::EmailNotVerified => (Code::FailedPrecondition, "EMAIL_NOT_VERIFIED"),
             Error::SessionNotFound => (Code::NotFound, "SESSION_NOT_FOUND"),
             Error::NotReady => (Code::Unavailable, "NOT_READY"),
             Error::Overloaded => (Code::Unavailable, "OVERLOADED"),

@@ -6,11 +6,14 @@
 //! - [`server`]: the tonic server — limits, health, reflection, services, graceful shutdown.
 //! - [`grpc`]: thin adapters, one file per service (`auth.rs`, …), the codec that turns bad
 //!   input into INVALID_ARGUMENT, and proto conversions.
-//! - [`app`]: the use cases (register, login, refresh, authenticate, logout, …) combining domain
-//!   rules with storage; knows nothing of protobuf.
-//! - [`domain`]: pure rules — emails, password policy and hashing, tokens, roles, lockout.
+//! - [`app`]: the use cases (register, login, refresh, authenticate, logout, one-time codes,
+//!   the mail outbox and its delivery workers, …) combining domain rules with storage; knows
+//!   nothing of protobuf.
+//! - [`domain`]: pure rules — emails, password policy and hashing, tokens, roles, lockout,
+//!   one-time codes and their send limits.
 //! - [`store`]: MongoDB, one file per collection (`users`, `sessions`, `rate_limits`,
-//!   `audit_events`) with its documents, indexes and queries.
+//!   `one_time_codes`, `mail_outbox`, `audit_events`) with its documents, indexes and queries.
+//! - [`mail`]: mail templates, sealing for the outbox, and the SMTP / dev-log transports.
 //! - [`hash_pool`]: the bounded, low-priority thread pool that runs argon2id.
 //! - [`error`]: the one mapping from domain errors to gRPC status + ErrorInfo/BadRequest/RetryInfo.
 //!
@@ -23,6 +26,7 @@ pub mod domain;
 pub mod error;
 pub mod grpc;
 pub mod hash_pool;
+pub mod mail;
 pub mod server;
 pub mod store;
 pub mod telemetry;
@@ -45,23 +49,26 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    let transport = mail::Transport::for_config(&config)?;
     let app = build_app(config).await?;
-    server::serve(app, listener, shutdown).await
+    server::serve(app, transport, listener, shutdown).await
 }
 
 /// Builds the application from a validated config (keys, store, caches, hash pool).
 pub async fn build_app(config: Config) -> anyhow::Result<Arc<App>> {
-    let keys = key_ring(&config)?;
+    let (keys, signing_secret) = key_ring(&config)?;
+    let master_secret = config.code_secret.clone().unwrap_or(signing_secret);
     let uri = config
         .mongodb_uri
         .clone()
         .context("mongodb_uri is not set")?;
     let store = Store::connect(&uri, &config.mongodb_database, config.audit_retention).await?;
-    App::new(config, store, keys).await
+    App::new(config, store, keys, master_secret.as_bytes()).await
 }
 
-/// The configured signing key, or in dev mode one generated once and kept in `data_dir`.
-fn key_ring(config: &Config) -> anyhow::Result<KeyRing> {
+/// The configured signing key, or in dev mode one generated once and kept in `data_dir`; with
+/// its secret PASERK.
+fn key_ring(config: &Config) -> anyhow::Result<(KeyRing, String)> {
     let secret = match config
         .signing_key_paserk()
         .map_err(|e| anyhow::anyhow!(e))?
@@ -72,13 +79,14 @@ fn key_ring(config: &Config) -> anyhow::Result<KeyRing> {
             dev_signing_key(&config.data_dir)?
         }
     };
-    KeyRing::new(
+    let ring = KeyRing::new(
         &secret,
         &config.verification_keys,
         &config.token_issuer,
         &config.token_audience,
     )
-    .map_err(|e| anyhow::anyhow!(e))
+    .map_err(|e| anyhow::anyhow!(e))?;
+    Ok((ring, secret))
 }
 
 fn dev_signing_key(dir: &Path) -> anyhow::Result<String> {

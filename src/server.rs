@@ -16,7 +16,7 @@ use crate::grpc::pb::auth_service_server::AuthServiceServer;
 use crate::grpc::pb::org_service_server::OrgServiceServer;
 use crate::grpc::pb::otp_service_server::OtpServiceServer;
 use crate::grpc::pb::user_service_server::UserServiceServer;
-use crate::grpc::{auth::Auth, codec, pb, unimplemented};
+use crate::grpc::{auth::Auth, codec, otp::Otp, pb, unimplemented};
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
 /// Hard ceiling tonic enforces before our codec sees a message; between `max_message_bytes` and
@@ -44,10 +44,12 @@ async fn set_all(health: &HealthReporter, serving: bool) {
     }
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves: health turns NOT_SERVING, no new
-/// connections are accepted, in-flight calls finish, then this returns.
+/// Serves `app` on `listener`, delivering queued mail through `mail_transport`, until
+/// `shutdown` resolves: health turns NOT_SERVING, no new connections are accepted, in-flight
+/// calls finish, then this returns.
 pub async fn serve(
     app: Arc<App>,
+    mail_transport: crate::mail::Transport,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
@@ -79,6 +81,10 @@ pub async fn serve(
         })
     };
 
+    // Mail delivery runs beside the server; queued mail survives a stop and is picked up by the
+    // next replica to run.
+    let mail_workers = crate::app::mail::spawn_workers(Arc::clone(&app), Arc::new(mail_transport));
+
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -95,7 +101,10 @@ pub async fn serve(
         app: Arc::clone(&app),
     })
     .max_decoding_message_size(DECODE_CEILING);
-    let otp = OtpServiceServer::new(unimplemented::Otp).max_decoding_message_size(DECODE_CEILING);
+    let otp = OtpServiceServer::new(Otp {
+        app: Arc::clone(&app),
+    })
+    .max_decoding_message_size(DECODE_CEILING);
     let org = OrgServiceServer::new(unimplemented::Org).max_decoding_message_size(DECODE_CEILING);
     let users =
         UserServiceServer::new(unimplemented::Users).max_decoding_message_size(DECODE_CEILING);
@@ -129,6 +138,9 @@ pub async fn serve(
         )
         .await;
     ready_task.abort();
+    for worker in mail_workers {
+        worker.abort();
+    }
     tracing::info!("keyward stopped");
     Ok(result?)
 }

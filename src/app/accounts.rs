@@ -46,7 +46,7 @@ pub struct NewAccount {
     pub email_verified: bool,
 }
 
-fn lockout_key(email: &str) -> String {
+pub(crate) fn lockout_key(email: &str) -> String {
     // Hashed so the counters do not make a second list of addresses.
     format!(
         "login_email:{}",
@@ -96,15 +96,41 @@ impl App {
         }
         let plain = account.password;
         let hash = self.hasher.run(move || password::hash(&plain)).await??;
+        let user = self
+            .insert_account(
+                email,
+                display_name,
+                hash,
+                account.role,
+                account.email_verified,
+                caller,
+            )
+            .await?;
+        if !user.email_verified {
+            self.send_verification_after_register(&user, caller).await;
+        }
+        Ok(user)
+    }
+
+    /// Stores a new account (`password_hash` empty: no password yet) and audits it.
+    pub(crate) async fn insert_account(
+        &self,
+        email: String,
+        display_name: String,
+        password_hash: String,
+        role: Role,
+        email_verified: bool,
+        caller: &Caller,
+    ) -> Result<UserDoc> {
         let now = bson_time(self.now());
         let user = UserDoc {
             id: new_id(),
             email,
             display_name,
-            password_hash: hash,
-            role: account.role,
+            password_hash,
+            role,
             status: UserStatus::Active,
-            email_verified: account.email_verified,
+            email_verified,
             created_at: now,
             updated_at: now,
             last_login_at: None,
@@ -212,6 +238,15 @@ impl App {
             .await;
             return Err(Error::AccountDisabled);
         }
+        if self.config.require_verified_email && !user.email_verified {
+            self.audit(
+                AuditRecord::new("login", Outcome::Failure, caller)
+                    .user(&user.id)
+                    .detail("reason", "email_not_verified"),
+            )
+            .await;
+            return Err(Error::EmailNotVerified);
+        }
         let mut verified_hash = user.password_hash.clone();
         if verdict == Verification::MatchNeedsRehash {
             if let Some(upgraded) = self.upgrade_hash(&user, plain).await {
@@ -271,7 +306,7 @@ impl App {
     }
 
     /// Per-address fixed window on one kind of call (`login`, `register`), shared by replicas.
-    async fn throttle_address(
+    pub(crate) async fn throttle_address(
         &self,
         caller: &Caller,
         kind: &str,
@@ -441,6 +476,7 @@ impl App {
                 .await?
         };
         self.revoke_sessions(ended.iter().map(String::as_str));
+        self.notify_password_changed(&user, ended.len()).await;
         self.audit(
             AuditRecord::new("password_change", Outcome::Success, caller)
                 .user(&user.id)

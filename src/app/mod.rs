@@ -2,6 +2,8 @@
 //! these with plain Rust values; nothing here knows about protobuf.
 
 pub mod accounts;
+pub mod codes;
+pub mod mail;
 pub mod sessions;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,11 +13,13 @@ use chrono::{DateTime, Utc};
 use mongodb::bson::Document;
 
 use crate::config::Config;
+use crate::domain::codes::{CodeHasher, SendLimits};
 use crate::domain::lockout::LockoutPolicy;
 use crate::domain::password::{self, PasswordPolicy};
 use crate::domain::tokens::KeyRing;
 use crate::error::{Error, Result};
 use crate::hash_pool::HashPool;
+use crate::mail::{Sealer, Templates};
 use crate::store::audit_events::Outcome;
 use crate::store::{AuditEvent, Store};
 
@@ -37,6 +41,9 @@ pub struct App {
     pub password_policy: PasswordPolicy,
     pub lockout: LockoutPolicy,
     pub sessions: SessionCache,
+    pub code_hasher: CodeHasher,
+    pub send_limits: SendLimits,
+    pub mail: mail::Outbox,
     /// A real argon2id hash of a random password: unknown emails are verified against it so they
     /// cost the same time as a wrong password.
     dummy_hash: String,
@@ -44,13 +51,31 @@ pub struct App {
 }
 
 impl App {
-    pub async fn new(config: Config, store: Store, keys: KeyRing) -> anyhow::Result<Arc<Self>> {
+    /// `master_secret` keys stored codes and seals queued mail (see `code_secret`).
+    pub async fn new(
+        config: Config,
+        store: Store,
+        keys: KeyRing,
+        master_secret: &[u8],
+    ) -> anyhow::Result<Arc<Self>> {
         let hasher = HashPool::new(config.hash_workers);
         // On the pool, so argon2's working memory stays with the hashing threads.
         let dummy_hash = hasher
             .run(|| password::hash(&crate::domain::secrets::new_refresh_token()))
             .await??;
+        let mail = mail::Outbox {
+            templates: Templates::load(config.mail_templates_dir.as_deref())?,
+            sealer: Sealer::new(derive_key(master_secret, "keyward mail outbox v1")),
+            from: crate::mail::mailbox_from(&config.mail_from)?,
+            wakeup: tokio::sync::Notify::new(),
+        };
         Ok(Arc::new(Self {
+            code_hasher: CodeHasher::new(derive_key(master_secret, "keyward one-time codes v1")),
+            send_limits: SendLimits {
+                cooldown: config.code_send_cooldown,
+                per_hour: config.code_sends_per_hour,
+            },
+            mail,
             password_policy: config.password_policy(),
             lockout: config.lockout_policy(),
             sessions: SessionCache::new(config.session_cache_ttl),
@@ -102,6 +127,14 @@ impl App {
             tracing::error!(error = %e, action = event.action, "failed to write audit event");
         }
     }
+}
+
+/// A 256-bit key for one purpose (`label`), derived from the server's master secret.
+fn derive_key(master: &[u8], label: &str) -> [u8; 32] {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(master).expect("any key length");
+    mac.update(label.as_bytes());
+    mac.finalize().into_bytes().into()
 }
 
 /// The facts of one audit event (see `store::audit_events`).

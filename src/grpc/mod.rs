@@ -4,6 +4,7 @@ pub mod auth;
 pub mod codec;
 pub mod convert;
 pub mod ext_authz;
+pub mod otp;
 pub mod unimplemented;
 
 use tonic::metadata::MetadataMap;

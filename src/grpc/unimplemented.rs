@@ -2,18 +2,13 @@
 //! UNIMPLEMENTED (the generated default methods) until then.
 
 use super::pb::org_service_server::OrgService;
-use super::pb::otp_service_server::OtpService;
 use super::pb::user_service_server::UserService;
 
-/// `keyward.v1.OtpService`, not implemented yet.
-pub struct Otp;
 /// `keyward.v1.OrgService`, not implemented yet.
 pub struct Org;
 /// `keyward.v1.UserService`, not implemented yet.
 pub struct Users;
 
-#[tonic::async_trait]
-impl OtpService for Otp {}
 #[tonic::async_trait]
 impl OrgService for Org {}
 #[tonic::async_trait]

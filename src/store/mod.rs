@@ -1,9 +1,12 @@
 //! MongoDB storage: one file per collection, each owning its document struct, its indexes and
 //! its queries. No multi-document transactions: every exactly-once change is one conditional
-//! single-document update. Credential collections (users, sessions, rate_limits) write with
-//! majority write concern and read from the primary.
+//! single-document update. Credential collections (users, sessions, rate_limits,
+//! one_time_codes) and the mail outbox write with majority write concern and read from the
+//! primary.
 
 pub mod audit_events;
+pub mod mail_outbox;
+pub mod one_time_codes;
 pub mod rate_limits;
 pub mod sessions;
 pub mod users;
@@ -17,6 +20,8 @@ use mongodb::options::{
 use mongodb::{Client, Collection, Database};
 
 pub use audit_events::{AuditEvent, AuditEvents};
+pub use mail_outbox::MailOutbox;
+pub use one_time_codes::OneTimeCodes;
 pub use rate_limits::RateLimits;
 pub use sessions::Sessions;
 pub use users::Users;
@@ -29,6 +34,8 @@ pub struct Store {
     pub sessions: Sessions,
     pub audit_events: AuditEvents,
     pub rate_limits: RateLimits,
+    pub one_time_codes: OneTimeCodes,
+    pub mail_outbox: MailOutbox,
 }
 
 impl Store {
@@ -57,6 +64,8 @@ impl Store {
                 retention: audit_retention,
             },
             rate_limits: RateLimits(credential_collection(&db, "rate_limits")),
+            one_time_codes: OneTimeCodes(credential_collection(&db, "one_time_codes")),
+            mail_outbox: MailOutbox(credential_collection(&db, "mail_outbox")),
             db,
         }
     }
@@ -68,6 +77,8 @@ impl Store {
         self.sessions.ensure_indexes().await?;
         self.audit_events.ensure_indexes().await?;
         self.rate_limits.ensure_indexes().await?;
+        self.one_time_codes.ensure_indexes().await?;
+        self.mail_outbox.ensure_indexes().await?;
         Ok(())
     }
 }

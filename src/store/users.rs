@@ -115,6 +115,43 @@ impl Users {
         Ok(r.modified_count == 1)
     }
 
+    /// Marks the email verified; returns the account as it is now.
+    pub async fn mark_verified(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> mongodb::error::Result<Option<UserDoc>> {
+        self.0
+            .find_one_and_update(
+                doc! { "_id": id },
+                doc! { "$set": { "email_verified": true, "updated_at": bson_time(now) } },
+            )
+            .return_document(mongodb::options::ReturnDocument::After)
+            .await
+    }
+
+    /// Sets a new password hash whatever the old one was (a reset proves the mailbox, not the
+    /// old password) and marks the email verified.
+    pub async fn reset_password_hash(
+        &self,
+        id: &str,
+        new_hash: &str,
+        now: DateTime<Utc>,
+    ) -> mongodb::error::Result<bool> {
+        let r = self
+            .0
+            .update_one(
+                doc! { "_id": id },
+                doc! { "$set": {
+                    "password_hash": new_hash,
+                    "email_verified": true,
+                    "updated_at": bson_time(now),
+                } },
+            )
+            .await?;
+        Ok(r.matched_count == 1)
+    }
+
     /// Stamps the login time and returns the account as it is now.
     pub async fn record_login(
         &self,

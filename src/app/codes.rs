@@ -1,0 +1,450 @@
+//! One-time codes by email: proving an address, signing in without a password, and resetting a
+//! forgotten password.
+//!
+//! Enumeration: `send_code` answers the same, and does the same writes (a code stored, an
+//! outbox record, a send counter, an audit event), whether or not a mail goes out. Using a code
+//! fails with CODE_INVALID alike for a wrong, expired, used, replaced or dead code and for an
+//! email without an account.
+
+use std::time::Duration;
+
+use super::accounts::lockout_key;
+use super::sessions::IssuedTokens;
+use super::{App, AuditRecord, Caller};
+use crate::domain::codes::{self, Purpose, SendCounter, MAX_ATTEMPTS};
+use crate::domain::email;
+use crate::domain::password;
+use crate::domain::roles::Role;
+use crate::error::{Error, FieldViolation, Result};
+use crate::store::audit_events::Outcome;
+use crate::store::one_time_codes::slot;
+use crate::store::users::{UserDoc, UserStatus};
+
+const MINUTE: Duration = Duration::from_secs(60);
+/// Compare-and-set rounds on a contended send counter.
+const SEND_RETRIES: usize = 4;
+
+/// The answer to a code request (the same whether or not a code was sent).
+#[derive(Debug, Clone, Copy)]
+pub struct CodeRequested {
+    /// Before this, another code for the address and purpose is refused.
+    pub retry_after: Duration,
+    /// How long the code works.
+    pub expires_in: Duration,
+}
+
+fn template(purpose: Purpose) -> &'static str {
+    match purpose {
+        Purpose::VerifyEmail => "verify_email",
+        Purpose::Login => "login_code",
+        Purpose::ResetPassword => "reset_password",
+    }
+}
+
+fn check_email(raw: &str, out: &mut Vec<FieldViolation>) -> String {
+    email::normalize(raw)
+        .map_err(|why| out.push(FieldViolation::new("email", why)))
+        .unwrap_or_default()
+}
+
+fn check_code(code: &str, out: &mut Vec<FieldViolation>) {
+    if code.is_empty() {
+        out.push(FieldViolation::new("code", "is required"));
+    } else if !codes::well_formed(code) {
+        out.push(FieldViolation::new("code", "must be 6 digits"));
+    }
+}
+
+impl App {
+    /// Emails a code for `purpose` if, and only if, the account may use one; answers the same
+    /// either way. Limits: per client address, and a cool-down plus hourly cap per email and
+    /// purpose, counted for every request.
+    pub async fn send_code(
+        &self,
+        raw_email: &str,
+        purpose: Purpose,
+        caller: &Caller,
+    ) -> Result<CodeRequested> {
+        let mut violations = Vec::new();
+        let email = check_email(raw_email, &mut violations);
+        if !violations.is_empty() {
+            return Err(Error::InvalidArgument(violations));
+        }
+        self.throttle_address(
+            caller,
+            "code",
+            self.config.code_requests_per_address_per_minute,
+            MINUTE,
+        )
+        .await?;
+        if let Err(e) = self.admit_send(&email, purpose).await {
+            self.audit(
+                AuditRecord::new("code_send", Outcome::Failure, caller)
+                    .email(&email)
+                    .detail("purpose", purpose.as_str())
+                    .detail("reason", "rate_limited"),
+            )
+            .await;
+            return Err(e);
+        }
+        let user = self.active_user(&email).await?;
+        let eligible = match (purpose, &user) {
+            (Purpose::VerifyEmail, Some(u)) => !u.email_verified,
+            (Purpose::Login | Purpose::ResetPassword, Some(_)) => true,
+            (Purpose::Login, None) => self.config.passwordless_signup,
+            _ => false,
+        };
+        self.issue_code(&email, purpose, user.as_ref(), eligible)
+            .await?;
+        let mut event = AuditRecord::new("code_send", Outcome::Success, caller)
+            .email(&email)
+            .detail("purpose", purpose.as_str())
+            .detail("sent", eligible);
+        if let Some(u) = &user {
+            event = event.user(&u.id);
+        }
+        self.audit(event).await;
+        Ok(CodeRequested {
+            retry_after: self.config.code_send_cooldown,
+            expires_in: self.config.code_lifetime,
+        })
+    }
+
+    /// Stores a fresh code for `email` and `purpose` (replacing any earlier one) and, when
+    /// `send`, queues the mail that carries it; otherwise records a suppressed send of the same
+    /// cost.
+    async fn issue_code(
+        &self,
+        email: &str,
+        purpose: Purpose,
+        user: Option<&UserDoc>,
+        send: bool,
+    ) -> Result<()> {
+        let code = codes::generate();
+        let hash = self.code_hasher.hash(purpose, email, &code);
+        let now = self.now();
+        self.store
+            .one_time_codes
+            .replace(&slot(purpose, email), &hash, now, self.config.code_lifetime)
+            .await?;
+        if send {
+            let name = user.map_or("", |u| u.display_name.as_str());
+            let context = minijinja::context! {
+                code => code,
+                email => email,
+                display_name => name,
+                expires_in_minutes => self.config.code_lifetime.as_secs().div_ceil(60),
+            };
+            self.queue_mail(template(purpose), email, name, context)
+                .await
+        } else {
+            self.store
+                .mail_outbox
+                .record_suppressed(&crate::domain::secrets::new_id(), template(purpose), now)
+                .await
+                .map_err(Into::into)
+        }
+    }
+
+    /// Counts one code request against the cool-down and hourly cap of `email` + `purpose`.
+    async fn admit_send(&self, email: &str, purpose: Purpose) -> Result<()> {
+        let key = format!("code_send:{}", slot(purpose, email));
+        for _ in 0..SEND_RETRIES {
+            let now = self.now();
+            let seen = self.store.rate_limits.find_raw(&key).await?;
+            let counter = seen.as_ref().map(|d| SendCounter {
+                count: d.count,
+                next_allowed: d.locked_until.map_or(now, |t| t.to_chrono()),
+                window_ends: d.expires_at.to_chrono(),
+            });
+            let next = self
+                .send_limits
+                .admit(counter, now)
+                .map_err(|retry_after| Error::RateLimited { retry_after })?;
+            if self
+                .store
+                .rate_limits
+                .compare_and_set(
+                    seen.as_ref(),
+                    &key,
+                    next.count,
+                    Some(next.next_allowed),
+                    next.window_ends,
+                )
+                .await?
+            {
+                return Ok(());
+            }
+        }
+        Err(Error::RateLimited {
+            retry_after: Duration::from_secs(1),
+        })
+    }
+
+    /// The account of `email` unless it is deleted or disabled.
+    async fn active_user(&self, email: &str) -> Result<Option<UserDoc>> {
+        Ok(self
+            .store
+            .users
+            .find_by_email(email)
+            .await?
+            .filter(|u| u.status == UserStatus::Active))
+    }
+
+    /// Uses up the code of `email` + `purpose` if `code` is it. Every attempt counts first (one
+    /// conditional update), so at most `MAX_ATTEMPTS` attempts ever compare; of concurrent
+    /// attempts with the right code exactly one consumes it.
+    async fn use_code(
+        &self,
+        email: &str,
+        purpose: Purpose,
+        code: &str,
+        caller: &Caller,
+    ) -> Result<()> {
+        self.throttle_address(
+            caller,
+            "code",
+            self.config.code_requests_per_address_per_minute,
+            MINUTE,
+        )
+        .await?;
+        let now = self.now();
+        let slot = slot(purpose, email);
+        let codes = &self.store.one_time_codes;
+        let used = match codes.admit_attempt(&slot, now, MAX_ATTEMPTS).await? {
+            Some(doc)
+                if self
+                    .code_hasher
+                    .matches(&doc.code_hash, purpose, email, code) =>
+            {
+                codes.consume(&slot, &doc.code_hash, now).await?
+            }
+            _ => false,
+        };
+        if !used {
+            self.audit(
+                AuditRecord::new("code_use", Outcome::Failure, caller)
+                    .email(email)
+                    .detail("purpose", purpose.as_str())
+                    .detail("reason", "code_invalid"),
+            )
+            .await;
+            return Err(Error::CodeInvalid);
+        }
+        Ok(())
+    }
+
+    /// Marks the email verified with a VERIFY_EMAIL code.
+    pub async fn verify_email(
+        &self,
+        raw_email: &str,
+        code: &str,
+        caller: &Caller,
+    ) -> Result<UserDoc> {
+        let mut violations = Vec::new();
+        let email = check_email(raw_email, &mut violations);
+        check_code(code, &mut violations);
+        if !violations.is_empty() {
+            return Err(Error::InvalidArgument(violations));
+        }
+        self.use_code(&email, Purpose::VerifyEmail, code, caller)
+            .await?;
+        let user = self.active_user(&email).await?.ok_or(Error::CodeInvalid)?;
+        let user = self
+            .store
+            .users
+            .mark_verified(&user.id, self.now())
+            .await?
+            .ok_or(Error::CodeInvalid)?;
+        self.audit(
+            AuditRecord::new("email_verify", Outcome::Success, caller)
+                .user(&user.id)
+                .email(&user.email),
+        )
+        .await;
+        Ok(user)
+    }
+
+    /// Signs in with a LOGIN code: a new session, as a password login makes. With
+    /// `passwordless_signup`, an email without an account gets one.
+    pub async fn login_with_code(
+        &self,
+        raw_email: &str,
+        code: &str,
+        caller: &Caller,
+    ) -> Result<IssuedTokens> {
+        let mut violations = Vec::new();
+        let email = check_email(raw_email, &mut violations);
+        check_code(code, &mut violations);
+        if !violations.is_empty() {
+            return Err(Error::InvalidArgument(violations));
+        }
+        self.use_code(&email, Purpose::Login, code, caller).await?;
+        let existing = self
+            .store
+            .users
+            .find_by_email(&email)
+            .await?
+            .filter(|u| u.status != UserStatus::Deleted);
+        let user = match existing {
+            Some(user) => user,
+            None if self.config.passwordless_signup => {
+                self.passwordless_account(&email, caller).await?
+            }
+            None => return Err(Error::CodeInvalid),
+        };
+        if user.status == UserStatus::Disabled {
+            self.audit(
+                AuditRecord::new("login", Outcome::Failure, caller)
+                    .user(&user.id)
+                    .detail("method", "email_code")
+                    .detail("reason", "account_disabled"),
+            )
+            .await;
+            return Err(Error::AccountDisabled);
+        }
+        let now = self.now();
+        let user = if user.email_verified {
+            user
+        } else {
+            self.store
+                .users
+                .mark_verified(&user.id, now)
+                .await?
+                .ok_or(Error::CodeInvalid)?
+        };
+        let issued = self.start_session(user, caller).await?;
+        self.store.users.record_login(&issued.user.id, now).await?;
+        self.audit(
+            AuditRecord::new("login", Outcome::Success, caller)
+                .user(&issued.user.id)
+                .session(&issued.session.id)
+                .detail("method", "email_code"),
+        )
+        .await;
+        Ok(issued)
+    }
+
+    /// Creates the account of a first passwordless sign-in: verified (the code proved the
+    /// mailbox), with no password until the user sets one through a reset.
+    async fn passwordless_account(&self, email: &str, caller: &Caller) -> Result<UserDoc> {
+        let created = self
+            .insert_account(
+                email.to_string(),
+                String::new(),
+                String::new(),
+                Role::User,
+                true,
+                caller,
+            )
+            .await;
+        match created {
+            Ok(user) => Ok(user),
+            // Created by a concurrent request in the meantime: sign in to that account.
+            Err(Error::EmailTaken) => self
+                .store
+                .users
+                .find_by_email(email)
+                .await?
+                .ok_or(Error::CodeInvalid),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sets a new password with a RESET_PASSWORD code, ends every session of the user, and
+    /// emails a notice. Returns how many sessions ended.
+    pub async fn reset_password(
+        &self,
+        raw_email: &str,
+        code: &str,
+        new_password: &str,
+        caller: &Caller,
+    ) -> Result<usize> {
+        let mut violations = Vec::new();
+        let email = check_email(raw_email, &mut violations);
+        check_code(code, &mut violations);
+        violations.extend(
+            self.password_policy
+                .check("new_password", new_password, &[&email]),
+        );
+        if !violations.is_empty() {
+            return Err(Error::InvalidArgument(violations));
+        }
+        self.use_code(&email, Purpose::ResetPassword, code, caller)
+            .await?;
+        let user = self
+            .store
+            .users
+            .find_by_email(&email)
+            .await?
+            .filter(|u| u.status != UserStatus::Deleted)
+            .ok_or(Error::CodeInvalid)?;
+        let plain = new_password.to_string();
+        let hash = self.hasher.run(move || password::hash(&plain)).await??;
+        let now = self.now();
+        self.store
+            .users
+            .reset_password_hash(&user.id, &hash, now)
+            .await?;
+        // A reset also lifts a lockout: the owner of the mailbox is back in control.
+        self.store.rate_limits.clear(&lockout_key(&email)).await?;
+        let ended = self
+            .store
+            .sessions
+            .revoke_all_for_user(&user.id, None, "password_reset", now)
+            .await?;
+        self.revoke_sessions(ended.iter().map(String::as_str));
+        self.notify_password_changed(&user, ended.len()).await;
+        self.audit(
+            AuditRecord::new("password_reset", Outcome::Success, caller)
+                .user(&user.id)
+                .detail("sessions_ended", ended.len() as i64),
+        )
+        .await;
+        Ok(ended.len())
+    }
+
+    /// Queues the "your password was changed" notice. A failure to queue is logged; it does not
+    /// undo the change.
+    pub(crate) async fn notify_password_changed(&self, user: &UserDoc, sessions_ended: usize) {
+        let context = minijinja::context! {
+            email => user.email,
+            display_name => user.display_name,
+            sessions_ended => sessions_ended,
+        };
+        if let Err(e) = self
+            .queue_mail("password_changed", &user.email, &user.display_name, context)
+            .await
+        {
+            tracing::error!(user_id = %user.id, error = %e, "could not queue the password-changed notice");
+        }
+    }
+
+    /// After a registration: the VERIFY_EMAIL code, counted against the address's limits. A
+    /// limit hit (someone asked for codes for this address before it existed) leaves the
+    /// account to ask again with SendCode.
+    pub(crate) async fn send_verification_after_register(&self, user: &UserDoc, caller: &Caller) {
+        let result = match self.admit_send(&user.email, Purpose::VerifyEmail).await {
+            Ok(()) => {
+                self.issue_code(&user.email, Purpose::VerifyEmail, Some(user), true)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let (outcome, sent) = match &result {
+            Ok(()) => (Outcome::Success, true),
+            Err(e) => {
+                tracing::warn!(user_id = %user.id, error = %e, "no verification code sent after registration");
+                (Outcome::Failure, false)
+            }
+        };
+        self.audit(
+            AuditRecord::new("code_send", outcome, caller)
+                .user(&user.id)
+                .email(&user.email)
+                .detail("purpose", Purpose::VerifyEmail.as_str())
+                .detail("sent", sent),
+        )
+        .await;
+    }
+}

@@ -1,0 +1,114 @@
+//! `one_time_codes`: the live code of each (purpose, email), at most one. The document id is a
+//! hash of purpose + email, so the collection is no list of addresses; the code itself is only
+//! its keyed hash (see `domain::codes`). Every use is one conditional single-document update.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use mongodb::bson::{doc, DateTime as BsonDateTime};
+use mongodb::options::{IndexOptions, ReturnDocument};
+use mongodb::{Collection, IndexModel};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::bson_time;
+use crate::domain::codes::Purpose;
+
+/// A stored code.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OneTimeCodeDoc {
+    #[serde(rename = "_id")]
+    pub key: String,
+    /// HMAC of purpose + email + code.
+    pub code_hash: String,
+    /// Attempts made on this code so far (right or wrong).
+    pub attempts: u32,
+    pub created_at: BsonDateTime,
+    pub expires_at: BsonDateTime,
+}
+
+/// The `one_time_codes` collection.
+#[derive(Clone)]
+pub struct OneTimeCodes(pub Collection<OneTimeCodeDoc>);
+
+/// The id of the code slot of `email` (normalised) for `purpose`.
+pub fn slot(purpose: Purpose, email: &str) -> String {
+    format!(
+        "{}:{}",
+        purpose.as_str(),
+        hex::encode(Sha256::digest(email.as_bytes()))
+    )
+}
+
+impl OneTimeCodes {
+    pub async fn ensure_indexes(&self) -> mongodb::error::Result<()> {
+        let ttl = IndexModel::builder()
+            .keys(doc! { "expires_at": 1 })
+            .options(IndexOptions::builder().expire_after(Duration::ZERO).build())
+            .build();
+        self.0.create_index(ttl).await.map(|_| ())
+    }
+
+    /// Stores a new code in `slot`, replacing (and so killing) any earlier one.
+    pub async fn replace(
+        &self,
+        slot: &str,
+        code_hash: &str,
+        now: DateTime<Utc>,
+        lifetime: Duration,
+    ) -> mongodb::error::Result<()> {
+        let doc = OneTimeCodeDoc {
+            key: slot.to_string(),
+            code_hash: code_hash.to_string(),
+            attempts: 0,
+            created_at: bson_time(now),
+            expires_at: bson_time(now + chrono::Duration::from_std(lifetime).unwrap_or_default()),
+        };
+        self.0
+            .replace_one(doc! { "_id": slot }, &doc)
+            .upsert(true)
+            .await
+            .map(|_| ())
+    }
+
+    /// Counts one attempt on the live code of `slot` and returns it, or `None` when there is no
+    /// code, it expired, or it has had `max_attempts` already. Counting comes first, so however
+    /// many attempts race, at most `max_attempts` ever get to compare.
+    pub async fn admit_attempt(
+        &self,
+        slot: &str,
+        now: DateTime<Utc>,
+        max_attempts: u32,
+    ) -> mongodb::error::Result<Option<OneTimeCodeDoc>> {
+        self.0
+            .find_one_and_update(
+                doc! {
+                    "_id": slot,
+                    "expires_at": { "$gt": bson_time(now) },
+                    "attempts": { "$lt": max_attempts as i64 },
+                },
+                doc! { "$inc": { "attempts": 1 } },
+            )
+            .return_document(ReturnDocument::After)
+            .await
+    }
+
+    /// Uses up the code `code_hash` of `slot`. Of any number of concurrent callers holding the
+    /// right code, exactly one gets `true`.
+    pub async fn consume(
+        &self,
+        slot: &str,
+        code_hash: &str,
+        now: DateTime<Utc>,
+    ) -> mongodb::error::Result<bool> {
+        let r = self
+            .0
+            .delete_one(doc! {
+                "_id": slot,
+                "code_hash": code_hash,
+                "expires_at": { "$gt": bson_time(now) },
+            })
+            .await?;
+        Ok(r.deleted_count == 1)
+    }
+}
