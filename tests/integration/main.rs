@@ -4,13 +4,17 @@
 mod harness;
 #[path = "../support/local_servers.rs"]
 mod local_servers;
+#[path = "../support/smtp_sink.rs"]
+mod smtp_sink;
 
 mod accounts;
 mod bad_input;
 mod cli;
 mod ext_authz;
+mod gateway;
 mod grpcurl;
 mod lockout;
+mod one_time_codes;
 mod refresh;
 mod replicas;
 mod server;

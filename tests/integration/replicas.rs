@@ -30,6 +30,7 @@ async fn revocation_reaches_another_replica_within_two_seconds() {
             a.config.signing_key.as_deref().unwrap(),
         )
         .env("KEYWARD_GRPC_ADDR", format!("127.0.0.1:{port}"))
+        .env("KEYWARD_SMTP_URL", a.config.smtp_url.as_deref().unwrap())
         .env("KEYWARD_LOG_LEVEL", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());

@@ -1,0 +1,436 @@
+//! REST through the real grpc-gateway sidecar (`target/gateway/keyward-gateway`, built by
+//! `scripts/gateway.sh build`) in front of a real keyward: plain HTTP/1.0 requests over a socket,
+//! as any REST client would send them. Also the drift check of the committed OpenAPI file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::harness::*;
+
+fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs `scripts/<args>`, returning whether it succeeded and everything it printed.
+fn run_script(args: &[&str]) -> (bool, String) {
+    let out = Command::new(repo_root().join("scripts/gateway.sh"))
+        .args(args)
+        .current_dir(repo_root())
+        .output()
+        .expect("cannot run scripts/gateway.sh");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The gateway binary, (re)built once per test process: `scripts/gateway.sh build` is a no-op
+/// when nothing changed, and otherwise keeps the test from exercising stale routes.
+fn gateway_binary() -> PathBuf {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let (ok, out) = run_script(&["build"]);
+            let binary = repo_root().join("target/gateway/keyward-gateway");
+            if ok && binary.exists() {
+                Ok(binary)
+            } else {
+                Err(out)
+            }
+        })
+        .clone()
+        .unwrap_or_else(|out| {
+            panic!(
+                "scripts/gateway.sh build failed, so target/gateway/keyward-gateway is missing \
+                 (it needs Debian's Go and grpc-gateway packages; see gateway/README.md):\n{out}"
+            )
+        })
+}
+
+/// A keyward-gateway process in front of a test keyward, killed when dropped.
+struct Gateway {
+    addr: SocketAddr,
+    child: Child,
+}
+
+impl Gateway {
+    /// Starts the gateway on a free loopback port and waits until it answers `/healthz`.
+    /// Spawned from the test's own thread, so it dies with the test process at the latest.
+    async fn start(app: &TestApp) -> Self {
+        let binary = gateway_binary();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut cmd = Command::new(binary);
+        cmd.arg("--listen")
+            .arg(addr.to_string())
+            .arg("--grpc-endpoint")
+            .arg(app.addr.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        kill_with_parent(&mut cmd);
+        let child = cmd.spawn().expect("cannot start keyward-gateway");
+        let mut gateway = Self { addr, child };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(r) = gateway.try_request("GET", "/healthz", None, &[]).await {
+                assert_eq!(r.status, 200, "{r:?}");
+                break;
+            }
+            if let Some(exit) = gateway.child.try_wait().unwrap() {
+                panic!("keyward-gateway exited at start: {exit}");
+            }
+            assert!(Instant::now() < deadline, "keyward-gateway did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        gateway
+    }
+
+    async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Response {
+        self.request("GET", path, None, headers).await
+    }
+
+    async fn post(&self, path: &str, body: Value, headers: &[(&str, &str)]) -> Response {
+        self.request("POST", path, Some(body), headers).await
+    }
+
+    async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> Response {
+        self.try_request(method, path, body, headers)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// One HTTP/1.0 request on its own connection: the answer ends when the server closes, so
+    /// there is no chunked encoding or keep-alive to handle.
+    async fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> std::io::Result<Response> {
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let mut request = format!(
+            "{method} {path} HTTP/1.0\r\nHost: {}\r\nUser-Agent: keyward-gateway-test/1.0\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n",
+            self.addr,
+            body.len()
+        );
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        request.push_str(&body);
+        let mut stream = tokio::net::TcpStream::connect(self.addr).await?;
+        stream.write_all(request.as_bytes()).await?;
+        let mut raw = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
+            .await
+            .map_err(|_| std::io::Error::other("no answer within 30 s"))??;
+        Ok(Response::parse(&raw))
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    /// Header names in lower case.
+    headers: Vec<(String, String)>,
+    body: Value,
+}
+
+impl Response {
+    fn parse(raw: &[u8]) -> Self {
+        let text = String::from_utf8_lossy(raw);
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("not an HTTP answer: {text:?}"));
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no status line: {text:?}"));
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let body = if body.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"))
+        };
+        Self {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// keyward's stable reason, which the gateway puts at the top of every error body.
+    fn reason(&self) -> &str {
+        self.body["reason"].as_str().unwrap_or_default()
+    }
+}
+
+fn credentials(email: &str, password: &str) -> Value {
+    json!({ "email": email, "password": password })
+}
+
+#[tokio::test]
+async fn rest_register_login_me_refresh_and_logout() {
+    let app = TestApp::start().await;
+    let gw = Gateway::start(&app).await;
+    let email = email("rest");
+
+    let mut register = credentials(&email, PASSWORD);
+    register["display_name"] = json!("Ada");
+    let r = gw.post("/v1/auth/register", register, &[]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["user"]["email"], email.as_str());
+    assert_eq!(r.body["user"]["display_name"], "Ada");
+    // Fields at their default value are sent too, so clients need not guess.
+    assert_eq!(r.body["pending_verification"], true);
+    assert_eq!(r.body["user"]["role"], "ROLE_USER");
+
+    let r = gw
+        .post("/v1/auth/login", credentials(&email, PASSWORD), &[])
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["token_type"], "Bearer");
+    let access = r.body["access_token"].as_str().unwrap().to_string();
+    let refresh = r.body["refresh_token"].as_str().unwrap().to_string();
+
+    // The HTTP Authorization header reaches keyward as `authorization` metadata.
+    let bearer = format!("Bearer {access}");
+    let r = gw.get("/v1/auth/me", &[("Authorization", &bearer)]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["email"], email.as_str());
+
+    let r = gw.get("/v1/auth/me", &[]).await;
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(r.reason(), "TOKEN_INVALID");
+    assert_eq!(r.body["status"], "UNAUTHENTICATED");
+
+    // The session records the REST client's user agent and the address the gateway saw.
+    let r = gw
+        .get("/v1/auth/sessions", &[("Authorization", &bearer)])
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let session = &r.body["sessions"][0];
+    assert_eq!(session["user_agent"], "keyward-gateway-test/1.0", "{r:?}");
+    assert_eq!(session["current"], true);
+
+    let r = gw
+        .post(
+            "/v1/auth/refresh",
+            json!({ "refresh_token": refresh.as_str() }),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let new_access = r.body["access_token"].as_str().unwrap().to_string();
+    assert_ne!(r.body["refresh_token"], refresh.as_str());
+    let new_bearer = format!("Bearer {new_access}");
+    let r = gw
+        .get("/v1/auth/me", &[("Authorization", &new_bearer)])
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+
+    let r = gw
+        .post(
+            "/v1/auth/logout",
+            json!({}),
+            &[("Authorization", &new_bearer)],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["sessions_ended"], 1);
+    let r = gw
+        .get("/v1/auth/me", &[("Authorization", &new_bearer)])
+        .await;
+    assert_eq!(r.status, 401, "{r:?}");
+}
+
+#[tokio::test]
+async fn rest_errors_carry_http_status_and_stable_reason() {
+    let app = TestApp::start().await;
+    let gw = Gateway::start(&app).await;
+    let email = email("rest-errors");
+    app.register(&email).await;
+
+    let r = gw
+        .post(
+            "/v1/auth/login",
+            credentials(&email, "not the password at all"),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(r.reason(), "INVALID_CREDENTIALS");
+    assert_eq!(r.body["code"], 16);
+    assert_eq!(r.body["status"], "UNAUTHENTICATED");
+    let info = r.body["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["@type"] == "type.googleapis.com/google.rpc.ErrorInfo")
+        .unwrap_or_else(|| panic!("no ErrorInfo detail: {r:?}"));
+    assert_eq!(info["domain"], "keyward");
+    assert_eq!(info["reason"], "INVALID_CREDENTIALS");
+
+    let r = gw
+        .post("/v1/auth/register", credentials(&email, PASSWORD), &[])
+        .await;
+    assert_eq!(r.status, 409, "{r:?}");
+    assert_eq!(r.reason(), "EMAIL_TAKEN");
+
+    let r = gw
+        .post(
+            "/v1/auth/register",
+            credentials("not-an-email", PASSWORD),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert_eq!(r.reason(), "INVALID_ARGUMENT");
+    let fields: Vec<&str> = r.body["field_violations"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no field_violations: {r:?}"))
+        .iter()
+        .filter_map(|v| v["field"].as_str())
+        .collect();
+    assert_eq!(fields, ["email"], "{r:?}");
+
+    // Malformed JSON never reaches keyward; the gateway answers in the same shape.
+    let r = gw
+        .request("POST", "/v1/auth/login", Some(json!("not an object")), &[])
+        .await;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert_eq!(r.body["status"], "INVALID_ARGUMENT");
+
+    let r = gw.get("/v1/no/such/route", &[]).await;
+    assert_eq!(r.status, 404, "{r:?}");
+    assert_eq!(r.reason(), "ROUTE_NOT_FOUND");
+    let r = gw.get("/v1/auth/login", &[]).await;
+    assert_eq!(r.status, 405, "{r:?}");
+}
+
+#[tokio::test]
+async fn rest_rate_limit_answers_429_with_retry_after_and_ignores_forged_forwarding() {
+    // keyward trusts x-forwarded-for, as it would behind the gateway; the gateway appends the
+    // peer it saw, so an address the client claims cannot dodge the per-address limit.
+    let app = TestApp::start_with_config(|c| {
+        c.registrations_per_address_per_hour = 1;
+        c.trust_forwarded_for = true;
+    })
+    .await;
+    let gw = Gateway::start(&app).await;
+
+    let first = email("rest-limit");
+    let r = gw
+        .post(
+            "/v1/auth/register",
+            credentials(&first, PASSWORD),
+            &[("X-Forwarded-For", "203.0.113.7")],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+
+    let r = gw
+        .post(
+            "/v1/auth/register",
+            credentials(&email("rest-limit"), PASSWORD),
+            &[("X-Forwarded-For", "198.51.100.99")],
+        )
+        .await;
+    assert_eq!(r.status, 429, "{r:?}");
+    assert_eq!(r.reason(), "RATE_LIMITED");
+    let retry_after: u64 = r
+        .header("retry-after")
+        .unwrap_or_else(|| panic!("no Retry-After: {r:?}"))
+        .parse()
+        .expect("Retry-After is whole seconds");
+    assert!((1..=3600).contains(&retry_after), "{r:?}");
+    assert_eq!(r.body["retry_after_seconds"], retry_after);
+
+    // The session remembers the address the gateway saw, not the one the client claimed.
+    let login = gw
+        .post(
+            "/v1/auth/login",
+            credentials(&first, PASSWORD),
+            &[("X-Forwarded-For", "203.0.113.7")],
+        )
+        .await;
+    assert_eq!(login.status, 200, "{login:?}");
+    let bearer = format!("Bearer {}", login.body["access_token"].as_str().unwrap());
+    let r = gw
+        .get("/v1/auth/sessions", &[("Authorization", &bearer)])
+        .await;
+    assert_eq!(
+        r.body["sessions"][0]["client_address"], "127.0.0.1",
+        "{r:?}"
+    );
+}
+
+#[tokio::test]
+async fn gateway_reports_readiness_and_drains_on_sigterm() {
+    let app = TestApp::start().await;
+    let mut gw = Gateway::start(&app).await;
+    let r = gw.get("/readyz", &[]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["status"], "serving");
+
+    // SAFETY: signals our own child, whose pid we hold and have not reaped.
+    unsafe {
+        libc::kill(gw.child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(exit) = gw.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "no exit within 10 s of SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "{exit}");
+}
+
+/// The committed gateway/openapi/keyward.swagger.json must be what the protos and
+/// gateway/keyward.yaml generate today, and every RPC must have a route.
+#[test]
+fn openapi_file_matches_protos_and_routes() {
+    let (ok, out) = run_script(&["check"]);
+    assert!(ok, "{out}");
+}
