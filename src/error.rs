@@ -60,6 +60,34 @@ pub enum Error {
     EmailNotVerified,
     #[error("session not found")]
     SessionNotFound,
+    #[error("the caller may not do this")]
+    PermissionDenied,
+    #[error("that role is above the caller's own")]
+    RoleTooHigh,
+    #[error("an organization must keep at least one owner")]
+    LastOwner,
+    #[error("organization not found")]
+    OrgNotFound,
+    #[error("an organization with this slug already exists")]
+    SlugTaken,
+    #[error("this person is a member already")]
+    AlreadyMember,
+    #[error("member not found")]
+    MemberNotFound,
+    #[error("invitation not found")]
+    InvitationNotFound,
+    #[error("the invitation has expired")]
+    InvitationExpired,
+    #[error("the invitation was used already")]
+    InvitationUsed,
+    #[error("the invitation was replaced by a newer one")]
+    InvitationRevoked,
+    #[error("the invitation is for another (or an unverified) email address")]
+    InvitationEmailMismatch,
+    #[error("user not found")]
+    UserNotFound,
+    #[error("the page token is not valid for this request")]
+    PageTokenInvalid,
     #[error("keyward is starting; try again shortly")]
     NotReady,
     #[error("keyward is overloaded; try again shortly")]
@@ -93,6 +121,20 @@ impl Error {
             Error::CodeInvalid => (Code::Unauthenticated, "CODE_INVALID"),
             Error::EmailNotVerified => (Code::FailedPrecondition, "EMAIL_NOT_VERIFIED"),
             Error::SessionNotFound => (Code::NotFound, "SESSION_NOT_FOUND"),
+            Error::PermissionDenied => (Code::PermissionDenied, "PERMISSION_DENIED"),
+            Error::RoleTooHigh => (Code::PermissionDenied, "ROLE_TOO_HIGH"),
+            Error::LastOwner => (Code::FailedPrecondition, "LAST_OWNER"),
+            Error::OrgNotFound => (Code::NotFound, "ORG_NOT_FOUND"),
+            Error::SlugTaken => (Code::AlreadyExists, "SLUG_TAKEN"),
+            Error::AlreadyMember => (Code::AlreadyExists, "ALREADY_MEMBER"),
+            Error::MemberNotFound => (Code::NotFound, "MEMBER_NOT_FOUND"),
+            Error::InvitationNotFound => (Code::NotFound, "INVITATION_NOT_FOUND"),
+            Error::InvitationExpired => (Code::FailedPrecondition, "INVITATION_EXPIRED"),
+            Error::InvitationUsed => (Code::FailedPrecondition, "INVITATION_USED"),
+            Error::InvitationRevoked => (Code::FailedPrecondition, "INVITATION_REVOKED"),
+            Error::InvitationEmailMismatch => (Code::PermissionDenied, "INVITATION_EMAIL_MISMATCH"),
+            Error::UserNotFound => (Code::NotFound, "USER_NOT_FOUND"),
+            Error::PageTokenInvalid => (Code::InvalidArgument, "PAGE_TOKEN_INVALID"),
             Error::NotReady => (Code::Unavailable, "NOT_READY"),
             Error::Overloaded => (Code::Unavailable, "OVERLOADED"),
             Error::Internal(_) => (Code::Internal, "INTERNAL"),

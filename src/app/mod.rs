@@ -2,6 +2,7 @@
 //! these with plain Rust values; nothing here knows about protobuf.
 
 pub mod accounts;
+pub mod authorization;
 pub mod codes;
 pub mod mail;
 pub mod sessions;
@@ -41,6 +42,7 @@ pub struct App {
     pub password_policy: PasswordPolicy,
     pub lockout: LockoutPolicy,
     pub sessions: SessionCache,
+    pub access: authorization::AccessCache,
     pub code_hasher: CodeHasher,
     pub send_limits: SendLimits,
     pub mail: mail::Outbox,
@@ -79,6 +81,7 @@ impl App {
             password_policy: config.password_policy(),
             lockout: config.lockout_policy(),
             sessions: SessionCache::new(config.session_cache_ttl),
+            access: authorization::AccessCache::new(config.session_cache_ttl),
             config,
             store,
             keys,

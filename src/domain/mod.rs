@@ -4,6 +4,7 @@ pub mod codes;
 pub mod email;
 pub mod lockout;
 pub mod password;
+pub mod permissions;
 pub mod roles;
 pub mod secrets;
 pub mod tokens;

@@ -9,6 +9,7 @@ use super::pb::auth_service_server::AuthService;
 use super::pb::*;
 use super::{bearer_token, caller, convert};
 use crate::app::accounts::NewAccount;
+use crate::app::authorization::Check;
 use crate::app::App;
 use crate::domain::tokens::AccessClaims;
 use crate::error::Error;
@@ -110,6 +111,54 @@ impl AuthService for Auth {
             .authenticate(&request.into_inner().access_token)
             .await?;
         Ok(Response::new(AuthenticateResponse {
+            principal: Some(convert::principal(&claims)),
+        }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn authorize(
+        &self,
+        request: Request<AuthorizeRequest>,
+    ) -> Result<Response<AuthorizeResponse>, Status> {
+        self.app.ensure_ready()?;
+        let r = request.into_inner();
+        let check = Check {
+            permission: r.permission,
+            org_id: r.org_id,
+        };
+        let (claims, decisions) = self.app.authorize(&r.access_token, &[check]).await?;
+        let decision = decisions[0];
+        Ok(Response::new(AuthorizeResponse {
+            allowed: decision.allowed,
+            reason: decision.reason.to_string(),
+            principal: Some(convert::principal(&claims)),
+        }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn batch_authorize(
+        &self,
+        request: Request<BatchAuthorizeRequest>,
+    ) -> Result<Response<BatchAuthorizeResponse>, Status> {
+        self.app.ensure_ready()?;
+        let r = request.into_inner();
+        let checks: Vec<Check> = r
+            .checks
+            .into_iter()
+            .map(|c| Check {
+                permission: c.permission,
+                org_id: c.org_id,
+            })
+            .collect();
+        let (claims, decisions) = self.app.authorize(&r.access_token, &checks).await?;
+        Ok(Response::new(BatchAuthorizeResponse {
+            decisions: decisions
+                .into_iter()
+                .map(|d| AuthorizeDecision {
+                    allowed: d.allowed,
+                    reason: d.reason.to_string(),
+                })
+                .collect(),
             principal: Some(convert::principal(&claims)),
         }))
     }

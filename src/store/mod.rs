@@ -6,6 +6,7 @@
 
 pub mod audit_events;
 pub mod mail_outbox;
+pub mod memberships;
 pub mod one_time_codes;
 pub mod rate_limits;
 pub mod sessions;
@@ -21,6 +22,7 @@ use mongodb::{Client, Collection, Database};
 
 pub use audit_events::{AuditEvent, AuditEvents};
 pub use mail_outbox::MailOutbox;
+pub use memberships::Memberships;
 pub use one_time_codes::OneTimeCodes;
 pub use rate_limits::RateLimits;
 pub use sessions::Sessions;
@@ -36,6 +38,7 @@ pub struct Store {
     pub rate_limits: RateLimits,
     pub one_time_codes: OneTimeCodes,
     pub mail_outbox: MailOutbox,
+    pub memberships: Memberships,
 }
 
 impl Store {
@@ -66,6 +69,7 @@ impl Store {
             rate_limits: RateLimits(credential_collection(&db, "rate_limits")),
             one_time_codes: OneTimeCodes(credential_collection(&db, "one_time_codes")),
             mail_outbox: MailOutbox(credential_collection(&db, "mail_outbox")),
+            memberships: Memberships(credential_collection(&db, "memberships")),
             db,
         }
     }
@@ -79,6 +83,7 @@ impl Store {
         self.rate_limits.ensure_indexes().await?;
         self.one_time_codes.ensure_indexes().await?;
         self.mail_outbox.ensure_indexes().await?;
+        self.memberships.ensure_indexes().await?;
         Ok(())
     }
 }

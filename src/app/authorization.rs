@@ -1,0 +1,190 @@
+//! Authorize: Authenticate's session check, then the permission matrix against the caller's
+//! *current* global role and org membership — not the role in the token, so a role change,
+//! disable or membership removal counts from the next call.
+//!
+//! Current state is cached per replica for `session_cache_ttl` (as session states are): changes
+//! made on this replica are seen at once (the cache entry is dropped), changes made on another
+//! replica within that TTL.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::App;
+use crate::domain::permissions::{decide, Decision, OrgRole, OrgStanding};
+use crate::domain::roles::Role;
+use crate::domain::tokens::AccessClaims;
+use crate::error::{Error, Result};
+use crate::store::users::UserStatus;
+
+/// Most checks one BatchAuthorize may carry.
+pub const MAX_BATCH: usize = 100;
+
+/// The part of an account that decides what it may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Standing {
+    pub role: Role,
+    pub active: bool,
+}
+
+/// Current roles and memberships, briefly cached.
+pub struct AccessCache {
+    users: quick_cache::sync::Cache<String, (Option<Standing>, Instant)>,
+    memberships: quick_cache::sync::Cache<(String, String), (Option<OrgRole>, Instant)>,
+    ttl: Duration,
+}
+
+impl AccessCache {
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            users: quick_cache::sync::Cache::new(50_000),
+            memberships: quick_cache::sync::Cache::new(100_000),
+            ttl,
+        }
+    }
+}
+
+/// One permission question.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub permission: String,
+    /// Empty: a platform-wide check.
+    pub org_id: String,
+}
+
+impl App {
+    /// The current role and state of `user_id` (`None`: no such account, or deleted).
+    pub async fn standing(&self, user_id: &str) -> Result<Option<Standing>> {
+        if let Some((standing, at)) = self.access.users.get(user_id) {
+            if at.elapsed() < self.access.ttl {
+                return Ok(standing);
+            }
+        }
+        let standing = self
+            .store
+            .users
+            .find_by_id(user_id)
+            .await?
+            .filter(|u| u.status != UserStatus::Deleted)
+            .map(|u| Standing {
+                role: u.role,
+                active: u.status == UserStatus::Active,
+            });
+        self.access
+            .users
+            .insert(user_id.to_string(), (standing, Instant::now()));
+        Ok(standing)
+    }
+
+    /// `user_id`'s current role in `org_id`, `None` when not a member.
+    pub async fn org_role(&self, org_id: &str, user_id: &str) -> Result<Option<OrgRole>> {
+        let key = (org_id.to_string(), user_id.to_string());
+        if let Some((role, at)) = self.access.memberships.get(&key) {
+            if at.elapsed() < self.access.ttl {
+                return Ok(role);
+            }
+        }
+        let role = self
+            .store
+            .memberships
+            .find(org_id, user_id)
+            .await?
+            .map(|m| m.role);
+        self.access.memberships.insert(key, (role, Instant::now()));
+        Ok(role)
+    }
+
+    /// Drops the cached standing of `user_id` after a change made here.
+    pub fn forget_user(&self, user_id: &str) {
+        self.access.users.remove(user_id);
+    }
+
+    /// Drops a cached membership after a change made here.
+    pub fn forget_membership(&self, org_id: &str, user_id: &str) {
+        self.access
+            .memberships
+            .remove(&(org_id.to_string(), user_id.to_string()));
+    }
+
+    /// Drops every cached membership (an organization went away).
+    pub fn forget_all_memberships(&self) {
+        self.access.memberships.clear();
+    }
+
+    /// Authenticates `access_token` and answers each check, in order.
+    pub async fn authorize(
+        &self,
+        access_token: &str,
+        checks: &[Check],
+    ) -> Result<(Arc<AccessClaims>, Vec<Decision>)> {
+        if checks.len() > MAX_BATCH {
+            return Err(Error::invalid(
+                "checks",
+                format!("must hold at most {MAX_BATCH} checks"),
+            ));
+        }
+        let claims = self.authenticate(access_token).await?;
+        let Some(standing) = self.standing(&claims.user_id).await? else {
+            return Err(Error::SessionRevoked);
+        };
+        let mut decisions = Vec::with_capacity(checks.len());
+        for check in checks {
+            let decision = if !standing.active {
+                Decision {
+                    allowed: false,
+                    reason: "ACCOUNT_DISABLED",
+                }
+            } else if check.org_id.is_empty() {
+                decide(&check.permission, standing.role, OrgStanding::NoOrg)
+            } else {
+                let org = match self.org_role(&check.org_id, &claims.user_id).await? {
+                    Some(role) => OrgStanding::Member(role),
+                    None => OrgStanding::NotMember,
+                };
+                decide(&check.permission, standing.role, org)
+            };
+            decisions.push(decision);
+        }
+        Ok((claims, decisions))
+    }
+
+    /// The signed-in caller's current standing for use cases that check permissions themselves;
+    /// refuses callers whose account is gone or disabled.
+    pub async fn acting(&self, who: &AccessClaims) -> Result<Standing> {
+        match self.standing(&who.user_id).await? {
+            Some(s) if s.active => Ok(s),
+            Some(_) => Err(Error::AccountDisabled),
+            None => Err(Error::SessionRevoked),
+        }
+    }
+
+    /// Fails with PERMISSION_DENIED unless `who` holds the platform `permission` now.
+    pub async fn require(&self, who: &AccessClaims, permission: &str) -> Result<Standing> {
+        let standing = self.acting(who).await?;
+        if decide(permission, standing.role, OrgStanding::NoOrg).allowed {
+            Ok(standing)
+        } else {
+            Err(Error::PermissionDenied)
+        }
+    }
+
+    /// The caller's role in `org_id` if it holds the org `permission`: NOT_FOUND when the
+    /// organization does not exist, PERMISSION_DENIED when the caller is not a member or its
+    /// role is too low. (`org_exists` is asked only after a miss, to tell the two apart.)
+    pub async fn require_in_org(
+        &self,
+        who: &AccessClaims,
+        org_id: &str,
+        permission: &str,
+        org_exists: impl std::future::Future<Output = Result<bool>>,
+    ) -> Result<OrgRole> {
+        let standing = self.acting(who).await?;
+        match self.org_role(org_id, &who.user_id).await? {
+            Some(role) if decide(permission, standing.role, OrgStanding::Member(role)).allowed => {
+                Ok(role)
+            }
+            Some(_) => Err(Error::PermissionDenied),
+            None if org_exists.await? => Err(Error::PermissionDenied),
+            None => Err(Error::OrgNotFound),
+        }
+    }
+}

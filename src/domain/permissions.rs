@@ -1,0 +1,311 @@
+//! Who may do what: the one permission matrix, and the rules for granting roles.
+//!
+//! Platform permissions follow the global role (`guest < user < moderator < admin <
+//! super_admin`); organization permissions follow only the caller's role in that organization
+//! (`member < admin < owner`) — a global role grants nothing inside an organization, and a role in
+//! org A grants nothing in org B. The README's permission table is this matrix.
+
+use std::fmt;
+use std::str::FromStr;
+
+use super::roles::Role;
+
+/// A user's role inside one organization. `Ord` follows power.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum OrgRole {
+    Member,
+    Admin,
+    Owner,
+}
+
+impl OrgRole {
+    pub const ALL: [OrgRole; 3] = [OrgRole::Member, OrgRole::Admin, OrgRole::Owner];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrgRole::Member => "member",
+            OrgRole::Admin => "admin",
+            OrgRole::Owner => "owner",
+        }
+    }
+}
+
+impl fmt::Display for OrgRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for OrgRole {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        OrgRole::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("unknown organization role {s:?}"))
+    }
+}
+
+/// Where a permission applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Platform-wide: decided by the global role.
+    Platform(Role),
+    /// Inside one organization: decided by the org role.
+    Org(OrgRole),
+}
+
+/// Every permission keyward knows, with the least role that holds it.
+pub const MATRIX: &[(&str, Scope, &str)] = &[
+    (
+        "users.read",
+        Scope::Platform(Role::Moderator),
+        "list and read accounts",
+    ),
+    (
+        "users.write",
+        Scope::Platform(Role::Admin),
+        "change, disable, enable and delete accounts",
+    ),
+    (
+        "users.roles.write",
+        Scope::Platform(Role::Admin),
+        "change global roles (never above one's own; super_admin only by a super_admin)",
+    ),
+    (
+        "audit.read",
+        Scope::Platform(Role::Admin),
+        "read the audit trail",
+    ),
+    (
+        "orgs.create",
+        Scope::Platform(Role::User),
+        "create an organization",
+    ),
+    (
+        "org.read",
+        Scope::Org(OrgRole::Member),
+        "read the organization",
+    ),
+    (
+        "org.members.read",
+        Scope::Org(OrgRole::Member),
+        "list members",
+    ),
+    (
+        "org.write",
+        Scope::Org(OrgRole::Admin),
+        "change the organization",
+    ),
+    (
+        "org.members.write",
+        Scope::Org(OrgRole::Admin),
+        "invite, create, change and remove members (never above one's own role)",
+    ),
+    (
+        "org.delete",
+        Scope::Org(OrgRole::Owner),
+        "delete the organization",
+    ),
+];
+
+/// The outcome of one permission check, with a short machine-readable reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    pub reason: &'static str,
+}
+
+const fn decision(allowed: bool, reason: &'static str) -> Decision {
+    Decision { allowed, reason }
+}
+
+/// What the check knows about the caller's place in the organization asked about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrgStanding {
+    /// The check names no organization.
+    NoOrg,
+    /// The caller is not a member (or the organization does not exist).
+    NotMember,
+    Member(OrgRole),
+}
+
+/// Decides `permission` for a caller with `role` and `standing`. Fails closed: an unknown
+/// permission, an org permission without an organization, or a platform permission asked inside
+/// an organization is denied.
+pub fn decide(permission: &str, role: Role, standing: OrgStanding) -> Decision {
+    let Some((_, scope, _)) = MATRIX.iter().find(|(name, _, _)| *name == permission) else {
+        return decision(false, "UNKNOWN_PERMISSION");
+    };
+    match (*scope, standing) {
+        (Scope::Platform(least), OrgStanding::NoOrg) if role >= least => {
+            decision(true, "GRANTED_BY_ROLE")
+        }
+        (Scope::Platform(_), OrgStanding::NoOrg) => decision(false, "ROLE_TOO_LOW"),
+        (Scope::Platform(_), _) => decision(false, "NOT_AN_ORG_PERMISSION"),
+        (Scope::Org(_), OrgStanding::NoOrg) => decision(false, "ORG_REQUIRED"),
+        (Scope::Org(_), OrgStanding::NotMember) => decision(false, "NOT_A_MEMBER"),
+        (Scope::Org(least), OrgStanding::Member(r)) if r >= least => {
+            decision(true, "GRANTED_BY_ORG_ROLE")
+        }
+        (Scope::Org(_), OrgStanding::Member(_)) => decision(false, "ORG_ROLE_TOO_LOW"),
+    }
+}
+
+/// Why a role change is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantDenied {
+    /// The actor lacks the permission at all.
+    NotAllowed,
+    /// The new role, or the target's current role, is above the actor's.
+    RoleTooHigh,
+}
+
+/// May `actor` move someone from global role `current` to `new`? Admins and up may change
+/// roles, never to or from a role above their own, and only a super_admin makes (or unmakes) a
+/// super_admin.
+pub fn may_set_global_role(actor: Role, current: Role, new: Role) -> Result<(), GrantDenied> {
+    if actor < Role::Admin {
+        return Err(GrantDenied::NotAllowed);
+    }
+    let top = current.max(new);
+    if top > actor || (top == Role::SuperAdmin && actor != Role::SuperAdmin) {
+        return Err(GrantDenied::RoleTooHigh);
+    }
+    Ok(())
+}
+
+/// May an org member with `actor` role move a member from `current` (None: not yet a member)
+/// to `new` (None: removed)? Admins and owners manage members, never to or from a role above
+/// their own. (Keeping an owner is checked against the stored owners, not here.)
+pub fn may_set_org_role(
+    actor: OrgRole,
+    current: Option<OrgRole>,
+    new: Option<OrgRole>,
+) -> Result<(), GrantDenied> {
+    if actor < OrgRole::Admin {
+        return Err(GrantDenied::NotAllowed);
+    }
+    let top = current.max(new);
+    if top.is_some_and(|r| r > actor) {
+        return Err(GrantDenied::RoleTooHigh);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn platform_permissions_follow_the_global_role_only() {
+        assert!(decide("users.read", Role::Moderator, OrgStanding::NoOrg).allowed);
+        assert_eq!(
+            decide("users.read", Role::User, OrgStanding::NoOrg).reason,
+            "ROLE_TOO_LOW"
+        );
+        assert!(!decide("users.write", Role::Moderator, OrgStanding::NoOrg).allowed);
+        assert!(decide("audit.read", Role::SuperAdmin, OrgStanding::NoOrg).allowed);
+        assert!(!decide("orgs.create", Role::Guest, OrgStanding::NoOrg).allowed);
+        // A platform permission is not granted inside an organization.
+        assert!(
+            !decide(
+                "users.read",
+                Role::SuperAdmin,
+                OrgStanding::Member(OrgRole::Owner)
+            )
+            .allowed
+        );
+    }
+
+    #[test]
+    fn org_permissions_follow_the_membership_only() {
+        // A super_admin who is not a member gets nothing in the organization.
+        assert_eq!(
+            decide("org.read", Role::SuperAdmin, OrgStanding::NotMember).reason,
+            "NOT_A_MEMBER"
+        );
+        assert!(
+            decide(
+                "org.read",
+                Role::Guest,
+                OrgStanding::Member(OrgRole::Member)
+            )
+            .allowed
+        );
+        assert_eq!(
+            decide(
+                "org.write",
+                Role::Admin,
+                OrgStanding::Member(OrgRole::Member)
+            )
+            .reason,
+            "ORG_ROLE_TOO_LOW"
+        );
+        assert!(
+            !decide(
+                "org.delete",
+                Role::User,
+                OrgStanding::Member(OrgRole::Admin)
+            )
+            .allowed
+        );
+        assert!(
+            decide(
+                "org.delete",
+                Role::User,
+                OrgStanding::Member(OrgRole::Owner)
+            )
+            .allowed
+        );
+        assert_eq!(
+            decide("org.read", Role::User, OrgStanding::NoOrg).reason,
+            "ORG_REQUIRED"
+        );
+        assert_eq!(
+            decide("org.everything", Role::SuperAdmin, OrgStanding::NoOrg).reason,
+            "UNKNOWN_PERMISSION"
+        );
+    }
+
+    #[test]
+    fn nobody_grants_above_their_own_role() {
+        use Role::*;
+        assert_eq!(
+            may_set_global_role(User, User, Admin),
+            Err(GrantDenied::NotAllowed)
+        );
+        assert_eq!(may_set_global_role(Admin, User, Admin), Ok(()));
+        assert_eq!(
+            may_set_global_role(Admin, User, SuperAdmin),
+            Err(GrantDenied::RoleTooHigh)
+        );
+        assert_eq!(
+            may_set_global_role(Admin, SuperAdmin, User),
+            Err(GrantDenied::RoleTooHigh),
+            "an admin cannot demote a super_admin"
+        );
+        assert_eq!(may_set_global_role(SuperAdmin, Admin, SuperAdmin), Ok(()));
+        assert_eq!(
+            may_set_global_role(Moderator, Guest, User),
+            Err(GrantDenied::NotAllowed)
+        );
+
+        use OrgRole::*;
+        assert_eq!(
+            may_set_org_role(Member, None, Some(Member)),
+            Err(GrantDenied::NotAllowed)
+        );
+        assert_eq!(may_set_org_role(OrgRole::Admin, None, Some(Member)), Ok(()));
+        assert_eq!(
+            may_set_org_role(OrgRole::Admin, Some(Member), Some(Owner)),
+            Err(GrantDenied::RoleTooHigh),
+            "an org admin cannot make anyone (themself included) owner"
+        );
+        assert_eq!(
+            may_set_org_role(OrgRole::Admin, Some(Owner), None),
+            Err(GrantDenied::RoleTooHigh)
+        );
+        assert_eq!(may_set_org_role(Owner, Some(Owner), Some(Member)), Ok(()));
+    }
+}
