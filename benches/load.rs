@@ -10,6 +10,14 @@
 //!   3. raw argon2id                  — hashes/s on as many threads as keyward's hash pool
 //!   4. Login flood                   — logins/s, with an Authenticate probe running beside it
 //!   5. Refresh                       — rotations/s, each worker on its own session chain
+//!   6. SendCode                      — code requests/s (code stored, mail sealed into the
+//!                                      outbox), each to a new address; then how long the
+//!                                      delivery workers take to hand that backlog to SMTP
+//!   7. Code delivery latency         — SendCode paced at 50/s beside an Authenticate load:
+//!                                      time from the RPC's answer to the message landing in
+//!                                      the SMTP sink (aiosmtpd), p50/p99
+//!   8. Enumeration timing            — SendCode(RESET_PASSWORD) for an account vs. for an
+//!                                      unknown address, sequential medians
 //! Then keyward's peak RSS (VmHWM).
 
 use std::process::Command;
@@ -19,6 +27,9 @@ use std::time::{Duration, Instant};
 
 #[path = "../tests/support/local_servers.rs"]
 mod local_servers;
+#[path = "../tests/support/smtp_sink.rs"]
+#[allow(dead_code)]
+mod smtp_sink;
 
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
     HttpRequest, Request as AttrRequest,
@@ -26,7 +37,11 @@ use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use keyward::grpc::pb::auth_service_client::AuthServiceClient;
-use keyward::grpc::pb::{AuthenticateRequest, LoginRequest, RefreshRequest, RegisterRequest};
+use keyward::grpc::pb::otp_service_client::OtpServiceClient;
+use keyward::grpc::pb::{
+    AuthenticateRequest, CodePurpose, LoginRequest, RefreshRequest, RegisterRequest,
+    SendCodeRequest,
+};
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
@@ -129,6 +144,18 @@ fn peak_rss_mib(pid: u32) -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
+/// Waits until the sink holds `count` messages (or `timeout`); returns how many it holds.
+async fn wait_for_mail(sink: &smtp_sink::SmtpSink, count: usize, timeout: Duration) -> usize {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let n = std::fs::read_dir(sink.maildir.join("new")).map_or(0, |d| d.count());
+        if n >= count || Instant::now() >= deadline {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 fn verdict(ok: bool) -> &'static str {
     if ok {
         "ok"
@@ -150,6 +177,7 @@ async fn main() {
     let dir = std::env::temp_dir().join(format!("keyward-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let (mut mongo, uri) = local_servers::start_secantus(&dir.join("mongo"), |_| {});
+    let sink = smtp_sink::SmtpSink::start(&dir.join("smtp"), |_| {});
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -169,6 +197,15 @@ async fn main() {
         // counter is part of every login's cost).
         .env("KEYWARD_LOGIN_ATTEMPTS_PER_ADDRESS_PER_MINUTE", "0")
         .env("KEYWARD_HASH_WORKERS", hash_workers.to_string())
+        .env("KEYWARD_SMTP_URL", sink.url())
+        // Accounts sign in right after registering; code limits would stop the SendCode phase
+        // after a few requests per address, and a new address gets a code only with
+        // passwordless sign-up on.
+        .env("KEYWARD_REQUIRE_VERIFIED_EMAIL", "false")
+        .env("KEYWARD_CODE_SEND_COOLDOWN", "0s")
+        .env("KEYWARD_CODE_SENDS_PER_HOUR", "1000000")
+        .env("KEYWARD_CODE_REQUESTS_PER_ADDRESS_PER_MINUTE", "0")
+        .env("KEYWARD_PASSWORDLESS_SIGNUP", "true")
         .spawn()
         .expect("keyward binary");
     let pid = keyward.id();
@@ -341,6 +378,124 @@ async fn main() {
     })
     .await;
 
+    // Registration mails of the setup must be out before the mail phases count files.
+    wait_for_mail(&sink, users, Duration::from_secs(60)).await;
+
+    // SendCode: each call a new address (passwordless sign-up is on, so each one is mailed).
+    let ch = Arc::clone(&channels);
+    let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let n = Arc::clone(&counter);
+    let send_codes = drive(CONCURRENCY, phase, move |w| {
+        let mut c = OtpServiceClient::new(ch[w % CONNECTIONS].clone());
+        let i = n.fetch_add(1, Ordering::Relaxed);
+        async move {
+            c.send_code(SendCodeRequest {
+                email: format!("code{i}@example.com"),
+                purpose: CodePurpose::Login as i32,
+            })
+            .await
+            .is_ok()
+        }
+    })
+    .await;
+    let drain_start = Instant::now();
+    let backlog = send_codes.count;
+    let drained = wait_for_mail(&sink, users + backlog, Duration::from_secs(300)).await;
+    let drain = drain_start.elapsed();
+
+    // Delivery latency at a steady 50 codes/s beside an Authenticate load.
+    let loading = Arc::new(AtomicBool::new(true));
+    let load = {
+        let (ch, tokens, loading) = (
+            Arc::clone(&channels),
+            Arc::clone(&access),
+            Arc::clone(&loading),
+        );
+        (0..CONCURRENCY / 2)
+            .map(|w| {
+                let (ch, tokens, loading) = (ch.clone(), tokens.clone(), loading.clone());
+                tokio::spawn(async move {
+                    let mut c = AuthServiceClient::new(ch[w % CONNECTIONS].clone());
+                    while loading.load(Ordering::Relaxed) {
+                        let _ = c
+                            .authenticate(AuthenticateRequest {
+                                access_token: tokens[w].clone(),
+                            })
+                            .await;
+                    }
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut sent_at = std::collections::HashMap::new();
+    let mut otp = OtpServiceClient::new(channels[0].clone());
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let paced_end = Instant::now() + phase;
+    let mut paced = 0;
+    while Instant::now() < paced_end {
+        tick.tick().await;
+        let email = format!("paced{paced}@example.com");
+        if otp
+            .send_code(SendCodeRequest {
+                email: email.clone(),
+                purpose: CodePurpose::Login as i32,
+            })
+            .await
+            .is_ok()
+        {
+            sent_at.insert(email, std::time::SystemTime::now());
+        }
+        paced += 1;
+    }
+    wait_for_mail(&sink, drained + sent_at.len(), Duration::from_secs(60)).await;
+    loading.store(false, Ordering::Relaxed);
+    for task in load {
+        let _ = task.await;
+    }
+    let mut delivery: Vec<Duration> = sink
+        .all()
+        .into_iter()
+        .filter_map(|m| {
+            let sent = sent_at.get(&m.to)?;
+            m.received.duration_since(*sent).ok()
+        })
+        .collect();
+    delivery.sort();
+    let delivered = delivery.len();
+    let at = |p: f64| {
+        delivery
+            .get(((delivered as f64 * p) as usize).min(delivered.saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    let (delivery_p50, delivery_p99) = (at(0.5), at(0.99));
+
+    // Enumeration timing: RESET_PASSWORD codes for accounts (mailed) vs. unknown addresses
+    // (suppressed), interleaved so drift hits both alike.
+    let (mut known, mut unknown) = (Vec::new(), Vec::new());
+    for i in 0..300 {
+        for (list, email) in [
+            (&mut known, format!("bench{}@example.com", i % users)),
+            (&mut unknown, format!("nobody{i}@example.com")),
+        ] {
+            let t = Instant::now();
+            let ok = otp
+                .send_code(SendCodeRequest {
+                    email,
+                    purpose: CodePurpose::ResetPassword as i32,
+                })
+                .await
+                .is_ok();
+            if ok {
+                list.push(t.elapsed());
+            }
+        }
+    }
+    known.sort();
+    unknown.sort();
+    let median = |v: &Vec<Duration>| v.get(v.len() / 2).copied().unwrap_or_default();
+    let (known_median, unknown_median) = (median(&known), median(&unknown));
+
     let rss = peak_rss_mib(pid);
     let _ = Command::new("kill")
         .arg("-TERM")
@@ -373,6 +528,7 @@ async fn main() {
     row("Envoy ext_authz Check", &ext_authz);
     row("Login (flood)", &logins);
     row("Refresh", &refresh);
+    row("SendCode (outbox write)", &send_codes);
     println!(
         "| {:<34} | {:>10.0} | {:>8} | {:>8} | {:>6} |",
         format!("raw argon2id, {hash_workers} threads"),
@@ -388,6 +544,25 @@ async fn main() {
         ms(probe_p50),
         ms(probe_p99),
         "-"
+    );
+    println!();
+    println!(
+        "mail: {backlog} queued codes handed to SMTP in {:.1} s ({:.0} messages/s, 4 delivery workers, aiosmtpd sink)",
+        drain.as_secs_f64(),
+        (drained - users) as f64 / drain.as_secs_f64()
+    );
+    println!(
+        "mail: code delivery at 50/s beside an Authenticate load: {delivered} of {} delivered, p50 {:.1} ms, p99 {:.1} ms",
+        sent_at.len(),
+        ms(delivery_p50),
+        ms(delivery_p99)
+    );
+    println!(
+        "enumeration: SendCode median for an account {:.2} ms vs. an unknown address {:.2} ms ({} + {} calls)",
+        ms(known_median),
+        ms(unknown_median),
+        known.len(),
+        unknown.len()
     );
     println!();
     println!("peak RSS of keyward: {rss:.1} MiB");

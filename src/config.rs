@@ -157,6 +157,12 @@ pub struct Config {
     /// the signing key, so rotating that key voids codes and queued mail of the moment.
     pub code_secret: Option<String>,
 
+    // --- administration ---
+    /// After DeleteUser, the deleted account's email may be registered again (the deleted record
+    /// keeps it under a form no login matches). Off: the address stays taken.
+    #[serde(deserialize_with = "flexible")]
+    pub reuse_deleted_emails: bool,
+
     // --- audit ---
     #[serde(with = "humantime_serde")]
     pub audit_retention: Duration,
@@ -216,6 +222,7 @@ impl Default for Config {
             require_verified_email: true,
             passwordless_signup: false,
             code_secret: None,
+            reuse_deleted_emails: false,
             audit_retention: Duration::from_secs(90 * 24 * 3600),
             log_format: LogFormat::Text,
             log_level: "info".into(),
@@ -510,6 +517,7 @@ const KEYS: &[&str] = &[
     "require_verified_email",
     "passwordless_signup",
     "code_secret",
+    "reuse_deleted_emails",
     "audit_retention",
     "log_format",
     "log_level",

@@ -106,8 +106,10 @@ pub async fn serve(
     })
     .max_decoding_message_size(DECODE_CEILING);
     let org = OrgServiceServer::new(unimplemented::Org).max_decoding_message_size(DECODE_CEILING);
-    let users =
-        UserServiceServer::new(unimplemented::Users).max_decoding_message_size(DECODE_CEILING);
+    let users = UserServiceServer::new(crate::grpc::users::Users {
+        app: Arc::clone(&app),
+    })
+    .max_decoding_message_size(DECODE_CEILING);
     let ext_authz = AuthorizationServer::new(ExtAuthz {
         app: Arc::clone(&app),
     });

@@ -43,6 +43,15 @@ impl AccessCache {
     }
 }
 
+/// A token's verdict: who (as the token says), their current standing, and one decision per
+/// check.
+#[derive(Debug, Clone)]
+pub struct Authorized {
+    pub claims: Arc<AccessClaims>,
+    pub standing: Standing,
+    pub decisions: Vec<Decision>,
+}
+
 /// One permission question.
 #[derive(Debug, Clone)]
 pub struct Check {
@@ -110,12 +119,9 @@ impl App {
         self.access.memberships.clear();
     }
 
-    /// Authenticates `access_token` and answers each check, in order.
-    pub async fn authorize(
-        &self,
-        access_token: &str,
-        checks: &[Check],
-    ) -> Result<(Arc<AccessClaims>, Vec<Decision>)> {
+    /// Authenticates `access_token` and answers each check, in order. With no checks this is
+    /// Authenticate plus the caller's current standing (role and state, not the token's).
+    pub async fn authorize(&self, access_token: &str, checks: &[Check]) -> Result<Authorized> {
         if checks.len() > MAX_BATCH {
             return Err(Error::invalid(
                 "checks",
@@ -144,7 +150,11 @@ impl App {
             };
             decisions.push(decision);
         }
-        Ok((claims, decisions))
+        Ok(Authorized {
+            claims,
+            standing,
+            decisions,
+        })
     }
 
     /// The signed-in caller's current standing for use cases that check permissions themselves;

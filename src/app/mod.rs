@@ -6,6 +6,7 @@ pub mod authorization;
 pub mod codes;
 pub mod mail;
 pub mod sessions;
+pub mod users;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -117,7 +118,7 @@ impl App {
             action: event.action.to_string(),
             outcome: event.outcome,
             user_id: event.user_id.map(str::to_owned),
-            actor_id: None,
+            actor_id: event.actor_id.map(str::to_owned),
             session_id: event.session_id.map(str::to_owned),
             email: event.email.map(str::to_owned),
             client_address: event.caller.client_address.clone(),
@@ -146,6 +147,8 @@ pub struct AuditRecord<'a> {
     pub outcome: Outcome,
     pub caller: &'a Caller,
     pub user_id: Option<&'a str>,
+    /// Who did it, when not the user themself (an admin).
+    pub actor_id: Option<&'a str>,
     pub session_id: Option<&'a str>,
     pub email: Option<&'a str>,
     pub detail: Document,
@@ -158,6 +161,7 @@ impl<'a> AuditRecord<'a> {
             outcome,
             caller,
             user_id: None,
+            actor_id: None,
             session_id: None,
             email: None,
             detail: Document::new(),
@@ -165,6 +169,10 @@ impl<'a> AuditRecord<'a> {
     }
     pub fn user(mut self, user_id: &'a str) -> Self {
         self.user_id = Some(user_id);
+        self
+    }
+    pub fn actor(mut self, actor_id: &'a str) -> Self {
+        self.actor_id = Some(actor_id);
         self
     }
     pub fn session(mut self, session_id: &'a str) -> Self {

@@ -3,6 +3,7 @@
 pub mod codes;
 pub mod email;
 pub mod lockout;
+pub mod paging;
 pub mod password;
 pub mod permissions;
 pub mod roles;

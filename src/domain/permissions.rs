@@ -205,7 +205,8 @@ mod tests {
             "ROLE_TOO_LOW"
         );
         assert!(!decide("users.write", Role::Moderator, OrgStanding::NoOrg).allowed);
-        assert!(decide("audit.read", Role::SuperAdmin, OrgStanding::NoOrg).allowed);
+        assert!(decide("audit.read", Role::Moderator, OrgStanding::NoOrg).allowed);
+        assert!(!decide("audit.read", Role::User, OrgStanding::NoOrg).allowed);
         assert!(!decide("orgs.create", Role::Guest, OrgStanding::NoOrg).allowed);
         // A platform permission is not granted inside an organization.
         assert!(
@@ -270,28 +271,31 @@ mod tests {
 
     #[test]
     fn nobody_grants_above_their_own_role() {
-        use Role::*;
+        use Role::{Guest, Moderator, SuperAdmin, User};
         assert_eq!(
-            may_set_global_role(User, User, Admin),
+            may_set_global_role(User, User, Role::Admin),
             Err(GrantDenied::NotAllowed)
         );
-        assert_eq!(may_set_global_role(Admin, User, Admin), Ok(()));
+        assert_eq!(may_set_global_role(Role::Admin, User, Role::Admin), Ok(()));
         assert_eq!(
-            may_set_global_role(Admin, User, SuperAdmin),
+            may_set_global_role(Role::Admin, User, SuperAdmin),
             Err(GrantDenied::RoleTooHigh)
         );
         assert_eq!(
-            may_set_global_role(Admin, SuperAdmin, User),
+            may_set_global_role(Role::Admin, SuperAdmin, User),
             Err(GrantDenied::RoleTooHigh),
             "an admin cannot demote a super_admin"
         );
-        assert_eq!(may_set_global_role(SuperAdmin, Admin, SuperAdmin), Ok(()));
+        assert_eq!(
+            may_set_global_role(SuperAdmin, Role::Admin, SuperAdmin),
+            Ok(())
+        );
         assert_eq!(
             may_set_global_role(Moderator, Guest, User),
             Err(GrantDenied::NotAllowed)
         );
 
-        use OrgRole::*;
+        use OrgRole::{Member, Owner};
         assert_eq!(
             may_set_org_role(Member, None, Some(Member)),
             Err(GrantDenied::NotAllowed)

@@ -106,12 +106,12 @@ impl AuthService for Auth {
         request: Request<AuthenticateRequest>,
     ) -> Result<Response<AuthenticateResponse>, Status> {
         self.app.ensure_ready()?;
-        let claims = self
+        let verdict = self
             .app
-            .authenticate(&request.into_inner().access_token)
+            .authorize(&request.into_inner().access_token, &[])
             .await?;
         Ok(Response::new(AuthenticateResponse {
-            principal: Some(convert::principal(&claims)),
+            principal: Some(convert::principal(&verdict.claims, verdict.standing.role)),
         }))
     }
 
@@ -126,12 +126,12 @@ impl AuthService for Auth {
             permission: r.permission,
             org_id: r.org_id,
         };
-        let (claims, decisions) = self.app.authorize(&r.access_token, &[check]).await?;
-        let decision = decisions[0];
+        let verdict = self.app.authorize(&r.access_token, &[check]).await?;
+        let decision = verdict.decisions[0];
         Ok(Response::new(AuthorizeResponse {
             allowed: decision.allowed,
             reason: decision.reason.to_string(),
-            principal: Some(convert::principal(&claims)),
+            principal: Some(convert::principal(&verdict.claims, verdict.standing.role)),
         }))
     }
 
@@ -150,16 +150,17 @@ impl AuthService for Auth {
                 org_id: c.org_id,
             })
             .collect();
-        let (claims, decisions) = self.app.authorize(&r.access_token, &checks).await?;
+        let verdict = self.app.authorize(&r.access_token, &checks).await?;
         Ok(Response::new(BatchAuthorizeResponse {
-            decisions: decisions
+            decisions: verdict
+                .decisions
                 .into_iter()
                 .map(|d| AuthorizeDecision {
                     allowed: d.allowed,
                     reason: d.reason.to_string(),
                 })
                 .collect(),
-            principal: Some(convert::principal(&claims)),
+            principal: Some(convert::principal(&verdict.claims, verdict.standing.role)),
         }))
     }
 

@@ -1,13 +1,17 @@
 //! `envoy.service.auth.v3.Authorization/Check`: Envoy's ext_authz filter (and Istio's CUSTOM
 //! authorization provider) ask keyward about every request a sidecar sees. The decision is
-//! Authenticate's own (`App::authenticate`); this adapter only speaks HTTP through Envoy's types.
+//! Authorize's own (`App::authorize`); this adapter only speaks HTTP through Envoy's types.
+//!
+//! Per route, Envoy's `context_extensions` may name a required `permission` and an
+//! `org_id_header` (the request header carrying the organization id the request is about).
 //!
 //! - Allow: OK, with identity headers for the upstream (`x-keyward-user-id`, `-session-id`,
-//!   `-role`, `-email`) that overwrite anything the client sent under those names; identity
-//!   headers keyward does not set (`x-keyward-org-*`) are removed, so they cannot be spoofed.
+//!   `-role` (current), `-email`, and `-org-id` / `-org-role` when an organization is in play)
+//!   that overwrite anything the client sent under those names; org headers keyward does not
+//!   set are removed, so they cannot be spoofed.
 //! - Deny: 401 (no, invalid, expired or revoked token) with `WWW-Authenticate` and a small JSON
-//!   body; 403 when the route asks for a permission (`context_extensions.permission`), which
-//!   fails closed until Authorize exists; 503 when keyward cannot decide (fail closed).
+//!   body; 403 with Authorize's reason when the route's permission is not held; 503 when
+//!   keyward cannot decide (fail closed).
 
 use std::sync::Arc;
 
@@ -21,6 +25,7 @@ use envoy_types::ext_authz::v3::{
 use tonic::{Code, Request, Response, Status};
 use tracing::instrument;
 
+use crate::app::authorization::Check;
 use crate::app::App;
 use crate::error::Error;
 
@@ -29,8 +34,10 @@ pub const USER_ID_HEADER: &str = "x-keyward-user-id";
 pub const SESSION_ID_HEADER: &str = "x-keyward-session-id";
 pub const ROLE_HEADER: &str = "x-keyward-role";
 pub const EMAIL_HEADER: &str = "x-keyward-email";
-/// Identity headers reserved for org decisions; always stripped from client requests for now.
-const RESERVED_HEADERS: [&str; 2] = ["x-keyward-org-id", "x-keyward-org-role"];
+/// Set when the route names an organization (`context_extensions.org_id_header`) and the caller
+/// is a member; removed from the client's request otherwise.
+pub const ORG_ID_HEADER: &str = "x-keyward-org-id";
+pub const ORG_ROLE_HEADER: &str = "x-keyward-org-role";
 
 /// The ext_authz adapter.
 pub struct ExtAuthz {
@@ -90,12 +97,33 @@ impl Authorization for ExtAuthz {
                 Some(r#"Bearer realm="keyward""#),
             )));
         };
-        let decision = match self.app.ensure_ready() {
-            Ok(()) => self.app.authenticate(&token).await,
+        // Per-route rules from Envoy: a required permission, and the request header that names
+        // the organization it is about.
+        let extensions = request.attributes.as_ref().map(|a| &a.context_extensions);
+        let permission = extensions.and_then(|e| e.get("permission")).cloned();
+        let org_id = extensions
+            .and_then(|e| e.get("org_id_header"))
+            .and_then(|name| {
+                request
+                    .get_client_headers()?
+                    .get(&name.to_ascii_lowercase())
+                    .cloned()
+            })
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default();
+        let checks: Vec<Check> = permission
+            .iter()
+            .map(|p| Check {
+                permission: p.clone(),
+                org_id: org_id.clone(),
+            })
+            .collect();
+        let verdict = match self.app.ensure_ready() {
+            Ok(()) => self.app.authorize(&token, &checks).await,
             Err(e) => Err(e),
         };
-        let claims = match decision {
-            Ok(claims) => claims,
+        let verdict = match verdict {
+            Ok(verdict) => verdict,
             Err(e @ (Error::TokenInvalid | Error::SessionRevoked | Error::InvalidArgument(_))) => {
                 let (_, reason) = e.code_and_reason();
                 return Ok(Response::new(deny(
@@ -119,17 +147,16 @@ impl Authorization for ExtAuthz {
                 )));
             }
         };
-        let extensions = request.attributes.as_ref().map(|a| &a.context_extensions);
-        if let Some(permission) = extensions.and_then(|e| e.get("permission")) {
-            tracing::warn!(%permission, "route requires a permission; permission checks are not available yet, denying");
+        if let Some(refused) = verdict.decisions.iter().find(|d| !d.allowed) {
             return Ok(Response::new(deny(
                 HttpStatusCode::Forbidden,
                 Code::PermissionDenied,
-                "PERMISSION_DENIED",
+                refused.reason,
                 "not allowed",
                 None,
             )));
         }
+        let claims = &verdict.claims;
         let overwrite = Some(HeaderAppendAction::OverwriteIfExistsOrAdd);
         let mut ok = OkHttpResponseBuilder::new();
         ok.add_header(USER_ID_HEADER, claims.user_id.as_str(), overwrite, false)
@@ -139,10 +166,33 @@ impl Authorization for ExtAuthz {
                 overwrite,
                 false,
             )
-            .add_header(ROLE_HEADER, claims.role.as_str(), overwrite, false)
+            .add_header(
+                ROLE_HEADER,
+                verdict.standing.role.as_str(),
+                overwrite,
+                false,
+            )
             .add_header(EMAIL_HEADER, claims.email.as_str(), overwrite, false);
-        for header in RESERVED_HEADERS {
-            ok.remove_header(header);
+        // The organization in play, when the route names one and the caller belongs to it;
+        // otherwise whatever the client sent under these names is removed.
+        let org_role = if org_id.is_empty() {
+            None
+        } else {
+            self.app
+                .org_role(&org_id, &claims.user_id)
+                .await
+                .ok()
+                .flatten()
+        };
+        match org_role {
+            Some(role) => {
+                ok.add_header(ORG_ID_HEADER, org_id.as_str(), overwrite, false)
+                    .add_header(ORG_ROLE_HEADER, role.as_str(), overwrite, false);
+            }
+            None => {
+                ok.remove_header(ORG_ID_HEADER)
+                    .remove_header(ORG_ROLE_HEADER);
+            }
         }
         let mut response = CheckResponse::with_status(Status::ok("allowed"));
         response.set_http_response(ok.build());

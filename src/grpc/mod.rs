@@ -6,6 +6,7 @@ pub mod convert;
 pub mod ext_authz;
 pub mod otp;
 pub mod unimplemented;
+pub mod users;
 
 use tonic::metadata::MetadataMap;
 

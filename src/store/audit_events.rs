@@ -10,6 +10,7 @@ use mongodb::{Collection, IndexModel};
 use serde::{Deserialize, Serialize};
 
 use super::bson_time;
+use crate::domain::paging::Cursor;
 
 /// Whether the audited attempt worked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +43,16 @@ pub struct AuditEvent {
     pub expires_at: BsonDateTime,
 }
 
+/// Which events a listing shows.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Events about this user or done by them.
+    pub user_id: String,
+    pub action: String,
+    pub after: Option<DateTime<Utc>>,
+    pub before: Option<DateTime<Utc>>,
+}
+
 /// The `audit_events` collection.
 #[derive(Clone)]
 pub struct AuditEvents {
@@ -59,11 +70,65 @@ impl AuditEvents {
                 .keys(doc! { "action": 1, "occurred_at": -1 })
                 .build(),
             IndexModel::builder()
+                .keys(doc! { "actor_id": 1, "occurred_at": -1 })
+                .build(),
+            IndexModel::builder()
+                .keys(doc! { "occurred_at": -1, "_id": -1 })
+                .build(),
+            IndexModel::builder()
                 .keys(doc! { "expires_at": 1 })
                 .options(IndexOptions::builder().expire_after(Duration::ZERO).build())
                 .build(),
         ];
         self.collection.create_indexes(indexes).await.map(|_| ())
+    }
+
+    /// One page of events matching `filter`, newest first, strictly before `after`.
+    pub async fn list(
+        &self,
+        filter: &AuditFilter,
+        after: Option<&Cursor>,
+        limit: usize,
+    ) -> mongodb::error::Result<Vec<AuditEvent>> {
+        use futures::TryStreamExt;
+        let mut and = Vec::new();
+        if !filter.user_id.is_empty() {
+            and.push(
+                doc! { "$or": [ { "user_id": &filter.user_id }, { "actor_id": &filter.user_id } ] },
+            );
+        }
+        if !filter.action.is_empty() {
+            and.push(doc! { "action": &filter.action });
+        }
+        let mut when = Document::new();
+        if let Some(t) = filter.after {
+            when.insert("$gte", bson_time(t));
+        }
+        if let Some(t) = filter.before {
+            when.insert("$lt", bson_time(t));
+        }
+        if !when.is_empty() {
+            and.push(doc! { "occurred_at": when });
+        }
+        if let Some(c) = after {
+            let at = BsonDateTime::from_millis(c.at_millis);
+            and.push(doc! { "$or": [
+                { "occurred_at": { "$lt": at } },
+                { "occurred_at": at, "_id": { "$lt": &c.id } },
+            ] });
+        }
+        let query = if and.is_empty() {
+            Document::new()
+        } else {
+            doc! { "$and": and }
+        };
+        self.collection
+            .find(query)
+            .sort(doc! { "occurred_at": -1, "_id": -1 })
+            .limit(limit as i64)
+            .await?
+            .try_collect()
+            .await
     }
 
     pub async fn record(

@@ -1,12 +1,13 @@
 //! `users`: one document per account. The normalised email is unique.
 
 use chrono::{DateTime, Utc};
-use mongodb::bson::{doc, DateTime as BsonDateTime};
+use mongodb::bson::{doc, DateTime as BsonDateTime, Document};
 use mongodb::options::IndexOptions;
 use mongodb::{Collection, IndexModel};
 use serde::{Deserialize, Serialize};
 
 use super::{bson_time, is_duplicate_key};
+use crate::domain::paging::Cursor;
 use crate::domain::roles::Role;
 
 /// Account state; only `Active` accounts may log in.
@@ -53,7 +54,39 @@ mod role_str {
     }
 }
 
+/// Which accounts a listing shows.
+#[derive(Debug, Clone, Default)]
+pub struct UserFilter {
+    pub statuses: Vec<UserStatus>,
+    pub role: Option<Role>,
+    /// Compared against the normalised (lower-case) email.
+    pub email_prefix: String,
+    pub created_after: Option<DateTime<Utc>>,
+    pub created_before: Option<DateTime<Utc>>,
+}
+
+fn status_str(status: UserStatus) -> &'static str {
+    match status {
+        UserStatus::Active => "active",
+        UserStatus::Disabled => "disabled",
+        UserStatus::Deleted => "deleted",
+    }
+}
+
+/// `text` as a literal inside a regular expression.
+fn regex_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if "\\.+*?()|[]{}^$#&-~".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// The outcome of inserting an account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Inserted {
     Created,
     EmailTaken,
@@ -74,8 +107,140 @@ impl Users {
                     .build(),
             )
             .build();
-        self.0.create_index(unique_email).await?;
+        let by_creation = IndexModel::builder()
+            .keys(doc! { "created_at": 1, "_id": 1 })
+            .build();
+        self.0.create_indexes([unique_email, by_creation]).await?;
         Ok(())
+    }
+
+    /// One page of accounts matching `filter`, oldest first, strictly after `after`.
+    pub async fn list(
+        &self,
+        filter: &UserFilter,
+        after: Option<&Cursor>,
+        limit: usize,
+    ) -> mongodb::error::Result<Vec<UserDoc>> {
+        use futures::TryStreamExt;
+        let mut query = Document::new();
+        match &filter.statuses[..] {
+            [one] => {
+                query.insert("status", status_str(*one));
+            }
+            many => {
+                let list: Vec<&str> = many.iter().map(|s| status_str(*s)).collect();
+                query.insert("status", doc! { "$in": list });
+            }
+        }
+        if let Some(role) = filter.role {
+            query.insert("role", role.as_str());
+        }
+        if !filter.email_prefix.is_empty() {
+            query.insert(
+                "email",
+                doc! { "$regex": format!("^{}", regex_escape(&filter.email_prefix)) },
+            );
+        }
+        let mut created = Document::new();
+        if let Some(t) = filter.created_after {
+            created.insert("$gte", bson_time(t));
+        }
+        if let Some(t) = filter.created_before {
+            created.insert("$lt", bson_time(t));
+        }
+        if !created.is_empty() {
+            query.insert("created_at", created);
+        }
+        if let Some(c) = after {
+            let at = BsonDateTime::from_millis(c.at_millis);
+            query.insert(
+                "$or",
+                vec![
+                    doc! { "created_at": { "$gt": at } },
+                    doc! { "created_at": at, "_id": { "$gt": &c.id } },
+                ],
+            );
+        }
+        self.0
+            .find(query)
+            .sort(doc! { "created_at": 1, "_id": 1 })
+            .limit(limit as i64)
+            .await?
+            .try_collect()
+            .await
+    }
+
+    /// Applies the profile changes that are set; returns the account as it is now (`None`: no
+    /// such account or deleted).
+    pub async fn update_profile(
+        &self,
+        id: &str,
+        display_name: Option<&str>,
+        email: Option<&str>,
+        email_verified: Option<bool>,
+        now: DateTime<Utc>,
+    ) -> mongodb::error::Result<Result<Option<UserDoc>, Inserted>> {
+        let mut set = doc! { "updated_at": bson_time(now) };
+        if let Some(name) = display_name {
+            set.insert("display_name", name);
+        }
+        if let Some(email) = email {
+            set.insert("email", email);
+        }
+        if let Some(verified) = email_verified {
+            set.insert("email_verified", verified);
+        }
+        match self
+            .0
+            .find_one_and_update(
+                doc! { "_id": id, "status": { "$ne": "deleted" } },
+                doc! { "$set": set },
+            )
+            .return_document(mongodb::options::ReturnDocument::After)
+            .await
+        {
+            Ok(user) => Ok(Ok(user)),
+            Err(e) if is_duplicate_key(&e) => Ok(Err(Inserted::EmailTaken)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sets the global role of a live account; returns it as it is now.
+    pub async fn set_role(
+        &self,
+        id: &str,
+        role: Role,
+        now: DateTime<Utc>,
+    ) -> mongodb::error::Result<Option<UserDoc>> {
+        self.0
+            .find_one_and_update(
+                doc! { "_id": id, "status": { "$ne": "deleted" } },
+                doc! { "$set": { "role": role.as_str(), "updated_at": bson_time(now) } },
+            )
+            .return_document(mongodb::options::ReturnDocument::After)
+            .await
+    }
+
+    /// Moves a live account to `status` (and optionally renames its email, for a deletion that
+    /// frees the address); returns it as it is now.
+    pub async fn set_status(
+        &self,
+        id: &str,
+        status: UserStatus,
+        rename_email: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> mongodb::error::Result<Option<UserDoc>> {
+        let mut set = doc! { "status": status_str(status), "updated_at": bson_time(now) };
+        if let Some(email) = rename_email {
+            set.insert("email", email);
+        }
+        self.0
+            .find_one_and_update(
+                doc! { "_id": id, "status": { "$ne": "deleted" } },
+                doc! { "$set": set },
+            )
+            .return_document(mongodb::options::ReturnDocument::After)
+            .await
     }
 
     /// Inserts a new account; the unique index makes concurrent registrations of one email

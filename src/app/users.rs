@@ -1,0 +1,386 @@
+//! Platform administration of accounts (UserService) and the audit log.
+//!
+//! Reading needs `users.read` / `audit.read` (moderator and up), changing needs `users.write` or
+//! `users.roles.write` (admin and up). Nobody acts on an account whose role is above their own,
+//! grants a role above their own, or changes their own role or state. Every change is audited
+//! with the acting admin, and role or state changes count from the target's next call.
+
+use chrono::{DateTime, Utc};
+
+use super::accounts::MAX_DISPLAY_NAME;
+use super::{App, AuditRecord, Caller};
+use crate::domain::email;
+use crate::domain::paging::{self, Cursor};
+use crate::domain::permissions::{may_set_global_role, GrantDenied};
+use crate::domain::roles::Role;
+use crate::domain::tokens::AccessClaims;
+use crate::error::{Error, FieldViolation, Result};
+use crate::store::audit_events::{AuditEvent, AuditFilter, Outcome};
+use crate::store::users::{Inserted, UserDoc, UserFilter, UserStatus};
+
+/// A page of results and the token for the next one (empty on the last page).
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_page_token: String,
+}
+
+/// Profile changes; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct ProfileChanges {
+    pub display_name: Option<String>,
+    pub email: Option<String>,
+    pub email_verified: Option<bool>,
+}
+
+fn page_size(requested: i32) -> Result<usize> {
+    paging::page_size(requested).ok_or_else(|| Error::invalid("page_size", "must not be negative"))
+}
+
+fn check_range(from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>, field: &str) -> Result<()> {
+    match (from, to) {
+        (Some(a), Some(b)) if a >= b => {
+            Err(Error::invalid(field, "must be before the end of the range"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Takes a page of `limit + 1` items and turns the extra one into a next-page token.
+fn page_of<T>(
+    mut items: Vec<T>,
+    limit: usize,
+    filters: &str,
+    key: impl Fn(&T) -> Cursor,
+) -> Page<T> {
+    let next_page_token = if items.len() > limit {
+        items.truncate(limit);
+        items
+            .last()
+            .map(|last| paging::encode(&key(last), filters))
+            .unwrap_or_default()
+    } else {
+        String::new()
+    };
+    Page {
+        items,
+        next_page_token,
+    }
+}
+
+impl App {
+    /// Accounts matching `filter`, oldest first, one keyset page at a time.
+    pub async fn list_users(
+        &self,
+        who: &AccessClaims,
+        filter: UserFilter,
+        page_size_requested: i32,
+        page_token: &str,
+    ) -> Result<Page<UserDoc>> {
+        self.require(who, "users.read").await?;
+        let limit = page_size(page_size_requested)?;
+        check_range(filter.created_after, filter.created_before, "created_after")?;
+        let filters = format!("{filter:?}");
+        let cursor = paging::decode(page_token, &filters).map_err(|_| Error::PageTokenInvalid)?;
+        let users = self
+            .store
+            .users
+            .list(&filter, cursor.as_ref(), limit + 1)
+            .await?;
+        Ok(page_of(users, limit, &filters, |u| Cursor {
+            at_millis: u.created_at.timestamp_millis(),
+            id: u.id.clone(),
+        }))
+    }
+
+    /// One account, whatever its state.
+    pub async fn get_user(&self, who: &AccessClaims, user_id: &str) -> Result<UserDoc> {
+        self.require(who, "users.read").await?;
+        self.store
+            .users
+            .find_by_id(user_id)
+            .await?
+            .ok_or(Error::UserNotFound)
+    }
+
+    /// The account an admin is about to change: it exists, is not deleted, is not the admin
+    /// themself (unless `self_allowed`), and its role is not above the admin's.
+    async fn target(
+        &self,
+        who: &AccessClaims,
+        actor_role: Role,
+        user_id: &str,
+        self_allowed: bool,
+    ) -> Result<UserDoc> {
+        if !self_allowed && user_id == who.user_id {
+            return Err(Error::PermissionDenied);
+        }
+        let user = self
+            .store
+            .users
+            .find_by_id(user_id)
+            .await?
+            .filter(|u| u.status != UserStatus::Deleted)
+            .ok_or(Error::UserNotFound)?;
+        if user.role > actor_role {
+            return Err(Error::RoleTooHigh);
+        }
+        Ok(user)
+    }
+
+    pub async fn update_user(
+        &self,
+        who: &AccessClaims,
+        user_id: &str,
+        changes: ProfileChanges,
+        caller: &Caller,
+    ) -> Result<UserDoc> {
+        let actor = self.require(who, "users.write").await?;
+        let mut violations = Vec::new();
+        let display_name = changes.display_name.map(|n| n.trim().to_string());
+        if let Some(name) = &display_name {
+            if name.is_empty() {
+                violations.push(FieldViolation::new("display_name", "must not be empty"));
+            } else if name.chars().count() > MAX_DISPLAY_NAME || name.chars().any(char::is_control)
+            {
+                violations.push(FieldViolation::new(
+                    "display_name",
+                    format!(
+                        "must be at most {MAX_DISPLAY_NAME} characters, without control characters"
+                    ),
+                ));
+            }
+        }
+        let new_email = match changes.email.as_deref().map(email::normalize) {
+            Some(Ok(e)) => Some(e),
+            Some(Err(why)) => {
+                violations.push(FieldViolation::new("email", why));
+                None
+            }
+            None => None,
+        };
+        if !violations.is_empty() {
+            return Err(Error::InvalidArgument(violations));
+        }
+        let before = self.target(who, actor.role, user_id, true).await?;
+        let email_changed = new_email.as_ref().filter(|e| **e != before.email);
+        // A new address is unverified unless the same request says otherwise.
+        let verified = changes.email_verified.or(email_changed.map(|_| false));
+        let user = self
+            .store
+            .users
+            .update_profile(
+                user_id,
+                display_name.as_deref(),
+                email_changed.map(String::as_str),
+                verified,
+                self.now(),
+            )
+            .await?
+            .map_err(|_: Inserted| Error::EmailTaken)?
+            .ok_or(Error::UserNotFound)?;
+        self.forget_user(user_id);
+        let mut event = AuditRecord::new("user.update", Outcome::Success, caller)
+            .user(&user.id)
+            .actor(&who.user_id)
+            .session(&who.session_id);
+        if email_changed.is_some() {
+            event = event.detail("email_changed", true);
+        }
+        if display_name.is_some() {
+            event = event.detail("display_name_changed", true);
+        }
+        if let Some(v) = changes.email_verified {
+            event = event.detail("email_verified", v);
+        }
+        self.audit(event).await;
+        Ok(user)
+    }
+
+    pub async fn set_user_role(
+        &self,
+        who: &AccessClaims,
+        user_id: &str,
+        role: Role,
+        caller: &Caller,
+    ) -> Result<UserDoc> {
+        let actor = self.acting(who).await?;
+        if user_id == who.user_id {
+            // Checked first: even a super_admin does not change their own role.
+            self.require(who, "users.roles.write").await?;
+            return Err(Error::PermissionDenied);
+        }
+        let current = self
+            .store
+            .users
+            .find_by_id(user_id)
+            .await?
+            .filter(|u| u.status != UserStatus::Deleted);
+        let refused = match &current {
+            Some(user) => may_set_global_role(actor.role, user.role, role).err(),
+            None => may_set_global_role(actor.role, Role::Guest, role).err(),
+        };
+        if let Some(why) = refused {
+            self.audit(
+                AuditRecord::new("user.set_role", Outcome::Failure, caller)
+                    .user(user_id)
+                    .actor(&who.user_id)
+                    .detail("new_role", role.as_str())
+                    .detail("reason", format!("{why:?}")),
+            )
+            .await;
+            return Err(match why {
+                GrantDenied::NotAllowed => Error::PermissionDenied,
+                GrantDenied::RoleTooHigh => Error::RoleTooHigh,
+            });
+        }
+        let before = current.ok_or(Error::UserNotFound)?;
+        let user = self
+            .store
+            .users
+            .set_role(user_id, role, self.now())
+            .await?
+            .ok_or(Error::UserNotFound)?;
+        self.forget_user(user_id);
+        self.audit(
+            AuditRecord::new("user.set_role", Outcome::Success, caller)
+                .user(user_id)
+                .actor(&who.user_id)
+                .session(&who.session_id)
+                .detail("old_role", before.role.as_str())
+                .detail("new_role", role.as_str()),
+        )
+        .await;
+        Ok(user)
+    }
+
+    /// Disables an account and ends its sessions; returns it and how many sessions ended.
+    pub async fn disable_user(
+        &self,
+        who: &AccessClaims,
+        user_id: &str,
+        reason: &str,
+        caller: &Caller,
+    ) -> Result<(UserDoc, usize)> {
+        let actor = self.require(who, "users.write").await?;
+        let target = self.target(who, actor.role, user_id, false).await?;
+        let now = self.now();
+        let user = if target.status == UserStatus::Disabled {
+            target
+        } else {
+            self.store
+                .users
+                .set_status(user_id, UserStatus::Disabled, None, now)
+                .await?
+                .ok_or(Error::UserNotFound)?
+        };
+        let ended = self.end_all_sessions(user_id, "account_disabled").await?;
+        self.audit(
+            AuditRecord::new("user.disable", Outcome::Success, caller)
+                .user(user_id)
+                .actor(&who.user_id)
+                .session(&who.session_id)
+                .detail("reason", reason.chars().take(500).collect::<String>())
+                .detail("sessions_ended", ended as i64),
+        )
+        .await;
+        Ok((user, ended))
+    }
+
+    pub async fn enable_user(
+        &self,
+        who: &AccessClaims,
+        user_id: &str,
+        caller: &Caller,
+    ) -> Result<UserDoc> {
+        let actor = self.require(who, "users.write").await?;
+        let target = self.target(who, actor.role, user_id, true).await?;
+        let user = if target.status == UserStatus::Active {
+            target
+        } else {
+            self.store
+                .users
+                .set_status(user_id, UserStatus::Active, None, self.now())
+                .await?
+                .ok_or(Error::UserNotFound)?
+        };
+        self.forget_user(user_id);
+        self.audit(
+            AuditRecord::new("user.enable", Outcome::Success, caller)
+                .user(user_id)
+                .actor(&who.user_id)
+                .session(&who.session_id),
+        )
+        .await;
+        Ok(user)
+    }
+
+    /// Soft-deletes an account and ends its sessions. With `reuse_deleted_emails`, the address
+    /// is freed for a new registration (the deleted record keeps it in a form no login matches).
+    pub async fn delete_user(
+        &self,
+        who: &AccessClaims,
+        user_id: &str,
+        reason: &str,
+        caller: &Caller,
+    ) -> Result<usize> {
+        let actor = self.require(who, "users.write").await?;
+        let target = self.target(who, actor.role, user_id, false).await?;
+        let freed = self
+            .config
+            .reuse_deleted_emails
+            .then(|| format!("deleted:{}:{}", target.id, target.email));
+        self.store
+            .users
+            .set_status(user_id, UserStatus::Deleted, freed.as_deref(), self.now())
+            .await?
+            .ok_or(Error::UserNotFound)?;
+        let ended = self.end_all_sessions(user_id, "account_deleted").await?;
+        self.audit(
+            AuditRecord::new("user.delete", Outcome::Success, caller)
+                .user(user_id)
+                .actor(&who.user_id)
+                .session(&who.session_id)
+                .detail("reason", reason.chars().take(500).collect::<String>())
+                .detail("sessions_ended", ended as i64),
+        )
+        .await;
+        Ok(ended)
+    }
+
+    /// Ends every session of `user_id` at once, here and (within `session_cache_ttl`) on every
+    /// replica; returns how many ended.
+    async fn end_all_sessions(&self, user_id: &str, why: &str) -> Result<usize> {
+        let ended = self
+            .store
+            .sessions
+            .revoke_all_for_user(user_id, None, why, self.now())
+            .await?;
+        self.revoke_sessions(ended.iter().map(String::as_str));
+        self.forget_user(user_id);
+        Ok(ended.len())
+    }
+
+    /// Audit events matching `filter`, newest first, one keyset page at a time.
+    pub async fn list_audit_events(
+        &self,
+        who: &AccessClaims,
+        filter: AuditFilter,
+        page_size_requested: i32,
+        page_token: &str,
+    ) -> Result<Page<AuditEvent>> {
+        self.require(who, "audit.read").await?;
+        let limit = page_size(page_size_requested)?;
+        check_range(filter.after, filter.before, "after")?;
+        let filters = format!("{filter:?}");
+        let cursor = paging::decode(page_token, &filters).map_err(|_| Error::PageTokenInvalid)?;
+        let events = self
+            .store
+            .audit_events
+            .list(&filter, cursor.as_ref(), limit + 1)
+            .await?;
+        Ok(page_of(events, limit, &filters, |e| Cursor {
+            at_millis: e.occurred_at.timestamp_millis(),
+            id: e.id.clone(),
+        }))
+    }
+}

@@ -1,0 +1,229 @@
+//! `keyward.v1.UserService`.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+use super::pb::user_service_server::UserService;
+use super::pb::*;
+use super::{bearer_token, caller, convert};
+use crate::app::users::ProfileChanges;
+use crate::app::App;
+use crate::domain::roles::Role as DomainRole;
+use crate::domain::tokens::AccessClaims;
+use crate::error::Error;
+use crate::store::audit_events::{AuditFilter, Outcome};
+use crate::store::users::{UserFilter, UserStatus as DomainStatus};
+
+/// The UserService adapter.
+pub struct Users {
+    pub app: Arc<App>,
+}
+
+impl Users {
+    async fn who<T>(&self, request: &Request<T>) -> Result<Arc<AccessClaims>, Error> {
+        self.app.ensure_ready()?;
+        let token = bearer_token(request.metadata())?;
+        self.app.authenticate(token).await
+    }
+}
+
+fn role_from(value: i32, field: &str) -> Result<Option<DomainRole>, Error> {
+    Ok(match Role::try_from(value) {
+        Ok(Role::Unspecified) => None,
+        Ok(Role::Guest) => Some(DomainRole::Guest),
+        Ok(Role::User) => Some(DomainRole::User),
+        Ok(Role::Moderator) => Some(DomainRole::Moderator),
+        Ok(Role::Admin) => Some(DomainRole::Admin),
+        Ok(Role::SuperAdmin) => Some(DomainRole::SuperAdmin),
+        Err(_) => return Err(Error::invalid(field, "is not a known role")),
+    })
+}
+
+fn time(t: Option<prost_types::Timestamp>) -> Option<chrono::DateTime<chrono::Utc>> {
+    t.and_then(|t| {
+        chrono::DateTime::from_timestamp(t.seconds, t.nanos.clamp(0, 999_999_999) as u32)
+    })
+}
+
+fn audit_event(e: crate::store::AuditEvent) -> AuditEvent {
+    AuditEvent {
+        id: e.id,
+        action: e.action,
+        outcome: match e.outcome {
+            Outcome::Success => AuditOutcome::Success,
+            Outcome::Failure => AuditOutcome::Failure,
+        } as i32,
+        user_id: e.user_id.unwrap_or_default(),
+        actor_id: e.actor_id.unwrap_or_default(),
+        session_id: e.session_id.unwrap_or_default(),
+        client_address: e.client_address,
+        user_agent: e.user_agent,
+        detail: e
+            .detail
+            .into_iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    mongodb::bson::Bson::String(s) => s,
+                    other => other.to_string(),
+                };
+                (k, v)
+            })
+            .collect(),
+        occurred_at: convert::timestamp(e.occurred_at.to_chrono()),
+    }
+}
+
+#[tonic::async_trait]
+impl UserService for Users {
+    #[instrument(skip(self, request))]
+    async fn list_users(
+        &self,
+        request: Request<ListUsersRequest>,
+    ) -> Result<Response<ListUsersResponse>, Status> {
+        let who = self.who(&request).await?;
+        let r = request.into_inner();
+        let statuses = match UserStatus::try_from(r.status) {
+            Ok(UserStatus::Unspecified) => vec![DomainStatus::Active, DomainStatus::Disabled],
+            Ok(UserStatus::Active) => vec![DomainStatus::Active],
+            Ok(UserStatus::Disabled) => vec![DomainStatus::Disabled],
+            Ok(UserStatus::Deleted) => vec![DomainStatus::Deleted],
+            Err(_) => return Err(Error::invalid("status", "is not a known status").into()),
+        };
+        let filter = UserFilter {
+            statuses,
+            role: role_from(r.role, "role")?,
+            email_prefix: r.email_prefix.trim().to_lowercase(),
+            created_after: time(r.created_after),
+            created_before: time(r.created_before),
+        };
+        let page = self
+            .app
+            .list_users(&who, filter, r.page_size, &r.page_token)
+            .await?;
+        Ok(Response::new(ListUsersResponse {
+            users: page.items.iter().map(convert::user).collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn get_user(&self, request: Request<GetUserRequest>) -> Result<Response<User>, Status> {
+        let who = self.who(&request).await?;
+        let user = self
+            .app
+            .get_user(&who, &request.into_inner().user_id)
+            .await?;
+        Ok(Response::new(convert::user(&user)))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn update_user(
+        &self,
+        request: Request<UpdateUserRequest>,
+    ) -> Result<Response<User>, Status> {
+        let who = self.who(&request).await?;
+        let caller = caller(&request, self.app.config.trust_forwarded_for);
+        let r = request.into_inner();
+        let changes = ProfileChanges {
+            display_name: r.display_name,
+            email: r.email,
+            email_verified: r.email_verified,
+        };
+        let user = self
+            .app
+            .update_user(&who, &r.user_id, changes, &caller)
+            .await?;
+        Ok(Response::new(convert::user(&user)))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn set_user_role(
+        &self,
+        request: Request<SetUserRoleRequest>,
+    ) -> Result<Response<User>, Status> {
+        let who = self.who(&request).await?;
+        let caller = caller(&request, self.app.config.trust_forwarded_for);
+        let r = request.into_inner();
+        let role =
+            role_from(r.role, "role")?.ok_or_else(|| Error::invalid("role", "is required"))?;
+        let user = self
+            .app
+            .set_user_role(&who, &r.user_id, role, &caller)
+            .await?;
+        Ok(Response::new(convert::user(&user)))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn disable_user(
+        &self,
+        request: Request<DisableUserRequest>,
+    ) -> Result<Response<DisableUserResponse>, Status> {
+        let who = self.who(&request).await?;
+        let caller = caller(&request, self.app.config.trust_forwarded_for);
+        let r = request.into_inner();
+        let (user, ended) = self
+            .app
+            .disable_user(&who, &r.user_id, &r.reason, &caller)
+            .await?;
+        Ok(Response::new(DisableUserResponse {
+            user: Some(convert::user(&user)),
+            sessions_ended: ended as i32,
+        }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn enable_user(
+        &self,
+        request: Request<EnableUserRequest>,
+    ) -> Result<Response<User>, Status> {
+        let who = self.who(&request).await?;
+        let caller = caller(&request, self.app.config.trust_forwarded_for);
+        let user = self
+            .app
+            .enable_user(&who, &request.into_inner().user_id, &caller)
+            .await?;
+        Ok(Response::new(convert::user(&user)))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn delete_user(
+        &self,
+        request: Request<DeleteUserRequest>,
+    ) -> Result<Response<DeleteUserResponse>, Status> {
+        let who = self.who(&request).await?;
+        let caller = caller(&request, self.app.config.trust_forwarded_for);
+        let r = request.into_inner();
+        let ended = self
+            .app
+            .delete_user(&who, &r.user_id, &r.reason, &caller)
+            .await?;
+        Ok(Response::new(DeleteUserResponse {
+            sessions_ended: ended as i32,
+        }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn list_audit_events(
+        &self,
+        request: Request<ListAuditEventsRequest>,
+    ) -> Result<Response<ListAuditEventsResponse>, Status> {
+        let who = self.who(&request).await?;
+        let r = request.into_inner();
+        let filter = AuditFilter {
+            user_id: r.user_id,
+            action: r.action,
+            after: time(r.after),
+            before: time(r.before),
+        };
+        let page = self
+            .app
+            .list_audit_events(&who, filter, r.page_size, &r.page_token)
+            .await?;
+        Ok(Response::new(ListAuditEventsResponse {
+            events: page.items.into_iter().map(audit_event).collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+}
