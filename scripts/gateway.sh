@@ -105,21 +105,35 @@ check_routes() {
 }
 
 # Writes the merged OpenAPI file for the current protos and config into directory $1.
+# protoc-gen-swagger v1 writes one file per proto here, and the merge is ours: its own
+# allow_merge drops the RPC comments of every file but the first.
 generate_openapi() {
   local dir=$1
   stage_protos
-  mkdir -p "$dir"
+  rm -rf "$dir"
+  mkdir -p "$dir/parts"
   # shellcheck disable=SC2046
   protoc -I "$OUT/proto" -I /usr/include \
-    --swagger_out=logtostderr=true,allow_merge=true,merge_file_name=keyward,grpc_api_configuration="$CONFIG":"$dir" \
+    --swagger_out=logtostderr=true,grpc_api_configuration="$CONFIG":"$dir/parts" \
     $(proto_files)
-  mv "$dir/keyward.swagger.json" "$dir/keyward.swagger.json.tmp"
-  # What protoc-gen-swagger v1 cannot take from the YAML: a title, the bearer header and the
-  # gateway's error body on every operation. Then stable formatting (sorted keys, two-space
-  # indent, final newline) so diffs stay readable.
-  python3 - "$dir/keyward.swagger.json.tmp" >"$dir/keyward.swagger.json" <<'PY'
+  # Then what the plugin cannot take from the YAML: a title, the bearer header and the gateway's
+  # error body on every operation; and stable formatting (sorted keys, two-space indent, final
+  # newline) so diffs stay readable.
+  python3 - "$dir"/parts/keyward/v1/*.swagger.json >"$dir/keyward.swagger.json" <<'PY'
 import json, sys
-doc = json.load(open(sys.argv[1]))
+doc = {"swagger": "2.0", "schemes": ["http", "https"], "consumes": ["application/json"],
+       "produces": ["application/json"], "paths": {}, "definitions": {}}
+for part_path in sys.argv[1:]:
+    part = json.load(open(part_path))
+    for section in ("paths", "definitions"):
+        for name, value in part.get(section, {}).items():
+            if section == "paths" and name in doc["paths"]:
+                clash = set(value) & set(doc["paths"][name])
+                if clash:
+                    sys.exit(f"{name}: {sorted(clash)} bound twice")
+                doc["paths"][name].update(value)
+            elif doc[section].setdefault(name, value) != value:
+                sys.exit(f"{section} {name} differs between files")
 doc["info"] = {
     "title": "keyward REST API",
     "version": "v1",
@@ -158,7 +172,6 @@ for path in doc["paths"].values():
                                       "schema": {"$ref": "#/definitions/keywardError"}}
 print(json.dumps(doc, indent=2, sort_keys=True))
 PY
-  rm "$dir/keyward.swagger.json.tmp"
 }
 
 inputs_digest() {
@@ -190,8 +203,10 @@ cmd_build() {
   cp gateway/main.go "$GOPATH_DIR/src/keyward/gateway/"
   (
     cd "$GOPATH_DIR/src/keyward/gateway"
-    GO111MODULE=off GOPATH="$GOPATH_DIR:/usr/share/gocode" GOPROXY=off GOFLAGS= \
-      go build -o "$OUT/keyward-gateway.new" .
+    # Static (no cgo), so the binary runs on any base image, distroless included. GOCACHE
+    # falls back to target/ for build users without a home directory.
+    GO111MODULE=off GOPATH="$GOPATH_DIR:/usr/share/gocode" GOPROXY=off GOFLAGS= CGO_ENABLED=0 \
+      GOCACHE="${GOCACHE:-$OUT/go-cache}" go build -trimpath -ldflags="-s -w" -o "$OUT/keyward-gateway.new" .
   )
   mv "$OUT/keyward-gateway.new" "$OUT/keyward-gateway"
   echo "$digest" >"$stamp"
@@ -214,6 +229,15 @@ cmd_check() {
   if ! diff -u "$OPENAPI" "$OUT/openapi-check/keyward.swagger.json" >"$OUT/openapi.diff" 2>&1; then
     head -n 60 "$OUT/openapi.diff" >&2
     say "gateway/openapi/keyward.swagger.json is out of date: run scripts/gateway.sh openapi and commit it"
+    return 1
+  fi
+  local route undocumented=()
+  while read -r route; do
+    grep -qF "| \`$route\` |" gateway/README.md || undocumented+=("$route")
+  done < <(awk '$1 ~ /^(get|post|put|patch|delete):$/ { sub(":", "", $1); print toupper($1), $2 }' "$CONFIG")
+  if [ ${#undocumented[@]} -gt 0 ]; then
+    say "routes missing from the table in gateway/README.md:"
+    printf '  %s\n' "${undocumented[@]}" >&2
     return 1
   fi
   local unformatted

@@ -77,8 +77,9 @@ impl Gateway {
             .arg(addr.to_string())
             .arg("--grpc-endpoint")
             .arg(app.addr.to_string())
+            // Its start/stop lines would land between the test results.
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stderr(Stdio::null());
         kill_with_parent(&mut cmd);
         let child = cmd.spawn().expect("cannot start keyward-gateway");
         let mut gateway = Self { addr, child };
