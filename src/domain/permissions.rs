@@ -74,7 +74,7 @@ pub const MATRIX: &[(&str, Scope, &str)] = &[
     ),
     (
         "audit.read",
-        Scope::Platform(Role::Admin),
+        Scope::Platform(Role::Moderator),
         "read the audit trail",
     ),
     (
