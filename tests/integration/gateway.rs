@@ -435,3 +435,136 @@ fn openapi_file_matches_protos_and_routes() {
     let (ok, out) = run_script(&["check"]);
     assert!(ok, "{out}");
 }
+
+/// Registers and signs in `email` through REST, returning its user id and bearer header.
+async fn rest_signed_in(gw: &Gateway, email: &str) -> (String, String) {
+    let r = gw
+        .post("/v1/auth/register", credentials(email, PASSWORD), &[])
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let id = r.body["user"]["id"].as_str().unwrap().to_string();
+    let r = gw
+        .post("/v1/auth/login", credentials(email, PASSWORD), &[])
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    (
+        id,
+        format!("Bearer {}", r.body["access_token"].as_str().unwrap()),
+    )
+}
+
+/// The admin routes exercise what the auth routes do not: path parameters, custom verbs
+/// (`:disable`), query parameters, PATCH with presence-tracked fields, and 403/404 mapping.
+#[tokio::test]
+async fn rest_admin_routes_fill_path_query_and_optional_fields() {
+    let app = TestApp::start().await;
+    let gw = Gateway::start(&app).await;
+    let admin_email = email("rest-admin");
+    app.register(&admin_email).await;
+    app.db()
+        .await
+        .collection::<bson::Document>("users")
+        .update_one(
+            bson::doc! { "email": &admin_email },
+            bson::doc! { "$set": { "role": keyward::domain::roles::Role::Admin.as_str() } },
+        )
+        .await
+        .unwrap();
+    let login = gw
+        .post("/v1/auth/login", credentials(&admin_email, PASSWORD), &[])
+        .await;
+    assert_eq!(login.status, 200, "{login:?}");
+    let admin = format!("Bearer {}", login.body["access_token"].as_str().unwrap());
+    let user_email = email("rest-user");
+    let (user_id, user) = rest_signed_in(&gw, &user_email).await;
+
+    let r = gw.get("/v1/users", &[("Authorization", &user)]).await;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(r.reason(), "PERMISSION_DENIED");
+
+    let r = gw
+        .get(
+            &format!("/v1/users/{user_id}"),
+            &[("Authorization", &admin)],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["email"], user_email.as_str());
+
+    let prefix = &user_email[..user_email.find('@').unwrap()];
+    let r = gw
+        .get(
+            &format!("/v1/users?email_prefix={prefix}&role=ROLE_USER"),
+            &[("Authorization", &admin)],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let emails: Vec<&str> = r.body["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|u| u["email"].as_str())
+        .collect();
+    assert_eq!(emails, [user_email.as_str()], "{r:?}");
+
+    // A field sent empty is "set to empty", not "unset": presence survives the gateway.
+    let path = format!("/v1/users/{user_id}");
+    let r = gw
+        .request(
+            "PATCH",
+            &path,
+            Some(json!({ "display_name": "" })),
+            &[("Authorization", &admin)],
+        )
+        .await;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert_eq!(r.body["field_violations"][0]["field"], "display_name");
+    let r = gw
+        .request(
+            "PATCH",
+            &path,
+            Some(json!({ "display_name": "Grace" })),
+            &[("Authorization", &admin)],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["display_name"], "Grace");
+    assert_eq!(r.body["email"], user_email.as_str());
+
+    let r = gw
+        .post(
+            &format!("/v1/users/{user_id}:disable"),
+            json!({ "reason": "test" }),
+            &[("Authorization", &admin)],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["user"]["status"], "USER_STATUS_DISABLED");
+    assert_eq!(r.body["sessions_ended"], 1);
+    let r = gw.get("/v1/auth/me", &[("Authorization", &user)]).await;
+    assert_eq!(r.status, 401, "{r:?}");
+    let r = gw
+        .post("/v1/auth/login", credentials(&user_email, PASSWORD), &[])
+        .await;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(r.reason(), "ACCOUNT_DISABLED");
+
+    let r = gw
+        .request(
+            "DELETE",
+            &format!("/v1/users/{user_id}?reason=cleanup"),
+            None,
+            &[("Authorization", &admin)],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = gw
+        .post(
+            &format!("/v1/users/{user_id}:enable"),
+            json!({}),
+            &[("Authorization", &admin)],
+        )
+        .await;
+    assert_eq!(r.status, 404, "{r:?}");
+    assert_eq!(r.reason(), "USER_NOT_FOUND");
+}
