@@ -23,11 +23,15 @@ pub fn normalize(raw: &str) -> Result<String, &'static str> {
     if !email_address::EmailAddress::is_valid(&normalized) {
         return Err("is not a valid email address");
     }
-    // Display names and IP-literal domains are valid RFC 5322 but never a login identifier.
+    // Display names, quoted local parts and IP-literal domains are valid RFC 5322 but never a
+    // login identifier.
     let (_, domain) = normalized
         .rsplit_once('@')
         .ok_or("is not a valid email address")?;
-    if normalized.contains(['<', '>', ' ']) || domain.starts_with('[') || !domain.contains('.') {
+    if normalized.contains(['<', '>', ' ', '"', '\\'])
+        || domain.starts_with('[')
+        || !domain.contains('.')
+    {
         return Err("is not a valid email address");
     }
     Ok(normalized)
@@ -60,6 +64,8 @@ mod tests {
             "a@[127.0.0.1]",
             "Alice <a@example.com>",
             "a\r\n@example.com",
+            "\"a b\"@example.com",
+            "\":z\"@z.com",
         ] {
             assert!(normalize(bad).is_err(), "{bad:?} accepted");
         }

@@ -215,11 +215,17 @@ impl Transport {
 }
 
 /// Parses an address and display name for a header. Control characters (CR/LF above all) are
-/// refused, so no value can add a header line.
+/// refused, so no value can add a header line. Quoted local parts (`"a b"@example.com`) are
+/// refused too: lettre cannot read them back from an encoded `To` header, and account emails never
+/// have them.
 pub fn mailbox(name: &str, address: &str) -> anyhow::Result<Mailbox> {
     anyhow::ensure!(
         !address.chars().chain(name.chars()).any(char::is_control),
         "control characters in an address or name"
+    );
+    anyhow::ensure!(
+        !address.contains(['"', '\\']),
+        "quoted local parts are not accepted"
     );
     let address = address.parse()?;
     let name = Some(name.trim().to_string()).filter(|n| !n.is_empty());
@@ -245,7 +251,7 @@ fn build_message(from: &Mailbox, mail: &Mail) -> anyhow::Result<Message> {
 
 #[cfg(test)]
 mod tests {
-    use rand::Rng;
+    use rand::{Rng, SeedableRng};
 
     use super::*;
 
@@ -320,12 +326,15 @@ mod tests {
     /// an extra line, and whatever the account rules accept is a valid mailbox.
     #[test]
     fn no_address_or_name_can_inject_a_header() {
-        let mut rng = rand::thread_rng();
+        // A fixed seed: a failure names its input and comes back on every run.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x6b65_7977_6172_64);
         let alphabet: Vec<char> = "ab.@-_+x\r\n\t\0\u{7f}\u{85}\u{2028} <>\",:;éZ"
             .chars()
             .collect();
         let from = mailbox("keyward", "no-reply@example.com").unwrap();
-        for _ in 0..20_000 {
+        // Found by an earlier unseeded run: a quoted local part beside an encoded name.
+        assert!(mailbox("\u{e9}", "\":Z\"@Z.com").is_err());
+        for _ in 0..50_000 {
             let mut gen = |max: usize| -> String {
                 let n = rng.gen_range(0..max);
                 (0..n)
@@ -349,8 +358,9 @@ mod tests {
                 text: "t".into(),
                 html: "h".into(),
             };
-            let raw = String::from_utf8_lossy(&build_message(&from, &mail).unwrap().formatted())
-                .into_owned();
+            let message = build_message(&from, &mail)
+                .unwrap_or_else(|e| panic!("{e}: name {name:?} address {address:?}"));
+            let raw = String::from_utf8_lossy(&message.formatted()).into_owned();
             let headers = raw.split("\r\n\r\n").next().unwrap();
             for line in headers.split("\r\n") {
                 assert!(
