@@ -78,6 +78,16 @@ enum AdminCommand {
         #[arg(long, default_value = "")]
         display_name: String,
     },
+    /// Import accounts with their existing password hashes (bcrypt or argon2) from a JSON Lines
+    /// file (`-` for stdin): {"email", "password_hash", "display_name"?, "role"?,
+    /// "email_verified"?} per line. Existing emails are left alone; each hash is re-hashed to
+    /// argon2id on its owner's first login.
+    Import {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The JSON Lines file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -185,6 +195,40 @@ async fn main() -> anyhow::Result<()> {
                 }
                 Err(e) => Err(anyhow::anyhow!("{e}")),
             }
+        }
+        Command::Admin {
+            command: AdminCommand::Import { config, file },
+        } => {
+            let config = load_config(&config)?;
+            let input: Box<dyn BufRead> = if file.as_os_str() == "-" {
+                Box::new(std::io::stdin().lock())
+            } else {
+                Box::new(std::io::BufReader::new(
+                    std::fs::File::open(&file)
+                        .with_context(|| format!("opening {}", file.display()))?,
+                ))
+            };
+            let app = keyward::build_app(config).await?;
+            app.store.ready().await?;
+            let caller = Caller {
+                client_address: "cli".into(),
+                user_agent: "keyward admin import".into(),
+            };
+            let report = app
+                .import_users(input, &caller)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            for (line, why) in &report.refused {
+                eprintln!("line {line}: {why}");
+            }
+            println!(
+                "imported {} accounts; {} already existed; {} lines refused",
+                report.created,
+                report.existing,
+                report.refused.len()
+            );
+            anyhow::ensure!(report.refused.is_empty(), "some lines were refused");
+            Ok(())
         }
     }
 }

@@ -16,7 +16,7 @@ use crate::grpc::pb::auth_service_server::AuthServiceServer;
 use crate::grpc::pb::org_service_server::OrgServiceServer;
 use crate::grpc::pb::otp_service_server::OtpServiceServer;
 use crate::grpc::pb::user_service_server::UserServiceServer;
-use crate::grpc::{auth::Auth, codec, otp::Otp, pb, unimplemented};
+use crate::grpc::{auth::Auth, codec, org::Org, otp::Otp, pb};
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
 /// Hard ceiling tonic enforces before our codec sees a message; between `max_message_bytes` and
@@ -105,7 +105,10 @@ pub async fn serve(
         app: Arc::clone(&app),
     })
     .max_decoding_message_size(DECODE_CEILING);
-    let org = OrgServiceServer::new(unimplemented::Org).max_decoding_message_size(DECODE_CEILING);
+    let org = OrgServiceServer::new(Org {
+        app: Arc::clone(&app),
+    })
+    .max_decoding_message_size(DECODE_CEILING);
     let users = UserServiceServer::new(crate::grpc::users::Users {
         app: Arc::clone(&app),
     })

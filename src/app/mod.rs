@@ -4,7 +4,9 @@
 pub mod accounts;
 pub mod authorization;
 pub mod codes;
+pub mod import;
 pub mod mail;
+pub mod orgs;
 pub mod sessions;
 pub mod users;
 

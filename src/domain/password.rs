@@ -173,6 +173,17 @@ pub fn verify(password: &str, stored: &str) -> Verification {
     }
 }
 
+/// Whether `stored` is a hash keyward can verify: an argon2 PHC string or a bcrypt
+/// `$2a$`/`$2b$`/`$2y$` hash (the formats an import may bring).
+pub fn is_verifiable_hash(stored: &str) -> bool {
+    if stored.starts_with("$2a$") || stored.starts_with("$2b$") || stored.starts_with("$2y$") {
+        return stored.len() == 60 && stored.parse::<bcrypt::HashParts>().is_ok();
+    }
+    PasswordHash::new(stored).ok().is_some_and(|h| {
+        Algorithm::try_from(h.algorithm).is_ok() && h.hash.is_some() && h.salt.is_some()
+    })
+}
+
 /// (matches, hashed with at least today's parameters), or `None` for an unusable hash.
 fn verify_argon2(password: &str, stored: &str) -> Option<(bool, bool)> {
     let parsed = PasswordHash::new(stored).ok()?;

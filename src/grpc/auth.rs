@@ -10,6 +10,7 @@ use super::pb::*;
 use super::{bearer_token, caller, convert};
 use crate::app::accounts::NewAccount;
 use crate::app::authorization::Check;
+use crate::app::orgs::NewOrg;
 use crate::app::App;
 use crate::domain::tokens::AccessClaims;
 use crate::error::Error;
@@ -42,22 +43,29 @@ impl AuthService for Auth {
         self.app.ensure_ready()?;
         let caller = self.caller(&request);
         let r = request.into_inner();
-        if r.organization.is_some() {
-            return Err(Status::unimplemented(
-                "registering with an organization is not available yet",
-            ));
-        }
         let account = NewAccount {
             email: r.email,
             password: r.password,
             display_name: r.display_name,
             ..Default::default()
         };
-        let user = self.app.register(account, &caller).await?;
+        // With an organization: a "hospital registration", the new user owning it.
+        let (user, org_id) = match r.organization {
+            Some(o) => {
+                let org = NewOrg {
+                    name: o.name,
+                    slug: o.slug,
+                    website: o.website,
+                };
+                let (user, org) = self.app.register_with_org(account, org, &caller).await?;
+                (user, org.id)
+            }
+            None => (self.app.register(account, &caller).await?, String::new()),
+        };
         Ok(Response::new(RegisterResponse {
             pending_verification: !user.email_verified,
             user: Some(convert::user(&user)),
-            org_id: String::new(),
+            org_id,
         }))
     }
 

@@ -85,3 +85,56 @@ pub fn session(s: &SessionDoc, current_session_id: &str) -> pb::Session {
         current: s.id == current_session_id,
     }
 }
+
+pub fn org_role(r: crate::domain::permissions::OrgRole) -> pb::OrgRole {
+    use crate::domain::permissions::OrgRole;
+    match r {
+        OrgRole::Member => pb::OrgRole::Member,
+        OrgRole::Admin => pb::OrgRole::Admin,
+        OrgRole::Owner => pb::OrgRole::Owner,
+    }
+}
+
+pub fn organization(o: &crate::store::orgs::OrgDoc) -> pb::Organization {
+    pb::Organization {
+        id: o.id.clone(),
+        name: o.name.clone(),
+        slug: o.slug.clone(),
+        website: o.website.clone(),
+        created_at: bson_ts(o.created_at),
+        updated_at: bson_ts(o.updated_at),
+    }
+}
+
+pub fn member(m: &crate::app::orgs::OrgMember) -> pb::Member {
+    pb::Member {
+        org_id: m.membership.org_id.clone(),
+        user: Some(user(&m.user)),
+        role: org_role(m.membership.role) as i32,
+        department: m.membership.department.clone(),
+        joined_at: bson_ts(m.membership.joined_at),
+    }
+}
+
+pub fn org_membership(m: &crate::app::orgs::MyOrg) -> pb::OrgMembership {
+    pb::OrgMembership {
+        organization: Some(organization(&m.org)),
+        role: org_role(m.membership.role) as i32,
+        department: m.membership.department.clone(),
+        joined_at: bson_ts(m.membership.joined_at),
+    }
+}
+
+/// An invitation, without its token (only its hash is stored anyway).
+pub fn invitation(i: &crate::store::invitations::InvitationDoc) -> pb::Invitation {
+    pb::Invitation {
+        id: i.id.clone(),
+        org_id: i.org_id.clone(),
+        email: i.email.clone(),
+        role: org_role(i.role) as i32,
+        department: i.department.clone(),
+        expires_at: bson_ts(i.expires_at),
+        created_at: bson_ts(i.created_at),
+        invited_by: i.invited_by.clone(),
+    }
+}

@@ -4,8 +4,8 @@ pub mod auth;
 pub mod codec;
 pub mod convert;
 pub mod ext_authz;
+pub mod org;
 pub mod otp;
-pub mod unimplemented;
 pub mod users;
 
 use tonic::metadata::MetadataMap;

@@ -1,12 +1,19 @@
 //! `memberships`: one document per (organization, user) — the user's role in that organization
 //! and their department. The id is `<org_id>:<user_id>`, so a user is a member at most once.
+//!
+//! Changes to a membership are conditional on the role the caller saw (`expected`), so a role
+//! change never lands on a membership whose role moved meanwhile — the owner count in `orgs`
+//! depends on it. Listings are keyset-paginated on (`joined_at`, other id).
 
 use chrono::{DateTime, Utc};
-use mongodb::bson::{doc, DateTime as BsonDateTime};
+use futures::TryStreamExt;
+use mongodb::bson::{doc, DateTime as BsonDateTime, Document};
+use mongodb::options::ReturnDocument;
 use mongodb::{Collection, IndexModel};
 use serde::{Deserialize, Serialize};
 
 use super::{bson_time, is_duplicate_key};
+use crate::domain::paging::Cursor;
 use crate::domain::permissions::OrgRole;
 
 /// A stored membership.
@@ -23,7 +30,8 @@ pub struct MembershipDoc {
     pub joined_at: BsonDateTime,
 }
 
-mod org_role_str {
+/// (De)serialises an [`OrgRole`] as its name.
+pub(super) mod org_role_str {
     use serde::{Deserialize, Deserializer, Serializer};
 
     use crate::domain::permissions::OrgRole;
@@ -94,5 +102,111 @@ impl Memberships {
         self.0
             .find_one(doc! { "_id": membership_id(org_id, user_id) })
             .await
+    }
+
+    /// The members of `org_id` (only those with `role`, if given), oldest membership first,
+    /// starting after `after` (joined_at, user_id).
+    pub async fn list_by_org(
+        &self,
+        org_id: &str,
+        role: Option<OrgRole>,
+        after: Option<&Cursor>,
+        limit: usize,
+    ) -> mongodb::error::Result<Vec<MembershipDoc>> {
+        let mut filter = doc! { "org_id": org_id };
+        if let Some(role) = role {
+            filter.insert("role", role.as_str());
+        }
+        self.page(filter, "user_id", after, limit).await
+    }
+
+    /// The memberships of `user_id`, oldest first, starting after `after` (joined_at, org_id).
+    pub async fn list_by_user(
+        &self,
+        user_id: &str,
+        after: Option<&Cursor>,
+        limit: usize,
+    ) -> mongodb::error::Result<Vec<MembershipDoc>> {
+        self.page(doc! { "user_id": user_id }, "org_id", after, limit)
+            .await
+    }
+
+    /// One keyset page ordered by (joined_at, `tie`): strictly after the cursor, so items
+    /// inserted meanwhile neither repeat nor push others out of the next page.
+    async fn page(
+        &self,
+        mut filter: Document,
+        tie: &str,
+        after: Option<&Cursor>,
+        limit: usize,
+    ) -> mongodb::error::Result<Vec<MembershipDoc>> {
+        if let Some(c) = after {
+            let at = BsonDateTime::from_millis(c.at_millis);
+            filter.insert(
+                "$or",
+                vec![
+                    doc! { "joined_at": { "$gt": at } },
+                    doc! { "joined_at": at, tie: { "$gt": &c.id } },
+                ],
+            );
+        }
+        self.0
+            .find(filter)
+            .sort(doc! { "joined_at": 1, tie: 1 })
+            .limit(limit as i64)
+            .await?
+            .try_collect()
+            .await
+    }
+
+    /// Sets the role and/or department of a membership whose role is still `expected`; `None`
+    /// when it is gone or its role changed meanwhile.
+    pub async fn update(
+        &self,
+        org_id: &str,
+        user_id: &str,
+        expected: OrgRole,
+        role: Option<OrgRole>,
+        department: Option<&str>,
+    ) -> mongodb::error::Result<Option<MembershipDoc>> {
+        let mut set = Document::new();
+        if let Some(role) = role {
+            set.insert("role", role.as_str());
+        }
+        if let Some(department) = department {
+            set.insert("department", department);
+        }
+        let filter = doc! { "_id": membership_id(org_id, user_id), "role": expected.as_str() };
+        if set.is_empty() {
+            return self.0.find_one(filter).await;
+        }
+        self.0
+            .find_one_and_update(filter, doc! { "$set": set })
+            .return_document(ReturnDocument::After)
+            .await
+    }
+
+    /// Removes a membership whose role is still `expected`; `false` when it is gone or its role
+    /// changed meanwhile.
+    pub async fn remove(
+        &self,
+        org_id: &str,
+        user_id: &str,
+        expected: OrgRole,
+    ) -> mongodb::error::Result<bool> {
+        let r = self
+            .0
+            .delete_one(doc! { "_id": membership_id(org_id, user_id), "role": expected.as_str() })
+            .await?;
+        Ok(r.deleted_count > 0)
+    }
+
+    /// Removes every membership of an organization (it is being deleted).
+    pub async fn remove_all_for_org(&self, org_id: &str) -> mongodb::error::Result<u64> {
+        Ok(self
+            .0
+            .delete_many(doc! { "org_id": org_id })
+            .await?
+            .deleted_count)
     }
 }

@@ -5,9 +5,11 @@
 //! primary.
 
 pub mod audit_events;
+pub mod invitations;
 pub mod mail_outbox;
 pub mod memberships;
 pub mod one_time_codes;
+pub mod orgs;
 pub mod rate_limits;
 pub mod sessions;
 pub mod users;
@@ -21,9 +23,11 @@ use mongodb::options::{
 use mongodb::{Client, Collection, Database};
 
 pub use audit_events::{AuditEvent, AuditEvents};
+pub use invitations::Invitations;
 pub use mail_outbox::MailOutbox;
 pub use memberships::Memberships;
 pub use one_time_codes::OneTimeCodes;
+pub use orgs::Orgs;
 pub use rate_limits::RateLimits;
 pub use sessions::Sessions;
 pub use users::Users;
@@ -39,6 +43,8 @@ pub struct Store {
     pub one_time_codes: OneTimeCodes,
     pub mail_outbox: MailOutbox,
     pub memberships: Memberships,
+    pub orgs: Orgs,
+    pub invitations: Invitations,
 }
 
 impl Store {
@@ -70,6 +76,8 @@ impl Store {
             one_time_codes: OneTimeCodes(credential_collection(&db, "one_time_codes")),
             mail_outbox: MailOutbox(credential_collection(&db, "mail_outbox")),
             memberships: Memberships(credential_collection(&db, "memberships")),
+            orgs: Orgs(credential_collection(&db, "orgs")),
+            invitations: Invitations(credential_collection(&db, "invitations")),
             db,
         }
     }
@@ -84,6 +92,8 @@ impl Store {
         self.one_time_codes.ensure_indexes().await?;
         self.mail_outbox.ensure_indexes().await?;
         self.memberships.ensure_indexes().await?;
+        self.orgs.ensure_indexes().await?;
+        self.invitations.ensure_indexes().await?;
         Ok(())
     }
 }

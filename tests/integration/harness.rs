@@ -177,6 +177,37 @@ impl TestApp {
         client.database(&self.config.mongodb_database)
     }
 
+    /// Whether the database server drops a unique-index key when the indexed field changes, as
+    /// MongoDB does. secantusd-rs 0.5.3-beta.196 keeps the old key, so an address or slug that was
+    /// renamed away stays taken there.
+    pub async fn frees_replaced_unique_keys(&self) -> bool {
+        use mongodb::bson::{doc, Document};
+        let probe = self.db().await.collection::<Document>("probe_unique_keys");
+        let index = mongodb::IndexModel::builder()
+            .keys(doc! { "k": 1 })
+            .options(
+                mongodb::options::IndexOptions::builder()
+                    .unique(true)
+                    .build(),
+            )
+            .build();
+        probe.create_index(index).await.unwrap();
+        probe
+            .insert_one(doc! { "_id": 1, "k": "old" })
+            .await
+            .unwrap();
+        probe
+            .update_one(doc! { "_id": 1 }, doc! { "$set": { "k": "new" } })
+            .await
+            .unwrap();
+        let freed = probe
+            .insert_one(doc! { "_id": 2, "k": "old" })
+            .await
+            .is_ok();
+        probe.drop().await.unwrap();
+        freed
+    }
+
     /// Registers `email` with [`PASSWORD`].
     pub async fn register(&self, email: &str) {
         self.try_register(email).await.expect("register");

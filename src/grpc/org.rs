@@ -1,0 +1,235 @@
+//! `keyward.v1.OrgService`.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+use super::pb::org_service_server::OrgService;
+use super::pb::*;
+use super::{bearer_token, caller, convert};
+use crate::app::orgs::{NewMember, NewOrg};
+use crate::app::{App, Caller};
+use crate::domain::permissions::OrgRole as DomainOrgRole;
+use crate::domain::tokens::AccessClaims;
+use crate::error::Error;
+
+/// The OrgService adapter.
+pub struct Org {
+    pub app: Arc<App>,
+}
+
+impl Org {
+    /// The signed-in caller, from the bearer token in the metadata.
+    async fn who<T>(&self, request: &Request<T>) -> Result<Arc<AccessClaims>, Error> {
+        self.app.ensure_ready()?;
+        let token = bearer_token(request.metadata())?;
+        self.app.authenticate(token).await
+    }
+
+    fn caller<T>(&self, request: &Request<T>) -> Caller {
+        caller(request, self.app.config.trust_forwarded_for)
+    }
+}
+
+/// An org role from the wire; `None` for ORG_ROLE_UNSPECIFIED (each RPC says what that means).
+fn org_role_from(value: i32, field: &str) -> Result<Option<DomainOrgRole>, Error> {
+    Ok(match OrgRole::try_from(value) {
+        Ok(OrgRole::Unspecified) => None,
+        Ok(OrgRole::Member) => Some(DomainOrgRole::Member),
+        Ok(OrgRole::Admin) => Some(DomainOrgRole::Admin),
+        Ok(OrgRole::Owner) => Some(DomainOrgRole::Owner),
+        Err(_) => return Err(Error::invalid(field, "is not a known organization role")),
+    })
+}
+
+#[tonic::async_trait]
+impl OrgService for Org {
+    #[instrument(skip(self, request))]
+    async fn create_org(
+        &self,
+        request: Request<CreateOrgRequest>,
+    ) -> Result<Response<CreateOrgResponse>, Status> {
+        let who = self.who(&request).await?;
+        let caller = self.caller(&request);
+        let r = request.into_inner();
+        let new = NewOrg {
+            name: r.name,
+            slug: r.slug,
+            website: r.website,
+        };
+        let org = self.app.create_org(&who, new, &caller).await?;
+        Ok(Response::new(CreateOrgResponse {
+            organization: Some(convert::organization(&org)),
+        }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn get_org(
+        &self,
+        request: Request<GetOrgRequest>,
+    ) -> Result<Response<GetOrgResponse>, Status> {
+        let who = self.who(&request).await?;
+        let (org, role) = self.app.get_org(&who, &request.into_inner().org_id).await?;
+        Ok(Response::new(GetOrgResponse {
+            organization: Some(convert::organization(&org)),
+            role: convert::org_role(role) as i32,
+        }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn update_org(
+        &self,
+        request: Request<UpdateOrgRequest>,
+    ) -> Result<Response<UpdateOrgResponse>, Status> {
+        let who = self.who(&request).await?;
+        let caller = self.caller(&request);
+        let r = request.into_inner();
+        let org = self
+            .app
+            .update_org(&who, &r.org_id, r.name, r.website, &caller)
+            .await?;
+        Ok(Response::new(UpdateOrgResponse {
+            organization: Some(convert::organization(&org)),
+        }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn delete_org(
+        &self,
+        request: Request<DeleteOrgRequest>,
+    ) -> Result<Response<DeleteOrgResponse>, Status> {
+        let who = self.who(&request).await?;
+        let caller = self.caller(&request);
+        self.app
+            .delete_org(&who, &request.into_inner().org_id, &caller)
+            .await?;
+        Ok(Response::new(DeleteOrgResponse {}))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn list_my_orgs(
+        &self,
+        request: Request<ListMyOrgsRequest>,
+    ) -> Result<Response<ListMyOrgsResponse>, Status> {
+        let who = self.who(&request).await?;
+        let r = request.into_inner();
+        let page = self
+            .app
+            .list_my_orgs(&who, r.page_size, &r.page_token)
+            .await?;
+        Ok(Response::new(ListMyOrgsResponse {
+            orgs: page.items.iter().map(convert::org_membership).collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn invite_member(
+        &self,
+        request: Request<InviteMemberRequest>,
+    ) -> Result<Response<InviteMemberResponse>, Status> {
+        let who = self.who(&request).await?;
+        let caller = self.caller(&request);
+        let r = request.into_inner();
+        let role = org_role_from(r.role, "role")?.unwrap_or(DomainOrgRole::Member);
+        let invitation = self
+            .app
+            .invite_member(&who, &r.org_id, &r.email, role, &r.department, &caller)
+            .await?;
+        Ok(Response::new(InviteMemberResponse {
+            invitation: Some(convert::invitation(&invitation)),
+        }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn accept_invitation(
+        &self,
+        request: Request<AcceptInvitationRequest>,
+    ) -> Result<Response<AcceptInvitationResponse>, Status> {
+        let who = self.who(&request).await?;
+        let caller = self.caller(&request);
+        let (org, member) = self
+            .app
+            .accept_invitation(&who, &request.into_inner().token, &caller)
+            .await?;
+        Ok(Response::new(AcceptInvitationResponse {
+            organization: Some(convert::organization(&org)),
+            member: Some(convert::member(&member)),
+        }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn create_member(
+        &self,
+        request: Request<CreateMemberRequest>,
+    ) -> Result<Response<CreateMemberResponse>, Status> {
+        let who = self.who(&request).await?;
+        let caller = self.caller(&request);
+        let r = request.into_inner();
+        let new = NewMember {
+            role: org_role_from(r.role, "role")?.unwrap_or(DomainOrgRole::Member),
+            email: r.email,
+            display_name: r.display_name,
+            password: r.password,
+            department: r.department,
+        };
+        let member = self
+            .app
+            .create_member(&who, &r.org_id, new, &caller)
+            .await?;
+        Ok(Response::new(CreateMemberResponse {
+            member: Some(convert::member(&member)),
+        }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn list_members(
+        &self,
+        request: Request<ListMembersRequest>,
+    ) -> Result<Response<ListMembersResponse>, Status> {
+        let who = self.who(&request).await?;
+        let r = request.into_inner();
+        let role = org_role_from(r.role, "role")?;
+        let page = self
+            .app
+            .list_members(&who, &r.org_id, role, r.page_size, &r.page_token)
+            .await?;
+        Ok(Response::new(ListMembersResponse {
+            members: page.items.iter().map(convert::member).collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn update_member(
+        &self,
+        request: Request<UpdateMemberRequest>,
+    ) -> Result<Response<UpdateMemberResponse>, Status> {
+        let who = self.who(&request).await?;
+        let caller = self.caller(&request);
+        let r = request.into_inner();
+        let role = org_role_from(r.role, "role")?;
+        let member = self
+            .app
+            .update_member(&who, &r.org_id, &r.user_id, role, r.department, &caller)
+            .await?;
+        Ok(Response::new(UpdateMemberResponse {
+            member: Some(convert::member(&member)),
+        }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn remove_member(
+        &self,
+        request: Request<RemoveMemberRequest>,
+    ) -> Result<Response<RemoveMemberResponse>, Status> {
+        let who = self.who(&request).await?;
+        let caller = self.caller(&request);
+        let r = request.into_inner();
+        self.app
+            .remove_member(&who, &r.org_id, &r.user_id, &caller)
+            .await?;
+        Ok(Response::new(RemoveMemberResponse {}))
+    }
+}
