@@ -28,6 +28,12 @@ WKT_MAP="Mgoogle/protobuf/timestamp.proto=github.com/golang/protobuf/ptypes/time
 
 say() { echo "gateway: $*" >&2; }
 
+# One run at a time: every command stages the protos into the same $OUT/proto (tests run
+# `build` and `check` in parallel).
+mkdir -p "$OUT"
+exec 9>"$OUT/.lock"
+flock 9
+
 install_packages() {
   local missing=() p
   for p in "${PACKAGES[@]}"; do

@@ -37,3 +37,6 @@ if ! python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
   echo "setup: installing aiosmtpd"
   python3 -m pip install --quiet --disable-pip-version-check 'aiosmtpd==1.4.6'
 fi
+
+# The REST sidecar (grpc-gateway) the gateway tests drive: Debian's Go packages, built offline.
+"$(dirname "$0")/gateway.sh" build

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Runs keyward's full test suite on a fresh Debian machine with only the Rust toolchain:
 # installs the test tools (scripts/setup.sh), then unit + integration tests against a real
-# MongoDB-compatible server (or KEYWARD_TEST_MONGODB_URI) and the real grpcurl.
+# MongoDB-compatible server (or KEYWARD_TEST_MONGODB_URI), the real grpcurl, real SMTP (aiosmtpd)
+# and the real grpc-gateway sidecar; the Helm chart and YAML checks (scripts/check-helm.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 source scripts/tool-path.sh
 cargo fmt --all -- --check
+scripts/check-helm.sh
 cargo test --locked "$@"
