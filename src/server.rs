@@ -124,6 +124,8 @@ pub async fn serve(
         .load_shed(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .trace_fn(crate::telemetry::rpc_span)
+        // Runs inside the span above: records the status code and scopes `enduser.id`.
+        .layer(crate::telemetry::RpcOutcomeLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

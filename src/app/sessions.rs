@@ -237,6 +237,9 @@ impl App {
             }
         };
         if active {
+            // Every bearer-authenticated RPC, and Authenticate/Authorize/ext_authz checking a
+            // user's token, comes through here: the RPC's span names the user (id only).
+            crate::telemetry::record_user_id(&claims.user_id);
             Ok(claims)
         } else {
             Err(Error::SessionRevoked)

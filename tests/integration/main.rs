@@ -20,5 +20,6 @@ mod refresh;
 mod replicas;
 mod server;
 mod sessions;
+mod telemetry;
 mod tokens;
 mod users;
