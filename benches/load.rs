@@ -7,6 +7,9 @@
 //!   1. grpc.health.v1 Check          — the server's ceiling on this machine
 //!   2. Authenticate                  — the hot path, same tokens repeatedly (as sidecars do)
 //!   2b. Envoy ext_authz Check        — the same decision, asked the way an Envoy sidecar asks
+//!   2c. Authorize                    — a permission check on the same tokens: half platform
+//!                                      (`orgs.create`), half inside the caller's organization
+//!                                      (`org.members.read`)
 //!   3. raw argon2id                  — hashes/s on as many threads as keyward's hash pool
 //!   4. Login flood                   — logins/s, with an Authenticate probe running beside it
 //!   5. Refresh                       — rotations/s, each worker on its own session chain
@@ -18,6 +21,9 @@
 //!                                      the SMTP sink (aiosmtpd), p50/p99
 //!   8. Enumeration timing            — SendCode(RESET_PASSWORD) for an account vs. for an
 //!                                      unknown address, sequential medians
+//!   9. ListUsers                     — with 100,000 accounts stored: an admin walks 200
+//!                                      keyset pages of 50, then 200 pages filtered by email
+//!                                      prefix; page latency p50/p99 (one caller)
 //! Then keyward's peak RSS (VmHWM).
 
 use std::process::Command;
@@ -37,10 +43,12 @@ use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use keyward::grpc::pb::auth_service_client::AuthServiceClient;
+use keyward::grpc::pb::org_service_client::OrgServiceClient;
 use keyward::grpc::pb::otp_service_client::OtpServiceClient;
+use keyward::grpc::pb::user_service_client::UserServiceClient;
 use keyward::grpc::pb::{
-    AuthenticateRequest, CodePurpose, LoginRequest, RefreshRequest, RegisterRequest,
-    SendCodeRequest,
+    AuthenticateRequest, AuthorizeRequest, CodePurpose, CreateOrgRequest, ListUsersRequest,
+    LoginRequest, RefreshRequest, RegisterRequest, SendCodeRequest,
 };
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
@@ -164,6 +172,95 @@ fn verdict(ok: bool) -> &'static str {
     }
 }
 
+/// A request with `authorization: Bearer <token>` metadata.
+fn bearer<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted
+        .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or_default()
+}
+
+/// Stores `count` active accounts straight into keyward's `users` collection (as an import
+/// would leave them), in batches; returns how many.
+async fn seed_users(uri: &str, count: usize) -> usize {
+    use keyward::domain::roles::Role;
+    use keyward::store::users::{UserDoc, UserStatus};
+    let users = mongodb::Client::with_uri_str(uri)
+        .await
+        .unwrap()
+        .database("keyward")
+        .collection::<UserDoc>("users");
+    let start = chrono::Utc::now() - chrono::Duration::days(30);
+    let mut stored = 0;
+    for batch in (0..count).collect::<Vec<_>>().chunks(5_000) {
+        let docs: Vec<UserDoc> = batch
+            .iter()
+            .map(|&i| {
+                let at = keyward::store::bson_time(start + chrono::Duration::seconds(i as i64));
+                UserDoc {
+                    id: format!("seed{i:08}"),
+                    email: format!("seed-{i}@example.com"),
+                    display_name: format!("Seeded {i}"),
+                    password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2VlZHNlZWQ$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(),
+                    role: Role::User,
+                    status: UserStatus::Active,
+                    email_verified: true,
+                    created_at: at,
+                    updated_at: at,
+                    last_login_at: None,
+                }
+            })
+            .collect();
+        stored += users.insert_many(docs).await.unwrap().inserted_ids.len();
+    }
+    stored
+}
+
+/// Walks up to `pages` keyset pages of ListUsers (50 each) as the admin holding `token`;
+/// returns each page's latency, sorted, and the number of failed calls.
+async fn walk_user_pages(
+    client: &mut UserServiceClient<tonic::transport::Channel>,
+    token: &str,
+    email_prefix: &str,
+    pages: usize,
+) -> (Vec<Duration>, usize) {
+    let (mut times, mut errors, mut page_token) = (Vec::new(), 0, String::new());
+    for _ in 0..pages {
+        let t = Instant::now();
+        let answer = client
+            .list_users(bearer(
+                ListUsersRequest {
+                    page_size: 50,
+                    page_token: page_token.clone(),
+                    email_prefix: email_prefix.into(),
+                    ..Default::default()
+                },
+                token,
+            ))
+            .await;
+        match answer {
+            Ok(r) => {
+                times.push(t.elapsed());
+                page_token = r.into_inner().next_page_token;
+                if page_token.is_empty() {
+                    break;
+                }
+            }
+            Err(_) => errors += 1,
+        }
+    }
+    times.sort();
+    (times, errors)
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -242,6 +339,23 @@ async fn main() {
     }
     let access: Arc<Vec<String>> =
         Arc::new(sessions.iter().map(|s| s.access_token.clone()).collect());
+    // Each bench user owns an organization, for Authorize's org checks.
+    let mut orgs = OrgServiceClient::new(channels[0].clone());
+    let mut org_of_user = Vec::new();
+    for u in 0..users {
+        let created = orgs
+            .create_org(bearer(
+                CreateOrgRequest {
+                    name: format!("Bench Hospital {u}"),
+                    ..Default::default()
+                },
+                &access[u],
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        org_of_user.push(created.organization.unwrap().id);
+    }
 
     println!("keyward load benchmark: concurrency {CONCURRENCY} over {CONNECTIONS} loopback HTTP/2 connections, {seconds}s per phase, {} cores, {hash_workers} hash workers", hash_workers);
     println!();
@@ -278,6 +392,36 @@ async fn main() {
             c.check(request)
                 .await
                 .is_ok_and(|r| r.into_inner().status.is_some_and(|s| s.code == 0))
+        }
+    })
+    .await;
+
+    // Authorize with the same tokens: even workers ask a platform permission, odd ones a
+    // permission inside their own organization (membership read, briefly cached).
+    let authz_requests: Arc<Vec<AuthorizeRequest>> = Arc::new(
+        (0..CONCURRENCY)
+            .map(|w| {
+                let (permission, org_id) = if w % 2 == 0 {
+                    ("orgs.create", String::new())
+                } else {
+                    ("org.members.read", org_of_user[w % users].clone())
+                };
+                AuthorizeRequest {
+                    access_token: access[w].clone(),
+                    permission: permission.into(),
+                    org_id,
+                }
+            })
+            .collect(),
+    );
+    let ch = Arc::clone(&channels);
+    let authz = drive(CONCURRENCY, phase, move |w| {
+        let mut c = AuthServiceClient::new(ch[w % CONNECTIONS].clone());
+        let request = authz_requests[w].clone();
+        async move {
+            c.authorize(request)
+                .await
+                .is_ok_and(|r| r.into_inner().allowed)
         }
     })
     .await;
@@ -462,13 +606,7 @@ async fn main() {
         .collect();
     delivery.sort();
     let delivered = delivery.len();
-    let at = |p: f64| {
-        delivery
-            .get(((delivered as f64 * p) as usize).min(delivered.saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    };
-    let (delivery_p50, delivery_p99) = (at(0.5), at(0.99));
+    let (delivery_p50, delivery_p99) = (percentile(&delivery, 0.5), percentile(&delivery, 0.99));
 
     // Enumeration timing: RESET_PASSWORD codes for accounts (mailed) vs. unknown addresses
     // (suppressed), interleaved so drift hits both alike.
@@ -495,6 +633,25 @@ async fn main() {
     unknown.sort();
     let median = |v: &Vec<Duration>| v.get(v.len() / 2).copied().unwrap_or_default();
     let (known_median, unknown_median) = (median(&known), median(&unknown));
+
+    // ListUsers over 100,000 stored accounts, asked by an admin.
+    let seeded = seed_users(&uri, 100_000).await;
+    let admin_email = "bench0@example.com";
+    mongodb::Client::with_uri_str(&uri)
+        .await
+        .unwrap()
+        .database("keyward")
+        .collection::<mongodb::bson::Document>("users")
+        .update_one(
+            mongodb::bson::doc! { "email": admin_email },
+            mongodb::bson::doc! { "$set": { "role": "admin" } },
+        )
+        .await
+        .unwrap();
+    let mut admin_client = UserServiceClient::new(channels[0].clone());
+    let (walk, walk_errors) = walk_user_pages(&mut admin_client, &access[0], "", 200).await;
+    let (prefixed, prefix_errors) =
+        walk_user_pages(&mut admin_client, &access[0], "seed-1", 200).await;
 
     let rss = peak_rss_mib(pid);
     let _ = Command::new("kill")
@@ -526,6 +683,7 @@ async fn main() {
     row("grpc.health.v1 Check (ceiling)", &check);
     row("Authenticate", &authn);
     row("Envoy ext_authz Check", &ext_authz);
+    row("Authorize (platform / org, 50:50)", &authz);
     row("Login (flood)", &logins);
     row("Refresh", &refresh);
     row("SendCode (outbox write)", &send_codes);
@@ -564,12 +722,25 @@ async fn main() {
         known.len(),
         unknown.len()
     );
+    println!(
+        "ListUsers with {seeded} accounts stored: {} pages of 50 walked by keyset, p50 {:.2} ms, p99 {:.2} ms, {walk_errors} errors",
+        walk.len(),
+        ms(percentile(&walk, 0.5)),
+        ms(percentile(&walk, 0.99))
+    );
+    println!(
+        "ListUsers filtered by email prefix \"seed-1\": {} pages, p50 {:.2} ms, p99 {:.2} ms, {prefix_errors} errors",
+        prefixed.len(),
+        ms(percentile(&prefixed, 0.5)),
+        ms(percentile(&prefixed, 0.99))
+    );
     println!();
     println!("peak RSS of keyward: {rss:.1} MiB");
     println!();
     let authn_share = authn.rate() / check.rate();
     let login_share = logins.rate() / raw_rate;
     let check_share = ext_authz.rate() / authn.rate();
+    let authz_share = authz.rate() / authn.rate();
     println!("targets:");
     println!(
         "  Authenticate >= 70% of health Check rate: {:.0}%  {}",
@@ -590,6 +761,11 @@ async fn main() {
         "  ext_authz Check p99 < 5 ms:               {:.2} ms  {}",
         ms(ext_authz.p99),
         verdict(ext_authz.p99 < Duration::from_millis(5))
+    );
+    println!(
+        "  Authorize >= 80% of Authenticate:         {:.0}%  {}",
+        authz_share * 100.0,
+        verdict(authz_share >= 0.80)
     );
     println!(
         "  logins/s >= 80% of raw argon2id rate:     {:.0}%  {}",

@@ -9,7 +9,7 @@ use mongodb::options::IndexOptions;
 use mongodb::{Collection, IndexModel};
 use serde::{Deserialize, Serialize};
 
-use super::bson_time;
+use super::{bson_time, keyset_after};
 use crate::domain::paging::Cursor;
 
 /// Whether the audited attempt worked.
@@ -111,11 +111,7 @@ impl AuditEvents {
             and.push(doc! { "occurred_at": when });
         }
         if let Some(c) = after {
-            let at = BsonDateTime::from_millis(c.at_millis);
-            and.push(doc! { "$or": [
-                { "occurred_at": { "$lt": at } },
-                { "occurred_at": at, "_id": { "$lt": &c.id } },
-            ] });
+            and.extend(keyset_after("occurred_at", "_id", c, false));
         }
         let query = if and.is_empty() {
             Document::new()

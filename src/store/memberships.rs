@@ -12,7 +12,7 @@ use mongodb::options::ReturnDocument;
 use mongodb::{Collection, IndexModel};
 use serde::{Deserialize, Serialize};
 
-use super::{bson_time, is_duplicate_key};
+use super::{bson_time, is_duplicate_key, keyset_after};
 use crate::domain::paging::Cursor;
 use crate::domain::permissions::OrgRole;
 
@@ -141,14 +141,7 @@ impl Memberships {
         limit: usize,
     ) -> mongodb::error::Result<Vec<MembershipDoc>> {
         if let Some(c) = after {
-            let at = BsonDateTime::from_millis(c.at_millis);
-            filter.insert(
-                "$or",
-                vec![
-                    doc! { "joined_at": { "$gt": at } },
-                    doc! { "joined_at": at, tie: { "$gt": &c.id } },
-                ],
-            );
+            filter.insert("$and", keyset_after("joined_at", tie, c, true).to_vec());
         }
         self.0
             .find(filter)

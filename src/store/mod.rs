@@ -122,6 +122,32 @@ pub fn is_duplicate_key(err: &mongodb::error::Error) -> bool {
     }
 }
 
+/// The filter clauses (to be and-ed into a query) for "strictly after `cursor`" in a listing
+/// sorted by (`field`, `tie`), ascending or descending. Besides the exact `$or`, they bound
+/// `field` itself, so the planner scans the (`field`, `tie`) index from the cursor on instead of
+/// from its start — page N costs what page 1 costs.
+pub fn keyset_after(
+    field: &str,
+    tie: &str,
+    cursor: &crate::domain::paging::Cursor,
+    ascending: bool,
+) -> [mongodb::bson::Document; 2] {
+    use mongodb::bson::doc;
+    let at = mongodb::bson::DateTime::from_millis(cursor.at_millis);
+    let (bound, beyond) = if ascending {
+        ("$gte", "$gt")
+    } else {
+        ("$lte", "$lt")
+    };
+    [
+        doc! { field: { bound: at } },
+        doc! { "$or": [
+            { field: { beyond: at } },
+            { field: at, tie: { beyond: &cursor.id } },
+        ] },
+    ]
+}
+
 /// chrono -> BSON date.
 pub fn bson_time(t: chrono::DateTime<chrono::Utc>) -> mongodb::bson::DateTime {
     mongodb::bson::DateTime::from_chrono(t)

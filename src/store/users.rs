@@ -6,7 +6,7 @@ use mongodb::options::IndexOptions;
 use mongodb::{Collection, IndexModel};
 use serde::{Deserialize, Serialize};
 
-use super::{bson_time, is_duplicate_key};
+use super::{bson_time, is_duplicate_key, keyset_after};
 use crate::domain::paging::Cursor;
 use crate::domain::roles::Role;
 
@@ -152,14 +152,7 @@ impl Users {
             query.insert("created_at", created);
         }
         if let Some(c) = after {
-            let at = BsonDateTime::from_millis(c.at_millis);
-            query.insert(
-                "$or",
-                vec![
-                    doc! { "created_at": { "$gt": at } },
-                    doc! { "created_at": at, "_id": { "$gt": &c.id } },
-                ],
-            );
+            query.insert("$and", keyset_after("created_at", "_id", c, true).to_vec());
         }
         self.0
             .find(query)
