@@ -224,6 +224,35 @@ async fn seed_users(uri: &str, count: usize) -> usize {
     stored
 }
 
+/// The first-page query of ListUsers asked of the database directly, `runs` times (sorted
+/// latencies): what the server itself needs, without keyward.
+async fn database_floor(uri: &str, runs: usize) -> Vec<Duration> {
+    use futures::TryStreamExt;
+    use mongodb::bson::{doc, Document};
+    let users = mongodb::Client::with_uri_str(uri)
+        .await
+        .unwrap()
+        .database("keyward")
+        .collection::<Document>("users");
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        let page: Vec<Document> = users
+            .find(doc! { "status": { "$in": ["active", "disabled"] } })
+            .sort(doc! { "created_at": 1, "_id": 1 })
+            .limit(51)
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(page.len(), 51);
+        times.push(t.elapsed());
+    }
+    times.sort();
+    times
+}
+
 /// Walks up to `pages` keyset pages of ListUsers (50 each) as the admin holding `token`;
 /// returns each page's latency, sorted, and the number of failed calls.
 async fn walk_user_pages(
@@ -652,6 +681,7 @@ async fn main() {
     let (walk, walk_errors) = walk_user_pages(&mut admin_client, &access[0], "", 200).await;
     let (prefixed, prefix_errors) =
         walk_user_pages(&mut admin_client, &access[0], "seed-1", 200).await;
+    let floor = database_floor(&uri, 20).await;
 
     let rss = peak_rss_mib(pid);
     let _ = Command::new("kill")
@@ -727,6 +757,10 @@ async fn main() {
         walk.len(),
         ms(percentile(&walk, 0.5)),
         ms(percentile(&walk, 0.99))
+    );
+    println!(
+        "  the database alone, same query shape (find, sort created_at+_id, limit 51): p50 {:.2} ms",
+        ms(percentile(&floor, 0.5))
     );
     println!(
         "ListUsers filtered by email prefix \"seed-1\": {} pages, p50 {:.2} ms, p99 {:.2} ms, {prefix_errors} errors",

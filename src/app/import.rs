@@ -47,7 +47,13 @@ fn account(line: &str) -> std::result::Result<(String, String, String, Role, boo
     let u: ImportedUser = serde_json::from_str(line).map_err(|e| format!("not an account: {e}"))?;
     let email = email::normalize(&u.email).map_err(|why| format!("email {why}"))?;
     if !password::is_verifiable_hash(&u.password_hash) {
-        return Err("password_hash is not a bcrypt or argon2 hash".into());
+        return Err(format!(
+            "password_hash is not a bcrypt (cost <= {}) or argon2 (m <= {} KiB, t <= {}, p <= {}) hash",
+            password::MAX_BCRYPT_COST,
+            password::MAX_ARGON2_MEMORY_KIB,
+            password::MAX_ARGON2_ITERATIONS,
+            password::MAX_ARGON2_LANES
+        ));
     }
     let role = match u.role.as_deref() {
         None | Some("") => Role::User,
@@ -100,7 +106,9 @@ impl App {
                     self.audit(
                         AuditRecord::new("user.import", Outcome::Success, caller)
                             .user(&user.id)
-                            .email(&user.email),
+                            .email(&user.email)
+                            .detail("role", user.role.as_str())
+                            .detail("email_verified", user.email_verified),
                     )
                     .await;
                 }

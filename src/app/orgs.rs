@@ -269,7 +269,9 @@ impl App {
     ///
     /// The organization document goes first: from then on nobody can join (joining checks the
     /// organization again after writing the membership and takes it back if it is gone), and
-    /// the memberships left are removed next.
+    /// the memberships left are removed next. A retry after a call that failed between the two
+    /// (the caller still an owner of a deleted organization) finishes the clean-up, then answers
+    /// ORG_NOT_FOUND.
     pub async fn delete_org(
         &self,
         who: &AccessClaims,
@@ -278,12 +280,13 @@ impl App {
     ) -> Result<()> {
         require_id("org_id", org_id)?;
         self.require_org(who, org_id, "org.delete").await?;
-        if !self.store.orgs.delete(org_id).await? {
-            return Err(Error::OrgNotFound);
-        }
+        let deleted = self.store.orgs.delete(org_id).await?;
         let members = self.store.memberships.remove_all_for_org(org_id).await?;
         let invitations = self.store.invitations.remove_all_for_org(org_id).await?;
         self.forget_all_memberships();
+        if !deleted {
+            return Err(Error::OrgNotFound);
+        }
         self.audit(
             AuditRecord::new("org.delete", Outcome::Success, caller)
                 .user(&who.user_id)
@@ -438,7 +441,6 @@ impl App {
             accepted_at: None,
         };
         self.store.invitations.insert(&invitation).await?;
-        let revoked = self.store.invitations.revoke_older(&invitation).await?;
         let inviter_name = match self.store.users.find_by_id(&who.user_id).await? {
             Some(u) if !u.display_name.is_empty() => u.display_name,
             _ => who.email.clone(),
@@ -453,6 +455,8 @@ impl App {
         };
         self.queue_mail("org_invitation", &email, "", context)
             .await?;
+        // Only once the new invitation is on its way does the older one stop working.
+        let revoked = self.store.invitations.revoke_older(&invitation).await?;
         self.audit(
             AuditRecord::new("org.invite", Outcome::Success, caller)
                 .user(&who.user_id)
@@ -494,6 +498,16 @@ impl App {
             .await?
             .ok_or(Error::InvitationNotFound)?;
         invitation_usable(&invitation, now)?;
+        // An invitation is only as good as its inviter's standing today: one sent by an admin
+        // who has since been demoted or removed no longer works.
+        let inviter = self
+            .store
+            .memberships
+            .find(&org.id, &invitation.invited_by)
+            .await?;
+        if !inviter.is_some_and(|m| grant(m.role, None, Some(invitation.role)).is_ok()) {
+            return Err(Error::InvitationRevoked);
+        }
         let user = self.me(who).await?;
         if user.email != invitation.email || !user.email_verified {
             self.audit(
@@ -539,16 +553,30 @@ impl App {
             &invitation.department,
             now,
         );
-        if !self.store.memberships.insert(&membership).await? {
-            // Joined by another path meanwhile: the invitation stays usable for nobody else
-            // anyway, but give it back so the answer does not depend on the race.
+        let inserted = self.store.memberships.insert(&membership).await;
+        if !matches!(inserted, Ok(true)) {
+            // Joined by another path meanwhile, or the write failed: give the invitation back so
+            // it is not used up by a join that did not happen.
             self.store
                 .invitations
                 .unaccept(&invitation.id, &user.id)
                 .await?;
+            inserted?;
             return Err(Error::AlreadyMember);
         }
-        self.joined(&membership).await?;
+        if let Err(e) = self.joined(&membership).await {
+            let _ = self
+                .store
+                .memberships
+                .remove(&org.id, &user.id, membership.role)
+                .await;
+            let _ = self
+                .store
+                .invitations
+                .unaccept(&invitation.id, &user.id)
+                .await;
+            return Err(e);
+        }
         if !self.store.orgs.exists(&org.id).await? {
             self.store
                 .memberships
@@ -560,6 +588,7 @@ impl App {
         self.audit(
             AuditRecord::new("org.invitation.accept", Outcome::Success, caller)
                 .user(&user.id)
+                .actor(&user.id)
                 .session(&who.session_id)
                 .detail("org_id", &org.id)
                 .detail("invitation_id", &invitation.id)
@@ -602,6 +631,16 @@ impl App {
         if !violations.is_empty() {
             return Err(Error::InvalidArgument(violations));
         }
+        // It mails a stranger and answers EMAIL_TAKEN: limited like Register per client address,
+        // and with invitations per organization.
+        self.throttle_address(
+            caller,
+            "register",
+            self.config.registrations_per_address_per_hour,
+            HOUR,
+        )
+        .await?;
+        self.throttle_invitations(org_id).await?;
         if self.store.users.find_by_email(&email).await?.is_some() {
             return Err(Error::EmailTaken);
         }
@@ -616,10 +655,15 @@ impl App {
             Err(e) => Err(e.into()),
         };
         if let Err(e) = joined {
+            let _ = self
+                .store
+                .memberships
+                .remove(org_id, &user.id, membership.role)
+                .await;
             self.discard_account(&user.id).await;
             return Err(e);
         }
-        if !self.store.orgs.exists(org_id).await? {
+        if !self.store.orgs.exists(org_id).await.unwrap_or(false) {
             // Deleted while we worked: nothing of this call may stay.
             let _ = self
                 .store
@@ -744,7 +788,9 @@ impl App {
                         .memberships
                         .remove(org_id, user_id, OrgRole::Owner)
                         .await;
-                    if !matches!(gone, Ok(true)) {
+                    // Give the count back only when the removal certainly did not happen; after
+                    // an error it may have, and a count below the owners is the safe side.
+                    if matches!(gone, Ok(false)) {
                         self.store.orgs.add_owner(org_id).await?;
                     }
                     gone?
@@ -792,7 +838,8 @@ impl App {
                 let changed = memberships
                     .update(org_id, user_id, OrgRole::Owner, role, department)
                     .await;
-                if !matches!(changed, Ok(Some(_))) {
+                // As in `remove_member`: give the count back only when nothing was written.
+                if matches!(changed, Ok(None)) {
                     orgs.add_owner(org_id).await?;
                 }
                 Ok(changed?)
@@ -932,8 +979,8 @@ impl App {
         Ok(users.into_iter().map(|u| (u.id.clone(), u)).collect())
     }
 
-    /// At most [`INVITES_PER_ORG_PER_HOUR`] invitations per organization per clock hour,
-    /// counted in `rate_limits` so every replica shares the count.
+    /// At most [`INVITES_PER_ORG_PER_HOUR`] invitations and created members per organization per
+    /// clock hour, counted in `rate_limits` so every replica shares the count.
     async fn throttle_invitations(&self, org_id: &str) -> Result<()> {
         let now = self.now();
         let (index, left) = window(now, HOUR);

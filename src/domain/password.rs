@@ -160,7 +160,10 @@ pub enum Verification {
 /// Checks `password` against a stored argon2 PHC string or an imported bcrypt hash
 /// (`$2a$`, `$2b$`, `$2y$`). Both comparisons are constant-time.
 pub fn verify(password: &str, stored: &str) -> Verification {
-    if stored.starts_with("$2a$") || stored.starts_with("$2b$") || stored.starts_with("$2y$") {
+    if !is_verifiable_hash(stored) {
+        return Verification::Mismatch;
+    }
+    if is_bcrypt(stored) {
         return match bcrypt::verify(password, stored) {
             Ok(true) => Verification::MatchNeedsRehash,
             _ => Verification::Mismatch,
@@ -173,14 +176,36 @@ pub fn verify(password: &str, stored: &str) -> Verification {
     }
 }
 
-/// Whether `stored` is a hash keyward can verify: an argon2 PHC string or a bcrypt
-/// `$2a$`/`$2b$`/`$2y$` hash (the formats an import may bring).
+/// The most work one stored hash may ask of a login: above this a single attempt would hold a
+/// hash thread for minutes or allocate more memory than a replica has. Generous for real
+/// deployments (bcrypt's usual cost is 10-12; OWASP's argon2id settings use 19-46 MiB).
+pub const MAX_BCRYPT_COST: u32 = 14;
+pub const MAX_ARGON2_MEMORY_KIB: u32 = 256 * 1024;
+pub const MAX_ARGON2_ITERATIONS: u32 = 10;
+pub const MAX_ARGON2_LANES: u32 = 4;
+
+fn is_bcrypt(stored: &str) -> bool {
+    stored.starts_with("$2a$") || stored.starts_with("$2b$") || stored.starts_with("$2y$")
+}
+
+/// Whether `stored` is a hash keyward can verify within the work limits above: an argon2 PHC
+/// string or a bcrypt `$2a$`/`$2b$`/`$2y$` hash (the formats an import may bring).
 pub fn is_verifiable_hash(stored: &str) -> bool {
-    if stored.starts_with("$2a$") || stored.starts_with("$2b$") || stored.starts_with("$2y$") {
-        return stored.len() == 60 && stored.parse::<bcrypt::HashParts>().is_ok();
+    if is_bcrypt(stored) {
+        return stored.len() == 60
+            && stored
+                .parse::<bcrypt::HashParts>()
+                .is_ok_and(|h| h.get_cost() <= MAX_BCRYPT_COST);
     }
     PasswordHash::new(stored).ok().is_some_and(|h| {
-        Algorithm::try_from(h.algorithm).is_ok() && h.hash.is_some() && h.salt.is_some()
+        Algorithm::try_from(h.algorithm).is_ok()
+            && h.hash.is_some()
+            && h.salt.is_some()
+            && Params::try_from(&h).is_ok_and(|p| {
+                p.m_cost() <= MAX_ARGON2_MEMORY_KIB
+                    && p.t_cost() <= MAX_ARGON2_ITERATIONS
+                    && p.p_cost() <= MAX_ARGON2_LANES
+            })
     })
 }
 
@@ -289,6 +314,21 @@ mod tests {
         // A password differing only after byte 72 (where bcrypt would truncate) must fail.
         let other = format!("{}B", "b".repeat(127));
         assert_eq!(verify(&other, &h), Verification::Mismatch);
+    }
+
+    #[test]
+    fn hashes_asking_too_much_work_are_refused() {
+        let light = bcrypt::hash("x", 4).unwrap();
+        let heavy_bcrypt = light.replacen("$04$", "$31$", 1);
+        assert!(heavy_bcrypt.parse::<bcrypt::HashParts>().is_ok());
+        assert!(!is_verifiable_hash(&heavy_bcrypt));
+        assert_eq!(verify("x", &heavy_bcrypt), Verification::Mismatch);
+        let heavy_argon2 = "$argon2id$v=19$m=4194304,t=2,p=1$c2FsdHNhbHQ$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        assert!(!is_verifiable_hash(heavy_argon2));
+        assert_eq!(verify("x", heavy_argon2), Verification::Mismatch);
+        let usual = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        assert!(is_verifiable_hash(usual));
+        assert!(is_verifiable_hash(&bcrypt::hash("x", 4).unwrap()));
     }
 
     #[test]

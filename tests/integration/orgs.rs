@@ -978,6 +978,29 @@ async fn invitations_arrive_by_mail_work_once_and_each_refusal_has_its_reason() 
         "INVITATION_EXPIRED",
     );
 
+    // The inviter lost the right to grant the role: the invitation stops working.
+    let deputy_email = email("deputy");
+    let deputy = verified(&app, &deputy_email).await;
+    let seen = invitation_tokens(&deputy_email);
+    invite(
+        &app,
+        &invitee.access_token,
+        &org.id,
+        &deputy_email,
+        OrgRole::Admin,
+    )
+    .await
+    .unwrap();
+    let token = new_invitation_token(&deputy_email, &seen).await;
+    update_member(&app, o, &org.id, &uid(&invitee), OrgRole::Member)
+        .await
+        .unwrap();
+    refused(
+        accept(&app, &deputy.access_token, &token).await,
+        Code::FailedPrecondition,
+        "INVITATION_REVOKED",
+    );
+
     // Organization deleted: its invitations are gone with it.
     let gone_email = email("gone");
     let gone = verified(&app, &gone_email).await;
@@ -995,7 +1018,7 @@ async fn invitations_arrive_by_mail_work_once_and_each_refusal_has_its_reason() 
 }
 
 #[tokio::test]
-async fn invitations_are_rate_limited_per_organization() {
+async fn invitations_and_created_members_are_rate_limited_per_organization() {
     let app = TestApp::start().await;
     let owner = app.signed_in(&email("busy")).await;
     let org = create_org(&app, &owner.access_token, "Busy Hospital").await;
@@ -1027,6 +1050,24 @@ async fn invitations_are_rate_limited_per_organization() {
         (status.code(), reason(&status).as_str()),
         (Code::ResourceExhausted, "RATE_LIMITED")
     );
+    // Creating accounts directly mails strangers too, and draws on the same budget — before it
+    // could tell whether the address has an account.
+    let taken = email("taken");
+    app.register(&taken).await;
+    for address in [email("z"), taken] {
+        refused(
+            create_member(
+                &app,
+                &owner.access_token,
+                &org.id,
+                &address,
+                OrgRole::Member,
+            )
+            .await,
+            Code::ResourceExhausted,
+            "RATE_LIMITED",
+        );
+    }
     // Another organization has its own budget.
     invite(
         &app,

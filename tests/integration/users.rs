@@ -651,12 +651,20 @@ async fn imported_bcrypt_accounts_log_in_with_old_passwords_and_are_rehashed() {
             people
                 .iter()
                 .map(|(email, password)| {
-                    // Cost 4 keeps the fixture quick; keyward verifies any cost.
+                    // Cost 4 keeps the fixture quick; keyward verifies costs up to 14.
                     let hash = bcrypt::hash(password, 4).unwrap();
                     serde_json::json!({ "email": email, "password_hash": hash, "email_verified": true })
                         .to_string()
                 })
-                .chain(["{\"email\": \"bad@legacy.example\", \"password_hash\": \"md5:abc\"}".to_string()])
+                .chain([
+                    "{\"email\": \"bad@legacy.example\", \"password_hash\": \"md5:abc\"}".to_string(),
+                    // A hash one login attempt would spend hours on is refused at the door.
+                    serde_json::json!({
+                        "email": "heavy@legacy.example",
+                        "password_hash": bcrypt::hash("x", 4).unwrap().replacen("$04$", "$31$", 1),
+                    })
+                    .to_string(),
+                ])
                 .collect::<Vec<_>>()
                 .join("\n")
         }
@@ -688,9 +696,11 @@ async fn imported_bcrypt_accounts_log_in_with_old_passwords_and_are_rehashed() {
         "{stdout}{stderr}"
     );
     assert!(
-        stderr.contains("line 1001: password_hash is not a bcrypt or argon2 hash"),
+        stderr.contains("line 1001: password_hash is not a bcrypt (cost <= 14) or argon2"),
         "{stderr}"
     );
+    assert!(stderr.contains("line 1002: password_hash"), "{stderr}");
+    assert!(stdout.contains("2 lines refused"), "{stdout}");
 
     let ok = futures::future::join_all(people.chunks(N / 16).map(|chunk| {
         let chunk = chunk.to_vec();
