@@ -224,9 +224,10 @@ async fn seed_users(uri: &str, count: usize) -> usize {
     stored
 }
 
-/// The first-page query of ListUsers asked of the database directly, `runs` times (sorted
-/// latencies): what the server itself needs, without keyward.
-async fn database_floor(uri: &str, runs: usize) -> Vec<Duration> {
+/// ListUsers' query asked of the database directly, `runs` times (sorted latencies): the first
+/// page, and a page after a cursor in the middle (keyset shape) — what the server itself needs,
+/// without keyward.
+async fn database_floor(uri: &str, runs: usize) -> (Vec<Duration>, Vec<Duration>) {
     use futures::TryStreamExt;
     use mongodb::bson::{doc, Document};
     let users = mongodb::Client::with_uri_str(uri)
@@ -234,23 +235,44 @@ async fn database_floor(uri: &str, runs: usize) -> Vec<Duration> {
         .unwrap()
         .database("keyward")
         .collection::<Document>("users");
-    let mut times = Vec::new();
-    for _ in 0..runs {
-        let t = Instant::now();
-        let page: Vec<Document> = users
-            .find(doc! { "status": { "$in": ["active", "disabled"] } })
-            .sort(doc! { "created_at": 1, "_id": 1 })
-            .limit(51)
-            .await
+    let middle = users
+        .find_one(doc! { "_id": "seed00050000" })
+        .await
+        .unwrap()
+        .unwrap();
+    let cursor = keyward::domain::paging::Cursor {
+        at_millis: middle
+            .get_datetime("created_at")
             .unwrap()
-            .try_collect()
-            .await
-            .unwrap();
-        assert_eq!(page.len(), 51);
-        times.push(t.elapsed());
+            .timestamp_millis(),
+        id: "seed00050000".into(),
+    };
+    let first = doc! { "status": { "$in": ["active", "disabled"] } };
+    let mut after = first.clone();
+    after.insert(
+        "$and",
+        keyward::store::keyset_after("created_at", "_id", &cursor, true).to_vec(),
+    );
+    let (mut first_times, mut after_times) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        for (filter, times) in [(&first, &mut first_times), (&after, &mut after_times)] {
+            let t = Instant::now();
+            let page: Vec<Document> = users
+                .find(filter.clone())
+                .sort(doc! { "created_at": 1, "_id": 1 })
+                .limit(51)
+                .await
+                .unwrap()
+                .try_collect()
+                .await
+                .unwrap();
+            assert_eq!(page.len(), 51);
+            times.push(t.elapsed());
+        }
     }
-    times.sort();
-    times
+    first_times.sort();
+    after_times.sort();
+    (first_times, after_times)
 }
 
 /// Walks up to `pages` keyset pages of ListUsers (50 each) as the admin holding `token`;
@@ -759,8 +781,9 @@ async fn main() {
         ms(percentile(&walk, 0.99))
     );
     println!(
-        "  the database alone, same query shape (find, sort created_at+_id, limit 51): p50 {:.2} ms",
-        ms(percentile(&floor, 0.5))
+        "  the database alone, same queries (find, sort created_at+_id, limit 51): first page p50 {:.2} ms, page after a cursor p50 {:.2} ms",
+        ms(percentile(&floor.0, 0.5)),
+        ms(percentile(&floor.1, 0.5))
     );
     println!(
         "ListUsers filtered by email prefix \"seed-1\": {} pages, p50 {:.2} ms, p99 {:.2} ms, {prefix_errors} errors",
