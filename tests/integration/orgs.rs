@@ -1018,6 +1018,75 @@ async fn invitations_arrive_by_mail_work_once_and_each_refusal_has_its_reason() 
 }
 
 #[tokio::test]
+async fn sixteen_concurrent_accepts_of_one_invitation_join_exactly_once() {
+    let app = TestApp::start().await;
+    let owner = app.signed_in(&email("race-owner")).await;
+    let org = create_org(&app, &owner.access_token, "Race Clinic").await;
+    let invitee_email = email("race-invitee");
+    let invitee = verified(&app, &invitee_email).await;
+    let seen = invitation_tokens(&invitee_email);
+    invite(
+        &app,
+        &owner.access_token,
+        &org.id,
+        &invitee_email,
+        OrgRole::Member,
+    )
+    .await
+    .unwrap();
+    let token = new_invitation_token(&invitee_email, &seen).await;
+
+    let start = Arc::new(tokio::sync::Barrier::new(16));
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (channel, start) = (app.channel(), Arc::clone(&start));
+            let (access, token) = (invitee.access_token.clone(), token.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                OrgServiceClient::new(channel)
+                    .accept_invitation(bearer(AcceptInvitationRequest { token }, &access))
+                    .await
+            })
+        })
+        .collect();
+    let mut joined = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => joined += 1,
+            Err(status) => assert!(
+                ["INVITATION_USED", "ALREADY_MEMBER"].contains(&reason(&status).as_str()),
+                "{status:?}"
+            ),
+        }
+    }
+    assert_eq!(joined, 1, "exactly one accept succeeds");
+    let memberships = collection(&app, "memberships")
+        .await
+        .count_documents(doc! { "org_id": &org.id, "user_id": uid(&invitee) })
+        .await
+        .unwrap();
+    assert_eq!(memberships, 1);
+    let listed = list_members(
+        &app,
+        &owner.access_token,
+        &org.id,
+        OrgRole::Unspecified,
+        0,
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(listed.members.len(), 2, "the owner and the invitee, once");
+    let invitation = collection(&app, "invitations")
+        .await
+        .find_one(doc! { "org_id": &org.id, "email": &invitee_email })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(invitation.get_str("status").unwrap(), "accepted");
+}
+
+#[tokio::test]
 async fn invitations_and_created_members_are_rate_limited_per_organization() {
     let app = TestApp::start().await;
     let owner = app.signed_in(&email("busy")).await;
