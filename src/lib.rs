@@ -2,17 +2,21 @@
 //!
 //! # Layout
 //! - [`config`]: settings from a TOML file and `KEYWARD_*` environment, validated at start.
-//! - [`telemetry`]: logs (text/JSON), OTLP traces, trace context from gRPC metadata.
+//! - [`telemetry`]: logs (text/JSON), OTLP traces, one span per RPC joined to the caller's trace
+//!   (status code, user id).
 //! - [`server`]: the tonic server — limits, health, reflection, services, graceful shutdown.
-//! - [`grpc`]: thin adapters, one file per service (`auth.rs`, …), the codec that turns bad
-//!   input into INVALID_ARGUMENT, and proto conversions.
+//! - [`grpc`]: thin adapters, one file per service (`auth.rs`, `otp.rs`, `org.rs`, `users.rs`,
+//!   and Envoy's `ext_authz.rs`), the codec that turns bad input into INVALID_ARGUMENT, and proto
+//!   conversions.
 //! - [`app`]: the use cases (register, login, refresh, authenticate, logout, one-time codes,
-//!   the mail outbox and its delivery workers, …) combining domain rules with storage; knows
-//!   nothing of protobuf.
-//! - [`domain`]: pure rules — emails, password policy and hashing, tokens, roles, lockout,
-//!   one-time codes and their send limits.
+//!   the mail outbox and its delivery workers, Authorize, organizations and invitations, platform
+//!   user management, importing accounts) combining domain rules with storage; knows nothing of
+//!   protobuf.
+//! - [`domain`]: pure rules — emails, password policy and hashing, tokens, roles and the
+//!   permission matrix, lockout, one-time codes and their send limits, keyset page tokens.
 //! - [`store`]: MongoDB, one file per collection (`users`, `sessions`, `rate_limits`,
-//!   `one_time_codes`, `mail_outbox`, `audit_events`) with its documents, indexes and queries.
+//!   `one_time_codes`, `mail_outbox`, `audit_events`, `orgs`, `memberships`, `invitations`) with
+//!   its documents, indexes and queries.
 //! - [`mail`]: mail templates, sealing for the outbox, and the SMTP / dev-log transports.
 //! - [`hash_pool`]: the bounded, low-priority thread pool that runs argon2id.
 //! - [`error`]: the one mapping from domain errors to gRPC status + ErrorInfo/BadRequest/RetryInfo.
