@@ -100,6 +100,8 @@ impl App {
         refresh_token: String,
         now: DateTime<Utc>,
     ) -> IssuedTokens {
+        // Login, LoginWithCode and Refresh all end here: their RPC span names the user (id only).
+        crate::telemetry::record_user_id(&user.id);
         let claims = AccessClaims {
             user_id: user.id.clone(),
             session_id: session.id.clone(),

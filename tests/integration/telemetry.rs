@@ -223,7 +223,8 @@ async fn each_rpc_is_exported_as_a_span_joined_to_the_callers_trace() {
     // (name, expected gRPC status code, whether the span names the user)
     let expected: [(&str, i64, bool); 6] = [
         ("keyward.v1.AuthService/Register", 0, false),
-        ("keyward.v1.AuthService/Login", 0, false),
+        // A session was issued to this user: the span names them.
+        ("keyward.v1.AuthService/Login", 0, true),
         ("keyward.v1.AuthService/GetMe", 0, true),
         ("keyward.v1.AuthService/Authenticate", 0, true),
         ("keyward.v1.AuthService/Login", 16, false),
