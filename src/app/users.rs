@@ -36,6 +36,11 @@ fn page_size(requested: i32) -> Result<usize> {
     paging::page_size(requested).ok_or_else(|| Error::invalid("page_size", "must not be negative"))
 }
 
+/// The roles an admin with `actor` may act on: their own and below.
+fn within(actor: Role) -> Vec<Role> {
+    Role::ALL.into_iter().filter(|r| *r <= actor).collect()
+}
+
 fn check_range(from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>, field: &str) -> Result<()> {
     match (from, to) {
         (Some(a), Some(b)) if a >= b => {
@@ -127,6 +132,20 @@ impl App {
         Ok(user)
     }
 
+    /// The account a role-guarded write returned, or why it matched nothing: the account is
+    /// gone (USER_NOT_FOUND) or its role moved out of the caller's reach meanwhile
+    /// (ROLE_TOO_HIGH).
+    async fn written(&self, user: Option<UserDoc>, user_id: &str) -> Result<UserDoc> {
+        if let Some(user) = user {
+            return Ok(user);
+        }
+        let now = self.store.users.find_by_id(user_id).await?;
+        Err(match now {
+            Some(u) if u.status != UserStatus::Deleted => Error::RoleTooHigh,
+            _ => Error::UserNotFound,
+        })
+    }
+
     pub async fn update_user(
         &self,
         who: &AccessClaims,
@@ -170,14 +189,15 @@ impl App {
             .users
             .update_profile(
                 user_id,
+                &within(actor.role),
                 display_name.as_deref(),
                 email_changed.map(String::as_str),
                 verified,
                 self.now(),
             )
             .await?
-            .map_err(|_: Inserted| Error::EmailTaken)?
-            .ok_or(Error::UserNotFound)?;
+            .map_err(|_: Inserted| Error::EmailTaken)?;
+        let user = self.written(user, user_id).await?;
         self.forget_user(user_id);
         let mut event = AuditRecord::new("user.update", Outcome::Success, caller)
             .user(&user.id)
@@ -234,12 +254,16 @@ impl App {
             });
         }
         let before = current.ok_or(Error::UserNotFound)?;
+        let changeable: Vec<Role> = Role::ALL
+            .into_iter()
+            .filter(|r| may_set_global_role(actor.role, *r, role).is_ok())
+            .collect();
         let user = self
             .store
             .users
-            .set_role(user_id, role, self.now())
-            .await?
-            .ok_or(Error::UserNotFound)?;
+            .set_role(user_id, &changeable, role, self.now())
+            .await?;
+        let user = self.written(user, user_id).await?;
         self.forget_user(user_id);
         self.audit(
             AuditRecord::new("user.set_role", Outcome::Success, caller)
@@ -267,11 +291,18 @@ impl App {
         let user = if target.status == UserStatus::Disabled {
             target
         } else {
-            self.store
+            let user = self
+                .store
                 .users
-                .set_status(user_id, UserStatus::Disabled, None, now)
-                .await?
-                .ok_or(Error::UserNotFound)?
+                .set_status(
+                    user_id,
+                    &within(actor.role),
+                    UserStatus::Disabled,
+                    None,
+                    now,
+                )
+                .await?;
+            self.written(user, user_id).await?
         };
         let ended = self.end_all_sessions(user_id, "account_disabled").await?;
         self.audit(
@@ -297,11 +328,18 @@ impl App {
         let user = if target.status == UserStatus::Active {
             target
         } else {
-            self.store
+            let user = self
+                .store
                 .users
-                .set_status(user_id, UserStatus::Active, None, self.now())
-                .await?
-                .ok_or(Error::UserNotFound)?
+                .set_status(
+                    user_id,
+                    &within(actor.role),
+                    UserStatus::Active,
+                    None,
+                    self.now(),
+                )
+                .await?;
+            self.written(user, user_id).await?
         };
         self.forget_user(user_id);
         self.audit(
@@ -329,11 +367,18 @@ impl App {
             .config
             .reuse_deleted_emails
             .then(|| format!("deleted:{}:{}", target.id, target.email));
-        self.store
+        let deleted = self
+            .store
             .users
-            .set_status(user_id, UserStatus::Deleted, freed.as_deref(), self.now())
-            .await?
-            .ok_or(Error::UserNotFound)?;
+            .set_status(
+                user_id,
+                &within(actor.role),
+                UserStatus::Deleted,
+                freed.as_deref(),
+                self.now(),
+            )
+            .await?;
+        self.written(deleted, user_id).await?;
         let ended = self.end_all_sessions(user_id, "account_deleted").await?;
         self.audit(
             AuditRecord::new("user.delete", Outcome::Success, caller)

@@ -92,6 +92,14 @@ pub enum Inserted {
     EmailTaken,
 }
 
+/// The filter for account `id`, not deleted, with one of `roles`. An admin's change carries the
+/// roles its check allowed, so a concurrent promotion above the admin makes the write miss
+/// instead of landing on an account the admin may no longer touch.
+fn live_with_role(id: &str, roles: &[Role]) -> Document {
+    let roles: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+    doc! { "_id": id, "status": { "$ne": "deleted" }, "role": { "$in": roles } }
+}
+
 /// The `users` collection.
 #[derive(Clone)]
 pub struct Users(pub Collection<UserDoc>);
@@ -163,11 +171,12 @@ impl Users {
             .await
     }
 
-    /// Applies the profile changes that are set; returns the account as it is now (`None`: no
-    /// such account or deleted).
+    /// Applies the profile changes that are set to a live account whose role is one of `roles`;
+    /// returns the account as it is now (`None`: no such account, deleted, or another role).
     pub async fn update_profile(
         &self,
         id: &str,
+        roles: &[Role],
         display_name: Option<&str>,
         email: Option<&str>,
         email_verified: Option<bool>,
@@ -185,10 +194,7 @@ impl Users {
         }
         match self
             .0
-            .find_one_and_update(
-                doc! { "_id": id, "status": { "$ne": "deleted" } },
-                doc! { "$set": set },
-            )
+            .find_one_and_update(live_with_role(id, roles), doc! { "$set": set })
             .return_document(mongodb::options::ReturnDocument::After)
             .await
         {
@@ -198,27 +204,31 @@ impl Users {
         }
     }
 
-    /// Sets the global role of a live account; returns it as it is now.
+    /// Sets the global role of a live account whose role is one of `roles`; returns it as it is
+    /// now (`None`: no such account, deleted, or another role).
     pub async fn set_role(
         &self,
         id: &str,
+        roles: &[Role],
         role: Role,
         now: DateTime<Utc>,
     ) -> mongodb::error::Result<Option<UserDoc>> {
         self.0
             .find_one_and_update(
-                doc! { "_id": id, "status": { "$ne": "deleted" } },
+                live_with_role(id, roles),
                 doc! { "$set": { "role": role.as_str(), "updated_at": bson_time(now) } },
             )
             .return_document(mongodb::options::ReturnDocument::After)
             .await
     }
 
-    /// Moves a live account to `status` (and optionally renames its email, for a deletion that
-    /// frees the address); returns it as it is now.
+    /// Moves a live account whose role is one of `roles` to `status` (and optionally renames its
+    /// email, for a deletion that frees the address); returns it as it is now (`None`: no such
+    /// account, deleted, or another role).
     pub async fn set_status(
         &self,
         id: &str,
+        roles: &[Role],
         status: UserStatus,
         rename_email: Option<&str>,
         now: DateTime<Utc>,
@@ -228,10 +238,7 @@ impl Users {
             set.insert("email", email);
         }
         self.0
-            .find_one_and_update(
-                doc! { "_id": id, "status": { "$ne": "deleted" } },
-                doc! { "$set": set },
-            )
+            .find_one_and_update(live_with_role(id, roles), doc! { "$set": set })
             .return_document(mongodb::options::ReturnDocument::After)
             .await
     }

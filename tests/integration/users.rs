@@ -733,3 +733,49 @@ async fn imported_bcrypt_accounts_log_in_with_old_passwords_and_are_rehashed() {
     app.login(&people[7].0, &people[7].1).await.unwrap();
     assert!(app.login(&people[7].0, &people[8].1).await.is_err());
 }
+
+/// An admin's change carries the roles its check allowed: if the account was promoted above the
+/// admin between the check and the write, the write misses instead of landing.
+#[tokio::test]
+async fn an_admins_write_misses_an_account_promoted_above_them_meanwhile() {
+    use keyward::domain::roles::Role;
+    use keyward::store::users::{UserStatus, Users};
+    let app = TestApp::start().await;
+    let (id, _) = with_role(&app, &email("promoted"), "super_admin").await;
+    let store = Users(app.db().await.collection("users"));
+    let before = store.find_by_id(&id).await.unwrap().unwrap();
+    // What an admin's check allowed (roles up to admin), applied after the promotion landed.
+    let admin_reach = [Role::Guest, Role::User, Role::Moderator, Role::Admin];
+    let now = chrono::Utc::now();
+    let written = store
+        .set_status(&id, &admin_reach, UserStatus::Disabled, None, now)
+        .await
+        .unwrap();
+    assert!(
+        written.is_none(),
+        "the disable must not land on a super_admin"
+    );
+    let demoted = store
+        .set_role(&id, &admin_reach, Role::Guest, now)
+        .await
+        .unwrap();
+    assert!(demoted.is_none(), "nor the demotion");
+    let renamed = store
+        .update_profile(&id, &admin_reach, Some("Mallory's pick"), None, None, now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(renamed.is_none(), "nor a profile change");
+    let user = store.find_by_id(&id).await.unwrap().unwrap();
+    assert_eq!(
+        (user.role, user.status, user.display_name),
+        (Role::SuperAdmin, UserStatus::Active, before.display_name)
+    );
+    // Within reach, the same writes land.
+    let (reachable, _) = with_role(&app, &email("reachable"), "moderator").await;
+    assert!(store
+        .set_status(&reachable, &admin_reach, UserStatus::Disabled, None, now)
+        .await
+        .unwrap()
+        .is_some());
+}
