@@ -129,17 +129,14 @@ impl App {
             ));
         }
         let claims = self.authenticate(access_token).await?;
-        let Some(standing) = self.standing(&claims.user_id).await? else {
+        // Deleted or disabled: disabling ends every session, so a session still alive here is one
+        // that should have ended — treated as revoked, for Authenticate too.
+        let Some(standing) = self.standing(&claims.user_id).await?.filter(|s| s.active) else {
             return Err(Error::SessionRevoked);
         };
         let mut decisions = Vec::with_capacity(checks.len());
         for check in checks {
-            let decision = if !standing.active {
-                Decision {
-                    allowed: false,
-                    reason: "ACCOUNT_DISABLED",
-                }
-            } else if check.org_id.is_empty() {
+            let decision = if check.org_id.is_empty() {
                 decide(&check.permission, standing.role, OrgStanding::NoOrg)
             } else {
                 let org = match self.org_role(&check.org_id, &claims.user_id).await? {

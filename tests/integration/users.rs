@@ -779,3 +779,25 @@ async fn an_admins_write_misses_an_account_promoted_above_them_meanwhile() {
         .unwrap()
         .is_some());
 }
+
+/// Disabling ends every session; should one survive (a write lost between the two, an account
+/// disabled straight in the database), Authenticate still refuses it.
+#[tokio::test]
+async fn a_session_of_a_disabled_account_does_not_authenticate() {
+    let app = TestApp::start().await;
+    let (id, pair) = with_role(&app, &email("switched-off"), "user").await;
+    app.db()
+        .await
+        .collection::<mongodb::bson::Document>("users")
+        .update_one(
+            doc! { "_id": &id },
+            doc! { "$set": { "status": "disabled" } },
+        )
+        .await
+        .unwrap();
+    let status = app.authenticate(&pair.access_token).await.unwrap_err();
+    assert_eq!(
+        (status.code(), reason(&status).as_str()),
+        (Code::Unauthenticated, "SESSION_REVOKED")
+    );
+}
