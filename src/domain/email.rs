@@ -37,6 +37,11 @@ pub fn normalize(raw: &str) -> Result<String, &'static str> {
     Ok(normalized)
 }
 
+/// The start of an email, normalised as [`normalize`] does, for prefix searches.
+pub fn normalize_prefix(raw: &str) -> String {
+    raw.trim().nfc().collect::<String>().to_lowercase()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,6 +57,12 @@ mod tests {
             normalize("jos\u{e9}@example.com"),
             normalize("jose\u{301}@example.com")
         );
+    }
+
+    #[test]
+    fn a_prefix_matches_what_normalize_stores() {
+        let stored = normalize("Jose\u{301}@Example.com").unwrap();
+        assert!(stored.starts_with(&normalize_prefix(" JOSE\u{301}")));
     }
 
     #[test]

@@ -94,7 +94,7 @@ impl UserService for Users {
         let filter = UserFilter {
             statuses,
             role: role_from(r.role, "role")?,
-            email_prefix: r.email_prefix.trim().to_lowercase(),
+            email_prefix: crate::domain::email::normalize_prefix(&r.email_prefix),
             created_after: time(r.created_after),
             created_before: time(r.created_before),
         };
