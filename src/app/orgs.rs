@@ -511,7 +511,7 @@ impl App {
         let user = self.me(who).await?;
         if user.email != invitation.email || !user.email_verified {
             self.audit(
-                AuditRecord::new("org.invitation.accept", Outcome::Failure, caller)
+                AuditRecord::new("org.invitation.accept", Outcome::Denied, caller)
                     .user(&user.id)
                     .session(&who.session_id)
                     .detail("org_id", &org.id)

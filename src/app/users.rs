@@ -241,9 +241,10 @@ impl App {
         };
         if let Some(why) = refused {
             self.audit(
-                AuditRecord::new("user.set_role", Outcome::Failure, caller)
+                AuditRecord::new("user.set_role", Outcome::Denied, caller)
                     .user(user_id)
                     .actor(&who.user_id)
+                    .session(&who.session_id)
                     .detail("new_role", role.as_str())
                     .detail("reason", format!("{why:?}")),
             )

@@ -54,6 +54,7 @@ fn audit_event(e: crate::store::AuditEvent) -> AuditEvent {
         outcome: match e.outcome {
             Outcome::Success => AuditOutcome::Success,
             Outcome::Failure => AuditOutcome::Failure,
+            Outcome::Denied => AuditOutcome::Denied,
         } as i32,
         user_id: e.user_id.unwrap_or_default(),
         actor_id: e.actor_id.unwrap_or_default(),

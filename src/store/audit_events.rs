@@ -17,7 +17,10 @@ use crate::domain::paging::Cursor;
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Success,
+    /// Failed on the caller's input, e.g. a wrong password or code.
     Failure,
+    /// Refused for lack of permission.
+    Denied,
 }
 
 /// One audited action.

@@ -213,9 +213,12 @@ async fn nobody_escalates_beyond_their_own_role() {
         .expect("the promotion is audited");
     assert_eq!(success.actor_id, admin_id);
     assert_eq!(success.detail["new_role"], "moderator");
-    assert!(events.iter().any(
-        |e| e.outcome == AuditOutcome::Failure as i32 && e.detail["new_role"] == "super_admin"
-    ));
+    assert!(
+        events
+            .iter()
+            .any(|e| e.outcome == AuditOutcome::Denied as i32
+                && e.detail["new_role"] == "super_admin")
+    );
 }
 
 #[tokio::test]
