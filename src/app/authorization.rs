@@ -19,11 +19,13 @@ use crate::store::users::UserStatus;
 /// Most checks one BatchAuthorize may carry.
 pub const MAX_BATCH: usize = 100;
 
-/// The part of an account that decides what it may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The part of an account that decides what it may do, and who it is now (the email may have
+/// changed since a token was issued).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Standing {
     pub role: Role,
     pub active: bool,
+    pub email: std::sync::Arc<str>,
 }
 
 /// Current roles and memberships, briefly cached.
@@ -77,10 +79,11 @@ impl App {
             .map(|u| Standing {
                 role: u.role,
                 active: u.status == UserStatus::Active,
+                email: u.email.into(),
             });
         self.access
             .users
-            .insert(user_id.to_string(), (standing, Instant::now()));
+            .insert(user_id.to_string(), (standing.clone(), Instant::now()));
         Ok(standing)
     }
 

@@ -119,7 +119,7 @@ impl AuthService for Auth {
             .authorize(&request.into_inner().access_token, &[])
             .await?;
         Ok(Response::new(AuthenticateResponse {
-            principal: Some(convert::principal(&verdict.claims, verdict.standing.role)),
+            principal: Some(convert::principal(&verdict.claims, &verdict.standing)),
         }))
     }
 
@@ -139,7 +139,7 @@ impl AuthService for Auth {
         Ok(Response::new(AuthorizeResponse {
             allowed: decision.allowed,
             reason: decision.reason.to_string(),
-            principal: Some(convert::principal(&verdict.claims, verdict.standing.role)),
+            principal: Some(convert::principal(&verdict.claims, &verdict.standing)),
         }))
     }
 
@@ -168,7 +168,7 @@ impl AuthService for Auth {
                     reason: d.reason.to_string(),
                 })
                 .collect(),
-            principal: Some(convert::principal(&verdict.claims, verdict.standing.role)),
+            principal: Some(convert::principal(&verdict.claims, &verdict.standing)),
         }))
     }
 

@@ -62,14 +62,14 @@ pub fn token_pair(t: IssuedTokens, now: DateTime<Utc>) -> pb::TokenPair {
     }
 }
 
-/// The caller of a verified token, with their current global role (which may have changed since
-/// the token was issued).
-pub fn principal(c: &AccessClaims, current_role: Role) -> pb::Principal {
+/// The caller of a verified token, with their current global role and email (either may have
+/// changed since the token was issued).
+pub fn principal(c: &AccessClaims, now: &crate::app::authorization::Standing) -> pb::Principal {
     pb::Principal {
         user_id: c.user_id.clone(),
         session_id: c.session_id.clone(),
-        email: c.email.clone(),
-        role: role(current_role) as i32,
+        email: now.email.to_string(),
+        role: role(now.role) as i32,
         expires_at: timestamp(c.expires_at),
     }
 }

@@ -172,7 +172,7 @@ impl Authorization for ExtAuthz {
                 overwrite,
                 false,
             )
-            .add_header(EMAIL_HEADER, claims.email.as_str(), overwrite, false);
+            .add_header(EMAIL_HEADER, &*verdict.standing.email, overwrite, false);
         // The organization in play, when the route names one and the caller belongs to it;
         // otherwise whatever the client sent under these names is removed.
         let org_role = if org_id.is_empty() {

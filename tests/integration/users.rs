@@ -445,7 +445,7 @@ async fn disable_enable_and_delete_act_at_once() {
 async fn update_user_checks_fields_and_unverifies_a_new_email() {
     let app = TestApp::start().await;
     let (_, admin) = with_role(&app, &email("admin"), "admin").await;
-    let (id, _) = with_role(&app, &email("profile"), "user").await;
+    let (id, profile) = with_role(&app, &email("profile"), "user").await;
     let taken = email("taken");
     app.register(&taken).await;
     app.db()
@@ -479,6 +479,18 @@ async fn update_user_checks_fields_and_unverifies_a_new_email() {
     assert_eq!(user.email, new_email);
     assert_eq!(user.display_name, "Ada");
     assert!(!user.email_verified, "a new address starts unverified");
+    // A token issued before the change names the account by its new address from now on.
+    let principal = app
+        .auth()
+        .authenticate(AuthenticateRequest {
+            access_token: profile.access_token.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .principal
+        .unwrap();
+    assert_eq!(principal.email, new_email);
 
     let status = update(UpdateUserRequest {
         user_id: id.clone(),
