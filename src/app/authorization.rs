@@ -33,6 +33,9 @@ pub struct AccessCache {
     users: quick_cache::sync::Cache<String, (Option<Standing>, Instant)>,
     memberships: quick_cache::sync::Cache<(String, String), (Option<OrgRole>, Instant)>,
     ttl: Duration,
+    /// Bumped by every local change. A database read that started before a change must not
+    /// put what it read back into the cache after the change dropped it.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl AccessCache {
@@ -41,7 +44,17 @@ impl AccessCache {
             users: quick_cache::sync::Cache::new(50_000),
             memberships: quick_cache::sync::Cache::new(100_000),
             ttl,
+            generation: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn changed(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -70,6 +83,7 @@ impl App {
                 return Ok(standing);
             }
         }
+        let generation = self.access.generation();
         let standing = self
             .store
             .users
@@ -81,9 +95,11 @@ impl App {
                 active: u.status == UserStatus::Active,
                 email: u.email.into(),
             });
-        self.access
-            .users
-            .insert(user_id.to_string(), (standing.clone(), Instant::now()));
+        if self.access.generation() == generation {
+            self.access
+                .users
+                .insert(user_id.to_string(), (standing.clone(), Instant::now()));
+        }
         Ok(standing)
     }
 
@@ -95,23 +111,28 @@ impl App {
                 return Ok(role);
             }
         }
+        let generation = self.access.generation();
         let role = self
             .store
             .memberships
             .find(org_id, user_id)
             .await?
             .map(|m| m.role);
-        self.access.memberships.insert(key, (role, Instant::now()));
+        if self.access.generation() == generation {
+            self.access.memberships.insert(key, (role, Instant::now()));
+        }
         Ok(role)
     }
 
     /// Drops the cached standing of `user_id` after a change made here.
     pub fn forget_user(&self, user_id: &str) {
+        self.access.changed();
         self.access.users.remove(user_id);
     }
 
     /// Drops a cached membership after a change made here.
     pub fn forget_membership(&self, org_id: &str, user_id: &str) {
+        self.access.changed();
         self.access
             .memberships
             .remove(&(org_id.to_string(), user_id.to_string()));
@@ -119,6 +140,7 @@ impl App {
 
     /// Drops every cached membership (an organization went away).
     pub fn forget_all_memberships(&self) {
+        self.access.changed();
         self.access.memberships.clear();
     }
 
