@@ -10,6 +10,8 @@
 //!   2c. Authorize                    — a permission check on the same tokens: half platform
 //!                                      (`orgs.create`), half inside the caller's organization
 //!                                      (`org.members.read`)
+//!   2d. Authenticate again           — the VM's speed drifts within a run, so 2b and 2c are
+//!                                      compared with the mean of phases 2 and 2d
 //!   3. raw argon2id                  — hashes/s on as many threads as keyward's hash pool
 //!   4. Login flood                   — logins/s, with an Authenticate probe running beside it
 //!   5. Refresh                       — rotations/s, each worker on its own session chain
@@ -418,19 +420,21 @@ async fn main() {
     })
     .await;
 
-    let (ch, tokens) = (Arc::clone(&channels), Arc::clone(&access));
-    let authn = drive(CONCURRENCY, phase, move |w| {
-        let mut c = AuthServiceClient::new(ch[w % CONNECTIONS].clone());
-        let token = tokens[w].clone();
-        async move {
-            c.authenticate(AuthenticateRequest {
-                access_token: token,
-            })
-            .await
-            .is_ok()
-        }
-    })
-    .await;
+    let authenticate = || {
+        let (ch, tokens) = (Arc::clone(&channels), Arc::clone(&access));
+        drive(CONCURRENCY, phase, move |w| {
+            let mut c = AuthServiceClient::new(ch[w % CONNECTIONS].clone());
+            let token = tokens[w].clone();
+            async move {
+                c.authenticate(AuthenticateRequest {
+                    access_token: token,
+                })
+                .await
+                .is_ok()
+            }
+        })
+    };
+    let authn = authenticate().await;
 
     // Envoy ext_authz Check with the same tokens: the sidecar's view of Authenticate.
     let checks: Arc<Vec<CheckRequest>> =
@@ -476,6 +480,10 @@ async fn main() {
         }
     })
     .await;
+    // Authenticate again: this VM's speed drifts over a run, so ext_authz and Authorize are
+    // compared with the mean of an Authenticate phase before and one after them.
+    let authn_after = authenticate().await;
+    let authn_mean_rate = (authn.rate() + authn_after.rate()) / 2.0;
 
     // Raw argon2id on the same number of threads as keyward's pool, keyward idle.
     let raw_start = Instant::now();
@@ -734,6 +742,7 @@ async fn main() {
     );
     row("grpc.health.v1 Check (ceiling)", &check);
     row("Authenticate", &authn);
+    row("Authenticate (again, after Authorize)", &authn_after);
     row("Envoy ext_authz Check", &ext_authz);
     row("Authorize (platform / org, 50:50)", &authz);
     row("Login (flood)", &logins);
@@ -796,8 +805,8 @@ async fn main() {
     println!();
     let authn_share = authn.rate() / check.rate();
     let login_share = logins.rate() / raw_rate;
-    let check_share = ext_authz.rate() / authn.rate();
-    let authz_share = authz.rate() / authn.rate();
+    let check_share = ext_authz.rate() / authn_mean_rate;
+    let authz_share = authz.rate() / authn_mean_rate;
     println!("targets:");
     println!(
         "  Authenticate >= 70% of health Check rate: {:.0}%  {}",
@@ -810,7 +819,7 @@ async fn main() {
         verdict(authn.p99 < Duration::from_millis(5))
     );
     println!(
-        "  ext_authz Check >= 80% of Authenticate:   {:.0}%  {}",
+        "  ext_authz Check >= 80% of Authenticate (mean of both runs): {:.0}%  {}",
         check_share * 100.0,
         verdict(check_share >= 0.80)
     );
@@ -820,7 +829,7 @@ async fn main() {
         verdict(ext_authz.p99 < Duration::from_millis(5))
     );
     println!(
-        "  Authorize >= 80% of Authenticate:         {:.0}%  {}",
+        "  Authorize >= 80% of Authenticate (mean of both runs):       {:.0}%  {}",
         authz_share * 100.0,
         verdict(authz_share >= 0.80)
     );
