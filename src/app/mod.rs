@@ -29,6 +29,50 @@ use crate::store::{AuditEvent, Store};
 
 pub use sessions::SessionCache;
 
+/// One page of a listing and the token for the next one (empty on the last page).
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_page_token: String,
+}
+
+/// Page size and cursor of a listing request under `filters` (the token only fits the filters
+/// it was issued for).
+fn page_request(
+    page_size: i32,
+    token: &str,
+    filters: &str,
+) -> Result<(usize, Option<crate::domain::paging::Cursor>)> {
+    use crate::domain::paging;
+    let size = paging::page_size(page_size)
+        .ok_or_else(|| Error::invalid("page_size", "must not be negative"))?;
+    let after = paging::decode(token, filters).map_err(|()| Error::PageTokenInvalid)?;
+    Ok((size, after))
+}
+
+/// Turns a listing fetched with one item to spare (`size + 1`) into a page: the spare item,
+/// if there was one, becomes the next-page token, at the last item shown (`key`).
+fn page_of<T>(
+    mut items: Vec<T>,
+    size: usize,
+    filters: &str,
+    key: impl Fn(&T) -> crate::domain::paging::Cursor,
+) -> Page<T> {
+    let next_page_token = if items.len() > size {
+        items.truncate(size);
+        items
+            .last()
+            .map(|last| crate::domain::paging::encode(&key(last), filters))
+            .unwrap_or_default()
+    } else {
+        String::new()
+    };
+    Page {
+        items,
+        next_page_token,
+    }
+}
+
 /// Where a call came from, for sessions, throttling and the audit trail.
 #[derive(Debug, Clone, Default)]
 pub struct Caller {

@@ -20,9 +20,9 @@ use rand::RngCore;
 use unicode_normalization::UnicodeNormalization;
 
 use super::accounts::{NewAccount, MAX_DISPLAY_NAME};
-use super::{App, AuditRecord, Caller};
+use super::{page_of, page_request, App, AuditRecord, Caller, Page};
 use crate::domain::lockout::window;
-use crate::domain::paging::{self, Cursor};
+use crate::domain::paging::Cursor;
 use crate::domain::password;
 use crate::domain::permissions::{may_set_org_role, GrantDenied, OrgRole};
 use crate::domain::roles::Role;
@@ -83,13 +83,6 @@ pub struct OrgMember {
 pub struct MyOrg {
     pub membership: MembershipDoc,
     pub org: OrgDoc,
-}
-
-/// One page of a listing. `next_page_token` is empty on the last page.
-#[derive(Debug, Clone)]
-pub struct Page<T> {
-    pub items: Vec<T>,
-    pub next_page_token: String,
 }
 
 /// A validated organization: trimmed name and website, and the slug if one was asked for.
@@ -310,12 +303,15 @@ impl App {
         self.acting(who).await?;
         let filters = format!("my_orgs;user={}", who.user_id);
         let (size, after) = page_request(page_size, page_token, &filters)?;
-        let mut memberships = self
+        let memberships = self
             .store
             .memberships
             .list_by_user(&who.user_id, after.as_ref(), size + 1)
             .await?;
-        let next_page_token = next_token(&mut memberships, size, &filters, |m| m.org_id.clone());
+        let Page {
+            items: memberships,
+            next_page_token,
+        } = page_of(memberships, size, &filters, |m| joined_cursor(m, &m.org_id));
         let ids: Vec<String> = memberships.iter().map(|m| m.org_id.clone()).collect();
         let mut orgs: HashMap<String, OrgDoc> = self
             .store
@@ -355,12 +351,17 @@ impl App {
             role.map_or("", OrgRole::as_str)
         );
         let (size, after) = page_request(page_size, page_token, &filters)?;
-        let mut memberships = self
+        let memberships = self
             .store
             .memberships
             .list_by_org(org_id, role, after.as_ref(), size + 1)
             .await?;
-        let next_page_token = next_token(&mut memberships, size, &filters, |m| m.user_id.clone());
+        let Page {
+            items: memberships,
+            next_page_token,
+        } = page_of(memberships, size, &filters, |m| {
+            joined_cursor(m, &m.user_id)
+        });
         let ids: Vec<String> = memberships.iter().map(|m| m.user_id.clone()).collect();
         let mut users = self.users_by_id(&ids).await?;
         let items = memberships
@@ -1032,34 +1033,13 @@ fn require_id(field: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
-/// Page size and cursor of a listing request under `filters`.
-fn page_request(page_size: i32, token: &str, filters: &str) -> Result<(usize, Option<Cursor>)> {
-    let size = paging::page_size(page_size)
-        .ok_or_else(|| Error::invalid("page_size", "must not be negative"))?;
-    let after = paging::decode(token, filters).map_err(|()| Error::PageTokenInvalid)?;
-    Ok((size, after))
-}
-
-/// Trims a listing fetched with one item to spare to `size`, and returns the token for the next
-/// page (empty when the spare item did not exist: this is the last page).
-fn next_token(
-    items: &mut Vec<MembershipDoc>,
-    size: usize,
-    filters: &str,
-    tie: impl Fn(&MembershipDoc) -> String,
-) -> String {
-    if items.len() <= size {
-        return String::new();
+/// Where a membership listing stands after `m`: its join time, ties broken by `tie` (the
+/// listing's other key).
+fn joined_cursor(m: &MembershipDoc, tie: &str) -> Cursor {
+    Cursor {
+        at_millis: m.joined_at.timestamp_millis(),
+        id: tie.to_string(),
     }
-    items.truncate(size);
-    let last = &items[size - 1];
-    paging::encode(
-        &Cursor {
-            at_millis: last.joined_at.timestamp_millis(),
-            id: tie(last),
-        },
-        filters,
-    )
 }
 
 /// Validates the fields of a new organization (`prefix` names them inside a larger request).

@@ -8,9 +8,9 @@
 use chrono::{DateTime, Utc};
 
 use super::accounts::MAX_DISPLAY_NAME;
-use super::{App, AuditRecord, Caller};
+use super::{page_of, page_request, App, AuditRecord, Caller, Page};
 use crate::domain::email;
-use crate::domain::paging::{self, Cursor};
+use crate::domain::paging::Cursor;
 use crate::domain::permissions::{may_set_global_role, GrantDenied};
 use crate::domain::roles::Role;
 use crate::domain::tokens::AccessClaims;
@@ -18,22 +18,12 @@ use crate::error::{Error, FieldViolation, Result};
 use crate::store::audit_events::{AuditEvent, AuditFilter, Outcome};
 use crate::store::users::{Inserted, UserDoc, UserFilter, UserStatus};
 
-/// A page of results and the token for the next one (empty on the last page).
-pub struct Page<T> {
-    pub items: Vec<T>,
-    pub next_page_token: String,
-}
-
 /// Profile changes; `None` leaves a field as it is.
 #[derive(Debug, Clone, Default)]
 pub struct ProfileChanges {
     pub display_name: Option<String>,
     pub email: Option<String>,
     pub email_verified: Option<bool>,
-}
-
-fn page_size(requested: i32) -> Result<usize> {
-    paging::page_size(requested).ok_or_else(|| Error::invalid("page_size", "must not be negative"))
 }
 
 /// The roles an admin with `actor` may act on: their own and below.
@@ -50,28 +40,6 @@ fn check_range(from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>, field: &s
     }
 }
 
-/// Takes a page of `limit + 1` items and turns the extra one into a next-page token.
-fn page_of<T>(
-    mut items: Vec<T>,
-    limit: usize,
-    filters: &str,
-    key: impl Fn(&T) -> Cursor,
-) -> Page<T> {
-    let next_page_token = if items.len() > limit {
-        items.truncate(limit);
-        items
-            .last()
-            .map(|last| paging::encode(&key(last), filters))
-            .unwrap_or_default()
-    } else {
-        String::new()
-    };
-    Page {
-        items,
-        next_page_token,
-    }
-}
-
 impl App {
     /// Accounts matching `filter`, oldest first, one keyset page at a time.
     pub async fn list_users(
@@ -82,10 +50,9 @@ impl App {
         page_token: &str,
     ) -> Result<Page<UserDoc>> {
         self.require(who, "users.read").await?;
-        let limit = page_size(page_size_requested)?;
         check_range(filter.created_after, filter.created_before, "created_after")?;
         let filters = format!("{filter:?}");
-        let cursor = paging::decode(page_token, &filters).map_err(|_| Error::PageTokenInvalid)?;
+        let (limit, cursor) = page_request(page_size_requested, page_token, &filters)?;
         let users = self
             .store
             .users
@@ -415,10 +382,9 @@ impl App {
         page_token: &str,
     ) -> Result<Page<AuditEvent>> {
         self.require(who, "audit.read").await?;
-        let limit = page_size(page_size_requested)?;
         check_range(filter.after, filter.before, "after")?;
         let filters = format!("{filter:?}");
-        let cursor = paging::decode(page_token, &filters).map_err(|_| Error::PageTokenInvalid)?;
+        let (limit, cursor) = page_request(page_size_requested, page_token, &filters)?;
         let events = self
             .store
             .audit_events

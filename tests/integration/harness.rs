@@ -81,6 +81,51 @@ pub fn kill_with_parent(cmd: &mut Command) {
     }
 }
 
+/// The real `keyward serve` binary as another replica on `config`'s database, key and SMTP
+/// sink, listening on a free loopback port (returned); stdout dropped, dies with the test.
+pub fn replica_command(config: &Config) -> (Command, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyward"));
+    cmd.arg("serve")
+        .env_clear()
+        .env(
+            "KEYWARD_MONGODB_URI",
+            config.mongodb_uri.as_deref().unwrap(),
+        )
+        .env("KEYWARD_MONGODB_DATABASE", &config.mongodb_database)
+        .env(
+            "KEYWARD_SIGNING_KEY",
+            config.signing_key.as_deref().unwrap(),
+        )
+        .env("KEYWARD_GRPC_ADDR", format!("127.0.0.1:{port}"))
+        .env("KEYWARD_SMTP_URL", config.smtp_url.as_deref().unwrap())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit());
+    kill_with_parent(&mut cmd);
+    (cmd, port)
+}
+
+/// Sends SIGTERM and waits (15 s at most) for the process to exit; returns how it exited.
+pub async fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "keyward did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A config for a test: fresh database, fresh signing key, loopback port 0.
 pub fn test_config() -> Config {
     let (secret, _, _) = keyward::domain::tokens::generate_key();

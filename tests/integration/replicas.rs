@@ -1,7 +1,6 @@
 //! Two keyward processes on one database: revocation on one is seen by the other within 2 s,
 //! and the real binary shuts down cleanly on SIGTERM.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use keyward::grpc::pb::auth_service_client::AuthServiceClient;
@@ -12,29 +11,8 @@ use crate::harness::*;
 #[tokio::test]
 async fn revocation_reaches_another_replica_within_two_seconds() {
     let a = TestApp::start().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyward"));
-    cmd.arg("serve")
-        .env_clear()
-        .env(
-            "KEYWARD_MONGODB_URI",
-            a.config.mongodb_uri.as_deref().unwrap(),
-        )
-        .env("KEYWARD_MONGODB_DATABASE", &a.config.mongodb_database)
-        .env(
-            "KEYWARD_SIGNING_KEY",
-            a.config.signing_key.as_deref().unwrap(),
-        )
-        .env("KEYWARD_GRPC_ADDR", format!("127.0.0.1:{port}"))
-        .env("KEYWARD_SMTP_URL", a.config.smtp_url.as_deref().unwrap())
-        .env("KEYWARD_LOG_LEVEL", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    kill_with_parent(&mut cmd);
+    let (mut cmd, port) = replica_command(&a.config);
+    cmd.env("KEYWARD_LOG_LEVEL", "warn");
     let mut b_process = cmd.spawn().unwrap();
 
     let channel = connect_serving(&format!("127.0.0.1:{port}")).await;
@@ -81,17 +59,6 @@ async fn revocation_reaches_another_replica_within_two_seconds() {
     println!("replica B saw the revocation after {seen_after:?}");
 
     // SIGTERM: NOT_SERVING, drain, exit 0.
-    unsafe { libc::kill(b_process.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = b_process.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "keyward did not exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = terminate(&mut b_process).await;
     assert!(status.success(), "exit status {status:?}");
 }

@@ -3,7 +3,6 @@
 //! caller's `traceparent`, with the RPC's names, its gRPC status code and, once a token has been
 //! checked, the user's id — and no secret anywhere.
 
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -122,33 +121,12 @@ async fn each_rpc_is_exported_as_a_span_joined_to_the_callers_trace() {
     let endpoint = receiver.start().await;
 
     let config = test_config();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyward"));
-    cmd.arg("serve")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env(
-            "KEYWARD_MONGODB_URI",
-            config.mongodb_uri.as_deref().unwrap(),
-        )
-        .env("KEYWARD_MONGODB_DATABASE", &config.mongodb_database)
-        .env(
-            "KEYWARD_SIGNING_KEY",
-            config.signing_key.as_deref().unwrap(),
-        )
-        .env("KEYWARD_GRPC_ADDR", format!("127.0.0.1:{port}"))
-        .env("KEYWARD_SMTP_URL", config.smtp_url.as_deref().unwrap())
+    let (mut cmd, port) = replica_command(&config);
+    cmd.env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("KEYWARD_REQUIRE_VERIFIED_EMAIL", "false")
         .env("KEYWARD_OTLP_ENDPOINT", &endpoint)
         // The batch exporter's default 5 s between exports, shortened (milliseconds).
-        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    kill_with_parent(&mut cmd);
+        .env("OTEL_BSP_SCHEDULE_DELAY", "200");
     let mut child = cmd.spawn().unwrap();
 
     let channel = connect_serving(&format!("127.0.0.1:{port}")).await;
@@ -305,18 +283,7 @@ async fn each_rpc_is_exported_as_a_span_joined_to_the_callers_trace() {
     }
 
     // SIGTERM: drains and exits 0 (dropping the exporter flushes what is left).
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "keyward did not exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = terminate(&mut child).await;
     assert!(status.success(), "exit status {status:?}");
 }
 
