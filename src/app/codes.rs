@@ -47,6 +47,17 @@ fn check_email(raw: &str, out: &mut Vec<FieldViolation>) -> String {
         .unwrap_or_default()
 }
 
+/// The normalised email of a request that uses a code, once both fields are well formed.
+fn email_and_code(raw_email: &str, code: &str) -> Result<String> {
+    let mut violations = Vec::new();
+    let email = check_email(raw_email, &mut violations);
+    check_code(code, &mut violations);
+    if !violations.is_empty() {
+        return Err(Error::InvalidArgument(violations));
+    }
+    Ok(email)
+}
+
 fn check_code(code: &str, out: &mut Vec<FieldViolation>) {
     if code.is_empty() {
         out.push(FieldViolation::new("code", "is required"));
@@ -241,12 +252,7 @@ impl App {
         code: &str,
         caller: &Caller,
     ) -> Result<UserDoc> {
-        let mut violations = Vec::new();
-        let email = check_email(raw_email, &mut violations);
-        check_code(code, &mut violations);
-        if !violations.is_empty() {
-            return Err(Error::InvalidArgument(violations));
-        }
+        let email = email_and_code(raw_email, code)?;
         self.use_code(&email, Purpose::VerifyEmail, code, caller)
             .await?;
         let user = self.active_user(&email).await?.ok_or(Error::CodeInvalid)?;
@@ -273,12 +279,7 @@ impl App {
         code: &str,
         caller: &Caller,
     ) -> Result<IssuedTokens> {
-        let mut violations = Vec::new();
-        let email = check_email(raw_email, &mut violations);
-        check_code(code, &mut violations);
-        if !violations.is_empty() {
-            return Err(Error::InvalidArgument(violations));
-        }
+        let email = email_and_code(raw_email, code)?;
         self.use_code(&email, Purpose::Login, code, caller).await?;
         let existing = self
             .store
