@@ -14,8 +14,6 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use futures::TryStreamExt;
-use mongodb::bson::doc;
 use rand::RngCore;
 use unicode_normalization::UnicodeNormalization;
 
@@ -960,23 +958,13 @@ impl App {
     /// Takes back an account created moments ago by a call that then failed (it has no
     /// sessions and was never told about).
     async fn discard_account(&self, user_id: &str) {
-        if let Err(e) = self.store.users.0.delete_one(doc! { "_id": user_id }).await {
+        if let Err(e) = self.store.users.remove(user_id).await {
             tracing::error!(user_id, error = %e, "could not take back a half-created account");
         }
     }
 
     async fn users_by_id(&self, ids: &[String]) -> Result<HashMap<String, UserDoc>> {
-        if ids.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let users: Vec<UserDoc> = self
-            .store
-            .users
-            .0
-            .find(doc! { "_id": { "$in": ids } })
-            .await?
-            .try_collect()
-            .await?;
+        let users = self.store.users.find_many(ids).await?;
         Ok(users.into_iter().map(|u| (u.id.clone(), u)).collect())
     }
 

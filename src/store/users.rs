@@ -257,6 +257,24 @@ impl Users {
         self.0.find_one(doc! { "email": email }).await
     }
 
+    /// The accounts among `ids` (any state).
+    pub async fn find_many(&self, ids: &[String]) -> mongodb::error::Result<Vec<UserDoc>> {
+        use futures::TryStreamExt;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.0
+            .find(doc! { "_id": { "$in": ids } })
+            .await?
+            .try_collect()
+            .await
+    }
+
+    /// Removes an account outright (only one created moments ago by a call that then failed).
+    pub async fn remove(&self, id: &str) -> mongodb::error::Result<()> {
+        self.0.delete_one(doc! { "_id": id }).await.map(|_| ())
+    }
+
     pub async fn find_by_id(&self, id: &str) -> mongodb::error::Result<Option<UserDoc>> {
         self.0.find_one(doc! { "_id": id }).await
     }
