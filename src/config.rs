@@ -44,10 +44,16 @@ pub struct Config {
     /// Cookie that carries the access token for ext_authz checks when a request has no
     /// `Authorization: Bearer` header (browser sessions behind Envoy). Unset: header only.
     pub ext_authz_cookie: Option<String>,
-    /// Take the client address from `x-forwarded-for` (set by the gateway sidecar or a trusted
-    /// caller). Off by default: a direct client could forge it.
+    /// Proxies between clients and keyward that append to `x-forwarded-for` (the REST sidecar
+    /// is one; an ingress in front of it makes two). The client is the entry the outermost of
+    /// them appended. 0: the header is ignored and the TCP peer is the client.
     #[serde(deserialize_with = "flexible")]
-    pub trust_forwarded_for: bool,
+    pub trusted_proxy_hops: usize,
+    /// Networks (CIDR or single addresses, comma separated in the environment) whose TCP
+    /// connections may carry `x-forwarded-for`; from any other peer it is ignored. Default:
+    /// loopback, where the sidecar connects from.
+    #[serde(deserialize_with = "net_list")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 
     // --- storage ---
     /// MongoDB connection string (any MongoDB-compatible server).
@@ -183,7 +189,11 @@ impl Default for Config {
             max_message_bytes: 64 * 1024,
             concurrency_per_connection: 256,
             ext_authz_cookie: None,
-            trust_forwarded_for: false,
+            trusted_proxy_hops: 0,
+            trusted_proxies: vec![
+                "127.0.0.0/8".parse().expect("static network"),
+                "::1/128".parse().expect("static network"),
+            ],
             mongodb_uri: None,
             mongodb_database: "keyward".into(),
             dev: false,
@@ -270,6 +280,19 @@ fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
             .collect(),
         List::Many(v) => v,
     })
+}
+
+/// Networks as a TOML array or one comma-separated string; a bare address is its own /32 or
+/// /128.
+fn net_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    string_list(d)?
+        .iter()
+        .map(|s| {
+            s.parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| serde::de::Error::custom(format!("`{s}` is not a network or address")))
+        })
+        .collect()
 }
 
 /// A setting that could not be used, named the way the operator wrote it.
@@ -387,6 +410,9 @@ impl Config {
         if self.max_message_bytes < 1024 || self.max_message_bytes > 4 * 1024 * 1024 {
             return bad("max_message_bytes", "must be between 1024 and 4194304");
         }
+        if self.trusted_proxy_hops > 10 {
+            return bad("trusted_proxy_hops", "must be between 0 and 10");
+        }
         if self.concurrency_per_connection == 0 {
             return bad("concurrency_per_connection", "must be at least 1");
         }
@@ -444,6 +470,14 @@ impl Config {
         }
     }
 
+    /// How far the proxies in front of keyward are trusted with the client's address.
+    pub fn proxy_trust(&self) -> crate::domain::client_address::ProxyTrust {
+        crate::domain::client_address::ProxyTrust {
+            hops: self.trusted_proxy_hops,
+            proxies: self.trusted_proxies.clone(),
+        }
+    }
+
     pub fn lockout_policy(&self) -> LockoutPolicy {
         LockoutPolicy {
             threshold: self.lockout_threshold,
@@ -478,7 +512,8 @@ const KEYS: &[&str] = &[
     "max_message_bytes",
     "concurrency_per_connection",
     "ext_authz_cookie",
-    "trust_forwarded_for",
+    "trusted_proxy_hops",
+    "trusted_proxies",
     "mongodb_uri",
     "mongodb_database",
     "dev",

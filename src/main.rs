@@ -179,6 +179,7 @@ async fn main() -> anyhow::Result<()> {
             };
             let caller = Caller {
                 client_address: "cli".into(),
+                rate_limit_key: String::new(),
                 user_agent: "keyward admin create-user".into(),
             };
             match app.register(account, &caller).await {
@@ -212,6 +213,7 @@ async fn main() -> anyhow::Result<()> {
             app.store.ready().await?;
             let caller = Caller {
                 client_address: "cli".into(),
+                rate_limit_key: String::new(),
                 user_agent: "keyward admin import".into(),
             };
             let report = app

@@ -17,6 +17,7 @@ use chrono::{DateTime, Utc};
 use mongodb::bson::Document;
 
 use crate::config::Config;
+use crate::domain::client_address::ProxyTrust;
 use crate::domain::codes::{CodeHasher, SendLimits};
 use crate::domain::lockout::LockoutPolicy;
 use crate::domain::password::{self, PasswordPolicy};
@@ -76,7 +77,10 @@ fn page_of<T>(
 /// Where a call came from, for sessions, throttling and the audit trail.
 #[derive(Debug, Clone, Default)]
 pub struct Caller {
+    /// The client's address as recorded on sessions and audit events.
     pub client_address: String,
+    /// What per-address limits count against: the address, or its /64 for IPv6. Empty: none.
+    pub rate_limit_key: String,
     pub user_agent: String,
 }
 
@@ -91,6 +95,8 @@ pub struct App {
     pub sessions: SessionCache,
     pub access: authorization::AccessCache,
     pub code_hasher: CodeHasher,
+    /// Which proxies may name the client's address (from `trusted_proxy_hops`/`_proxies`).
+    pub proxy_trust: ProxyTrust,
     pub send_limits: SendLimits,
     pub mail: mail::Outbox,
     /// A real argon2id hash of a random password: unknown emails are verified against it so they
@@ -126,6 +132,7 @@ impl App {
             },
             mail,
             password_policy: config.password_policy(),
+            proxy_trust: config.proxy_trust(),
             lockout: config.lockout_policy(),
             sessions: SessionCache::new(config.session_cache_ttl),
             access: authorization::AccessCache::new(config.session_cache_ttl),

@@ -29,7 +29,7 @@ impl Auth {
     }
 
     fn caller<T>(&self, request: &Request<T>) -> crate::app::Caller {
-        caller(request, self.app.config.trust_forwarded_for)
+        caller(request, &self.app.proxy_trust)
     }
 }
 

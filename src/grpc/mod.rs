@@ -11,6 +11,7 @@ pub mod users;
 use tonic::metadata::MetadataMap;
 
 use crate::app::Caller;
+use crate::domain::client_address::{rate_limit_key, ProxyTrust};
 use crate::error::Error;
 
 /// Generated protobuf types and service stubs for `keyward.v1`.
@@ -25,21 +26,15 @@ pub mod pb {
 /// Longest user agent kept for a session.
 const MAX_USER_AGENT: usize = 256;
 
-/// Who is calling: the client address (from the last `x-forwarded-for` hop when the proxy in
-/// front of keyward is trusted) and user agent.
-pub fn caller<T>(request: &tonic::Request<T>, trust_forwarded_for: bool) -> Caller {
+/// Who is calling: the client address (the TCP peer, or what the trusted proxies in front of
+/// keyward say it is; see `domain::client_address`) and user agent.
+pub fn caller<T>(request: &tonic::Request<T>, trust: &ProxyTrust) -> Caller {
     let md = request.metadata();
-    let forwarded = trust_forwarded_for
-        .then(|| md.get("x-forwarded-for").and_then(|v| v.to_str().ok()))
-        .flatten()
-        // The rightmost entry is the one our trusted proxy appended; entries to its left came
-        // from the client and can be forged.
-        .and_then(|v| v.rsplit(',').next())
-        .map(|v| v.trim().to_string())
-        .filter(|v| v.parse::<std::net::IpAddr>().is_ok());
-    let client_address = forwarded
-        .or_else(|| request.remote_addr().map(|a| a.ip().to_string()))
-        .unwrap_or_default();
+    let forwarded = md
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    let address = trust.client_address(request.remote_addr().map(|a| a.ip()), forwarded);
     // grpc clients put their own library name in user-agent; a gateway forwards the browser's
     // in x-forwarded-user-agent or grpcgateway-user-agent.
     let user_agent = [
@@ -55,7 +50,8 @@ pub fn caller<T>(request: &tonic::Request<T>, trust_forwarded_for: bool) -> Call
     .take(MAX_USER_AGENT)
     .collect();
     Caller {
-        client_address,
+        client_address: address.map(|a| a.to_string()).unwrap_or_default(),
+        rate_limit_key: address.map(rate_limit_key).unwrap_or_default(),
         user_agent,
     }
 }

@@ -28,7 +28,7 @@ impl Org {
     }
 
     fn caller<T>(&self, request: &Request<T>) -> Caller {
-        caller(request, self.app.config.trust_forwarded_for)
+        caller(request, &self.app.proxy_trust)
     }
 }
 

@@ -37,7 +37,7 @@ impl OtpService for Otp {
         request: Request<SendCodeRequest>,
     ) -> Result<Response<SendCodeResponse>, Status> {
         self.app.ensure_ready()?;
-        let caller = caller(&request, self.app.config.trust_forwarded_for);
+        let caller = caller(&request, &self.app.proxy_trust);
         let r = request.into_inner();
         let purpose = purpose(r.purpose)?;
         let sent = self.app.send_code(&r.email, purpose, &caller).await?;
@@ -53,7 +53,7 @@ impl OtpService for Otp {
         request: Request<VerifyEmailRequest>,
     ) -> Result<Response<VerifyEmailResponse>, Status> {
         self.app.ensure_ready()?;
-        let caller = caller(&request, self.app.config.trust_forwarded_for);
+        let caller = caller(&request, &self.app.proxy_trust);
         let r = request.into_inner();
         let user = self.app.verify_email(&r.email, &r.code, &caller).await?;
         Ok(Response::new(VerifyEmailResponse {
@@ -67,7 +67,7 @@ impl OtpService for Otp {
         request: Request<LoginWithCodeRequest>,
     ) -> Result<Response<TokenPair>, Status> {
         self.app.ensure_ready()?;
-        let caller = caller(&request, self.app.config.trust_forwarded_for);
+        let caller = caller(&request, &self.app.proxy_trust);
         let r = request.into_inner();
         let issued = self.app.login_with_code(&r.email, &r.code, &caller).await?;
         Ok(Response::new(convert::token_pair(issued, self.app.now())))
@@ -79,7 +79,7 @@ impl OtpService for Otp {
         request: Request<ResetPasswordRequest>,
     ) -> Result<Response<ResetPasswordResponse>, Status> {
         self.app.ensure_ready()?;
-        let caller = caller(&request, self.app.config.trust_forwarded_for);
+        let caller = caller(&request, &self.app.proxy_trust);
         let r = request.into_inner();
         let ended = self
             .app

@@ -125,7 +125,7 @@ impl UserService for Users {
         request: Request<UpdateUserRequest>,
     ) -> Result<Response<User>, Status> {
         let who = self.who(&request).await?;
-        let caller = caller(&request, self.app.config.trust_forwarded_for);
+        let caller = caller(&request, &self.app.proxy_trust);
         let r = request.into_inner();
         let changes = ProfileChanges {
             display_name: r.display_name,
@@ -145,7 +145,7 @@ impl UserService for Users {
         request: Request<SetUserRoleRequest>,
     ) -> Result<Response<User>, Status> {
         let who = self.who(&request).await?;
-        let caller = caller(&request, self.app.config.trust_forwarded_for);
+        let caller = caller(&request, &self.app.proxy_trust);
         let r = request.into_inner();
         let role =
             role_from(r.role, "role")?.ok_or_else(|| Error::invalid("role", "is required"))?;
@@ -162,7 +162,7 @@ impl UserService for Users {
         request: Request<DisableUserRequest>,
     ) -> Result<Response<DisableUserResponse>, Status> {
         let who = self.who(&request).await?;
-        let caller = caller(&request, self.app.config.trust_forwarded_for);
+        let caller = caller(&request, &self.app.proxy_trust);
         let r = request.into_inner();
         let (user, ended) = self
             .app
@@ -180,7 +180,7 @@ impl UserService for Users {
         request: Request<EnableUserRequest>,
     ) -> Result<Response<User>, Status> {
         let who = self.who(&request).await?;
-        let caller = caller(&request, self.app.config.trust_forwarded_for);
+        let caller = caller(&request, &self.app.proxy_trust);
         let user = self
             .app
             .enable_user(&who, &request.into_inner().user_id, &caller)
@@ -194,7 +194,7 @@ impl UserService for Users {
         request: Request<DeleteUserRequest>,
     ) -> Result<Response<DeleteUserResponse>, Status> {
         let who = self.who(&request).await?;
-        let caller = caller(&request, self.app.config.trust_forwarded_for);
+        let caller = caller(&request, &self.app.proxy_trust);
         let r = request.into_inner();
         let ended = self
             .app

@@ -34,7 +34,7 @@ fn run_script(args: &[&str]) -> (bool, String) {
 
 /// The gateway binary, (re)built once per test process: `scripts/gateway.sh build` is a no-op
 /// when nothing changed, and otherwise keeps the test from exercising stale routes.
-fn gateway_binary() -> PathBuf {
+pub(crate) fn gateway_binary() -> PathBuf {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BUILT
         .get_or_init(|| {
@@ -56,15 +56,15 @@ fn gateway_binary() -> PathBuf {
 }
 
 /// A keyward-gateway process in front of a test keyward, killed when dropped.
-struct Gateway {
-    addr: SocketAddr,
-    child: Child,
+pub(crate) struct Gateway {
+    pub(crate) addr: SocketAddr,
+    pub(crate) child: Child,
 }
 
 impl Gateway {
     /// Starts the gateway on a free loopback port and waits until it answers `/healthz`.
     /// Spawned from the test's own thread, so it dies with the test process at the latest.
-    async fn start(app: &TestApp) -> Self {
+    pub(crate) async fn start(app: &TestApp) -> Self {
         let binary = gateway_binary();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -98,15 +98,15 @@ impl Gateway {
         gateway
     }
 
-    async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Response {
+    pub(crate) async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Response {
         self.request("GET", path, None, headers).await
     }
 
-    async fn post(&self, path: &str, body: Value, headers: &[(&str, &str)]) -> Response {
+    pub(crate) async fn post(&self, path: &str, body: Value, headers: &[(&str, &str)]) -> Response {
         self.request("POST", path, Some(body), headers).await
     }
 
-    async fn request(
+    pub(crate) async fn request(
         &self,
         method: &str,
         path: &str,
@@ -120,7 +120,7 @@ impl Gateway {
 
     /// One HTTP/1.0 request on its own connection: the answer ends when the server closes, so
     /// there is no chunked encoding or keep-alive to handle.
-    async fn try_request(
+    pub(crate) async fn try_request(
         &self,
         method: &str,
         path: &str,
@@ -157,11 +157,11 @@ impl Drop for Gateway {
 }
 
 #[derive(Debug)]
-struct Response {
-    status: u16,
+pub(crate) struct Response {
+    pub(crate) status: u16,
     /// Header names in lower case.
-    headers: Vec<(String, String)>,
-    body: Value,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Value,
 }
 
 impl Response {
@@ -192,7 +192,7 @@ impl Response {
         }
     }
 
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k == name)
@@ -200,12 +200,12 @@ impl Response {
     }
 
     /// keyward's stable reason, which the gateway puts at the top of every error body.
-    fn reason(&self) -> &str {
+    pub(crate) fn reason(&self) -> &str {
         self.body["reason"].as_str().unwrap_or_default()
     }
 }
 
-fn credentials(email: &str, password: &str) -> Value {
+pub(crate) fn credentials(email: &str, password: &str) -> Value {
     json!({ "email": email, "password": password })
 }
 
@@ -354,7 +354,7 @@ async fn rest_rate_limit_answers_429_with_retry_after_and_ignores_forged_forward
     // peer it saw, so an address the client claims cannot dodge the per-address limit.
     let app = TestApp::start_with_config(|c| {
         c.registrations_per_address_per_hour = 1;
-        c.trust_forwarded_for = true;
+        c.trusted_proxy_hops = 1;
     })
     .await;
     let gw = Gateway::start(&app).await;

@@ -168,7 +168,7 @@ async fn registrations_are_throttled_per_address() {
 #[tokio::test]
 async fn behind_a_trusted_proxy_the_address_is_the_hop_it_appended() {
     let app = TestApp::start_with_config(|c| {
-        c.trust_forwarded_for = true;
+        c.trusted_proxy_hops = 1;
         c.login_attempts_per_address_per_minute = 2;
     })
     .await;
