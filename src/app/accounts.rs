@@ -204,16 +204,20 @@ impl App {
             .find_by_email(&email)
             .await?
             .filter(|u| u.status != UserStatus::Deleted);
-        let stored = user
+        // An account without a usable password (signed up by code, claimed by its mailbox's
+        // owner, or an unusable import) costs the same verify as an unknown email.
+        let usable = user
             .as_ref()
-            .map_or_else(|| self.dummy_hash.clone(), |u| u.password_hash.clone());
+            .filter(|u| password::is_verifiable_hash(&u.password_hash));
+        let stored = usable.map_or_else(|| self.dummy_hash.clone(), |u| u.password_hash.clone());
+        let has_password = usable.is_some();
         let given = plain.to_string();
         let verdict = self
             .hasher
             .run(move || password::verify(&given, &stored))
             .await?;
         let user = match user {
-            Some(user) if verdict != Verification::Mismatch => user,
+            Some(user) if has_password && verdict != Verification::Mismatch => user,
             user => {
                 self.password_failed(
                     attempt,
@@ -313,12 +317,12 @@ impl App {
         limit: u32,
         window_len: Duration,
     ) -> Result<()> {
-        if limit == 0 || caller.client_address.is_empty() {
+        if limit == 0 || caller.rate_limit_key.is_empty() {
             return Ok(());
         }
         let now = self.now();
         let (index, left) = window(now, window_len);
-        let key = format!("{kind}_addr:{}:{index}", caller.client_address);
+        let key = format!("{kind}_addr:{}:{index}", caller.rate_limit_key);
         let count = self
             .store
             .rate_limits

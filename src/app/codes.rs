@@ -81,13 +81,7 @@ impl App {
         if !violations.is_empty() {
             return Err(Error::InvalidArgument(violations));
         }
-        self.throttle_address(
-            caller,
-            "code",
-            self.config.code_requests_per_address_per_minute,
-            MINUTE,
-        )
-        .await?;
+        self.throttle_codes(caller).await?;
         if let Err(e) = self.admit_send(&email, purpose).await {
             self.audit(
                 AuditRecord::new("code_send", Outcome::Failure, caller)
@@ -202,7 +196,19 @@ impl App {
             .filter(|u| u.status == UserStatus::Active))
     }
 
-    /// Uses up the code of `email` + `purpose` if `code` is it. Every attempt counts first (one
+    /// Counts a code request or attempt against the client address's limit.
+    async fn throttle_codes(&self, caller: &Caller) -> Result<()> {
+        self.throttle_address(
+            caller,
+            "code",
+            self.config.code_requests_per_address_per_minute,
+            MINUTE,
+        )
+        .await
+    }
+
+    /// Uses up the code of `email` + `purpose` if `code` is it (the caller has counted the
+    /// attempt against its address with `throttle_codes`). Every attempt counts first (one
     /// conditional update), so at most `MAX_ATTEMPTS` attempts ever compare; of concurrent
     /// attempts with the right code exactly one consumes it.
     async fn use_code(
@@ -212,13 +218,6 @@ impl App {
         code: &str,
         caller: &Caller,
     ) -> Result<()> {
-        self.throttle_address(
-            caller,
-            "code",
-            self.config.code_requests_per_address_per_minute,
-            MINUTE,
-        )
-        .await?;
         let now = self.now();
         let slot = slot(purpose, email);
         let codes = &self.store.one_time_codes;
@@ -253,6 +252,7 @@ impl App {
         caller: &Caller,
     ) -> Result<UserDoc> {
         let email = email_and_code(raw_email, code)?;
+        self.throttle_codes(caller).await?;
         self.use_code(&email, Purpose::VerifyEmail, code, caller)
             .await?;
         let user = self.active_user(&email).await?.ok_or(Error::CodeInvalid)?;
@@ -272,7 +272,12 @@ impl App {
     }
 
     /// Signs in with a LOGIN code: a new session, as a password login makes. With
-    /// `passwordless_signup`, an email without an account gets one.
+    /// `passwordless_signup`, an email without an account gets one. Only an active account
+    /// signs in; a deleted one is as unknown as an address that never had an account.
+    ///
+    /// The first code ever used for an unverified account claims it for the mailbox's owner
+    /// (see [`App::claim_account`]): whoever registered the address without proving it loses
+    /// the password they set and every session.
     pub async fn login_with_code(
         &self,
         raw_email: &str,
@@ -280,14 +285,9 @@ impl App {
         caller: &Caller,
     ) -> Result<IssuedTokens> {
         let email = email_and_code(raw_email, code)?;
+        self.throttle_codes(caller).await?;
         self.use_code(&email, Purpose::Login, code, caller).await?;
-        let existing = self
-            .store
-            .users
-            .find_by_email(&email)
-            .await?
-            .filter(|u| u.status != UserStatus::Deleted);
-        let user = match existing {
+        let user = match self.live_user(&email).await? {
             Some(user) => user,
             None if self.config.passwordless_signup => {
                 self.passwordless_account(&email, caller).await?
@@ -304,18 +304,27 @@ impl App {
             .await;
             return Err(Error::AccountDisabled);
         }
-        let now = self.now();
         let user = if user.email_verified {
             user
         } else {
-            self.store
-                .users
-                .mark_verified(&user.id, now)
-                .await?
-                .ok_or(Error::CodeInvalid)?
+            self.claim_account(&user, "email_code", caller).await?
         };
         let issued = self.start_session(user, caller).await?;
-        self.store.users.record_login(&issued.user.id, now).await?;
+        // A disable or delete between our read and the session insert ended every session but
+        // could not see this one: look again now that it exists.
+        let current = self
+            .store
+            .users
+            .record_login(&issued.user.id, self.now())
+            .await?;
+        if current.is_none_or(|u| u.status != UserStatus::Active) {
+            self.store
+                .sessions
+                .revoke(&issued.session.id, None, "account_inactive", self.now())
+                .await?;
+            self.revoke_sessions([issued.session.id.as_str()]);
+            return Err(Error::CodeInvalid);
+        }
         self.audit(
             AuditRecord::new("login", Outcome::Success, caller)
                 .user(&issued.user.id)
@@ -324,6 +333,56 @@ impl App {
         )
         .await;
         Ok(issued)
+    }
+
+    /// The account of `email` unless it is deleted.
+    async fn live_user(&self, email: &str) -> Result<Option<UserDoc>> {
+        Ok(self
+            .store
+            .users
+            .find_by_email(email)
+            .await?
+            .filter(|u| u.status != UserStatus::Deleted))
+    }
+
+    /// The first proof of an unverified account's mailbox by a code (LoginWithCode): the
+    /// account now belongs to whoever reads that mailbox. Whoever created it (a self-registration
+    /// or an organization admin's CreateMember) never proved the address, so nothing they set up
+    /// survives: the password is dropped (the owner sets one with ResetPassword) and every
+    /// session ends. Returns the account as it is now; when a concurrent call claimed it first,
+    /// that call did the clean-up.
+    pub(crate) async fn claim_account(
+        &self,
+        user: &UserDoc,
+        method: &str,
+        caller: &Caller,
+    ) -> Result<UserDoc> {
+        let now = self.now();
+        let Some(claimed) = self.store.users.claim_unverified(&user.id, now).await? else {
+            return self
+                .store
+                .users
+                .find_by_id(&user.id)
+                .await?
+                .filter(|u| u.status != UserStatus::Deleted)
+                .ok_or(Error::CodeInvalid);
+        };
+        let ended = self
+            .store
+            .sessions
+            .revoke_all_for_user(&user.id, None, "account_claimed", now)
+            .await?;
+        self.revoke_sessions(ended.iter().map(String::as_str));
+        self.audit(
+            AuditRecord::new("account_claim", Outcome::Success, caller)
+                .user(&user.id)
+                .email(&user.email)
+                .detail("method", method)
+                .detail("password_cleared", !user.password_hash.is_empty())
+                .detail("sessions_ended", ended.len() as i64),
+        )
+        .await;
+        Ok(claimed)
     }
 
     /// Creates the account of a first passwordless sign-in: verified (the code proved the
@@ -341,13 +400,9 @@ impl App {
             .await;
         match created {
             Ok(user) => Ok(user),
-            // Created by a concurrent request in the meantime: sign in to that account.
-            Err(Error::EmailTaken) => self
-                .store
-                .users
-                .find_by_email(email)
-                .await?
-                .ok_or(Error::CodeInvalid),
+            // Created by a concurrent request in the meantime: sign in to that account. A
+            // deleted account that still holds the address is no account to sign in to.
+            Err(Error::EmailTaken) => self.live_user(email).await?.ok_or(Error::CodeInvalid),
             Err(e) => Err(e),
         }
     }
@@ -361,25 +416,19 @@ impl App {
         new_password: &str,
         caller: &Caller,
     ) -> Result<usize> {
-        let mut violations = Vec::new();
-        let email = check_email(raw_email, &mut violations);
-        check_code(code, &mut violations);
-        violations.extend(
-            self.password_policy
-                .check("new_password", new_password, &[&email]),
-        );
+        let email = email_and_code(raw_email, code)?;
+        self.throttle_codes(caller).await?;
+        // The guessability check costs real CPU: only after the throttle, and before the code
+        // is used up, so a refused password leaves the code for a second try.
+        let violations = self
+            .password_policy
+            .check("new_password", new_password, &[&email]);
         if !violations.is_empty() {
             return Err(Error::InvalidArgument(violations));
         }
         self.use_code(&email, Purpose::ResetPassword, code, caller)
             .await?;
-        let user = self
-            .store
-            .users
-            .find_by_email(&email)
-            .await?
-            .filter(|u| u.status != UserStatus::Deleted)
-            .ok_or(Error::CodeInvalid)?;
+        let user = self.live_user(&email).await?.ok_or(Error::CodeInvalid)?;
         let plain = new_password.to_string();
         let hash = self.hasher.run(move || password::hash(&plain)).await??;
         let now = self.now();
@@ -399,6 +448,8 @@ impl App {
         self.audit(
             AuditRecord::new("password_reset", Outcome::Success, caller)
                 .user(&user.id)
+                // The first proof of the mailbox: whoever created the account lost it here.
+                .detail("account_claimed", !user.email_verified)
                 .detail("sessions_ended", ended.len() as i64),
         )
         .await;

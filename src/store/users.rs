@@ -313,6 +313,28 @@ impl Users {
             .await
     }
 
+    /// The first proof of an unverified account's mailbox by a code: marks it verified and drops
+    /// the password its creator set (whoever that was, they never proved the address). Returns
+    /// the account as it is now if this call did it, `None` if it was already verified (or
+    /// gone).
+    pub async fn claim_unverified(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> mongodb::error::Result<Option<UserDoc>> {
+        self.0
+            .find_one_and_update(
+                doc! { "_id": id, "email_verified": false, "status": { "$ne": "deleted" } },
+                doc! { "$set": {
+                    "email_verified": true,
+                    "password_hash": "",
+                    "updated_at": bson_time(now),
+                } },
+            )
+            .return_document(mongodb::options::ReturnDocument::After)
+            .await
+    }
+
     /// Sets a new password hash whatever the old one was (a reset proves the mailbox, not the
     /// old password) and marks the email verified.
     pub async fn reset_password_hash(

@@ -7,11 +7,14 @@ mod local_servers;
 #[path = "../support/smtp_sink.rs"]
 mod smtp_sink;
 
+mod account_claim;
 mod accounts;
 mod bad_input;
 mod cli;
+mod client_address;
 mod ext_authz;
 mod gateway;
+mod gateway_hardening;
 mod grpcurl;
 mod lockout;
 mod one_time_codes;

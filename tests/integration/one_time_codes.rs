@@ -606,3 +606,28 @@ async fn grpcurl_sends_and_verifies_a_code_in_json() {
     .unwrap();
     assert!(!ok && out.contains("CODE_INVALID"), "{out}");
 }
+
+#[tokio::test]
+async fn a_deleted_account_never_signs_in_by_code_even_with_passwordless_signup() {
+    let app = TestApp::start_with_config(|c| c.passwordless_signup = true).await;
+    let deleted = email("deleted");
+    let session = app.signed_in(&deleted).await;
+    let id = session.user.unwrap().id;
+    let (_, admin) = crate::users::with_role(&app, &email("admin"), "admin").await;
+    crate::users::users(&app)
+        .delete_user(bearer(
+            DeleteUserRequest {
+                user_id: id,
+                reason: String::new(),
+            },
+            &admin.access_token,
+        ))
+        .await
+        .unwrap();
+
+    // The address is still taken by the deleted record (reuse_deleted_emails is off), so a
+    // passwordless sign-up cannot create a new account: the code opens nothing.
+    send(&app, &deleted, CodePurpose::Login).await.unwrap();
+    let code = shared_sink().code(&deleted, 2).await;
+    assert_code_invalid(login_with_code(&app, &deleted, &code).await);
+}
