@@ -498,13 +498,21 @@ impl App {
             .ok_or(Error::InvitationNotFound)?;
         invitation_usable(&invitation, now)?;
         // An invitation is only as good as its inviter's standing today: one sent by an admin
-        // who has since been demoted or removed no longer works.
+        // who has since been demoted or removed, or whose account was disabled or deleted, no
+        // longer works.
         let inviter = self
             .store
             .memberships
             .find(&org.id, &invitation.invited_by)
             .await?;
         if !inviter.is_some_and(|m| grant(m.role, None, Some(invitation.role)).is_ok()) {
+            return Err(Error::InvitationRevoked);
+        }
+        if !self
+            .standing(&invitation.invited_by)
+            .await?
+            .is_some_and(|s| s.active)
+        {
             return Err(Error::InvitationRevoked);
         }
         let user = self.me(who).await?;
@@ -622,11 +630,6 @@ impl App {
         );
         let department = new.department.trim().to_string();
         check_text("department", &department, MAX_DEPARTMENT, &mut violations);
-        violations.extend(self.password_policy.check(
-            "password",
-            &new.password,
-            &[&email, &display_name],
-        ));
         if !violations.is_empty() {
             return Err(Error::InvalidArgument(violations));
         }
@@ -640,6 +643,13 @@ impl App {
         )
         .await?;
         self.throttle_invitations(org_id).await?;
+        // The guessability check costs real CPU: only after the throttles.
+        let violations =
+            self.password_policy
+                .check("password", &new.password, &[&email, &display_name]);
+        if !violations.is_empty() {
+            return Err(Error::InvalidArgument(violations));
+        }
         if self.store.users.find_by_email(&email).await?.is_some() {
             return Err(Error::EmailTaken);
         }

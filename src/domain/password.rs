@@ -25,6 +25,9 @@ pub struct PasswordPolicy {
     pub require_symbol: bool,
 }
 
+/// Longest prefix of a password the guessability check looks at.
+const ZXCVBN_MAX_CHARS: usize = 64;
+
 impl Default for PasswordPolicy {
     fn default() -> Self {
         Self {
@@ -89,7 +92,10 @@ impl PasswordPolicy {
                 })
                 .filter(|w| w.chars().count() >= 3)
                 .collect();
-            let score = u8::from(zxcvbn::zxcvbn(password, &words).score());
+            // zxcvbn's cost grows faster than the length: judge a bounded prefix. A prefix is
+            // no stronger than the whole, so this never passes a weak password.
+            let judged: String = password.chars().take(ZXCVBN_MAX_CHARS).collect();
+            let score = u8::from(zxcvbn::zxcvbn(&judged, &words).score());
             if score < self.min_strength {
                 violation("is too common or too easy to guess; try a longer passphrase".into());
             }
@@ -125,8 +131,19 @@ fn compute(
             memory.shrink_to_fit();
             memory.resize(blocks, Block::default());
         }
-        argon.hash_password_into_with_memory(password, salt, out, &mut memory[..])
+        let result = argon.hash_password_into_with_memory(password, salt, out, &mut memory[..]);
+        // Only today's parameters keep their memory; an imported hash asking more (up to
+        // MAX_ARGON2_MEMORY_KIB) gives it back at once instead of holding it per thread.
+        if blocks > argon2id().params().block_count() {
+            *memory = Vec::new();
+        }
+        result
     })
+}
+
+/// What one hashing thread keeps allocated between hashes, in bytes (argon2id at m = 19 MiB).
+pub fn memory_per_hash_thread() -> usize {
+    argon2id().params().block_count() * std::mem::size_of::<Block>()
 }
 
 /// A new argon2id PHC string for `password`.

@@ -1704,3 +1704,58 @@ async fn grpcurl_creates_an_org_invites_accepts_and_authorizes() {
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn an_invitation_dies_with_its_inviters_account() {
+    // The inviter keeps the admin membership but their account is disabled: nothing they sent
+    // while it was active may still let anyone in.
+    let app = TestApp::start().await;
+    let owner = verified(&app, &email("owner")).await;
+    let org = create_org(&app, &owner.access_token, "Inviter Clinic").await;
+    let inviter_email = email("inviter");
+    let inviter = verified(&app, &inviter_email).await;
+    let inviter_id = uid(&inviter);
+    let seen = invitation_tokens(&inviter_email);
+    invite(
+        &app,
+        &owner.access_token,
+        &org.id,
+        &inviter_email,
+        OrgRole::Admin,
+    )
+    .await
+    .unwrap();
+    let token = new_invitation_token(&inviter_email, &seen).await;
+    accept(&app, &inviter.access_token, &token).await.unwrap();
+
+    let guest_email = email("guest");
+    let guest = verified(&app, &guest_email).await;
+    let seen = invitation_tokens(&guest_email);
+    invite(
+        &app,
+        &inviter.access_token,
+        &org.id,
+        &guest_email,
+        OrgRole::Member,
+    )
+    .await
+    .unwrap();
+    let token = new_invitation_token(&guest_email, &seen).await;
+
+    let (_, admin) = crate::users::with_role(&app, &email("platform-admin"), "admin").await;
+    crate::users::users(&app)
+        .disable_user(bearer(
+            DisableUserRequest {
+                user_id: inviter_id,
+                reason: "left the company".into(),
+            },
+            &admin.access_token,
+        ))
+        .await
+        .unwrap();
+    refused(
+        accept(&app, &guest.access_token, &token).await,
+        Code::FailedPrecondition,
+        "INVITATION_REVOKED",
+    );
+}
