@@ -31,6 +31,11 @@ fn within(actor: Role) -> Vec<Role> {
     Role::ALL.into_iter().filter(|r| *r <= actor).collect()
 }
 
+/// The roles strictly below `actor`.
+fn below(actor: Role) -> Vec<Role> {
+    Role::ALL.into_iter().filter(|r| *r < actor).collect()
+}
+
 fn check_range(from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>, field: &str) -> Result<()> {
     match (from, to) {
         (Some(a), Some(b)) if a >= b => {
@@ -149,6 +154,18 @@ impl App {
         }
         let before = self.target(who, actor.role, user_id, true).await?;
         let email_changed = new_email.as_ref().filter(|e| **e != before.email);
+        // The address is where codes and resets go: whoever sets it (or vouches for it) could
+        // take the account over by a reset. Only over accounts strictly below one's own role
+        // (or one's own account): an admin cannot take over another admin.
+        let touches_address = email_changed.is_some() || changes.email_verified.is_some();
+        let reach = if touches_address && user_id != who.user_id {
+            if before.role >= actor.role {
+                return Err(Error::RoleTooHigh);
+            }
+            below(actor.role)
+        } else {
+            within(actor.role)
+        };
         // A new address is unverified unless the same request says otherwise.
         let verified = changes.email_verified.or(email_changed.map(|_| false));
         let user = self
@@ -156,7 +173,7 @@ impl App {
             .users
             .update_profile(
                 user_id,
-                &within(actor.role),
+                &reach,
                 display_name.as_deref(),
                 email_changed.map(String::as_str),
                 verified,
@@ -171,7 +188,18 @@ impl App {
             .actor(&who.user_id)
             .session(&who.session_id);
         if email_changed.is_some() {
-            event = event.detail("email_changed", true);
+            // Sessions opened under the old address end (the acting admin's own stays), and the
+            // old address hears of it: its owner may not be the one who asked.
+            let ended = self
+                .store
+                .sessions
+                .revoke_all_for_user(&user.id, Some(&who.session_id), "email_changed", self.now())
+                .await?;
+            self.revoke_sessions(ended.iter().map(String::as_str));
+            self.notify_email_changed(&before, &user, ended.len()).await;
+            event = event
+                .detail("email_changed", true)
+                .detail("sessions_ended", ended.len() as i64);
         }
         if display_name.is_some() {
             event = event.detail("display_name_changed", true);
@@ -181,6 +209,28 @@ impl App {
         }
         self.audit(event).await;
         Ok(user)
+    }
+
+    /// Tells the old address that the account's email changed. A failure to queue is logged;
+    /// it does not undo the change.
+    async fn notify_email_changed(&self, before: &UserDoc, after: &UserDoc, sessions_ended: usize) {
+        let context = minijinja::context! {
+            display_name => after.display_name,
+            old_email => before.email,
+            new_email => after.email,
+            sessions_ended => sessions_ended,
+        };
+        if let Err(e) = self
+            .queue_mail(
+                "email_changed",
+                &before.email,
+                &before.display_name,
+                context,
+            )
+            .await
+        {
+            tracing::error!(user_id = %after.id, error = %e, "could not queue the email-changed notice");
+        }
     }
 
     pub async fn set_user_role(

@@ -18,6 +18,7 @@ pub const TEMPLATE_KINDS: &[&str] = &[
     "login_code",
     "reset_password",
     "password_changed",
+    "email_changed",
     "org_invitation",
 ];
 
@@ -40,6 +41,9 @@ const BUILTIN: &[(&str, &str)] = builtin!(
     "password_changed.subject.txt",
     "password_changed.txt",
     "password_changed.html",
+    "email_changed.subject.txt",
+    "email_changed.txt",
+    "email_changed.html",
     "org_invitation.subject.txt",
     "org_invitation.txt",
     "org_invitation.html",

@@ -11,12 +11,12 @@ use tonic::Code;
 
 use crate::harness::*;
 
-fn users(app: &TestApp) -> UserServiceClient<Channel> {
+pub(crate) fn users(app: &TestApp) -> UserServiceClient<Channel> {
     UserServiceClient::new(app.channel())
 }
 
 /// Signs `email` up with `role` (set in the database before the account is first used).
-async fn with_role(app: &TestApp, email: &str, role: &str) -> (String, TokenPair) {
+pub(crate) async fn with_role(app: &TestApp, email: &str, role: &str) -> (String, TokenPair) {
     let pair = app.signed_in(email).await;
     let id = pair.user.as_ref().unwrap().id.clone();
     app.db()
@@ -815,4 +815,75 @@ async fn a_session_of_a_disabled_account_does_not_authenticate() {
         (status.code(), reason(&status).as_str()),
         (Code::Unauthenticated, "SESSION_REVOKED")
     );
+}
+
+#[tokio::test]
+async fn an_admin_cannot_take_over_an_equal_admin_and_an_email_change_ends_sessions() {
+    let app = TestApp::start().await;
+    let (_, admin) = with_role(&app, &email("admin-a"), "admin").await;
+    let (peer_id, peer) = with_role(&app, &email("admin-b"), "admin").await;
+    // Pointing an equal's account at an address one controls (and vouching for it) would let
+    // a reset take it over.
+    for request in [
+        UpdateUserRequest {
+            user_id: peer_id.clone(),
+            email: Some(email("attacker-box")),
+            email_verified: Some(true),
+            ..Default::default()
+        },
+        UpdateUserRequest {
+            user_id: peer_id.clone(),
+            email_verified: Some(false),
+            ..Default::default()
+        },
+    ] {
+        let status = users(&app)
+            .update_user(bearer(request, &admin.access_token))
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&status), "ROLE_TOO_HIGH", "{status:?}");
+    }
+    app.authenticate(&peer.access_token).await.unwrap();
+    // A display name is no key to the account: equals may still change that.
+    users(&app)
+        .update_user(bearer(
+            UpdateUserRequest {
+                user_id: peer_id.clone(),
+                display_name: Some("Admin B".into()),
+                ..Default::default()
+            },
+            &admin.access_token,
+        ))
+        .await
+        .expect("display name");
+
+    // Below the admin: the change lands, the user's sessions end, the old address is told.
+    let old = email("moved");
+    let (user_id, user) = with_role(&app, &old, "user").await;
+    let new = email("moved-to");
+    users(&app)
+        .update_user(bearer(
+            UpdateUserRequest {
+                user_id,
+                email: Some(new.clone()),
+                ..Default::default()
+            },
+            &admin.access_token,
+        ))
+        .await
+        .expect("email change");
+    let status = app.authenticate(&user.access_token).await.unwrap_err();
+    assert_eq!(reason(&status), "SESSION_REVOKED", "{status:?}");
+    let notices = shared_sink()
+        // The first is the verification mail of the registration.
+        .wait_for(&old, 2, std::time::Duration::from_secs(30))
+        .await;
+    let notice = notices
+        .iter()
+        .find(|m| m.subject.contains("email address"))
+        .unwrap_or_else(|| panic!("no notice to the old address: {notices:?}"));
+    assert!(notice.text.contains(&new), "{}", notice.text);
+    app.authenticate(&admin.access_token)
+        .await
+        .expect("the acting admin stays signed in");
 }
