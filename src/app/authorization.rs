@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use super::App;
 use crate::domain::permissions::{decide, Decision, OrgRole, OrgStanding};
 use crate::domain::roles::Role;
+use crate::domain::secrets::is_id;
 use crate::domain::tokens::AccessClaims;
 use crate::error::{Error, Result};
 use crate::store::users::UserStatus;
@@ -65,6 +66,17 @@ pub struct Authorized {
     pub claims: Arc<AccessClaims>,
     pub standing: Standing,
     pub decisions: Vec<Decision>,
+}
+
+/// The field violations of checks whose organization id is malformed (`field` names the
+/// check, e.g. `org_id` or `checks[3].org_id`); the gRPC calls refuse them up front.
+pub fn check_org_id(field: &str, org_id: &str, out: &mut Vec<crate::error::FieldViolation>) {
+    if !org_id.is_empty() && !is_id(org_id) {
+        out.push(crate::error::FieldViolation::new(
+            field,
+            "must be an organization id (32 lower-case hex digits) or empty",
+        ));
+    }
 }
 
 /// One permission question.
@@ -163,6 +175,10 @@ impl App {
         for check in checks {
             let decision = if check.org_id.is_empty() {
                 decide(&check.permission, standing.role, OrgStanding::NoOrg)
+            } else if !is_id(&check.org_id) {
+                // No organization has such an id: answered without a lookup, and never cached
+                // (a flood of made-up ids must not fill the membership cache).
+                decide(&check.permission, standing.role, OrgStanding::NotMember)
             } else {
                 let org = match self.org_role(&check.org_id, &claims.user_id).await? {
                     Some(role) => OrgStanding::Member(role),

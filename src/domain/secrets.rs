@@ -26,9 +26,27 @@ pub fn new_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
+/// Whether `id` has the form [`new_id`] gives every identifier (32 lower-case hex digits), so
+/// that anything else is refused before it reaches a query or a cache key.
+pub fn is_id(id: &str) -> bool {
+    id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_have_one_form() {
+        assert!(is_id(&new_id()));
+        assert!(!is_id(""));
+        assert!(!is_id(&new_id().to_uppercase()));
+        assert!(!is_id(&format!("{}0", new_id())));
+        assert!(!is_id(&"x".repeat(60 * 1024)));
+    }
 
     #[test]
     fn refresh_tokens_are_unique_and_never_stored_in_clear() {

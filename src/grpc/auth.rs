@@ -9,7 +9,7 @@ use super::pb::auth_service_server::AuthService;
 use super::pb::*;
 use super::{bearer_token, caller, convert};
 use crate::app::accounts::NewAccount;
-use crate::app::authorization::Check;
+use crate::app::authorization::{check_org_id, Check};
 use crate::app::orgs::NewOrg;
 use crate::app::App;
 use crate::domain::tokens::AccessClaims;
@@ -130,6 +130,11 @@ impl AuthService for Auth {
     ) -> Result<Response<AuthorizeResponse>, Status> {
         self.app.ensure_ready()?;
         let r = request.into_inner();
+        let mut violations = Vec::new();
+        check_org_id("org_id", &r.org_id, &mut violations);
+        if !violations.is_empty() {
+            return Err(Error::InvalidArgument(violations).into());
+        }
         let check = Check {
             permission: r.permission,
             org_id: r.org_id,
@@ -150,6 +155,13 @@ impl AuthService for Auth {
     ) -> Result<Response<BatchAuthorizeResponse>, Status> {
         self.app.ensure_ready()?;
         let r = request.into_inner();
+        let mut violations = Vec::new();
+        for (i, c) in r.checks.iter().enumerate() {
+            check_org_id(&format!("checks[{i}].org_id"), &c.org_id, &mut violations);
+        }
+        if !violations.is_empty() {
+            return Err(Error::InvalidArgument(violations).into());
+        }
         let checks: Vec<Check> = r
             .checks
             .into_iter()

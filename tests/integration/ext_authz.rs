@@ -174,3 +174,63 @@ async fn a_route_that_requires_a_permission_fails_closed_and_cookies_work_when_c
         0
     );
 }
+
+#[tokio::test]
+async fn made_up_organization_ids_are_refused_before_any_lookup() {
+    use keyward::grpc::pb::{AuthorizeRequest, BatchAuthorizeRequest, PermissionCheck};
+    let app = TestApp::start().await;
+    let pair = app.signed_in(&email("org-ids")).await;
+    let huge = "a".repeat(60 * 1024);
+    for org_id in [
+        huge.as_str(),
+        "not-an-id",
+        "ABCDEF0123456789ABCDEF0123456789",
+    ] {
+        let status = app
+            .auth()
+            .authorize(AuthorizeRequest {
+                access_token: pair.access_token.clone(),
+                permission: "org.read".into(),
+                org_id: org_id.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert_eq!(violations(&status)[0].0, "org_id");
+    }
+    let status = app
+        .auth()
+        .batch_authorize(BatchAuthorizeRequest {
+            access_token: pair.access_token.clone(),
+            checks: vec![
+                PermissionCheck {
+                    permission: "org.read".into(),
+                    org_id: String::new(),
+                },
+                PermissionCheck {
+                    permission: "org.read".into(),
+                    org_id: huge.clone(),
+                },
+            ],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert_eq!(violations(&status)[0].0, "checks[1].org_id");
+
+    // Through Envoy the organization comes from a request header: a made-up one is simply not
+    // an organization the caller belongs to.
+    let auth = format!("Bearer {}", pair.access_token);
+    let (grpc, http, _, body) = denied(
+        &check(
+            &app,
+            http_request(
+                &[("authorization", &auth), ("x-org-id", &huge[..8000])],
+                &[("permission", "org.read"), ("org_id_header", "x-org-id")],
+            ),
+        )
+        .await,
+    );
+    assert_eq!((grpc, http), (7, 403));
+    assert!(body.contains("NOT_A_MEMBER"), "{body}");
+}
