@@ -19,10 +19,6 @@ use crate::grpc::pb::user_service_server::UserServiceServer;
 use crate::grpc::{auth::Auth, codec, org::Org, otp::Otp, pb};
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
-/// Hard ceiling tonic enforces before our codec sees a message; between `max_message_bytes` and
-/// this, requests get INVALID_ARGUMENT with a field violation, above it OUT_OF_RANGE.
-const DECODE_CEILING: usize = 16 * 1024 * 1024;
-
 /// The fully-qualified names of keyward's services (health reports each).
 pub const SERVICES: [&str; 5] = [
     "keyward.v1.AuthService",
@@ -100,22 +96,23 @@ pub async fn serve(
     let auth = AuthServiceServer::new(Auth {
         app: Arc::clone(&app),
     })
-    .max_decoding_message_size(DECODE_CEILING);
+    .max_decoding_message_size(config.max_message_bytes);
     let otp = OtpServiceServer::new(Otp {
         app: Arc::clone(&app),
     })
-    .max_decoding_message_size(DECODE_CEILING);
+    .max_decoding_message_size(config.max_message_bytes);
     let org = OrgServiceServer::new(Org {
         app: Arc::clone(&app),
     })
-    .max_decoding_message_size(DECODE_CEILING);
+    .max_decoding_message_size(config.max_message_bytes);
     let users = UserServiceServer::new(crate::grpc::users::Users {
         app: Arc::clone(&app),
     })
-    .max_decoding_message_size(DECODE_CEILING);
+    .max_decoding_message_size(config.max_message_bytes);
     let ext_authz = AuthorizationServer::new(ExtAuthz {
         app: Arc::clone(&app),
-    });
+    })
+    .max_decoding_message_size(config.max_message_bytes);
 
     tracing::info!(addr = %listener.local_addr()?, "keyward listening");
     let result = Server::builder()
@@ -126,6 +123,7 @@ pub async fn serve(
         .trace_fn(crate::telemetry::rpc_span)
         // Runs inside the span above: records the status code and scopes `enduser.id`.
         .layer(crate::telemetry::RpcOutcomeLayer)
+        .layer(codec::MessageLimitLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

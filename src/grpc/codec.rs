@@ -1,6 +1,8 @@
 //! The protobuf codec of keyward's own services: prost, plus two guarantees at the edge.
 //! - A request larger than the configured limit is refused with INVALID_ARGUMENT (and a field
-//!   violation) before it is decoded.
+//!   violation) before it is buffered: tonic reads the length prefix and refuses at once (its
+//!   limit is `max_message_bytes`), and [`MessageLimitLayer`] gives that refusal keyward's
+//!   error shape.
 //! - A request prost cannot decode (say, invalid UTF-8 in a string field) gets INVALID_ARGUMENT
 //!   naming the field, instead of tonic's INTERNAL.
 
@@ -74,6 +76,72 @@ impl<U: Message + Default> Decoder for KeywardDecoder<U> {
         U::decode(buf)
             .map(Some)
             .map_err(|e| Error::InvalidArgument(vec![violation_of(&e)]).into())
+    }
+}
+
+/// Gives tonic's refusal of an oversized message (OUT_OF_RANGE, from the length prefix, before
+/// the body is read) keyward's answer for it: INVALID_ARGUMENT with a field violation, as every
+/// other invalid request gets. Failures are trailers-only responses, so the status lives in the
+/// headers and can be replaced there.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MessageLimitLayer;
+
+impl<S> tower::Layer<S> for MessageLimitLayer {
+    type Service = MessageLimit<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        MessageLimit { inner }
+    }
+}
+
+/// See [`MessageLimitLayer`].
+#[derive(Clone, Debug)]
+pub struct MessageLimit<S> {
+    inner: S,
+}
+
+impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for MessageLimit<S>
+where
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let mut response = response.await?;
+            let headers = response.headers_mut();
+            let too_large = headers.get("grpc-status").is_some_and(|v| v == "11")
+                && headers
+                    .get("grpc-message")
+                    .and_then(|v| v.to_str().ok())
+                    // Percent-encoded on the wire, as every grpc-message is.
+                    .is_some_and(|m| m.replace("%20", " ").contains("message length too large"));
+            if too_large {
+                let limit = MAX_MESSAGE_BYTES.load(Ordering::Relaxed);
+                let status: Status = Error::InvalidArgument(vec![FieldViolation::new(
+                    "",
+                    format!("request is too large; the limit is {limit} bytes"),
+                )])
+                .into();
+                headers.remove("grpc-message");
+                headers.remove("grpc-status-details-bin");
+                if let Err(e) = status.add_header(headers) {
+                    tracing::warn!(error = %e, "could not rewrite an oversized-message status");
+                }
+            }
+            Ok(response)
+        })
     }
 }
 
