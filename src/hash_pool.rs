@@ -23,6 +23,18 @@ pub struct HashPool {
 /// Jobs each worker may have waiting: about a second of argon2id work.
 const QUEUE_PER_WORKER: usize = 64;
 
+/// Most threads the default gives: each keeps ~19 MiB of argon2 memory, so a 32-core node
+/// must not size a replica's memory by its core count.
+pub const MAX_DEFAULT_WORKERS: usize = 4;
+
+/// One thread per CPU the process may use — the standard library reads the container's cgroup
+/// CPU quota, so a pod limited to 2 CPUs gets 2 — capped at [`MAX_DEFAULT_WORKERS`].
+pub fn default_workers() -> usize {
+    thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(MAX_DEFAULT_WORKERS)
+}
+
 /// Why a job did not run.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -33,10 +45,10 @@ pub enum PoolError {
 }
 
 impl HashPool {
-    /// Starts `workers` threads (0: one per CPU core).
+    /// Starts `workers` threads (0: [`default_workers`]).
     pub fn new(workers: usize) -> Self {
         let workers = if workers == 0 {
-            thread::available_parallelism().map_or(2, |n| n.get())
+            default_workers()
         } else {
             workers
         };
