@@ -88,7 +88,7 @@ pub enum Error {
     UserNotFound,
     #[error("the page token is not valid for this request")]
     PageTokenInvalid,
-    #[error("keyward is starting; try again shortly")]
+    #[error("keyward cannot reach its database yet; try again shortly")]
     NotReady,
     #[error("keyward is overloaded; try again shortly")]
     Overloaded,
@@ -153,7 +153,18 @@ impl From<crate::hash_pool::PoolError> for Error {
 
 impl From<mongodb::error::Error> for Error {
     fn from(err: mongodb::error::Error) -> Self {
-        Error::Internal(err.into())
+        use mongodb::error::ErrorKind;
+        // The database cannot be reached (down, failing over, network): the client may retry
+        // elsewhere or later; nothing about its request was wrong or half-done by us.
+        match err.kind.as_ref() {
+            ErrorKind::ServerSelection { .. }
+            | ErrorKind::Io(_)
+            | ErrorKind::ConnectionPoolCleared { .. } => {
+                tracing::warn!(error = %err, "database unreachable");
+                Error::NotReady
+            }
+            _ => Error::Internal(err.into()),
+        }
     }
 }
 

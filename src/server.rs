@@ -40,6 +40,65 @@ async fn set_all(health: &HealthReporter, serving: bool) {
     }
 }
 
+/// How often a serving replica asks the database whether it is there.
+const DATABASE_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How long one such check may take before it counts as a failure.
+const DATABASE_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+/// Failed checks in a row before the replica reports NOT_SERVING (one slow answer is not an
+/// outage).
+const DATABASE_FAILURES_TO_STOP: u32 = 2;
+
+/// Keeps health and `App::ensure_ready` in step with the database, for the life of the server.
+/// While the database is gone, calls fail at once with UNAVAILABLE/NOT_READY instead of each
+/// waiting for the driver's server selection, and load balancers stop sending traffic here.
+async fn watch_database(app: Arc<App>, health: HealthReporter) {
+    let mut delay = Duration::from_millis(100);
+    // Start-up: ping and create the indexes, with backoff.
+    loop {
+        match app.store.ready().await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "database not ready; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    app.set_ready(true);
+    set_all(&health, true).await;
+    tracing::info!("database ready: serving");
+    let mut failures = 0u32;
+    loop {
+        tokio::time::sleep(DATABASE_CHECK_EVERY).await;
+        let answered = matches!(
+            tokio::time::timeout(DATABASE_CHECK_TIMEOUT, app.store.ping()).await,
+            Ok(Ok(()))
+        );
+        match (answered, app.ensure_ready().is_ok()) {
+            (true, true) => failures = 0,
+            (true, false) => {
+                // Back: make sure the indexes exist (a restored or new database may lack them).
+                if let Err(e) = app.store.ready().await {
+                    tracing::warn!(error = %e, "database answers but is not ready yet");
+                    continue;
+                }
+                failures = 0;
+                app.set_ready(true);
+                set_all(&health, true).await;
+                tracing::info!("database back: serving");
+            }
+            (false, ready) => {
+                failures += 1;
+                if ready && failures >= DATABASE_FAILURES_TO_STOP {
+                    app.set_ready(false);
+                    set_all(&health, false).await;
+                    tracing::error!(failures, "database unreachable: not serving");
+                }
+            }
+        }
+    }
+}
+
 /// Serves `app` on `listener`, delivering queued mail through `mail_transport`, until
 /// `shutdown` resolves: health turns NOT_SERVING, no new connections are accepted, in-flight
 /// calls finish, then this returns.
@@ -54,28 +113,10 @@ pub async fn serve(
     let (health, health_service) = tonic_health::server::health_reporter();
     set_all(&health, false).await;
 
-    // Health turns SERVING once MongoDB answers and every index exists.
-    let ready_task = {
-        let (app, health) = (Arc::clone(&app), health.clone());
-        tokio::spawn(async move {
-            let mut delay = Duration::from_millis(100);
-            loop {
-                match app.store.ready().await {
-                    Ok(()) => {
-                        app.set_ready();
-                        set_all(&health, true).await;
-                        tracing::info!("database ready: serving");
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "database not ready; retrying");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(5));
-                    }
-                }
-            }
-        })
-    };
+    // Health follows the database: SERVING once MongoDB answers and every index exists,
+    // NOT_SERVING while it stops answering later, SERVING again when it is back.
+    let ready_task = tokio::spawn(watch_database(Arc::clone(&app), health.clone()));
+    let stop_watching = ready_task.abort_handle();
 
     // Mail delivery runs beside the server; queued mail survives a stop and is picked up by the
     // next replica to run.
@@ -137,6 +178,7 @@ pub async fn serve(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             async {
                 shutdown.await;
+                stop_watching.abort();
                 tracing::info!("shutting down: NOT_SERVING, draining in-flight calls");
                 set_all(&health, false).await;
             },

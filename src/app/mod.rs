@@ -150,8 +150,9 @@ impl App {
         Utc::now()
     }
 
-    pub fn set_ready(&self) {
-        self.ready.store(true, Ordering::Release);
+    /// Whether the database answers (set by the server's database watch).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
     }
 
     /// Fails with NOT_READY until the database answered and indexes exist.

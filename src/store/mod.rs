@@ -82,6 +82,11 @@ impl Store {
         }
     }
 
+    /// One round trip to the server.
+    pub async fn ping(&self) -> mongodb::error::Result<()> {
+        self.db.run_command(doc! { "ping": 1 }).await.map(|_| ())
+    }
+
     /// Pings the server and creates every index (idempotent). Health turns SERVING after this.
     pub async fn ready(&self) -> anyhow::Result<()> {
         self.db.run_command(doc! { "ping": 1 }).await?;

@@ -13,6 +13,7 @@ mod bad_input;
 mod cli;
 mod client_address;
 mod ext_authz;
+mod faults;
 mod gateway;
 mod gateway_hardening;
 mod grpcurl;

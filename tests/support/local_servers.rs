@@ -15,21 +15,31 @@ use tonic_health::pb::HealthCheckRequest;
 /// drained on a thread of its own.
 pub fn start_secantus(dir: &Path, prepare: impl FnOnce(&mut Command)) -> (Child, String) {
     let _ = std::fs::remove_dir_all(dir);
+    spawn_secantus(dir, 0, prepare)
+}
+
+/// Starts secantusd-rs on `port` (0: a free one) over the data already in `dir` (a restart after
+/// a crash reopens it intact) and returns it with its URI.
+pub fn spawn_secantus(
+    dir: &Path,
+    port: u16,
+    prepare: impl FnOnce(&mut Command),
+) -> (Child, String) {
     let mut cmd = Command::new("secantusd-rs");
-    cmd.args([
-        "--port",
-        "0",
-        "--log-level",
-        "WARNING",
-        "--log-file-max",
-        "16MB",
-        "--cache-size",
-        "512M",
-    ])
-    .arg("--storage-path")
-    .arg(dir)
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit());
+    cmd.arg("--port")
+        .arg(port.to_string())
+        .args([
+            "--log-level",
+            "WARNING",
+            "--log-file-max",
+            "16MB",
+            "--cache-size",
+            "512M",
+        ])
+        .arg("--storage-path")
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
     prepare(&mut cmd);
     let mut child = cmd
         .spawn()
