@@ -8,11 +8,15 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"flag"
+	"io"
 	"log"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -21,12 +25,14 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/golang/protobuf/proto"
 	"github.com/golang/protobuf/ptypes"
 	"github.com/grpc-ecosystem/grpc-gateway/runtime"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	keywardv1 "keyward/gen/keywardv1"
@@ -41,12 +47,31 @@ func main() {
 	listen := flag.String("listen", ":8080", "HTTP listen address")
 	endpoint := flag.String("grpc-endpoint", "localhost:50051", "keyward's gRPC address (plaintext)")
 	shutdownGrace := flag.Duration("shutdown-grace", 15*time.Second, "how long SIGTERM waits for in-flight requests")
+	// Limits on what one client can make the gateway hold: a body is read whole before it is
+	// decoded, and a connection that trickles its request in (slowloris) ties up a goroutine and
+	// a socket until a timeout ends it.
+	maxBodyBytes := flag.Int64("max-body-bytes", 1<<20, "largest request body; larger ones answer 413")
+	readHeaderTimeout := flag.Duration("read-header-timeout", 5*time.Second, "time to receive a request's headers")
+	readTimeout := flag.Duration("read-timeout", 15*time.Second, "time to receive a whole request, headers and body")
+	writeTimeout := flag.Duration("write-timeout", 30*time.Second, "time from the end of a request's headers to the end of its answer")
+	idleTimeout := flag.Duration("idle-timeout", 60*time.Second, "how long a keep-alive connection may wait for its next request")
 	flag.Parse()
 	log.SetFlags(log.LstdFlags | log.LUTC)
+	if *maxBodyBytes <= 0 {
+		log.Fatalf("keyward-gateway: --max-body-bytes must be positive")
+	}
+	for name, d := range map[string]time.Duration{
+		"read-header-timeout": *readHeaderTimeout, "read-timeout": *readTimeout,
+		"write-timeout": *writeTimeout, "idle-timeout": *idleTimeout,
+	} {
+		if d <= 0 {
+			log.Fatalf("keyward-gateway: --%s must be positive", name)
+		}
+	}
 
 	// One connection to keyward, shared by every route. Dialing is lazy: the gateway starts even
 	// when keyward is not up yet, and calls answer 503 until it is.
-	conn, err := grpc.Dial(*endpoint, grpc.WithInsecure())
+	conn, err := grpc.Dial(*endpoint, grpc.WithInsecure(), grpc.WithUnaryInterceptor(checkCall))
 	if err != nil {
 		log.Fatalf("keyward-gateway: cannot dial %s: %v", *endpoint, err)
 	}
@@ -92,9 +117,11 @@ func main() {
 
 	server := &http.Server{
 		Addr:              *listen,
-		Handler:           root,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
+		Handler:           limitRequest(root, *maxBodyBytes, callBudget(*writeTimeout)),
+		ReadHeaderTimeout: *readHeaderTimeout,
+		ReadTimeout:       *readTimeout,
+		WriteTimeout:      *writeTimeout,
+		IdleTimeout:       *idleTimeout,
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- server.ListenAndServe() }()
@@ -119,18 +146,153 @@ func main() {
 }
 
 // forwardHeader decides which HTTP request headers become gRPC metadata, on top of what the
-// gateway always sends: `authorization` (the bearer token), `x-forwarded-for` (the client
-// address, with the peer the gateway saw appended last — keyward reads that last hop when
-// `trust_forwarded_for` is on) and `x-forwarded-host`.
+// gateway always sends: `authorization` (the bearer token), `x-forwarded-for` (the client's
+// X-Forwarded-For, if any, with the peer the gateway saw appended last — keyward believes as many
+// entries from the right as its `trusted_proxy_hops`) and `x-forwarded-host`. Those two are
+// built by grpc-gateway from the HTTP request itself (runtime.AnnotateContext), not through this
+// function.
 func forwardHeader(key string) (string, bool) {
-	switch strings.ToLower(key) {
+	lower := strings.ToLower(key)
+	switch lower {
 	// Trace context, so keyward's spans join the caller's trace.
 	case "traceparent", "tracestate":
-		return strings.ToLower(key), true
+		return lower, true
+	}
+	// A client must not be able to write metadata that keyward, or a service it calls, reads as
+	// set by the gateway or a trusted proxy: `Grpc-Metadata-X-Forwarded-For: 1.2.3.4` would
+	// otherwise arrive as an `x-forwarded-for` ahead of the one the gateway builds. Checked on the
+	// name both with and without the Grpc-Metadata- prefix.
+	if gatewayOwned(strings.TrimPrefix(lower, strings.ToLower(runtime.MetadataHeaderPrefix))) {
+		return "", false
 	}
 	// The default: Grpc-Metadata-* without the prefix, standard headers (User-Agent, ...) as
 	// grpcgateway-<name>; keyward takes the client's user agent from grpcgateway-user-agent.
 	return runtime.DefaultHeaderMatcher(key)
+}
+
+// gatewayOwned reports whether metadata named name (lower case) is the gateway's or a trusted
+// proxy's to set, never a client's:
+//   - x-forwarded-*, forwarded, x-real-ip: the client address and what proxies saw (keyward
+//     rate-limits by and records the address, and takes the user agent from
+//     x-forwarded-user-agent before grpcgateway-user-agent);
+//   - grpcgateway-*: the names the gateway itself gives standard headers;
+//   - x-keyward-*: identity headers that keyward's ext_authz sets for services behind Envoy;
+//   - connection, keep-alive, proxy-connection, transfer-encoding, upgrade: connection-specific
+//     headers HTTP/2 forbids, so keyward would reset the call and the client get a 5xx.
+func gatewayOwned(name string) bool {
+	switch name {
+	case "forwarded", "x-real-ip",
+		"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
+		return true
+	}
+	for _, prefix := range []string{"x-forwarded-", "grpcgateway-", "x-keyward-"} {
+		if strings.HasPrefix(name, prefix) {
+			return true
+		}
+	}
+	return false
+}
+
+// maxMetadataBytes bounds the metadata a call to keyward may carry, counted as HTTP/2 counts a
+// header list (name + value + 32 per field). keyward's HTTP/2 server accepts lists up to 16 KiB;
+// 1 KiB of that is left for what grpc-go adds itself (:path, content-type, te, grpc-timeout, ...).
+const maxMetadataBytes = 15 * 1024
+
+// checkCall refuses, before sending, a call keyward could not take because of what the client
+// sent, which grpc-go would report as INTERNAL (a 500):
+//   - a request message with no protobuf encoding: the gateway builds it from the client's JSON,
+//     query and path, and some of what those allow cannot be encoded, like a null element in a
+//     repeated message field (`"checks": [null]`) or invalid UTF-8 in a string from a
+//     percent-encoded query or path. Answers 400 INVALID_ARGUMENT;
+//   - metadata over maxMetadataBytes (a huge Cookie, say). Answers 431 HEADERS_TOO_LARGE.
+func checkCall(ctx context.Context, method string, req, reply interface{}, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	if md, ok := metadata.FromOutgoingContext(ctx); ok {
+		size := 0
+		for name, values := range md {
+			for _, v := range values {
+				if strings.HasSuffix(name, "-bin") {
+					size += len(name) + base64.RawStdEncoding.EncodedLen(len(v)) + 32
+				} else {
+					size += len(name) + len(v) + 32
+				}
+			}
+		}
+		if size > maxMetadataBytes {
+			return &headersTooLargeError{size: size}
+		}
+	}
+	if m, ok := req.(proto.Message); ok {
+		if _, err := proto.Marshal(m); err != nil {
+			return status.Errorf(codes.InvalidArgument, "invalid request: %s", strings.TrimPrefix(err.Error(), "proto: "))
+		}
+	}
+	return invoker(ctx, method, req, reply, cc, opts...)
+}
+
+// headersTooLargeError is checkCall's answer to oversized metadata; writeGRPCError turns it into
+// 431 (no gRPC code maps there).
+type headersTooLargeError struct{ size int }
+
+func (e *headersTooLargeError) Error() string {
+	return "request headers passed on to keyward are " + strconv.Itoa(e.size) +
+		" bytes; the limit is " + strconv.Itoa(maxMetadataBytes)
+}
+
+func (e *headersTooLargeError) GRPCStatus() *status.Status {
+	return status.New(codes.InvalidArgument, e.Error())
+}
+
+// callBudget is how long a call to keyward may take: a little less than the write timeout, so a
+// slow keyward ends as a 504 DEADLINE_EXCEEDED answer rather than a connection closed with no
+// answer at all (net/http drops what a handler writes after the write timeout).
+func callBudget(writeTimeout time.Duration) time.Duration {
+	return writeTimeout - writeTimeout/10
+}
+
+// limitRequest bounds what a request may cost before any route sees it: its body is read here,
+// at most maxBody bytes (a larger one answers 413 REQUEST_TOO_LARGE, and a client that stops
+// sending it 408 REQUEST_TIMEOUT once the read timeout passes), and its handling, calls to keyward
+// included, gets a deadline of budget.
+func limitRequest(next http.Handler, maxBody int64, budget time.Duration) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength > maxBody {
+			writeTooLarge(w, maxBody)
+			return
+		}
+		if r.Body != nil && r.Body != http.NoBody {
+			// Read whole now rather than by the route: grpc-gateway reads it whole anyway, and
+			// here the error keeps its type instead of becoming a generic INVALID_ARGUMENT.
+			body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+			if err != nil {
+				var tooLarge *http.MaxBytesError
+				var netErr net.Error
+				switch {
+				case errors.As(err, &tooLarge):
+					writeTooLarge(w, maxBody)
+				case errors.As(err, &netErr) && netErr.Timeout():
+					w.Header().Set("Connection", "close")
+					writeGatewayError(w, http.StatusRequestTimeout, codes.DeadlineExceeded, "REQUEST_TIMEOUT",
+						"request body not received in time")
+				default:
+					w.Header().Set("Connection", "close")
+					writeGatewayError(w, http.StatusBadRequest, codes.InvalidArgument, "INVALID_ARGUMENT",
+						"cannot read request body")
+				}
+				return
+			}
+			r.Body = io.NopCloser(bytes.NewReader(body))
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), budget)
+		defer cancel()
+		next.ServeHTTP(w, r.WithContext(ctx))
+	})
+}
+
+func writeTooLarge(w http.ResponseWriter, maxBody int64) {
+	// The rest of the body is not read, so the connection cannot carry another request.
+	w.Header().Set("Connection", "close")
+	writeGatewayError(w, http.StatusRequestEntityTooLarge, codes.InvalidArgument, "REQUEST_TOO_LARGE",
+		"request body is larger than "+strconv.FormatInt(maxBody, 10)+" bytes")
 }
 
 // httpStatus is keyward's mapping of gRPC codes to HTTP, written out rather than taken from the
@@ -221,6 +383,11 @@ type fieldViolation struct {
 
 // writeGRPCError answers a call whose gRPC side failed (runtime.HTTPError).
 func writeGRPCError(ctx context.Context, mux *runtime.ServeMux, _ runtime.Marshaler, w http.ResponseWriter, _ *http.Request, err error) {
+	var tooLarge *headersTooLargeError
+	if errors.As(err, &tooLarge) {
+		writeGatewayError(w, http.StatusRequestHeaderFieldsTooLarge, codes.InvalidArgument, "HEADERS_TOO_LARGE", err.Error())
+		return
+	}
 	s, ok := status.FromError(err)
 	if !ok {
 		s = status.New(codes.Unknown, err.Error())
@@ -281,11 +448,16 @@ func writeRoutingError(w http.ResponseWriter, _ *http.Request, msg string, httpC
 	case http.StatusBadRequest:
 		code, reason = codes.InvalidArgument, "INVALID_ARGUMENT"
 	}
+	writeGatewayError(w, httpCode, code, reason, strings.ToLower(msg))
+}
+
+// writeGatewayError answers an error the gateway makes itself, with no details.
+func writeGatewayError(w http.ResponseWriter, httpCode int, code codes.Code, reason, msg string) {
 	writeJSON(w, httpCode, errorBody{
 		Code:    int32(code),
 		Status:  codeName(code),
 		Reason:  reason,
-		Message: strings.ToLower(msg),
+		Message: msg,
 		Details: []json.RawMessage{},
 	})
 }
