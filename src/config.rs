@@ -505,59 +505,82 @@ impl Config {
     }
 }
 
-/// Every setting name; kept next to the struct and checked against it by a test.
-const KEYS: &[&str] = &[
-    "grpc_addr",
-    "request_timeout",
-    "max_message_bytes",
-    "concurrency_per_connection",
-    "ext_authz_cookie",
-    "trusted_proxy_hops",
-    "trusted_proxies",
-    "mongodb_uri",
-    "mongodb_database",
-    "dev",
-    "data_dir",
-    "signing_key",
-    "signing_key_file",
-    "verification_keys",
-    "token_issuer",
-    "token_audience",
-    "access_token_ttl",
-    "session_lifetime",
-    "refresh_reuse_grace",
-    "session_cache_ttl",
-    "password_min_length",
-    "password_max_length",
-    "password_min_strength",
-    "password_require_uppercase",
-    "password_require_lowercase",
-    "password_require_digit",
-    "password_require_symbol",
-    "hash_workers",
-    "lockout_threshold",
-    "lockout_base_delay",
-    "lockout_max_delay",
-    "login_attempts_per_address_per_minute",
-    "registrations_per_address_per_hour",
-    "smtp_url",
-    "mail_from",
-    "mail_templates_dir",
-    "mail_retry_base_delay",
-    "mail_retry_max_delay",
-    "code_lifetime",
-    "code_send_cooldown",
-    "code_sends_per_hour",
-    "code_requests_per_address_per_minute",
-    "require_verified_email",
-    "passwordless_signup",
-    "code_secret",
-    "reuse_deleted_emails",
-    "audit_retention",
-    "log_format",
-    "log_level",
-    "otlp_endpoint",
+/// Every setting: its name, its default as an operator would write it (`None`: unset), and what
+/// it means. The one source of README's settings table, and checked by tests against the struct
+/// (names) and against `Config::default()` (defaults), so neither can drift.
+pub const SETTINGS: &[(&str, Option<&str>, &str)] = &[
+    ("grpc_addr", Some("0.0.0.0:50051"), "gRPC listen address"),
+    ("request_timeout", Some("10s"), "a call running longer is cancelled"),
+    ("max_message_bytes", Some("65536"), "largest request keyward reads; larger ones are refused (INVALID_ARGUMENT) from their length prefix, before they are buffered"),
+    ("concurrency_per_connection", Some("256"), "in-flight calls per connection; excess calls are shed (UNAVAILABLE)"),
+    ("ext_authz_cookie", None, "cookie carrying the access token for ext_authz when a request has no `Authorization: Bearer` header"),
+    ("trusted_proxy_hops", Some("0"), "proxies in front of keyward that append to `x-forwarded-for` (REST sidecar = 1, ingress + sidecar = 2); 0: the TCP peer is the client"),
+    ("trusted_proxies", Some("127.0.0.0/8,::1/128"), "networks whose connections may carry `x-forwarded-for` at all"),
+    ("mongodb_uri", None, "any MongoDB-compatible server; required"),
+    ("mongodb_database", Some("keyward"), "database name"),
+    ("dev", Some("false"), "development mode: a generated signing key in `data_dir`, mail to the log"),
+    ("data_dir", Some(".keyward-dev"), "where dev mode keeps its key"),
+    ("signing_key", None, "PASERK `k4.secret` that signs access tokens"),
+    ("signing_key_file", None, "file holding that key (e.g. a mounted secret)"),
+    ("verification_keys", None, "extra `k4.public` keys still accepted (rotation), comma separated"),
+    ("token_issuer", Some("keyward"), "`iss` of access tokens"),
+    ("token_audience", Some("keyward"), "`aud` of access tokens"),
+    ("access_token_ttl", Some("15m"), "access token lifetime"),
+    ("session_lifetime", Some("30d"), "absolute session lifetime; refreshing never extends it"),
+    ("refresh_reuse_grace", Some("10s"), "the previous refresh token may be retried this long without revoking"),
+    ("session_cache_ttl", Some("1s"), "how long a replica trusts its cached session state (max 2s)"),
+    ("password_min_length", Some("8"), "NIST SP 800-63B minimum, in characters"),
+    ("password_max_length", Some("128"), "maximum, in characters; nothing is truncated"),
+    ("password_min_strength", Some("2"), "zxcvbn score a new password must reach (common-password check); 0 = off"),
+    ("password_require_uppercase", Some("false"), "optional composition rule"),
+    ("password_require_lowercase", Some("false"), "optional composition rule"),
+    ("password_require_digit", Some("false"), "optional composition rule"),
+    ("password_require_symbol", Some("false"), "optional composition rule"),
+    ("hash_workers", Some("0"), "argon2id threads, each keeping ~19 MiB; 0 = the CPUs the container may use, at most 4"),
+    ("lockout_threshold", Some("5"), "consecutive password failures per email before it locks; 0 = off"),
+    ("lockout_base_delay", Some("30s"), "first lock; doubles per further failure"),
+    ("lockout_max_delay", Some("15m"), "longest lock"),
+    ("login_attempts_per_address_per_minute", Some("30"), "password logins per client address; 0 = off"),
+    ("registrations_per_address_per_hour", Some("30"), "Register and CreateMember calls per client address; 0 = off"),
+    ("smtp_url", None, "`smtp://host:25`, `smtp://user:pass@host:587?tls=required` (STARTTLS) or `smtps://user:pass@host:465`; required to serve except in dev"),
+    ("mail_from", Some("keyward <no-reply@keyward.localhost>"), "sender of every mail"),
+    ("mail_templates_dir", None, "files here (e.g. `login_code.html`) replace the built-in templates in `src/mail/templates/`"),
+    ("mail_retry_base_delay", Some("5s"), "first wait before retrying a delivery; doubles per attempt"),
+    ("mail_retry_max_delay", Some("5m"), "longest wait between attempts; a message is given up after 24 h"),
+    ("code_lifetime", Some("10m"), "one-time code lifetime (1m..10m)"),
+    ("code_send_cooldown", Some("60s"), "least time between two codes per email address and purpose"),
+    ("code_sends_per_hour", Some("5"), "most codes per email address and purpose per hour"),
+    ("code_requests_per_address_per_minute", Some("30"), "code requests and attempts per client address; 0 = off"),
+    ("require_verified_email", Some("true"), "password login needs a verified email"),
+    ("passwordless_signup", Some("false"), "`LoginWithCode` for an unknown email creates the account"),
+    ("code_secret", None, "32+ characters keying stored codes and sealing queued mail; unset: derived from the signing key (set it so a key rotation does not void codes in flight)"),
+    ("reuse_deleted_emails", Some("false"), "a deleted account's email may be registered again"),
+    ("audit_retention", Some("90d"), "audit events expire after this"),
+    ("log_format", Some("text"), "`text` or `json`"),
+    ("log_level", Some("info"), "tracing filter, e.g. `keyward=debug,info`"),
+    ("otlp_endpoint", None, "OTLP/gRPC endpoint for traces, e.g. `http://otel-collector:4317`"),
 ];
+
+/// Every setting name (file keys; the environment adds `KEYWARD_` and upper case).
+const KEYS: &[&str] = &{
+    let mut keys = [""; SETTINGS.len()];
+    let mut i = 0;
+    while i < SETTINGS.len() {
+        keys[i] = SETTINGS[i].0;
+        i += 1;
+    }
+    keys
+};
+
+/// README's settings table, rendered from [`SETTINGS`].
+pub fn settings_table() -> String {
+    let mut out = String::from("| setting | default | meaning |\n| --- | --- | --- |\n");
+    for (key, default, meaning) in SETTINGS {
+        let default = default.map_or("—".to_string(), |d| format!("`{d}`"));
+        out.push_str(&format!("| `{key}` | {default} | {meaning} |\n"));
+    }
+    out
+}
 
 /// Turns serde's message into one naming the offending key the way the operator set it.
 fn describe(err: &toml::de::Error, table: &toml::Table) -> String {
@@ -602,6 +625,64 @@ mod tests {
         let mut keys = KEYS.to_vec();
         keys.sort_unstable();
         assert_eq!(fields, keys, "{err}");
+    }
+
+    #[test]
+    fn documented_defaults_are_the_real_defaults() {
+        // Load every documented default the way an operator would set it; the result must be
+        // exactly the built-in defaults.
+        let mut pairs: Vec<(String, String)> = SETTINGS
+            .iter()
+            .filter_map(|(k, d, _)| d.map(|d| (format!("KEYWARD_{}", k.to_uppercase()), d.into())))
+            .collect();
+        pairs.push((URI.0.into(), URI.1.into()));
+        pairs.push(("KEYWARD_DEV".into(), "true".into()));
+        let loaded = Config::load(None, &pairs.into_iter().collect()).unwrap();
+        let expected = Config {
+            mongodb_uri: Some(URI.1.into()),
+            dev: true,
+            ..Config::default()
+        };
+        assert_eq!(format!("{loaded:?}"), format!("{expected:?}"));
+        // And every unset-by-default setting is None or empty in the defaults.
+        for (key, default, _) in SETTINGS {
+            if default.is_none() {
+                let shown = format!("{expected:?}");
+                let field = format!("{key}: ");
+                let at = shown
+                    .find(&field)
+                    .unwrap_or_else(|| panic!("{key} not in Debug"));
+                let value = &shown[at + field.len()..];
+                assert!(
+                    value.starts_with("None") || value.starts_with("[]") || key == &"mongodb_uri",
+                    "{key} is documented as unset but defaults to {}",
+                    &value[..value.len().min(40)]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn readme_settings_table_is_rendered_from_the_settings() {
+        let readme_path = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
+        let readme = std::fs::read_to_string(readme_path).unwrap();
+        let (start, end) = ("<!-- settings:start -->\n", "<!-- settings:end -->");
+        let from = readme.find(start).expect("README has the settings markers") + start.len();
+        let to = readme
+            .find(end)
+            .expect("README has the settings end marker");
+        let table = settings_table();
+        if readme[from..to] != table {
+            if std::env::var_os("KEYWARD_BLESS").is_some() {
+                let updated = format!("{}{table}{}", &readme[..from], &readme[to..]);
+                std::fs::write(readme_path, updated).unwrap();
+            } else {
+                panic!(
+                    "README's settings table is out of date; rerun with KEYWARD_BLESS=1 to \
+                     rewrite it from config::SETTINGS:\n{table}"
+                );
+            }
+        }
     }
 
     #[test]
