@@ -479,18 +479,15 @@ async fn update_user_checks_fields_and_unverifies_a_new_email() {
     assert_eq!(user.email, new_email);
     assert_eq!(user.display_name, "Ada");
     assert!(!user.email_verified, "a new address starts unverified");
-    // A token issued before the change names the account by its new address from now on.
-    let principal = app
+    // Sessions opened under the old address ended with the change.
+    let status = app
         .auth()
         .authenticate(AuthenticateRequest {
             access_token: profile.access_token.clone(),
         })
         .await
-        .unwrap()
-        .into_inner()
-        .principal
-        .unwrap();
-    assert_eq!(principal.email, new_email);
+        .unwrap_err();
+    assert_eq!(reason(&status), "SESSION_REVOKED");
 
     let status = update(UpdateUserRequest {
         user_id: id.clone(),
