@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::accounts::lockout_key;
 use super::sessions::IssuedTokens;
 use super::{App, AuditRecord, Caller};
-use crate::domain::codes::{self, Purpose, SendCounter, MAX_ATTEMPTS};
+use crate::domain::codes::{self, Purpose, SendCounter, SendLimits, MAX_ATTEMPTS};
 use crate::domain::email;
 use crate::domain::password;
 use crate::domain::roles::Role;
@@ -31,6 +31,13 @@ pub struct CodeRequested {
     pub retry_after: Duration,
     /// How long the code works.
     pub expires_in: Duration,
+}
+
+/// Who asks for or tries a code, as stored with it: a hash of the client's rate-limit key (its
+/// address, or its IPv6 /64), so the collection holds no addresses.
+fn requester(caller: &Caller) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(caller.rate_limit_key.as_bytes()))
 }
 
 fn template(purpose: Purpose) -> &'static str {
@@ -82,7 +89,7 @@ impl App {
             return Err(Error::InvalidArgument(violations));
         }
         self.throttle_codes(caller).await?;
-        if let Err(e) = self.admit_send(&email, purpose).await {
+        if let Err(e) = self.admit_send(&email, purpose, caller).await {
             self.audit(
                 AuditRecord::new("code_send", Outcome::Failure, caller)
                     .email(&email)
@@ -99,7 +106,7 @@ impl App {
             (Purpose::Login, None) => self.config.passwordless_signup,
             _ => false,
         };
-        self.issue_code(&email, purpose, user.as_ref(), eligible)
+        self.issue_code(&email, purpose, user.as_ref(), eligible, caller)
             .await?;
         let mut event = AuditRecord::new("code_send", Outcome::Success, caller)
             .email(&email)
@@ -124,13 +131,20 @@ impl App {
         purpose: Purpose,
         user: Option<&UserDoc>,
         send: bool,
+        caller: &Caller,
     ) -> Result<()> {
         let code = codes::generate();
         let hash = self.code_hasher.hash(purpose, email, &code);
         let now = self.now();
         self.store
             .one_time_codes
-            .replace(&slot(purpose, email), &hash, now, self.config.code_lifetime)
+            .replace(
+                &slot(purpose, email),
+                &requester(caller),
+                &hash,
+                now,
+                self.config.code_lifetime,
+            )
             .await?;
         if send {
             let name = user.map_or("", |u| u.display_name.as_str());
@@ -151,19 +165,31 @@ impl App {
         }
     }
 
-    /// Counts one code request against the cool-down and hourly cap of `email` + `purpose`.
-    async fn admit_send(&self, email: &str, purpose: Purpose) -> Result<()> {
-        let key = format!("code_send:{}", slot(purpose, email));
+    /// Counts one code request for `email` + `purpose`: against the requesting client's own
+    /// hourly cap, then against the address's cool-down and its larger hourly cap for everyone
+    /// together. One stranger asking again and again uses up only their own cap, so the owner
+    /// can still get a code; the cool-down keeps a fresh code from being replaced at once, and
+    /// the total cap bounds how much mail any number of strangers can send one mailbox.
+    async fn admit_send(&self, email: &str, purpose: Purpose, caller: &Caller) -> Result<()> {
+        let mailbox = format!("code_send:{}", slot(purpose, email));
+        let own = format!("{mailbox}:{}", requester(caller));
+        self.count_send(&own, &self.send_limits.per_requester())
+            .await?;
+        self.count_send(&mailbox, &self.send_limits.per_mailbox())
+            .await
+    }
+
+    /// One compare-and-set round trip on the send counter `key` under `limits`.
+    async fn count_send(&self, key: &str, limits: &SendLimits) -> Result<()> {
         for _ in 0..SEND_RETRIES {
             let now = self.now();
-            let seen = self.store.rate_limits.find_raw(&key).await?;
+            let seen = self.store.rate_limits.find_raw(key).await?;
             let counter = seen.as_ref().map(|d| SendCounter {
                 count: d.count,
                 next_allowed: d.locked_until.map_or(now, |t| t.to_chrono()),
                 window_ends: d.expires_at.to_chrono(),
             });
-            let next = self
-                .send_limits
+            let next = limits
                 .admit(counter, now)
                 .map_err(|retry_after| Error::RateLimited { retry_after })?;
             if self
@@ -171,7 +197,7 @@ impl App {
                 .rate_limits
                 .compare_and_set(
                     seen.as_ref(),
-                    &key,
+                    key,
                     next.count,
                     Some(next.next_allowed),
                     next.window_ends,
@@ -221,7 +247,10 @@ impl App {
         let now = self.now();
         let slot = slot(purpose, email);
         let codes = &self.store.one_time_codes;
-        let used = match codes.admit_attempt(&slot, now, MAX_ATTEMPTS).await? {
+        let attempt = codes
+            .admit_attempt(&slot, &requester(caller), now, MAX_ATTEMPTS)
+            .await?;
+        let used = match attempt {
             Some(doc)
                 if self
                     .code_hasher
@@ -309,6 +338,9 @@ impl App {
         } else {
             self.claim_account(&user, "email_code", caller).await?
         };
+        // The owner of the mailbox is back in control: a password lockout (someone guessing)
+        // is lifted, as a reset lifts it.
+        self.store.rate_limits.clear(&lockout_key(&email)).await?;
         let issued = self.start_session(user, caller).await?;
         // A disable or delete between our read and the session insert ended every session but
         // could not see this one: look again now that it exists.
@@ -476,9 +508,9 @@ impl App {
     /// limit hit (someone asked for codes for this address before it existed) leaves the
     /// account to ask again with SendCode.
     pub(crate) async fn send_verification_after_register(&self, user: &UserDoc, caller: &Caller) {
-        let result = match self.admit_send(&user.email, Purpose::VerifyEmail).await {
+        let result = match self.admit_send(&user.email, Purpose::VerifyEmail, caller).await {
             Ok(()) => {
-                self.issue_code(&user.email, Purpose::VerifyEmail, Some(user), true)
+                self.issue_code(&user.email, Purpose::VerifyEmail, Some(user), true, caller)
                     .await
             }
             Err(e) => Err(e),

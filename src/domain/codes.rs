@@ -105,7 +105,29 @@ fn add(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
     t + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::days(1))
 }
 
+/// How many times more codes one mailbox may receive per hour from all requesters together than
+/// from any one of them.
+pub const MAILBOX_FACTOR: u32 = 4;
+
 impl SendLimits {
+    /// What one requesting client may ask for one address and purpose: the hourly cap, no
+    /// cool-down of its own (the mailbox's applies).
+    pub fn per_requester(&self) -> SendLimits {
+        SendLimits {
+            cooldown: Duration::ZERO,
+            per_hour: self.per_hour,
+        }
+    }
+
+    /// What all requesters together may ask for one address and purpose: the cool-down, and
+    /// [`MAILBOX_FACTOR`] times the hourly cap.
+    pub fn per_mailbox(&self) -> SendLimits {
+        SendLimits {
+            cooldown: self.cooldown,
+            per_hour: self.per_hour.saturating_mul(MAILBOX_FACTOR),
+        }
+    }
+
     /// Admits one send given the counter as stored (`None`: no send this hour) and returns the
     /// counter to store, or how long to wait.
     pub fn admit(

@@ -21,8 +21,15 @@ pub struct OneTimeCodeDoc {
     pub key: String,
     /// HMAC of purpose + email + code.
     pub code_hash: String,
-    /// Attempts made on this code so far (right or wrong).
+    /// Who asked for it: a hash of the requesting client's rate-limit key (address or IPv6 /64).
+    #[serde(default)]
+    pub requested_by: String,
+    /// Attempts made on this code so far (right or wrong) from the client that asked for it.
     pub attempts: u32,
+    /// Attempts from anywhere else. A separate budget, so a stranger guessing at someone's
+    /// address cannot use up the attempts of the code its owner is about to type.
+    #[serde(default)]
+    pub foreign_attempts: u32,
     pub created_at: BsonDateTime,
     pub expires_at: BsonDateTime,
 }
@@ -49,10 +56,11 @@ impl OneTimeCodes {
         self.0.create_index(ttl).await.map(|_| ())
     }
 
-    /// Stores a new code in `slot`, replacing (and so killing) any earlier one.
+    /// Stores a new code in `slot` for `requested_by`, replacing (and so killing) any earlier one.
     pub async fn replace(
         &self,
         slot: &str,
+        requested_by: &str,
         code_hash: &str,
         now: DateTime<Utc>,
         lifetime: Duration,
@@ -60,7 +68,9 @@ impl OneTimeCodes {
         let doc = OneTimeCodeDoc {
             key: slot.to_string(),
             code_hash: code_hash.to_string(),
+            requested_by: requested_by.to_string(),
             attempts: 0,
+            foreign_attempts: 0,
             created_at: bson_time(now),
             expires_at: bson_time(now + chrono::Duration::from_std(lifetime).unwrap_or_default()),
         };
@@ -71,24 +81,32 @@ impl OneTimeCodes {
             .map(|_| ())
     }
 
-    /// Counts one attempt on the live code of `slot` and returns it, or `None` when there is no
-    /// code, it expired, or it has had `max_attempts` already. Counting comes first, so however
-    /// many attempts race, at most `max_attempts` ever get to compare.
+    /// Counts one attempt by `attempted_by` on the live code of `slot` and returns it, or `None`
+    /// when there is no code, it expired, or the attempter's budget (the requester's own, or
+    /// everyone else's together) has had `max_attempts` already. Counting comes first, so
+    /// however many attempts race, at most `max_attempts` per budget ever get to compare.
     pub async fn admit_attempt(
         &self,
         slot: &str,
+        attempted_by: &str,
         now: DateTime<Utc>,
         max_attempts: u32,
     ) -> mongodb::error::Result<Option<OneTimeCodeDoc>> {
+        let live = doc! { "_id": slot, "expires_at": { "$gt": bson_time(now) } };
+        let Some(seen) = self.0.find_one(live.clone()).await? else {
+            return Ok(None);
+        };
+        let budget = if seen.requested_by == attempted_by {
+            "attempts"
+        } else {
+            "foreign_attempts"
+        };
+        let mut filter = live;
+        // The same code still (a replacement resets both budgets and may change the requester).
+        filter.insert("code_hash", &seen.code_hash);
+        filter.insert(budget, doc! { "$lt": max_attempts as i64 });
         self.0
-            .find_one_and_update(
-                doc! {
-                    "_id": slot,
-                    "expires_at": { "$gt": bson_time(now) },
-                    "attempts": { "$lt": max_attempts as i64 },
-                },
-                doc! { "$inc": { "attempts": 1 } },
-            )
+            .find_one_and_update(filter, doc! { "$inc": { budget: 1 } })
             .return_document(ReturnDocument::After)
             .await
     }

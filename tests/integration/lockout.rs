@@ -190,3 +190,119 @@ async fn behind_a_trusted_proxy_the_address_is_the_hop_it_appended() {
         ["INVALID_CREDENTIALS", "INVALID_CREDENTIALS", "RATE_LIMITED"]
     );
 }
+
+/// `message` as sent through the trusted sidecar by a client at `address`.
+fn from<T>(address: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("x-forwarded-for", address.parse().unwrap());
+    request
+}
+
+#[tokio::test]
+async fn a_targeted_owner_still_signs_in_by_a_fresh_code_while_a_stranger_keeps_guessing() {
+    use keyward::grpc::pb::otp_service_client::OtpServiceClient;
+    use keyward::grpc::pb::{CodePurpose, LoginRequest, LoginWithCodeRequest, SendCodeRequest};
+    const OWNER: &str = "192.0.2.10";
+    const STRANGER: &str = "198.51.100.66";
+    let app = TestApp::start_with_config(|c| {
+        c.trusted_proxy_hops = 1;
+        c.code_send_cooldown = Duration::from_millis(200);
+        c.login_attempts_per_address_per_minute = 0;
+        c.code_requests_per_address_per_minute = 0;
+    })
+    .await;
+    let victim = email("targeted");
+    app.register(&victim).await;
+    let otp = || OtpServiceClient::new(app.channel());
+    let code = shared_sink().code(&victim, 1).await;
+    otp()
+        .verify_email(keyward::grpc::pb::VerifyEmailRequest {
+            email: victim.clone(),
+            code,
+        })
+        .await
+        .expect("the owner verified the address at sign-up");
+    let send = |address: &'static str| {
+        let victim = victim.clone();
+        async move {
+            otp()
+                .send_code(from(
+                    address,
+                    SendCodeRequest {
+                        email: victim,
+                        purpose: CodePurpose::Login as i32,
+                    },
+                ))
+                .await
+        }
+    };
+    let code_login = |address: &'static str, code: String| {
+        let victim = victim.clone();
+        async move {
+            otp()
+                .login_with_code(from(
+                    address,
+                    LoginWithCodeRequest {
+                        email: victim,
+                        code,
+                    },
+                ))
+                .await
+        }
+    };
+
+    // The stranger locks password login...
+    for _ in 0..5 {
+        let _ = app
+            .auth()
+            .login(from(
+                STRANGER,
+                LoginRequest {
+                    email: victim.clone(),
+                    password: "a wrong guess 123".into(),
+                },
+            ))
+            .await;
+    }
+    let status = app.login(&victim, PASSWORD).await.unwrap_err();
+    assert_eq!(reason(&status), "ACCOUNT_LOCKED");
+    // ...uses up every code they may ask for...
+    let mut stranger_sends = Vec::new();
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        stranger_sends.push(send(STRANGER).await.map(|_| ()).map_err(|s| reason(&s)));
+    }
+    assert_eq!(
+        stranger_sends[..5],
+        [Ok(()), Ok(()), Ok(()), Ok(()), Ok(())]
+    );
+    assert_eq!(stranger_sends[5], Err("RATE_LIMITED".to_string()));
+    // ...yet the owner gets a code of their own.
+    shared_sink()
+        .wait_for(&victim, 6, Duration::from_secs(30))
+        .await;
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    send(OWNER).await.expect("the owner's own code request");
+    let code = shared_sink().code(&victim, 7).await;
+
+    // The stranger guesses at it until their attempts run out; the owner's remain.
+    let wrong = format!("{:06}", (code.parse::<u32>().unwrap() + 1) % 1_000_000);
+    for _ in 0..6 {
+        let status = code_login(STRANGER, wrong.clone()).await.unwrap_err();
+        assert_eq!(reason(&status), "CODE_INVALID");
+    }
+    assert_eq!(
+        reason(&code_login(STRANGER, code.clone()).await.unwrap_err()),
+        "CODE_INVALID",
+        "the stranger's budget is spent, even for the right code"
+    );
+    code_login(OWNER, code)
+        .await
+        .expect("the owner signs in with the code sent to them");
+    // Signing in by code proved the mailbox: the password lockout is lifted.
+    app.login(&victim, PASSWORD)
+        .await
+        .expect("password login works again");
+}

@@ -541,15 +541,18 @@ async fn a_code_expires_after_its_lifetime() {
     let slot = slot(keyward::domain::codes::Purpose::Login, "late@example.com");
     let t0 = chrono::Utc::now();
     let lifetime = Duration::from_secs(600);
-    codes.replace(&slot, "hash", t0, lifetime).await.unwrap();
+    codes
+        .replace(&slot, "requester", "hash", t0, lifetime)
+        .await
+        .unwrap();
     let at = |secs: i64| t0 + chrono::Duration::seconds(secs);
     assert!(codes
-        .admit_attempt(&slot, at(599), 5)
+        .admit_attempt(&slot, "requester", at(599), 5)
         .await
         .unwrap()
         .is_some());
     assert!(codes
-        .admit_attempt(&slot, at(600), 5)
+        .admit_attempt(&slot, "requester", at(600), 5)
         .await
         .unwrap()
         .is_none());
