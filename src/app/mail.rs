@@ -43,6 +43,13 @@ pub fn backoff(attempts: u32, base: Duration, max: Duration) -> Duration {
     base.saturating_mul(factor).min(max)
 }
 
+/// `wait` spread over 75..125 % of itself, so that messages that failed together (an SMTP
+/// outage) do not all come back at the same instant.
+fn jittered(wait: Duration) -> Duration {
+    use rand::Rng;
+    wait.mul_f64(rand::thread_rng().gen_range(0.75..1.25))
+}
+
 impl App {
     /// Renders mail of `kind` and queues it. Returns once it is stored: from here on it is
     /// delivered even if SMTP is down or this process dies.
@@ -99,11 +106,11 @@ impl App {
                     .await;
             }
             Err(e) => {
-                let wait = backoff(
+                let wait = jittered(backoff(
                     doc.attempts,
                     self.config.mail_retry_base_delay,
                     self.config.mail_retry_max_delay,
-                );
+                ));
                 tracing::warn!(mail_id = %doc.id, kind = %doc.kind, attempts = doc.attempts, retry_in_ms = wait.as_millis() as u64, error = %e, "mail delivery failed; will retry");
                 let next = self.now() + chrono::Duration::from_std(wait).unwrap_or_default();
                 outbox.retry_at(&doc.id, owner, next, &e.message).await?;
@@ -171,5 +178,16 @@ mod tests {
         let waits: Vec<u64> = (1..=9).map(|n| backoff(n, base, max).as_secs()).collect();
         assert_eq!(waits, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
         assert_eq!(backoff(u32::MAX, base, max), max);
+    }
+
+    #[test]
+    fn jitter_spreads_retries_around_the_backoff() {
+        let wait = Duration::from_secs(100);
+        let waits: Vec<Duration> = (0..200).map(|_| jittered(wait)).collect();
+        assert!(waits
+            .iter()
+            .all(|w| *w >= Duration::from_secs(75) && *w < Duration::from_secs(125)));
+        let distinct: std::collections::HashSet<_> = waits.iter().collect();
+        assert!(distinct.len() > 150, "retries are not spread: {}", distinct.len());
     }
 }

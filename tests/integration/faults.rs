@@ -1,4 +1,5 @@
-//! A bad day, with the real processes: the database dies under load and comes back.
+//! A bad day, with the real processes: the database dies under load and comes back; the SMTP
+//! server refuses every message, or takes 20 s to accept each.
 
 use std::time::{Duration, Instant};
 
@@ -182,4 +183,156 @@ async fn losing_the_database_turns_health_not_serving_fails_fast_and_recovers_wi
     assert!(mail[0].code().is_some(), "{mail:?}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(sink.to(&who).len(), 1, "the queued mail went out once");
+}
+
+/// The misbehaving SMTP server of `tests/support/smtp_faulty.py` in `mode`, with the file it
+/// logs every offered recipient to. Killed with the test.
+fn faulty_smtp(mode: &str) -> (std::process::Child, String, std::path::PathBuf) {
+    use std::io::BufRead;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = std::env::temp_dir().join(format!("keyward-smtp-{mode}-{port}.log"));
+    let _ = std::fs::remove_file(&log);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/smtp_faulty.py");
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg(script)
+        .arg(port.to_string())
+        .arg(mode)
+        .arg(&log)
+        .stdout(std::process::Stdio::piped());
+    kill_with_parent(&mut cmd);
+    let mut child = cmd
+        .spawn()
+        .expect("python3 with aiosmtpd (scripts/setup.sh)");
+    let mut ready = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready.trim(), "ready");
+    (child, format!("smtp://127.0.0.1:{port}"), log)
+}
+
+fn offered(log: &std::path::Path) -> usize {
+    std::fs::read_to_string(log).map_or(0, |s| s.lines().count())
+}
+
+/// The one outbox message of this test's database, once `done` says it is where it should be.
+async fn outbox_message(
+    app: &TestApp,
+    within: Duration,
+    done: impl Fn(&mongodb::bson::Document) -> bool,
+) -> mongodb::bson::Document {
+    use mongodb::bson::doc;
+    let outbox = app
+        .db()
+        .await
+        .collection::<mongodb::bson::Document>("mail_outbox");
+    let start = Instant::now();
+    loop {
+        if let Some(d) = outbox
+            .find_one(doc! { "kind": "verify_email" })
+            .await
+            .unwrap()
+        {
+            if done(&d) {
+                return d;
+            }
+        }
+        let all: Vec<mongodb::bson::Document> = {
+            use futures::TryStreamExt;
+            outbox
+                .find(doc! {})
+                .await
+                .unwrap()
+                .try_collect()
+                .await
+                .unwrap()
+        };
+        assert!(
+            start.elapsed() < within,
+            "outbox message not settled: {all:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_refusing_smtp_server_is_tried_once_and_the_message_given_up_and_audited() {
+    let (_smtp, url, log) = faulty_smtp("refuse");
+    let app = TestApp::start_with_config(|c| c.smtp_url = Some(url)).await;
+    let started = Instant::now();
+    app.register(&email("refused")).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let message = outbox_message(&app, Duration::from_secs(20), |d| {
+        d.get_str("status") == Ok("failed")
+    })
+    .await;
+    assert_eq!(
+        message
+            .get_i32("attempts")
+            .ok()
+            .or(message.get_i64("attempts").ok().map(|n| n as i32)),
+        Some(1),
+        "{message:?}"
+    );
+    assert!(
+        message
+            .get_str("last_error")
+            .unwrap_or_default()
+            .contains("550"),
+        "{message:?}"
+    );
+    // Given up for good: no retry reaches the server.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(offered(&log), 1);
+    let audited = app
+        .db()
+        .await
+        .collection::<mongodb::bson::Document>("audit_events")
+        .count_documents(mongodb::bson::doc! { "action": "mail_delivery", "outcome": "failure" })
+        .await
+        .unwrap();
+    assert_eq!(audited, 1);
+}
+
+#[tokio::test]
+async fn a_slow_smtp_server_never_slows_the_rpcs_and_gets_each_message_once() {
+    let (_smtp, url, log) = faulty_smtp("slow");
+    let app = TestApp::start_with_config(|c| c.smtp_url = Some(url)).await;
+    let started = Instant::now();
+    app.register(&email("slow")).await;
+    // While the workers wait on the server, registrations and logins answer as usual.
+    for n in 0..5 {
+        let who = email(&format!("slow-{n}"));
+        app.signed_in(&who).await;
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // The server takes 20 s per message; workers wait for it (the lease outlasts that), so
+    // every message goes out once, none twice.
+    let message = outbox_message(&app, Duration::from_secs(60), |d| {
+        d.get_str("status") == Ok("sent")
+    })
+    .await;
+    assert_eq!(message.get_i64("attempts").ok(), Some(1), "{message:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let recipients = std::fs::read_to_string(&log).unwrap_or_default();
+    let mut seen = std::collections::HashSet::new();
+    for line in recipients.lines() {
+        let to = line.split_whitespace().nth(1).unwrap_or_default();
+        assert!(
+            seen.insert(to.to_string()),
+            "{to} offered twice:\n{recipients}"
+        );
+    }
 }
