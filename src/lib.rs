@@ -4,16 +4,18 @@
 //! - [`config`]: settings from a TOML file and `KEYWARD_*` environment, validated at start.
 //! - [`telemetry`]: logs (text/JSON), OTLP traces, one span per RPC joined to the caller's trace
 //!   (status code, user id).
-//! - [`server`]: the tonic server — limits, health, reflection, services, graceful shutdown.
+//! - [`server`]: the tonic server — limits, health that follows the database, reflection,
+//!   services, graceful shutdown.
 //! - [`grpc`]: thin adapters, one file per service (`auth.rs`, `otp.rs`, `org.rs`, `users.rs`,
-//!   and Envoy's `ext_authz.rs`), the codec that turns bad input into INVALID_ARGUMENT, and proto
-//!   conversions.
+//!   and Envoy's `ext_authz.rs`), who is calling (client address from trusted proxies), the codec
+//!   that turns bad input and oversized messages into INVALID_ARGUMENT, and proto conversions.
 //! - [`app`]: the use cases (register, login, refresh, authenticate, logout, one-time codes,
 //!   the mail outbox and its delivery workers, Authorize, organizations and invitations, platform
 //!   user management, importing accounts) combining domain rules with storage; knows nothing of
 //!   protobuf.
 //! - [`domain`]: pure rules — emails, password policy and hashing, tokens, roles and the
-//!   permission matrix, lockout, one-time codes and their send limits, keyset page tokens.
+//!   permission matrix, lockout, one-time codes and their send limits, keyset page tokens, which
+//!   client address to believe behind proxies (and its IPv6 /64 rate-limit key).
 //! - [`store`]: MongoDB, one file per collection (`users`, `sessions`, `rate_limits`,
 //!   `one_time_codes`, `mail_outbox`, `audit_events`, `orgs`, `memberships`, `invitations`) with
 //!   its documents, indexes and queries.
