@@ -184,9 +184,16 @@ pub async fn serve(
             },
         )
         .await;
+    // Stop the background tasks and wait until they have: a task still inside a database call
+    // when the caller drops the runtime would find the driver's connection pool gone with it
+    // (the driver panics then).
     ready_task.abort();
-    for worker in mail_workers {
+    let _ = ready_task.await;
+    for worker in &mail_workers {
         worker.abort();
+    }
+    for worker in mail_workers {
+        let _ = worker.await;
     }
     tracing::info!("keyward stopped");
     Ok(result?)
