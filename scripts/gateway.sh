@@ -140,6 +140,103 @@ for part_path in sys.argv[1:]:
                 doc["paths"][name].update(value)
             elif doc[section].setdefault(name, value) != value:
                 sys.exit(f"{section} {name} differs between files")
+
+# What keyward enforces on requests, written into the schema so that clients, and fuzzers that
+# generate requests from this file (schemathesis, scripts/schemathesis.sh), get past input
+# validation. It is here rather than as options in the protos because Debian's
+# protoc-gen-swagger (grpc-gateway 1.6.4) ignores google.api.field_behavior, its own
+# openapiv2_field option has no `format`, and importing either would make keyward's Rust build
+# (vendored protoc, include path `proto/`) need proto files that only a Debian Go package ships.
+# The numbers are keyward's (src/app, src/domain) at its default configuration:
+# password_max_length 128, password_min_length 8.
+# `required`: the fields keyward refuses a call without (an empty string counts as missing).
+ID = {"pattern": "^[0-9a-f]{32}$", "minLength": 32, "maxLength": 32}  # users, orgs, sessions
+ID_OR_EMPTY = {"pattern": "^([0-9a-f]{32})?$", "maxLength": 32}
+EMAIL = {"format": "email", "minLength": 3, "maxLength": 254}  # after trim, NFC, lowercase
+PASSWORD = {"minLength": 1, "maxLength": 128}
+NEW_PASSWORD = {"minLength": 8, "maxLength": 128}  # and a zxcvbn strength of 2
+CODE = {"pattern": "^[0-9]{6}$", "minLength": 6, "maxLength": 6}
+ACCESS_TOKEN = {"pattern": "^v4\\.public\\.[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)?$", "minLength": 1}
+DISPLAY_NAME = {"maxLength": 100}  # characters, no control characters
+ORG_NAME = {"minLength": 1, "maxLength": 200}
+SLUG = {"pattern": "^([a-z0-9]+(-[a-z0-9]+)*)?$", "maxLength": 63}  # empty: derived from the name
+WEBSITE = {"pattern": "^(https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?([/?#][!-~]*)?)?$", "maxLength": 2048}
+DEPARTMENT = {"maxLength": 100}
+PAGE_SIZE = {"minimum": 0}  # 0: 50; above 200: 200
+FIELDS = {
+    "v1RegisterRequest": {"required": ["email", "password"], "email": EMAIL,
+                          "password": NEW_PASSWORD, "display_name": DISPLAY_NAME},
+    "v1OrganizationSignup": {"required": ["name"], "name": ORG_NAME, "slug": SLUG,
+                             "website": WEBSITE},
+    "v1LoginRequest": {"required": ["email", "password"], "email": EMAIL, "password": PASSWORD},
+    "v1RefreshRequest": {"required": ["refresh_token"], "refresh_token": {
+        "pattern": "^kwr_[A-Za-z0-9_-]+$", "minLength": 5, "maxLength": 128}},
+    "v1AuthenticateRequest": {"required": ["access_token"], "access_token": ACCESS_TOKEN},
+    "v1AuthorizeRequest": {"required": ["access_token"], "access_token": ACCESS_TOKEN,
+                           "org_id": ID_OR_EMPTY},
+    "v1BatchAuthorizeRequest": {"required": ["access_token"], "access_token": ACCESS_TOKEN,
+                                "checks": {"maxItems": 100}},
+    "v1PermissionCheck": {"org_id": ID_OR_EMPTY},
+    "v1ChangePasswordRequest": {"required": ["current_password", "new_password"],
+                                "current_password": PASSWORD, "new_password": NEW_PASSWORD},
+    "v1SendCodeRequest": {"required": ["email", "purpose"], "email": EMAIL},
+    "v1VerifyEmailRequest": {"required": ["email", "code"], "email": EMAIL, "code": CODE},
+    "v1LoginWithCodeRequest": {"required": ["email", "code"], "email": EMAIL, "code": CODE},
+    "v1ResetPasswordRequest": {"required": ["email", "code", "new_password"], "email": EMAIL,
+                               "code": CODE, "new_password": NEW_PASSWORD},
+    "v1CreateOrgRequest": {"required": ["name"], "name": ORG_NAME, "slug": SLUG,
+                           "website": WEBSITE},
+    "v1UpdateOrgRequest": {"name": ORG_NAME, "website": WEBSITE},
+    "v1InviteMemberRequest": {"required": ["email"], "email": EMAIL, "department": DEPARTMENT},
+    "v1AcceptInvitationRequest": {"required": ["token"], "token": {
+        "pattern": "^kwi_[A-Za-z0-9_-]+$", "minLength": 5}},
+    "v1CreateMemberRequest": {"required": ["email", "password"], "email": EMAIL,
+                              "password": NEW_PASSWORD, "display_name": DISPLAY_NAME,
+                              "department": DEPARTMENT},
+    "v1UpdateMemberRequest": {"department": DEPARTMENT},
+    "v1UpdateUserRequest": {"display_name": {"minLength": 1, **DISPLAY_NAME}, "email": EMAIL},
+    "v1SetUserRoleRequest": {"required": ["role"]},
+}
+# Path and query parameters, by where and name, in every operation that has them.
+PARAMETERS = {
+    ("path", "user_id"): ID, ("path", "org_id"): ID, ("path", "session_id"): ID,
+    ("query", "user_id"): ID_OR_EMPTY, ("query", "page_size"): PAGE_SIZE,
+    ("query", "email_prefix"): {"maxLength": 254},
+}
+for name, rules in FIELDS.items():
+    schema = doc["definitions"].get(name)
+    if schema is None:
+        sys.exit(f"constraints: no definition {name}")
+    props = schema.get("properties", {})
+    for field, keywords in rules.items():
+        if field == "required":
+            missing = [f for f in keywords if f not in props]
+            if missing:
+                sys.exit(f"constraints: {name} has no {missing}")
+            schema["required"] = keywords
+        elif field not in props:
+            sys.exit(f"constraints: {name} has no {field}")
+        else:
+            props[field].update(keywords)
+used = set()
+for path in doc["paths"].values():
+    for op in path.values():
+        for param in op.get("parameters", []):
+            key = (param["in"], param["name"])
+            if key in PARAMETERS:
+                param.update(PARAMETERS[key])
+                used.add(key)
+if set(PARAMETERS) - used:
+    sys.exit(f"constraints: no parameters {sorted(set(PARAMETERS) - used)}")
+# The gateway writes fields at their default value, and the default of a message field
+# (timestamps included) is null: `"last_login_at": null` before the first login. Requests may
+# send null there too, meaning unset.
+for schema in doc["definitions"].values():
+    for prop in schema.get("properties", {}).values():
+        ref = prop.get("$ref", "").rpartition("/")[2]
+        if doc["definitions"].get(ref, {}).get("type") == "object" or prop.get("format") == "date-time":
+            prop["x-nullable"] = True
+
 doc["info"] = {
     "title": "keyward REST API",
     "version": "v1",

@@ -92,10 +92,25 @@ impl UserService for Users {
             Ok(UserStatus::Deleted) => vec![DomainStatus::Deleted],
             Err(_) => return Err(Error::invalid("status", "is not a known status").into()),
         };
+        let email_prefix = crate::domain::email::normalize_prefix(&r.email_prefix);
+        // Longer than any stored email can be, or with characters none has: match nothing, and
+        // must not reach the database as a query it refuses.
+        if email_prefix.len() > crate::domain::email::MAX_EMAIL_LEN
+            || email_prefix.chars().any(char::is_control)
+        {
+            return Err(Error::invalid(
+                "email_prefix",
+                format!(
+                    "must be at most {} bytes, without control characters",
+                    crate::domain::email::MAX_EMAIL_LEN
+                ),
+            )
+            .into());
+        }
         let filter = UserFilter {
             statuses,
             role: role_from(r.role, "role")?,
-            email_prefix: crate::domain::email::normalize_prefix(&r.email_prefix),
+            email_prefix,
             created_after: time(r.created_after),
             created_before: time(r.created_before),
         };

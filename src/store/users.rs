@@ -73,18 +73,6 @@ fn status_str(status: UserStatus) -> &'static str {
     }
 }
 
-/// `text` as a literal inside a regular expression.
-fn regex_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if "\\.+*?()|[]{}^$#&-~".contains(c) {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
 /// The outcome of inserting an account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Inserted {
@@ -144,9 +132,15 @@ impl Users {
             query.insert("role", role.as_str());
         }
         if !filter.email_prefix.is_empty() {
+            // A range, not a regular expression: every string starting with the prefix sorts
+            // between it and the prefix followed by the highest code point, and a range needs no
+            // escaping and uses the unique email index.
             query.insert(
                 "email",
-                doc! { "$regex": format!("^{}", regex_escape(&filter.email_prefix)) },
+                doc! {
+                    "$gte": &filter.email_prefix,
+                    "$lt": format!("{}{}", filter.email_prefix, char::MAX),
+                },
             );
         }
         let mut created = Document::new();

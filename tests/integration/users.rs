@@ -884,3 +884,38 @@ async fn an_admin_cannot_take_over_an_equal_admin_and_an_email_change_ends_sessi
         .await
         .expect("the acting admin stays signed in");
 }
+
+#[tokio::test]
+async fn email_prefixes_are_literal_and_bounded() {
+    // Found by schemathesis through the gateway: `|` and 998 more characters made the database
+    // refuse the query, and the caller got INTERNAL.
+    let app = TestApp::start().await;
+    let (_, admin) = with_role(&app, &email("admin"), "admin").await;
+    let odd = format!("a.b|c+{}", email("literal"));
+    app.register(&odd).await;
+    let list = |prefix: String| {
+        let mut client = users(&app);
+        let token = admin.access_token.clone();
+        async move {
+            client
+                .list_users(bearer(
+                    ListUsersRequest {
+                        email_prefix: prefix,
+                        ..Default::default()
+                    },
+                    &token,
+                ))
+                .await
+                .map(|r| r.into_inner().users)
+        }
+    };
+    let found = list("A.B|C+".into()).await.unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].email, odd);
+    assert!(list("a?b".into()).await.unwrap().is_empty());
+    for prefix in [format!("|{}", "a".repeat(998)), format!("|{}", "😀".repeat(253))] {
+        let status = list(prefix).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert_eq!(violations(&status)[0].0, "email_prefix");
+    }
+}
