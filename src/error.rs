@@ -179,6 +179,10 @@ impl From<Error> for Status {
                     details.add_bad_request_violation(v.field.clone(), v.description.clone());
                 }
             }
+            Error::PageTokenInvalid => {
+                // Invalid input like any other: it names its field.
+                details.add_bad_request_violation("page_token", err.to_string());
+            }
             Error::AccountLocked { retry_after } | Error::RateLimited { retry_after } => {
                 details.set_retry_info(Some(*retry_after));
             }

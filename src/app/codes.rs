@@ -508,7 +508,10 @@ impl App {
     /// limit hit (someone asked for codes for this address before it existed) leaves the
     /// account to ask again with SendCode.
     pub(crate) async fn send_verification_after_register(&self, user: &UserDoc, caller: &Caller) {
-        let result = match self.admit_send(&user.email, Purpose::VerifyEmail, caller).await {
+        let result = match self
+            .admit_send(&user.email, Purpose::VerifyEmail, caller)
+            .await
+        {
             Ok(()) => {
                 self.issue_code(&user.email, Purpose::VerifyEmail, Some(user), true, caller)
                     .await

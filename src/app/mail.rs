@@ -188,6 +188,10 @@ mod tests {
             .iter()
             .all(|w| *w >= Duration::from_secs(75) && *w < Duration::from_secs(125)));
         let distinct: std::collections::HashSet<_> = waits.iter().collect();
-        assert!(distinct.len() > 150, "retries are not spread: {}", distinct.len());
+        assert!(
+            distinct.len() > 150,
+            "retries are not spread: {}",
+            distinct.len()
+        );
     }
 }

@@ -91,4 +91,127 @@ mod tests {
         assert_eq!(page_size(10_000), Some(200));
         assert_eq!(page_size(-1), None);
     }
+
+    // Property-based fuzzing. Deterministic: a fixed seed and no regression files, so CI sees
+    // the same inputs every run. A longer campaign: `PROPTEST_CASES=100000 cargo test --lib
+    // domain::paging` (and `PROPTEST_RNG_SEED=<u64>` for other inputs); both override the
+    // config below, as proptest's macro applies its environment variables last.
+    //
+    // Page tokens are not authenticated (base64 of text and an unkeyed hash of the filters), so
+    // a client can make a token for any cursor; what these properties hold is that decoding
+    // never panics, that what decodes is a well-formed cursor, that tokens round-trip, and that
+    // a token is refused under other filters.
+    use proptest::prelude::*;
+    use proptest::test_runner::{RngAlgorithm, RngSeed};
+
+    fn fuzz_config(cases: u32) -> ProptestConfig {
+        ProptestConfig {
+            cases,
+            failure_persistence: None,
+            rng_algorithm: RngAlgorithm::ChaCha,
+            rng_seed: RngSeed::Fixed(0x6b65_7977_6172_6403),
+            max_shrink_iters: 4096,
+            ..ProptestConfig::default()
+        }
+    }
+
+    fn cursor() -> impl Strategy<Value = Cursor> {
+        (any::<i64>(), "\\PC{1,40}|[a-f0-9|]{1,32}")
+            .prop_map(|(at_millis, id)| Cursor { at_millis, id })
+    }
+
+    fn filters() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(String::new()),
+            "(members|my_orgs);(org|user)=[a-z0-9]{0,8};role=(admin|owner|)?",
+            any::<String>(),
+        ]
+    }
+
+    /// Strings that look more or less like page tokens, and plain garbage.
+    fn token_like() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            "[A-Za-z0-9_=+/-]{0,200}",
+            any::<Vec<u8>>().prop_map(|raw| URL_SAFE_NO_PAD.encode(raw)),
+            (
+                "[-+]?[0-9]{0,25}",
+                "[0-9a-f]{0,18}",
+                "\\PC{0,20}",
+                filters()
+            )
+                .prop_map(|(at, print, id, filters)| {
+                    // Half of them carry the right fingerprint for `filters` (given below).
+                    let print = if print.len() % 2 == 0 {
+                        fingerprint(&filters)
+                    } else {
+                        print
+                    };
+                    URL_SAFE_NO_PAD.encode(format!("{at}|{print}|{id}"))
+                }),
+        ]
+    }
+
+    /// What a decoded cursor must be: non-empty id, and its own token decodes back to it.
+    fn check_decoded(token: &str, filters: &str) -> Result<(), TestCaseError> {
+        if let Ok(Some(c)) = decode(token, filters) {
+            prop_assert!(!c.id.is_empty());
+            prop_assert_eq!(decode(&encode(&c, filters), filters), Ok(Some(c)));
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(fuzz_config(1024))]
+
+        #[test]
+        fn decoding_anything_never_panics_and_yields_only_well_formed_cursors(
+            token in token_like(),
+            filters in filters(),
+        ) {
+            check_decoded(&token, &filters)?;
+            check_decoded(&token, "")?;
+        }
+
+        #[test]
+        fn tokens_round_trip_under_their_filters_and_only_theirs(
+            c in cursor(),
+            filters in filters(),
+            other in filters(),
+        ) {
+            let token = encode(&c, &filters);
+            prop_assert!(token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+            prop_assert_eq!(decode(&token, &filters), Ok(Some(c)));
+            if other != filters {
+                prop_assert_eq!(decode(&token, &other), Err(()));
+            }
+        }
+
+        /// Changing one character of a token never panics and never yields the original cursor
+        /// (it is refused, or decodes to another cursor: tokens carry no signature).
+        #[test]
+        fn a_token_with_one_character_changed_never_yields_the_same_cursor(
+            c in cursor(),
+            filters in filters(),
+            at in any::<proptest::sample::Index>(),
+            replacement in proptest::char::any(),
+        ) {
+            let token = encode(&c, &filters);
+            let mut chars: Vec<char> = token.chars().collect();
+            let at = at.index(chars.len());
+            prop_assume!(chars[at] != replacement);
+            chars[at] = replacement;
+            let tampered: String = chars.into_iter().collect();
+            prop_assert_ne!(decode(&tampered, &filters), Ok(Some(c)));
+            check_decoded(&tampered, &filters)?;
+        }
+
+        #[test]
+        fn page_sizes_are_in_range_for_any_request(requested in any::<i32>()) {
+            match page_size(requested) {
+                None => prop_assert!(requested < 0),
+                Some(n) => prop_assert!(requested >= 0 && (1..=MAX_PAGE_SIZE).contains(&n)),
+            }
+        }
+    }
 }

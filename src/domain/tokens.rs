@@ -288,4 +288,178 @@ mod tests {
         assert!(new.verify(&token).is_ok());
         assert!(KeyRing::new("k4.secret.nope", &[], "i", "a").is_err());
     }
+
+    // Property-based fuzzing. Deterministic: a fixed seed and no regression files, so CI sees
+    // the same inputs every run. A longer campaign: `PROPTEST_CASES=100000 cargo test --lib
+    // domain::tokens` (and `PROPTEST_RNG_SEED=<u64>` for other inputs); both override the
+    // config below, as proptest's macro applies its environment variables last.
+    use std::sync::OnceLock;
+
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use proptest::prelude::*;
+    use proptest::test_runner::{RngAlgorithm, RngSeed};
+
+    fn fuzz_config(cases: u32) -> ProptestConfig {
+        ProptestConfig {
+            cases,
+            failure_persistence: None,
+            rng_algorithm: RngAlgorithm::ChaCha,
+            rng_seed: RngSeed::Fixed(0x6b65_7977_6172_6402),
+            max_shrink_iters: 4096,
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// A ring that signs with one key and also accepts a second (as during a rotation), a token
+    /// it issued, and the second key's id.
+    struct Fixture {
+        ring: KeyRing,
+        token: String,
+        other_kid: String,
+    }
+
+    fn fixture() -> &'static Fixture {
+        static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+        FIXTURE.get_or_init(|| {
+            let (secret, _, _) = generate_key();
+            let (_, other_public, other_kid) = generate_key();
+            let ring = KeyRing::new(&secret, &[other_public], "keyward", "keyward").unwrap();
+            let (token, _) = ring.issue(&claims(), Utc::now(), Duration::from_secs(3600));
+            assert!(ring.verify(&token).is_ok());
+            Fixture {
+                ring,
+                token,
+                other_kid,
+            }
+        })
+    }
+
+    /// (header with payload, footer) of a v4.public token.
+    fn split_footer(token: &str) -> (&str, &str) {
+        token.rsplit_once('.').unwrap()
+    }
+
+    fn footer_with_kid(kid: &str) -> String {
+        URL_SAFE_NO_PAD.encode(serde_json::json!({ "kid": kid }).to_string())
+    }
+
+    /// Strings that look more or less like tokens, and plain garbage.
+    fn token_like() -> impl Strategy<Value = String> {
+        let f = fixture();
+        let own_footer = footer_with_kid(f.ring.signing_key_id());
+        prop_oneof![
+            2 => any::<String>(),
+            2 => "v4\\.public\\.[A-Za-z0-9_-]{0,300}(\\.[A-Za-z0-9_-]{0,120})?",
+            1 => "(v[0-9]|V4|v4)\\.(public|local|secret|PUBLIC)\\.[ -~]{0,200}",
+            1 => "v4\\.public\\.[A-Za-z0-9_=+/.-]{0,200}\\.{0,3}",
+            // A payload of any bytes under our own key id: the signature never matches.
+            3 => proptest::collection::vec(any::<u8>(), 0..400).prop_map(move |payload| {
+                format!("v4.public.{}.{own_footer}", URL_SAFE_NO_PAD.encode(payload))
+            }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(fuzz_config(512))]
+
+        #[test]
+        fn arbitrary_strings_never_verify(s in token_like()) {
+            prop_assert!(fixture().ring.verify(&s).is_err(), "{s:?} verified");
+        }
+
+        #[test]
+        fn a_token_with_one_byte_changed_never_verifies(
+            at in any::<proptest::sample::Index>(),
+            replacement in proptest::sample::select(
+                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.=+/ \x00~"
+                    .to_vec(),
+            ),
+        ) {
+            let mut bytes = fixture().token.clone().into_bytes();
+            let at = at.index(bytes.len());
+            prop_assume!(bytes[at] != replacement);
+            bytes[at] = replacement;
+            let tampered = String::from_utf8(bytes).unwrap();
+            prop_assert!(fixture().ring.verify(&tampered).is_err(), "{tampered:?} verified");
+        }
+
+        #[test]
+        fn a_truncated_or_extended_token_never_verifies(
+            cut in any::<proptest::sample::Index>(),
+            suffix in "[ -~]{1,20}|\\PC{1,4}",
+        ) {
+            let token = &fixture().token;
+            let truncated = &token[..cut.index(token.len())];
+            prop_assert!(fixture().ring.verify(truncated).is_err(), "{truncated:?} verified");
+            let extended = format!("{token}{suffix}");
+            prop_assert!(fixture().ring.verify(&extended).is_err(), "{extended:?} verified");
+        }
+
+        #[test]
+        fn a_token_with_another_footer_never_verifies(
+            footer in prop_oneof![
+                Just(String::new()),
+                Just("kid-of-the-other-key".to_string()),
+                any::<String>().prop_map(|s| URL_SAFE_NO_PAD.encode(s)),
+                "[A-Za-z0-9_-]{1,120}",
+                any::<String>().prop_map(|kid| footer_with_kid(&kid)),
+                any::<String>().prop_map(|junk| {
+                    let kid = fixture().ring.signing_key_id();
+                    URL_SAFE_NO_PAD.encode(format!(r#"{{"kid":"{kid}","x":{junk:?}}}"#))
+                }),
+            ],
+        ) {
+            let f = fixture();
+            let footer = if footer == "kid-of-the-other-key" {
+                footer_with_kid(&f.other_kid)
+            } else {
+                footer
+            };
+            let (head, own) = split_footer(&f.token);
+            prop_assume!(footer != own);
+            let token = if footer.is_empty() {
+                head.to_string()
+            } else {
+                format!("{head}.{footer}")
+            };
+            prop_assert!(f.ring.verify(&token).is_err(), "{token:?} verified");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(fuzz_config(64))]
+
+        /// Tokens from a key the ring does not hold never verify, not even when their footer
+        /// names a key the ring does hold; and they do verify under their own key.
+        #[test]
+        fn tokens_signed_by_another_key_never_verify(
+            user_id in "\\PC{1,40}",
+            email in "\\PC{1,60}",
+            role in proptest::sample::select(Role::ALL.to_vec()),
+            claim_other_kid in any::<bool>(),
+        ) {
+            let f = fixture();
+            let (secret, _, _) = generate_key();
+            let foreign = KeyRing::new(&secret, &[], "keyward", "keyward").unwrap();
+            let claims = AccessClaims {
+                user_id,
+                email,
+                role,
+                ..claims()
+            };
+            let (token, _) = foreign.issue(&claims, Utc::now(), Duration::from_secs(3600));
+            let own = foreign.verify(&token).unwrap();
+            prop_assert_eq!((&own.user_id, &own.email, own.role), (&claims.user_id, &claims.email, claims.role));
+            prop_assert_eq!(f.ring.verify(&token), Err(TokenError::UnknownKey));
+            let kid = if claim_other_kid { &f.other_kid } else { f.ring.signing_key_id() };
+            let (head, _) = split_footer(&token);
+            let relabelled = format!("{head}.{}", footer_with_kid(kid));
+            prop_assert!(
+                matches!(f.ring.verify(&relabelled), Err(TokenError::Rejected(_))),
+                "{:?}",
+                f.ring.verify(&relabelled)
+            );
+        }
+    }
 }

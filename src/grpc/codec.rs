@@ -79,9 +79,11 @@ impl<U: Message + Default> Decoder for KeywardDecoder<U> {
     }
 }
 
-/// Gives tonic's refusal of an oversized message (OUT_OF_RANGE, from the length prefix, before
-/// the body is read) keyward's answer for it: INVALID_ARGUMENT with a field violation, as every
-/// other invalid request gets. Failures are trailers-only responses, so the status lives in the
+/// Gives tonic's own refusals of bad requests keyward's answer for them: INVALID_ARGUMENT with a
+/// field violation, as every other invalid request gets. Two come from tonic rather than from
+/// [`KeywardDecoder`]: an oversized message (OUT_OF_RANGE, from the length prefix, before the body
+/// is read) and an undecodable body for a service generated with tonic's default codec (INTERNAL;
+/// Envoy's ext_authz `Check`). Failures are trailers-only responses, so the status lives in the
 /// headers and can be replaced there.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct MessageLimitLayer;
@@ -121,19 +123,30 @@ where
         Box::pin(async move {
             let mut response = response.await?;
             let headers = response.headers_mut();
-            let too_large = headers.get("grpc-status").is_some_and(|v| v == "11")
-                && headers
-                    .get("grpc-message")
-                    .and_then(|v| v.to_str().ok())
-                    // Percent-encoded on the wire, as every grpc-message is.
-                    .is_some_and(|m| m.replace("%20", " ").contains("message length too large"));
-            if too_large {
+            let code = headers
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            // Percent-encoded on the wire, as every grpc-message is.
+            let message = headers
+                .get("grpc-message")
+                .and_then(|v| v.to_str().ok())
+                .map(|m| m.replace("%20", " "))
+                .unwrap_or_default();
+            let violation = if code == "11" && message.contains("message length too large") {
                 let limit = MAX_MESSAGE_BYTES.load(Ordering::Relaxed);
-                let status: Status = Error::InvalidArgument(vec![FieldViolation::new(
-                    "",
-                    format!("request is too large; the limit is {limit} bytes"),
-                )])
-                .into();
+                Some(format!("request is too large; the limit is {limit} bytes"))
+            } else if code == "13" && message.starts_with("failed to decode Protobuf message") {
+                // Services whose generated code decodes with tonic's own codec (Envoy's
+                // Authorization) answer INTERNAL to a body that is not their request.
+                Some("request is not a valid protobuf message of this method".to_string())
+            } else {
+                None
+            };
+            if let Some(description) = violation {
+                let status: Status =
+                    Error::InvalidArgument(vec![FieldViolation::new("", description)]).into();
                 headers.remove("grpc-message");
                 headers.remove("grpc-status-details-bin");
                 if let Err(e) = status.add_header(headers) {

@@ -264,7 +264,7 @@ mod tests {
             code => "042137", email => "a@example.com", display_name => "<b>Ann</b>",
             expires_in_minutes => 10, sessions_ended => 2, org_name => "St. Mary's",
             role => "member", inviter_name => "Bob", invitation_token => "kwi_x",
-            expires_in_hours => 72,
+            expires_in_hours => 72, old_email => "a@example.com", new_email => "b@example.com",
         }
     }
 
