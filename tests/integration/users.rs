@@ -913,7 +913,10 @@ async fn email_prefixes_are_literal_and_bounded() {
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0].email, odd);
     assert!(list("a?b".into()).await.unwrap().is_empty());
-    for prefix in [format!("|{}", "a".repeat(998)), format!("|{}", "😀".repeat(253))] {
+    for prefix in [
+        format!("|{}", "a".repeat(998)),
+        format!("|{}", "😀".repeat(253)),
+    ] {
         let status = list(prefix).await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
         assert_eq!(violations(&status)[0].0, "email_prefix");
