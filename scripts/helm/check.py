@@ -31,12 +31,12 @@ NEVER_SET = {"dev", "data_dir", "signing_key_file"}
 
 
 def config_keys():
-    """The setting names in src/config.rs's KEYS const."""
+    """The setting names in src/config.rs's SETTINGS table (the first string of each row)."""
     text = open(os.path.join(ROOT, "src", "config.rs"), encoding="utf-8").read()
-    block = re.search(r"const KEYS: &\[&str\] = &\[(.*?)\];", text, re.S)
+    block = re.search(r"pub const SETTINGS: &\[.*?\] = &\[(.*?)\n\];", text, re.S)
     if not block:
-        sys.exit("check-helm: cannot find the KEYS const in src/config.rs")
-    return set(re.findall(r'"([a-z0-9_]+)"', block.group(1)))
+        sys.exit("check-helm: cannot find the SETTINGS table in src/config.rs")
+    return set(re.findall(r'^\s*\(\s*"([a-z0-9_]+)"', block.group(1), re.M))
 
 
 def coalesce(base, override):
