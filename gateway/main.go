@@ -255,6 +255,7 @@ func callBudget(writeTimeout time.Duration) time.Duration {
 // included, gets a deadline of budget.
 func limitRequest(next http.Handler, maxBody int64, budget time.Duration) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		joinForwardedFor(r.Header)
 		if r.ContentLength > maxBody {
 			writeTooLarge(w, maxBody)
 			return
@@ -286,6 +287,16 @@ func limitRequest(next http.Handler, maxBody int64, budget time.Duration) http.H
 		defer cancel()
 		next.ServeHTTP(w, r.WithContext(ctx))
 	})
+}
+
+// joinForwardedFor turns several X-Forwarded-For header lines into the one list they stand for
+// (RFC 7230: repeated fields are one comma-separated field). grpc-gateway reads only the first
+// line, and a proxy that adds a line of its own (HAProxy's `option forwardfor`) would otherwise
+// leave the client's own line as the one keyward sees.
+func joinForwardedFor(h http.Header) {
+	if lines := h.Values("X-Forwarded-For"); len(lines) > 1 {
+		h.Set("X-Forwarded-For", strings.Join(lines, ", "))
+	}
 }
 
 func writeTooLarge(w http.ResponseWriter, maxBody int64) {

@@ -51,7 +51,8 @@ pub struct Config {
     pub trusted_proxy_hops: usize,
     /// Networks (CIDR or single addresses, comma separated in the environment) whose TCP
     /// connections may carry `x-forwarded-for`; from any other peer it is ignored. Default:
-    /// loopback, where the sidecar connects from.
+    /// 127.0.0.1 and ::1, where the sidecar connects from (not all of 127.0.0.0/8: Istio's
+    /// sidecar connects from 127.0.0.6 on behalf of any caller in the mesh).
     #[serde(deserialize_with = "net_list")]
     pub trusted_proxies: Vec<ipnet::IpNet>,
 
@@ -191,7 +192,7 @@ impl Default for Config {
             ext_authz_cookie: None,
             trusted_proxy_hops: 0,
             trusted_proxies: vec![
-                "127.0.0.0/8".parse().expect("static network"),
+                "127.0.0.1/32".parse().expect("static network"),
                 "::1/128".parse().expect("static network"),
             ],
             mongodb_uri: None,
@@ -515,7 +516,7 @@ pub const SETTINGS: &[(&str, Option<&str>, &str)] = &[
     ("concurrency_per_connection", Some("256"), "in-flight calls per connection; excess calls are shed (UNAVAILABLE)"),
     ("ext_authz_cookie", None, "cookie carrying the access token for ext_authz when a request has no `Authorization: Bearer` header"),
     ("trusted_proxy_hops", Some("0"), "proxies in front of keyward that append to `x-forwarded-for` (REST sidecar = 1, ingress + sidecar = 2); 0: the TCP peer is the client"),
-    ("trusted_proxies", Some("127.0.0.0/8,::1/128"), "networks whose connections may carry `x-forwarded-for` at all"),
+    ("trusted_proxies", Some("127.0.0.1/32,::1/128"), "networks whose connections may carry `x-forwarded-for` at all (not all of 127.0.0.0/8: a mesh sidecar such as Istio's connects from 127.0.0.6)"),
     ("mongodb_uri", None, "any MongoDB-compatible server; required"),
     ("mongodb_database", Some("keyward"), "database name"),
     ("dev", Some("false"), "development mode: a generated signing key in `data_dir`, mail to the log"),

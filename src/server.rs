@@ -43,9 +43,9 @@ async fn set_all(health: &HealthReporter, serving: bool) {
 /// How often a serving replica asks the database whether it is there.
 const DATABASE_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// How long one such check may take before it counts as a failure.
-const DATABASE_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+const DATABASE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Failed checks in a row before the replica reports NOT_SERVING (one slow answer is not an
-/// outage).
+/// outage; the pings have a connection of their own, so load on the main pool does not count).
 const DATABASE_FAILURES_TO_STOP: u32 = 2;
 
 /// Keeps health and `App::ensure_ready` in step with the database, for the life of the server.

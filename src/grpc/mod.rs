@@ -30,11 +30,17 @@ const MAX_USER_AGENT: usize = 256;
 /// keyward say it is; see `domain::client_address`) and user agent.
 pub fn caller<T>(request: &tonic::Request<T>, trust: &ProxyTrust) -> Caller {
     let md = request.metadata();
-    let forwarded = md
+    // Read as bytes: a client's non-ASCII entry must not make the whole header (with the
+    // entries our proxies appended after it) unreadable.
+    let forwarded: Vec<String> = md
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|v| v.to_str().ok());
-    let address = trust.client_address(request.remote_addr().map(|a| a.ip()), forwarded);
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect();
+    let address = trust.client_address(
+        request.remote_addr().map(|a| a.ip()),
+        forwarded.iter().map(String::as_str),
+    );
     // grpc clients put their own library name in user-agent; a gateway forwards the browser's
     // in x-forwarded-user-agent or grpcgateway-user-agent.
     let user_agent = [

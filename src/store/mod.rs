@@ -36,6 +36,8 @@ pub use users::Users;
 #[derive(Clone)]
 pub struct Store {
     pub db: Database,
+    /// The same database over a one-connection client of its own, for health pings.
+    watch: Database,
     pub users: Users,
     pub sessions: Sessions,
     pub audit_events: AuditEvents,
@@ -60,12 +62,20 @@ impl Store {
         options
             .server_selection_timeout
             .get_or_insert(Duration::from_secs(5));
+        // The health watch pings over a client of its own, so a pool saturated by load (all
+        // connections busy) is not mistaken for a database that is gone.
+        let mut watch_options = options.clone();
+        watch_options.max_pool_size = Some(1);
+        watch_options.min_pool_size = None;
+        watch_options.server_selection_timeout = Some(Duration::from_secs(1));
+        let watch = Client::with_options(watch_options)?.database(database);
         let client = Client::with_options(options)?;
-        Ok(Self::new(client.database(database), audit_retention))
+        Ok(Self::new(client.database(database), watch, audit_retention))
     }
 
-    pub fn new(db: Database, audit_retention: Duration) -> Self {
+    pub fn new(db: Database, watch: Database, audit_retention: Duration) -> Self {
         Self {
+            watch,
             users: Users(credential_collection(&db, "users")),
             sessions: Sessions(credential_collection(&db, "sessions")),
             audit_events: AuditEvents {
@@ -82,9 +92,9 @@ impl Store {
         }
     }
 
-    /// One round trip to the server.
+    /// One round trip to the server, over the health watch's own connection.
     pub async fn ping(&self) -> mongodb::error::Result<()> {
-        self.db.run_command(doc! { "ping": 1 }).await.map(|_| ())
+        self.watch.run_command(doc! { "ping": 1 }).await.map(|_| ())
     }
 
     /// Pings the server and creates every index (idempotent). Health turns SERVING after this.

@@ -163,3 +163,28 @@ async fn a_direct_client_outside_the_trusted_networks_cannot_name_its_address() 
     }
     assert_eq!(reasons, ["OK", "RATE_LIMITED"]);
 }
+
+#[tokio::test]
+async fn a_proxy_that_adds_its_own_forwarding_line_is_still_the_one_believed() {
+    // HAProxy's `option forwardfor` adds a line instead of extending the client's: the lines
+    // are one list, and the client's own line is the untrusted start of it.
+    let app = TestApp::start_with_config(|c| c.trusted_proxy_hops = 2).await;
+    let gw = Gateway::start(&app).await;
+    let recorded = session_address(
+        &gw,
+        &[
+            ("X-Forwarded-For", "6.6.6.6"),
+            ("X-Forwarded-For", "192.0.2.40"),
+        ],
+    )
+    .await;
+    assert_eq!(recorded, "192.0.2.40");
+}
+
+#[tokio::test]
+async fn a_non_ascii_forwarding_entry_does_not_hide_the_trusted_ones() {
+    let app = TestApp::start_with_config(|c| c.trusted_proxy_hops = 2).await;
+    let gw = Gateway::start(&app).await;
+    let recorded = session_address(&gw, &[("X-Forwarded-For", "\u{e9}, 192.0.2.50")]).await;
+    assert_eq!(recorded, "192.0.2.50");
+}

@@ -234,3 +234,38 @@ async fn made_up_organization_ids_are_refused_before_any_lookup() {
     assert_eq!((grpc, http), (7, 403));
     assert!(body.contains("NOT_A_MEMBER"), "{body}");
 }
+
+#[tokio::test]
+async fn a_route_without_a_permission_ignores_a_made_up_organization() {
+    let app = TestApp::start().await;
+    let pair = app.signed_in(&email("org-header")).await;
+    let auth = format!("Bearer {}", pair.access_token);
+    let huge = "b".repeat(8000);
+    let r = check(
+        &app,
+        http_request(
+            &[
+                ("authorization", &auth),
+                ("x-org-id", &huge),
+                ("x-keyward-org-id", "forged"),
+            ],
+            &[("org_id_header", "x-org-id")],
+        ),
+    )
+    .await;
+    assert_eq!(r.status.as_ref().unwrap().code, 0, "{r:?}");
+    let Some(HttpResponse::OkResponse(ok)) = &r.http_response else {
+        panic!("not allowed: {r:?}")
+    };
+    assert!(
+        ok.headers
+            .iter()
+            .filter_map(|h| h.header.as_ref())
+            .all(|h| h.key != "x-keyward-org-id"),
+        "{ok:?}"
+    );
+    assert!(
+        ok.headers_to_remove.iter().any(|h| h == "x-keyward-org-id"),
+        "{ok:?}"
+    );
+}
