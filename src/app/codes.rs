@@ -11,7 +11,9 @@ use std::time::Duration;
 use super::accounts::lockout_key;
 use super::sessions::IssuedTokens;
 use super::{App, AuditRecord, Caller};
-use crate::domain::codes::{self, Purpose, SendCounter, SendLimits, MAX_ATTEMPTS};
+use crate::domain::codes::{
+    self, Purpose, SendCounter, SendLimits, MAX_ATTEMPTS, MAX_FOREIGN_ATTEMPTS,
+};
 use crate::domain::email;
 use crate::domain::password;
 use crate::domain::roles::Role;
@@ -31,6 +33,13 @@ pub struct CodeRequested {
     pub retry_after: Duration,
     /// How long the code works.
     pub expires_in: Duration,
+}
+
+/// How long a client an account signed in from counts as the owner's when it asks for codes.
+const KNOWN_FOR: Duration = Duration::from_secs(90 * 24 * 3600);
+
+fn known_key(user_id: &str, requester: &str) -> String {
+    format!("known_requester:{user_id}:{requester}")
 }
 
 /// Who asks for or tries a code, as stored with it: a hash of the client's rate-limit key (its
@@ -89,7 +98,12 @@ impl App {
             return Err(Error::InvalidArgument(violations));
         }
         self.throttle_codes(caller).await?;
-        if let Err(e) = self.admit_send(&email, purpose, caller).await {
+        let user = self.active_user(&email).await?;
+        // Asked for the same way whether or not the account exists (no enumeration by time).
+        let known = self
+            .is_known_requester(user.as_ref().map_or("", |u| u.id.as_str()), caller)
+            .await?;
+        if let Err(e) = self.admit_send(&email, purpose, caller, known).await {
             self.audit(
                 AuditRecord::new("code_send", Outcome::Failure, caller)
                     .email(&email)
@@ -99,15 +113,32 @@ impl App {
             .await;
             return Err(e);
         }
-        let user = self.active_user(&email).await?;
         let eligible = match (purpose, &user) {
             (Purpose::VerifyEmail, Some(u)) => !u.email_verified,
             (Purpose::Login | Purpose::ResetPassword, Some(_)) => true,
             (Purpose::Login, None) => self.config.passwordless_signup,
             _ => false,
         };
-        self.issue_code(&email, purpose, user.as_ref(), eligible, caller)
-            .await?;
+        // A stranger's request never replaces a live code that a client the account has signed
+        // in from asked for: the owner can type the code they were sent.
+        let protected = match (&user, known) {
+            (Some(u), false) => self.live_code_is_known_requesters(&email, purpose, u).await?,
+            _ => false,
+        };
+        if protected {
+            self.store
+                .mail_outbox
+                .record_suppressed(
+                    &crate::domain::secrets::new_id(),
+                    template(purpose),
+                    self.now(),
+                )
+                .await?;
+        } else {
+            self.issue_code(&email, purpose, user.as_ref(), eligible, caller)
+                .await?;
+        }
+        let eligible = eligible && !protected;
         let mut event = AuditRecord::new("code_send", Outcome::Success, caller)
             .email(&email)
             .detail("purpose", purpose.as_str())
@@ -166,17 +197,73 @@ impl App {
     }
 
     /// Counts one code request for `email` + `purpose`: against the requesting client's own
-    /// hourly cap, then against the address's cool-down and its larger hourly cap for everyone
-    /// together. One stranger asking again and again uses up only their own cap, so the owner
-    /// can still get a code; the cool-down keeps a fresh code from being replaced at once, and
-    /// the total cap bounds how much mail any number of strangers can send one mailbox.
-    async fn admit_send(&self, email: &str, purpose: Purpose, caller: &Caller) -> Result<()> {
+    /// hourly cap, then — unless the client is one the account has signed in from — against the
+    /// address's cool-down and its hourly cap for everyone else together. Strangers asking again
+    /// and again use up their own caps and the shared one, never the owner's, so the owner can
+    /// still get a code; the cool-down keeps a fresh code from being replaced at once, and the
+    /// shared cap bounds how much mail and how many guesses strangers get at one mailbox.
+    async fn admit_send(
+        &self,
+        email: &str,
+        purpose: Purpose,
+        caller: &Caller,
+        known: bool,
+    ) -> Result<()> {
         let mailbox = format!("code_send:{}", slot(purpose, email));
         let own = format!("{mailbox}:{}", requester(caller));
         self.count_send(&own, &self.send_limits.per_requester())
             .await?;
+        if known {
+            return Ok(());
+        }
         self.count_send(&mailbox, &self.send_limits.per_mailbox())
             .await
+    }
+
+    /// Remembers that `user_id` signed in from the client of `caller` (its address or IPv6 /64),
+    /// for [`KNOWN_FOR`]. Best effort.
+    pub(crate) async fn remember_requester(&self, user_id: &str, caller: &Caller) {
+        if caller.rate_limit_key.is_empty() {
+            return;
+        }
+        let key = known_key(user_id, &requester(caller));
+        if let Err(e) = self.store.rate_limits.hit(&key, self.now(), KNOWN_FOR).await {
+            tracing::warn!(user_id, error = %e, "could not remember a sign-in client");
+        }
+    }
+
+    /// Whether `user_id` (empty: no account) has signed in from the client of `caller`.
+    async fn is_known_requester(&self, user_id: &str, caller: &Caller) -> Result<bool> {
+        self.is_known(user_id, &requester(caller)).await
+    }
+
+    async fn is_known(&self, user_id: &str, requester: &str) -> Result<bool> {
+        let now = self.now();
+        Ok(self
+            .store
+            .rate_limits
+            .find_raw(&known_key(user_id, requester))
+            .await?
+            .is_some_and(|d| !user_id.is_empty() && d.expires_at.to_chrono() > now))
+    }
+
+    /// Whether the live code of `email` + `purpose` was asked for by a client `user` has signed
+    /// in from.
+    async fn live_code_is_known_requesters(
+        &self,
+        email: &str,
+        purpose: Purpose,
+        user: &UserDoc,
+    ) -> Result<bool> {
+        let live = self
+            .store
+            .one_time_codes
+            .find_live(&slot(purpose, email), self.now())
+            .await?;
+        match live {
+            Some(code) => self.is_known(&user.id, &code.requested_by).await,
+            None => Ok(false),
+        }
     }
 
     /// One compare-and-set round trip on the send counter `key` under `limits`.
@@ -248,7 +335,7 @@ impl App {
         let slot = slot(purpose, email);
         let codes = &self.store.one_time_codes;
         let attempt = codes
-            .admit_attempt(&slot, &requester(caller), now, MAX_ATTEMPTS)
+            .admit_attempt(&slot, &requester(caller), now, MAX_ATTEMPTS, MAX_FOREIGN_ATTEMPTS)
             .await?;
         let used = match attempt {
             Some(doc)
@@ -357,6 +444,7 @@ impl App {
             self.revoke_sessions([issued.session.id.as_str()]);
             return Err(Error::CodeInvalid);
         }
+        self.remember_requester(&issued.user.id, caller).await;
         self.audit(
             AuditRecord::new("login", Outcome::Success, caller)
                 .user(&issued.user.id)
@@ -509,7 +597,7 @@ impl App {
     /// account to ask again with SendCode.
     pub(crate) async fn send_verification_after_register(&self, user: &UserDoc, caller: &Caller) {
         let result = match self
-            .admit_send(&user.email, Purpose::VerifyEmail, caller)
+            .admit_send(&user.email, Purpose::VerifyEmail, caller, false)
             .await
         {
             Ok(()) => {

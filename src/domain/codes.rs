@@ -18,6 +18,9 @@ use subtle::ConstantTimeEq;
 pub const CODE_DIGITS: usize = 6;
 /// Wrong (or any) attempts a code survives; the next attempt fails even with the right digits.
 pub const MAX_ATTEMPTS: u32 = 5;
+/// Attempts on one code from clients other than the one that asked for it, all together: the
+/// owner typing on another device, or a stranger guessing. Few, so that strangers' odds stay low.
+pub const MAX_FOREIGN_ATTEMPTS: u32 = 3;
 /// The longest a code may live (NIST SP 800-63B out-of-band authenticators).
 pub const MAX_LIFETIME: Duration = Duration::from_secs(10 * 60);
 
@@ -105,9 +108,9 @@ fn add(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
     t + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::days(1))
 }
 
-/// How many times more codes one mailbox may receive per hour from all requesters together than
-/// from any one of them.
-pub const MAILBOX_FACTOR: u32 = 4;
+/// How many times more codes one mailbox may receive per hour from all requesters it does not know
+/// (clients the account never signed in from) together than from any one of them.
+pub const MAILBOX_FACTOR: u32 = 2;
 
 impl SendLimits {
     /// What one requesting client may ask for one address and purpose: the hourly cap, no

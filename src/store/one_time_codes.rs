@@ -81,9 +81,20 @@ impl OneTimeCodes {
             .map(|_| ())
     }
 
+    /// The live code of `slot`, if any.
+    pub async fn find_live(
+        &self,
+        slot: &str,
+        now: DateTime<Utc>,
+    ) -> mongodb::error::Result<Option<OneTimeCodeDoc>> {
+        self.0
+            .find_one(doc! { "_id": slot, "expires_at": { "$gt": bson_time(now) } })
+            .await
+    }
+
     /// Counts one attempt by `attempted_by` on the live code of `slot` and returns it, or `None`
-    /// when there is no code, it expired, or the attempter's budget (the requester's own, or
-    /// everyone else's together) has had `max_attempts` already. Counting comes first, so
+    /// when there is no code, it expired, or the attempter's budget (the requester's own
+    /// `max_attempts`, or everyone else's `max_foreign_attempts` together) is spent. Counting comes first, so
     /// however many attempts race, at most `max_attempts` per budget ever get to compare.
     pub async fn admit_attempt(
         &self,
@@ -91,20 +102,21 @@ impl OneTimeCodes {
         attempted_by: &str,
         now: DateTime<Utc>,
         max_attempts: u32,
+        max_foreign_attempts: u32,
     ) -> mongodb::error::Result<Option<OneTimeCodeDoc>> {
         let live = doc! { "_id": slot, "expires_at": { "$gt": bson_time(now) } };
         let Some(seen) = self.0.find_one(live.clone()).await? else {
             return Ok(None);
         };
-        let budget = if seen.requested_by == attempted_by {
-            "attempts"
+        let (budget, max) = if seen.requested_by == attempted_by {
+            ("attempts", max_attempts)
         } else {
-            "foreign_attempts"
+            ("foreign_attempts", max_foreign_attempts)
         };
         let mut filter = live;
         // The same code still (a replacement resets both budgets and may change the requester).
         filter.insert("code_hash", &seen.code_hash);
-        filter.insert(budget, doc! { "$lt": max_attempts as i64 });
+        filter.insert(budget, doc! { "$lt": max as i64 });
         self.0
             .find_one_and_update(filter, doc! { "$inc": { budget: 1 } })
             .return_document(ReturnDocument::After)

@@ -201,11 +201,11 @@ fn from<T>(address: &str, message: T) -> tonic::Request<T> {
 }
 
 #[tokio::test]
-async fn a_targeted_owner_still_signs_in_by_a_fresh_code_while_a_stranger_keeps_guessing() {
+async fn a_targeted_owner_still_signs_in_by_a_fresh_code_while_strangers_keep_guessing() {
     use keyward::grpc::pb::otp_service_client::OtpServiceClient;
     use keyward::grpc::pb::{CodePurpose, LoginRequest, LoginWithCodeRequest, SendCodeRequest};
     const OWNER: &str = "192.0.2.10";
-    const STRANGER: &str = "198.51.100.66";
+    const STRANGERS: [&str; 3] = ["198.51.100.66", "198.51.100.67", "2001:db8:66::1"];
     let app = TestApp::start_with_config(|c| {
         c.trusted_proxy_hops = 1;
         c.code_send_cooldown = Duration::from_millis(200);
@@ -224,9 +224,28 @@ async fn a_targeted_owner_still_signs_in_by_a_fresh_code_while_a_stranger_keeps_
         })
         .await
         .expect("the owner verified the address at sign-up");
+    let password_login = |address: &'static str, password: &'static str| {
+        let victim = victim.clone();
+        let mut auth = app.auth();
+        async move {
+            auth.login(from(
+                address,
+                LoginRequest {
+                    email: victim,
+                    password: password.into(),
+                },
+            ))
+            .await
+        }
+    };
+    // The owner has signed in from their usual address before.
+    password_login(OWNER, PASSWORD)
+        .await
+        .expect("owner signs in");
     let send = |address: &'static str| {
         let victim = victim.clone();
         async move {
+            tokio::time::sleep(Duration::from_millis(250)).await;
             otp()
                 .send_code(from(
                     address,
@@ -236,6 +255,8 @@ async fn a_targeted_owner_still_signs_in_by_a_fresh_code_while_a_stranger_keeps_
                     },
                 ))
                 .await
+                .map(|_| ())
+                .map_err(|s| reason(&s))
         }
     };
     let code_login = |address: &'static str, code: String| {
@@ -253,56 +274,55 @@ async fn a_targeted_owner_still_signs_in_by_a_fresh_code_while_a_stranger_keeps_
         }
     };
 
-    // The stranger locks password login...
+    // Strangers lock password login...
     for _ in 0..5 {
-        let _ = app
-            .auth()
-            .login(from(
-                STRANGER,
-                LoginRequest {
-                    email: victim.clone(),
-                    password: "a wrong guess 123".into(),
-                },
-            ))
-            .await;
+        let _ = password_login(STRANGERS[0], "a wrong guess 123").await;
     }
-    let status = app.login(&victim, PASSWORD).await.unwrap_err();
+    let status = password_login(OWNER, PASSWORD).await.unwrap_err();
     assert_eq!(reason(&status), "ACCOUNT_LOCKED");
-    // ...uses up every code they may ask for...
-    let mut stranger_sends = Vec::new();
+    // ...and ask for codes from several addresses: each has its own cap of 5.
+    let mut sends = Vec::new();
     for _ in 0..6 {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        stranger_sends.push(send(STRANGER).await.map(|_| ()).map_err(|s| reason(&s)));
+        sends.push(send(STRANGERS[0]).await);
     }
-    assert_eq!(
-        stranger_sends[..5],
-        [Ok(()), Ok(()), Ok(()), Ok(()), Ok(())]
-    );
-    assert_eq!(stranger_sends[5], Err("RATE_LIMITED".to_string()));
-    // ...yet the owner gets a code of their own.
+    assert_eq!(sends[..5], [Ok(()), Ok(()), Ok(()), Ok(()), Ok(())]);
+    assert_eq!(sends[5], Err("RATE_LIMITED".to_string()));
+    for _ in 0..4 {
+        send(STRANGERS[1]).await.unwrap();
+    }
+    // The owner, from a client the account knows, still gets a code of their own...
     shared_sink()
-        .wait_for(&victim, 6, Duration::from_secs(30))
+        .wait_for(&victim, 10, Duration::from_secs(30))
         .await;
-    tokio::time::sleep(Duration::from_millis(250)).await;
     send(OWNER).await.expect("the owner's own code request");
-    let code = shared_sink().code(&victim, 7).await;
+    let code = shared_sink().code(&victim, 11).await;
+    // ...which a stranger's next request does not replace (the answer is the same, no mail),
+    // and after which the strangers' shared hourly cap (2 x 5) is spent.
+    send(STRANGERS[1]).await.expect("answered as usual");
+    assert_eq!(send(STRANGERS[2]).await, Err("RATE_LIMITED".to_string()));
 
-    // The stranger guesses at it until their attempts run out; the owner's remain.
+    // Strangers guess at the owner's code until their shared attempts (3) run out.
     let wrong = format!("{:06}", (code.parse::<u32>().unwrap() + 1) % 1_000_000);
-    for _ in 0..6 {
-        let status = code_login(STRANGER, wrong.clone()).await.unwrap_err();
+    for stranger in STRANGERS {
+        let status = code_login(stranger, wrong.clone()).await.unwrap_err();
         assert_eq!(reason(&status), "CODE_INVALID");
     }
     assert_eq!(
-        reason(&code_login(STRANGER, code.clone()).await.unwrap_err()),
+        reason(&code_login(STRANGERS[0], code.clone()).await.unwrap_err()),
         "CODE_INVALID",
-        "the stranger's budget is spent, even for the right code"
+        "the strangers' budget is spent, even for the right code"
     );
     code_login(OWNER, code)
         .await
         .expect("the owner signs in with the code sent to them");
     // Signing in by code proved the mailbox: the password lockout is lifted.
-    app.login(&victim, PASSWORD)
+    password_login(OWNER, PASSWORD)
         .await
         .expect("password login works again");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        shared_sink().to(&victim).len(),
+        11,
+        "the stranger's request after the owner's mailed nothing"
+    );
 }

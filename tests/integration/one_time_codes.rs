@@ -547,12 +547,12 @@ async fn a_code_expires_after_its_lifetime() {
         .unwrap();
     let at = |secs: i64| t0 + chrono::Duration::seconds(secs);
     assert!(codes
-        .admit_attempt(&slot, "requester", at(599), 5)
+        .admit_attempt(&slot, "requester", at(599), 5, 3)
         .await
         .unwrap()
         .is_some());
     assert!(codes
-        .admit_attempt(&slot, "requester", at(600), 5)
+        .admit_attempt(&slot, "requester", at(600), 5, 3)
         .await
         .unwrap()
         .is_none());
