@@ -122,7 +122,10 @@ impl App {
         // A stranger's request never replaces a live code that a client the account has signed
         // in from asked for: the owner can type the code they were sent.
         let protected = match (&user, known) {
-            (Some(u), false) => self.live_code_is_known_requesters(&email, purpose, u).await?,
+            (Some(u), false) => {
+                self.live_code_is_known_requesters(&email, purpose, u)
+                    .await?
+            }
             _ => false,
         };
         if protected {
@@ -227,7 +230,12 @@ impl App {
             return;
         }
         let key = known_key(user_id, &requester(caller));
-        if let Err(e) = self.store.rate_limits.hit(&key, self.now(), KNOWN_FOR).await {
+        if let Err(e) = self
+            .store
+            .rate_limits
+            .hit(&key, self.now(), KNOWN_FOR)
+            .await
+        {
             tracing::warn!(user_id, error = %e, "could not remember a sign-in client");
         }
     }
@@ -335,7 +343,13 @@ impl App {
         let slot = slot(purpose, email);
         let codes = &self.store.one_time_codes;
         let attempt = codes
-            .admit_attempt(&slot, &requester(caller), now, MAX_ATTEMPTS, MAX_FOREIGN_ATTEMPTS)
+            .admit_attempt(
+                &slot,
+                &requester(caller),
+                now,
+                MAX_ATTEMPTS,
+                MAX_FOREIGN_ATTEMPTS,
+            )
             .await?;
         let used = match attempt {
             Some(doc)
