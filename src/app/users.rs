@@ -217,7 +217,9 @@ impl App {
         let context = minijinja::context! {
             display_name => after.display_name,
             old_email => before.email,
-            new_email => after.email,
+            // The old mailbox may no longer be the owner's: it learns that the address changed,
+            // not where to.
+            new_email => crate::domain::email::masked(&after.email),
             sessions_ended => sessions_ended,
         };
         if let Err(e) = self

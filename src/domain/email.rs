@@ -37,6 +37,18 @@ pub fn normalize(raw: &str) -> Result<String, &'static str> {
     Ok(normalized)
 }
 
+/// `email` with most of its local part hidden (`j***@example.com`), for telling someone that an
+/// address exists without giving it away.
+pub fn masked(email: &str) -> String {
+    match email.rsplit_once('@') {
+        Some((local, domain)) => {
+            let first: String = local.chars().take(1).collect();
+            format!("{first}***@{domain}")
+        }
+        None => "***".to_string(),
+    }
+}
+
 /// The start of an email, normalised as [`normalize`] does, for prefix searches.
 pub fn normalize_prefix(raw: &str) -> String {
     raw.trim().nfc().collect::<String>().to_lowercase()
@@ -45,6 +57,13 @@ pub fn normalize_prefix(raw: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn masked_addresses_keep_one_letter_and_the_domain() {
+        assert_eq!(masked("jane.doe@example.com"), "j***@example.com");
+        assert_eq!(masked("é@x.org"), "é***@x.org");
+        assert_eq!(masked("nonsense"), "***");
+    }
 
     #[test]
     fn case_space_and_unicode_forms_collapse_to_one_identifier() {
