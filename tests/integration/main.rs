@@ -12,6 +12,7 @@ mod accounts;
 mod bad_input;
 mod cli;
 mod client_address;
+mod crash;
 mod ext_authz;
 mod faults;
 mod fuzz;
