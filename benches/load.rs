@@ -218,6 +218,7 @@ async fn seed_users(uri: &str, count: usize) -> usize {
                     created_at: at,
                     updated_at: at,
                     last_login_at: None,
+                pending_org: None,
                 }
             })
             .collect();

@@ -48,6 +48,20 @@ const DATABASE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// outage; the pings have a connection of their own, so load on the main pool does not count).
 const DATABASE_FAILURES_TO_STOP: u32 = 2;
 
+/// How often (in database checks, one a second) a replica looks for registrations that died
+/// midway.
+const SETTLE_EVERY_CHECKS: u64 = 10;
+
+/// Finishes or takes back registrations that died midway (see
+/// `App::finish_interrupted_registrations`); a failure is logged and tried again later.
+async fn settle_registrations(app: &App) {
+    match app.finish_interrupted_registrations().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(settled = n, "settled registrations that died midway"),
+        Err(e) => tracing::warn!(error = %e, "could not settle interrupted registrations"),
+    }
+}
+
 /// Keeps health and `App::ensure_ready` in step with the database, for the life of the server.
 /// While the database is gone, calls fail at once with UNAVAILABLE/NOT_READY instead of each
 /// waiting for the driver's server selection, and load balancers stop sending traffic here.
@@ -64,12 +78,18 @@ async fn watch_database(app: Arc<App>, health: HealthReporter) {
             }
         }
     }
+    settle_registrations(&app).await;
     app.set_ready(true);
     set_all(&health, true).await;
     tracing::info!("database ready: serving");
     let mut failures = 0u32;
+    let mut checks = 0u64;
     loop {
         tokio::time::sleep(DATABASE_CHECK_EVERY).await;
+        checks += 1;
+        if checks % SETTLE_EVERY_CHECKS == 0 && app.ensure_ready().is_ok() {
+            settle_registrations(&app).await;
+        }
         let answered = matches!(
             tokio::time::timeout(DATABASE_CHECK_TIMEOUT, app.store.ping()).await,
             Ok(Ok(()))

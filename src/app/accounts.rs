@@ -68,6 +68,31 @@ fn check_display_name(name: &str, out: &mut Vec<FieldViolation>) {
     }
 }
 
+/// A new active account with a fresh id, as stored.
+pub(crate) fn new_account(
+    email: String,
+    display_name: String,
+    password_hash: String,
+    role: Role,
+    email_verified: bool,
+    now: chrono::DateTime<chrono::Utc>,
+) -> UserDoc {
+    let now = bson_time(now);
+    UserDoc {
+        id: new_id(),
+        email,
+        display_name,
+        password_hash,
+        role,
+        status: UserStatus::Active,
+        email_verified,
+        created_at: now,
+        updated_at: now,
+        last_login_at: None,
+        pending_org: None,
+    }
+}
+
 impl App {
     /// Creates an account. Concurrent registrations of one email create exactly one account
     /// (the unique index decides); the others get EMAIL_TAKEN.
@@ -122,19 +147,19 @@ impl App {
         email_verified: bool,
         caller: &Caller,
     ) -> Result<UserDoc> {
-        let now = bson_time(self.now());
-        let user = UserDoc {
-            id: new_id(),
+        let user = new_account(
             email,
             display_name,
             password_hash,
             role,
-            status: UserStatus::Active,
             email_verified,
-            created_at: now,
-            updated_at: now,
-            last_login_at: None,
-        };
+            self.now(),
+        );
+        self.insert_user(user, caller).await
+    }
+
+    /// Stores `user` and audits it; EMAIL_TAKEN when the address is.
+    pub(crate) async fn insert_user(&self, user: UserDoc, caller: &Caller) -> Result<UserDoc> {
         match self.store.users.insert(&user).await? {
             Inserted::Created => {
                 self.audit(

@@ -99,6 +99,7 @@ impl App {
                 created_at: now,
                 updated_at: now,
                 last_login_at: None,
+                pending_org: None,
             };
             match self.store.users.insert(&user).await? {
                 Inserted::Created => {

@@ -17,7 +17,7 @@ use base64::Engine;
 use rand::RngCore;
 use unicode_normalization::UnicodeNormalization;
 
-use super::accounts::{NewAccount, MAX_DISPLAY_NAME};
+use super::accounts::{new_account, NewAccount, MAX_DISPLAY_NAME};
 use super::{page_of, page_request, App, AuditRecord, Caller, Page};
 use crate::domain::lockout::window;
 use crate::domain::paging::Cursor;
@@ -101,7 +101,7 @@ impl App {
         self.require(who, "orgs.create").await?;
         let fields = org_fields(&new, "").map_err(Error::InvalidArgument)?;
         let now = self.now();
-        let org = self.insert_org(fields, now).await?;
+        let org = self.insert_org(fields, now, None).await?;
         let owner = MembershipDoc::new(&org.id, &who.user_id, OrgRole::Owner, "", now);
         if let Err(e) = self.store.memberships.insert(&owner).await {
             // The organization is unreachable without its owner: take it back.
@@ -171,11 +171,14 @@ impl App {
         let hash = self.hasher.run(move || password::hash(&plain)).await??;
 
         let now = self.now();
-        let org = self.insert_org(fields, now).await?;
-        let user = match self
-            .insert_account(email, display_name, hash, Role::User, false, caller)
-            .await
-        {
+        // Written so that a process dying between these writes (or the request timing out) leaves
+        // something `finish_interrupted_registrations` can finish or take back: the
+        // organization first, naming its owner-to-be; then the account, naming its organization;
+        // then the membership; then both marks go.
+        let mut user = new_account(email, display_name, hash, Role::User, false, now);
+        let org = self.insert_org(fields, now, Some(&user.id)).await?;
+        user.pending_org = Some(org.id.clone());
+        let user = match self.insert_user(user, caller).await {
             Ok(user) => user,
             Err(e) => {
                 self.discard_org(&org.id).await;
@@ -189,6 +192,7 @@ impl App {
             return Err(e.into());
         }
         self.forget_membership(&org.id, &user.id);
+        self.finish_registration(&org.id, &user.id).await?;
         self.audit(
             AuditRecord::new("org.create", Outcome::Success, caller)
                 .user(&user.id)
@@ -913,8 +917,10 @@ impl App {
         &self,
         fields: OrgFields,
         now: chrono::DateTime<chrono::Utc>,
+        pending_owner: Option<&str>,
     ) -> Result<OrgDoc> {
         let mut org = OrgDoc {
+            pending_owner: pending_owner.map(str::to_string),
             id: new_id(),
             name: fields.name,
             slug: String::new(),
@@ -959,6 +965,69 @@ impl App {
     }
 
     /// Takes back an organization created moments ago by a call that then failed.
+    /// Marks a registration with an organization finished (both documents complete).
+    async fn finish_registration(&self, org_id: &str, user_id: &str) -> Result<()> {
+        self.store.orgs.clear_pending_owner(org_id).await?;
+        self.store.users.clear_pending_org(user_id).await?;
+        Ok(())
+    }
+
+    /// Finishes or takes back registrations with an organization that died midway (the process
+    /// was killed, or the request timed out, between their writes), so that each ends as the
+    /// account and the organization it owns, or neither:
+    /// - an account that names its organization gets its owner membership (the organization was
+    ///   written first, so it exists), and both marks go;
+    /// - an organization whose owner-to-be never got an account is deleted, once it is older
+    ///   than any request can live (`request_timeout`), so a registration still in flight is
+    ///   never taken from under it.
+    ///
+    /// Every step is idempotent, so replicas may run this at the same time. Returns how many
+    /// registrations it settled.
+    pub async fn finish_interrupted_registrations(&self) -> Result<usize> {
+        const BATCH: i64 = 100;
+        let mut settled = 0;
+        for user in self.store.users.with_pending_org(BATCH).await? {
+            let Some(org_id) = user.pending_org.as_deref() else {
+                continue;
+            };
+            if let Some(org) = self.store.orgs.find(org_id).await? {
+                let owner = MembershipDoc::new(
+                    org_id,
+                    &user.id,
+                    OrgRole::Owner,
+                    "",
+                    org.created_at.to_chrono(),
+                );
+                // `false`: it exists already (a duplicate), which is as good.
+                self.store.memberships.insert(&owner).await?;
+                self.forget_membership(org_id, &user.id);
+                tracing::warn!(user_id = %user.id, org_id, "finished a registration that died midway");
+            }
+            self.finish_registration(org_id, &user.id).await?;
+            settled += 1;
+        }
+        let dead_before = self.now()
+            - chrono::Duration::from_std(self.config.request_timeout).unwrap_or_default()
+            - chrono::Duration::seconds(5);
+        for org in self.store.orgs.pending_before(dead_before, BATCH).await? {
+            let Some(owner) = org.pending_owner.as_deref() else {
+                continue;
+            };
+            match self.store.users.find_by_id(owner).await? {
+                // Its account exists: the first loop finishes it (now or on its next run).
+                Some(user) if user.pending_org.is_some() => {}
+                Some(_) => self.store.orgs.clear_pending_owner(&org.id).await?,
+                None => {
+                    tracing::warn!(org_id = %org.id, "took back an organization whose registration died midway");
+                    self.store.memberships.remove_all_for_org(&org.id).await?;
+                    self.discard_org(&org.id).await;
+                    settled += 1;
+                }
+            }
+        }
+        Ok(settled)
+    }
+
     async fn discard_org(&self, org_id: &str) {
         if let Err(e) = self.store.orgs.delete(org_id).await {
             tracing::error!(org_id, error = %e, "could not take back a half-created organization");

@@ -30,6 +30,10 @@ pub struct OrgDoc {
     pub owner_count: i32,
     pub created_at: BsonDateTime,
     pub updated_at: BsonDateTime,
+    /// The account being registered with this organization, until its owner membership exists
+    /// (see `UserDoc::pending_org`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_owner: Option<String>,
 }
 
 /// The `orgs` collection.
@@ -47,7 +51,43 @@ impl Orgs {
                     .build(),
             )
             .build();
-        self.0.create_index(unique_slug).await.map(|_| ())
+        let pending = IndexModel::builder()
+            .keys(doc! { "pending_owner": 1 })
+            .options(IndexOptions::builder().sparse(true).build())
+            .build();
+        self.0
+            .create_indexes([unique_slug, pending])
+            .await
+            .map(|_| ())
+    }
+
+    /// Organizations whose registration has not finished, created before `before`.
+    pub async fn pending_before(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+        limit: i64,
+    ) -> mongodb::error::Result<Vec<OrgDoc>> {
+        use futures::TryStreamExt;
+        self.0
+            .find(doc! {
+                "pending_owner": { "$exists": true },
+                "created_at": { "$lt": super::bson_time(before) },
+            })
+            .limit(limit)
+            .await?
+            .try_collect()
+            .await
+    }
+
+    /// Marks the registration of organization `id` finished.
+    pub async fn clear_pending_owner(&self, id: &str) -> mongodb::error::Result<()> {
+        self.0
+            .update_one(
+                doc! { "_id": id },
+                doc! { "$unset": { "pending_owner": "" } },
+            )
+            .await
+            .map(|_| ())
     }
 
     /// Stores a new organization; `false` when its slug is taken.

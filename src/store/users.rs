@@ -37,6 +37,11 @@ pub struct UserDoc {
     pub created_at: BsonDateTime,
     pub updated_at: BsonDateTime,
     pub last_login_at: Option<BsonDateTime>,
+    /// The organization this account is being registered with (`Register` with `organization`),
+    /// until its owner membership exists. Left set only by a registration that died midway;
+    /// `App::finish_interrupted_registrations` completes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_org: Option<String>,
 }
 
 mod role_str {
@@ -106,7 +111,14 @@ impl Users {
         let by_creation = IndexModel::builder()
             .keys(doc! { "created_at": 1, "_id": 1 })
             .build();
-        self.0.create_indexes([unique_email, by_creation]).await?;
+        // Only the few accounts of unfinished registrations carry it.
+        let pending = IndexModel::builder()
+            .keys(doc! { "pending_org": 1 })
+            .options(IndexOptions::builder().sparse(true).build())
+            .build();
+        self.0
+            .create_indexes([unique_email, by_creation, pending])
+            .await?;
         Ok(())
     }
 
@@ -249,6 +261,25 @@ impl Users {
 
     pub async fn find_by_email(&self, email: &str) -> mongodb::error::Result<Option<UserDoc>> {
         self.0.find_one(doc! { "email": email }).await
+    }
+
+    /// Accounts whose registration with an organization has not finished (at most `limit`).
+    pub async fn with_pending_org(&self, limit: i64) -> mongodb::error::Result<Vec<UserDoc>> {
+        use futures::TryStreamExt;
+        self.0
+            .find(doc! { "pending_org": { "$exists": true } })
+            .limit(limit)
+            .await?
+            .try_collect()
+            .await
+    }
+
+    /// Marks the registration of `id` with an organization finished.
+    pub async fn clear_pending_org(&self, id: &str) -> mongodb::error::Result<()> {
+        self.0
+            .update_one(doc! { "_id": id }, doc! { "$unset": { "pending_org": "" } })
+            .await
+            .map(|_| ())
     }
 
     /// The accounts among `ids` (any state).
