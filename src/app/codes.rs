@@ -492,6 +492,15 @@ impl App {
         caller: &Caller,
     ) -> Result<UserDoc> {
         let now = self.now();
+        // Sessions end before the claim and again after it: if anything fails between the two
+        // writes, the account is still unverified (the next code claims it again) or its
+        // creator's sessions are already gone — never verified with them alive.
+        let before = self
+            .store
+            .sessions
+            .revoke_all_for_user(&user.id, None, "account_claimed", now)
+            .await?;
+        self.revoke_sessions(before.iter().map(String::as_str));
         let Some(claimed) = self.store.users.claim_unverified(&user.id, now).await? else {
             return self
                 .store
@@ -513,7 +522,7 @@ impl App {
                 .email(&user.email)
                 .detail("method", method)
                 .detail("password_cleared", !user.password_hash.is_empty())
-                .detail("sessions_ended", ended.len() as i64),
+                .detail("sessions_ended", (before.len() + ended.len()) as i64),
         )
         .await;
         Ok(claimed)
