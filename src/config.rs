@@ -550,7 +550,7 @@ pub const SETTINGS: &[(&str, Option<&str>, &str)] = &[
     ("mail_retry_max_delay", Some("5m"), "longest wait between attempts; a message is given up after 24 h"),
     ("code_lifetime", Some("10m"), "one-time code lifetime (1m..10m)"),
     ("code_send_cooldown", Some("60s"), "least time between two codes per email address and purpose"),
-    ("code_sends_per_hour", Some("5"), "most codes per email address and purpose per hour"),
+    ("code_sends_per_hour", Some("5"), "most codes per email address and purpose per hour from one client; clients the account never signed in from get twice that together"),
     ("code_requests_per_address_per_minute", Some("30"), "code requests and attempts per client address; 0 = off"),
     ("require_verified_email", Some("true"), "password login needs a verified email"),
     ("passwordless_signup", Some("false"), "`LoginWithCode` for an unknown email creates the account"),

@@ -59,9 +59,12 @@ impl Store {
     ) -> anyhow::Result<Self> {
         let mut options = ClientOptions::parse(uri).await?;
         options.app_name.get_or_insert_with(|| "keyward".into());
+        // Short, so that a call caught by a lost database fails with UNAVAILABLE well within
+        // `request_timeout` (a retried operation selects twice) instead of being cancelled by
+        // it. A URI's own `serverSelectionTimeoutMS` wins.
         options
             .server_selection_timeout
-            .get_or_insert(Duration::from_secs(5));
+            .get_or_insert(Duration::from_secs(2));
         // The health watch pings over a client of its own, so a pool saturated by load (all
         // connections busy) is not mistaken for a database that is gone.
         let mut watch_options = options.clone();

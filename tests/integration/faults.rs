@@ -150,6 +150,10 @@ async fn losing_the_database_turns_health_not_serving_fails_fast_and_recovers_wi
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for task in load {
         let (slowest, codes) = task.await.unwrap();
+        eprintln!(
+            "load task: slowest call {slowest:?}, {} failed",
+            codes.len()
+        );
         // A call caught mid-flight by the outage may wait for the driver (server selection,
         // one retry) but never past the request timeout; none failed as INTERNAL or UNKNOWN.
         assert!(
