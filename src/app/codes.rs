@@ -23,6 +23,10 @@ use crate::store::one_time_codes::slot;
 use crate::store::users::{UserDoc, UserStatus};
 
 const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+/// Wrong code attempts per address and purpose an hour from all clients the account never
+/// signed in from, together.
+const MAX_STRANGER_GUESSES_PER_HOUR: u32 = 10;
 /// Compare-and-set rounds on a contended send counter.
 const SEND_RETRIES: usize = 4;
 
@@ -342,15 +346,35 @@ impl App {
         let now = self.now();
         let slot = slot(purpose, email);
         let codes = &self.store.one_time_codes;
-        let attempt = codes
-            .admit_attempt(
-                &slot,
-                &requester(caller),
-                now,
-                MAX_ATTEMPTS,
-                MAX_FOREIGN_ATTEMPTS,
-            )
+        // Strangers (clients the account never signed in from) share a few wrong guesses per
+        // address and purpose an hour, across every code they ask for: asking for new codes
+        // buys no new guesses. The owner on a known client is not held back by them.
+        let owner = self.live_user(email).await?;
+        let known = self
+            .is_known_requester(owner.as_ref().map_or("", |u| u.id.as_str()), caller)
             .await?;
+        let (hour, _) = crate::domain::lockout::window(now, HOUR);
+        let wrong_key = format!("code_wrong:{slot}:{hour}");
+        let strangers_spent = !known
+            && self
+                .store
+                .rate_limits
+                .find_raw(&wrong_key)
+                .await?
+                .is_some_and(|d| d.count >= MAX_STRANGER_GUESSES_PER_HOUR);
+        let attempt = if strangers_spent {
+            None
+        } else {
+            codes
+                .admit_attempt(
+                    &slot,
+                    &requester(caller),
+                    now,
+                    MAX_ATTEMPTS,
+                    MAX_FOREIGN_ATTEMPTS,
+                )
+                .await?
+        };
         let used = match attempt {
             Some(doc)
                 if self
@@ -362,6 +386,12 @@ impl App {
             _ => false,
         };
         if !used {
+            if !known {
+                self.store
+                    .rate_limits
+                    .hit(&wrong_key, now, HOUR * 2)
+                    .await?;
+            }
             self.audit(
                 AuditRecord::new("code_use", Outcome::Failure, caller)
                     .email(email)

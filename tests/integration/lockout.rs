@@ -326,3 +326,79 @@ async fn a_targeted_owner_still_signs_in_by_a_fresh_code_while_strangers_keep_gu
         "the stranger's request after the owner's mailed nothing"
     );
 }
+
+#[tokio::test]
+async fn strangers_get_ten_guesses_an_hour_however_many_codes_they_ask_for() {
+    use keyward::grpc::pb::otp_service_client::OtpServiceClient;
+    use keyward::grpc::pb::{CodePurpose, LoginRequest, LoginWithCodeRequest, SendCodeRequest};
+    const OWNER: &str = "192.0.2.20";
+    const STRANGER: &str = "198.51.100.77";
+    let app = TestApp::start_with_config(|c| {
+        c.trusted_proxy_hops = 1;
+        c.code_send_cooldown = Duration::ZERO;
+        c.login_attempts_per_address_per_minute = 0;
+        c.code_requests_per_address_per_minute = 0;
+    })
+    .await;
+    let victim = email("guessed");
+    app.register(&victim).await; // mail 1
+    app.auth()
+        .login(from(
+            OWNER,
+            LoginRequest {
+                email: victim.clone(),
+                password: PASSWORD.into(),
+            },
+        ))
+        .await
+        .expect("the owner signed in from their address before");
+    let otp = || OtpServiceClient::new(app.channel());
+    let send = |address: &'static str| {
+        let victim = victim.clone();
+        async move {
+            otp()
+                .send_code(from(
+                    address,
+                    SendCodeRequest {
+                        email: victim,
+                        purpose: CodePurpose::Login as i32,
+                    },
+                ))
+                .await
+                .expect("code sent");
+        }
+    };
+    let code_login = |address: &'static str, code: String| {
+        let victim = victim.clone();
+        async move {
+            otp()
+                .login_with_code(from(
+                    address,
+                    LoginWithCodeRequest {
+                        email: victim,
+                        code,
+                    },
+                ))
+                .await
+        }
+    };
+    // Two codes of the stranger's own, five wrong guesses at each: ten in all.
+    for n in 0..2 {
+        send(STRANGER).await;
+        let code = shared_sink().code(&victim, 2 + n).await;
+        let wrong = format!("{:06}", (code.parse::<u32>().unwrap() + 1) % 1_000_000);
+        for _ in 0..5 {
+            let status = code_login(STRANGER, wrong.clone()).await.unwrap_err();
+            assert_eq!(reason(&status), "CODE_INVALID");
+        }
+    }
+    // A third code buys no new guess: even its right digits fail.
+    send(STRANGER).await;
+    let code = shared_sink().code(&victim, 4).await;
+    let status = code_login(STRANGER, code).await.unwrap_err();
+    assert_eq!(reason(&status), "CODE_INVALID");
+    // The owner, on the client the account knows, is not held back.
+    send(OWNER).await;
+    let code = shared_sink().code(&victim, 5).await;
+    code_login(OWNER, code).await.expect("the owner signs in");
+}
