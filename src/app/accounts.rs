@@ -296,7 +296,7 @@ impl App {
             self.revoke_sessions([issued.session.id.as_str()]);
             return Err(Error::InvalidCredentials);
         }
-        self.remember_requester(&issued.user.id, caller).await;
+        self.remember_requester(&issued.user, caller).await;
         self.audit(
             AuditRecord::new("login", Outcome::Success, caller)
                 .user(&issued.user.id)

@@ -227,12 +227,14 @@ impl App {
             .await
     }
 
-    /// Remembers that `user_id` signed in from the client of `caller` (its address or IPv6 /64),
-    /// for [`KNOWN_FOR`]. Best effort.
-    pub(crate) async fn remember_requester(&self, user_id: &str, caller: &Caller) {
-        if caller.rate_limit_key.is_empty() {
+    /// Remembers that `user` signed in from the client of `caller` (its address or IPv6 /64),
+    /// for [`KNOWN_FOR`]. Only for a verified account: a sign-in to an account whose mailbox was
+    /// never proven (a planted registration) makes nobody the owner. Best effort.
+    pub(crate) async fn remember_requester(&self, user: &UserDoc, caller: &Caller) {
+        if caller.rate_limit_key.is_empty() || !user.email_verified {
             return;
         }
+        let user_id = user.id.as_str();
         let key = known_key(user_id, &requester(caller));
         if let Err(e) = self
             .store
@@ -242,6 +244,16 @@ impl App {
         {
             tracing::warn!(user_id, error = %e, "could not remember a sign-in client");
         }
+    }
+
+    /// Forgets every client `user_id` signed in from: the mailbox's owner has just taken the
+    /// account over (a claim or a reset), and whoever signed in before may not have been them.
+    pub(crate) async fn forget_requesters(&self, user_id: &str) -> Result<()> {
+        self.store
+            .rate_limits
+            .clear_prefixed(&known_key(user_id, ""))
+            .await?;
+        Ok(())
     }
 
     /// Whether `user_id` (empty: no account) has signed in from the client of `caller`.
@@ -488,7 +500,7 @@ impl App {
             self.revoke_sessions([issued.session.id.as_str()]);
             return Err(Error::CodeInvalid);
         }
-        self.remember_requester(&issued.user.id, caller).await;
+        self.remember_requester(&issued.user, caller).await;
         self.audit(
             AuditRecord::new("login", Outcome::Success, caller)
                 .user(&issued.user.id)
@@ -540,6 +552,7 @@ impl App {
                 .filter(|u| u.status != UserStatus::Deleted)
                 .ok_or(Error::CodeInvalid);
         };
+        self.forget_requesters(&user.id).await?;
         let ended = self
             .store
             .sessions
@@ -609,8 +622,10 @@ impl App {
             .users
             .reset_password_hash(&user.id, &hash, now)
             .await?;
-        // A reset also lifts a lockout: the owner of the mailbox is back in control.
+        // A reset also lifts a lockout: the owner of the mailbox is back in control, and no
+        // client counts as theirs until they sign in again.
         self.store.rate_limits.clear(&lockout_key(&email)).await?;
+        self.forget_requesters(&user.id).await?;
         let ended = self
             .store
             .sessions

@@ -105,4 +105,15 @@ impl RateLimits {
     pub async fn clear(&self, key: &str) -> mongodb::error::Result<()> {
         self.0.delete_one(doc! { "_id": key }).await.map(|_| ())
     }
+
+    /// Removes every counter whose key starts with `prefix` (a range on `_id`, no expression).
+    pub async fn clear_prefixed(&self, prefix: &str) -> mongodb::error::Result<()> {
+        self.0
+            .delete_many(doc! { "_id": {
+                "$gte": prefix,
+                "$lt": format!("{prefix}{}", char::MAX),
+            } })
+            .await
+            .map(|_| ())
+    }
 }

@@ -341,7 +341,18 @@ async fn strangers_get_ten_guesses_an_hour_however_many_codes_they_ask_for() {
     })
     .await;
     let victim = email("guessed");
-    app.register(&victim).await; // mail 1
+    app.register(&victim).await;
+    let otp = || OtpServiceClient::new(app.channel());
+    // A sign-in to an account whose mailbox was never proven makes nobody its owner: verified
+    // first, then signed in from the owner's address.
+    let code = shared_sink().code(&victim, 1).await;
+    otp()
+        .verify_email(keyward::grpc::pb::VerifyEmailRequest {
+            email: victim.clone(),
+            code,
+        })
+        .await
+        .expect("verified");
     app.auth()
         .login(from(
             OWNER,
@@ -352,7 +363,6 @@ async fn strangers_get_ten_guesses_an_hour_however_many_codes_they_ask_for() {
         ))
         .await
         .expect("the owner signed in from their address before");
-    let otp = || OtpServiceClient::new(app.channel());
     let send = |address: &'static str| {
         let victim = victim.clone();
         async move {
@@ -401,4 +411,64 @@ async fn strangers_get_ten_guesses_an_hour_however_many_codes_they_ask_for() {
     send(OWNER).await;
     let code = shared_sink().code(&victim, 5).await;
     code_login(OWNER, code).await.expect("the owner signs in");
+}
+
+#[tokio::test]
+async fn a_planted_sign_in_does_not_make_its_client_the_owners() {
+    use keyward::grpc::pb::otp_service_client::OtpServiceClient;
+    use keyward::grpc::pb::{CodePurpose, LoginRequest, LoginWithCodeRequest, SendCodeRequest};
+    const PLANTER: &str = "198.51.100.88";
+    // Without verification required, whoever registered someone else's address can sign in.
+    let app = TestApp::start_with_config(|c| {
+        c.trusted_proxy_hops = 1;
+        c.code_send_cooldown = Duration::ZERO;
+        c.login_attempts_per_address_per_minute = 0;
+        c.code_requests_per_address_per_minute = 0;
+    })
+    .await;
+    let victim = email("planted");
+    app.register(&victim).await; // mail 1
+    app.auth()
+        .login(from(
+            PLANTER,
+            LoginRequest {
+                email: victim.clone(),
+                password: PASSWORD.into(),
+            },
+        ))
+        .await
+        .expect("the planter signs in to the unverified account");
+    // So the planter is a stranger like any other: ten wrong guesses an hour, then nothing.
+    let otp = || OtpServiceClient::new(app.channel());
+    for n in 0..3 {
+        otp()
+            .send_code(from(
+                PLANTER,
+                SendCodeRequest {
+                    email: victim.clone(),
+                    purpose: CodePurpose::Login as i32,
+                },
+            ))
+            .await
+            .expect("code sent");
+        let code = shared_sink().code(&victim, 2 + n).await;
+        let guesses = if n < 2 {
+            vec![format!("{:06}", (code.parse::<u32>().unwrap() + 1) % 1_000_000); 5]
+        } else {
+            vec![code]
+        };
+        for guess in guesses {
+            let status = otp()
+                .login_with_code(from(
+                    PLANTER,
+                    LoginWithCodeRequest {
+                        email: victim.clone(),
+                        code: guess,
+                    },
+                ))
+                .await
+                .unwrap_err();
+            assert_eq!(reason(&status), "CODE_INVALID");
+        }
+    }
 }
