@@ -10,14 +10,13 @@ use std::io::BufRead;
 
 use serde::Deserialize;
 
+use super::accounts::new_account;
 use super::{App, AuditRecord, Caller};
 use crate::domain::roles::Role;
-use crate::domain::secrets::new_id;
 use crate::domain::{email, password};
 use crate::error::Result;
 use crate::store::audit_events::Outcome;
-use crate::store::bson_time;
-use crate::store::users::{Inserted, UserDoc, UserStatus};
+use crate::store::users::Inserted;
 
 /// One line of an import file.
 #[derive(Debug, Deserialize)]
@@ -87,20 +86,7 @@ impl App {
                     continue;
                 }
             };
-            let now = bson_time(self.now());
-            let user = UserDoc {
-                id: new_id(),
-                email,
-                display_name,
-                password_hash: hash,
-                role,
-                status: UserStatus::Active,
-                email_verified,
-                created_at: now,
-                updated_at: now,
-                last_login_at: None,
-                pending_org: None,
-            };
+            let user = new_account(email, display_name, hash, role, email_verified, self.now());
             match self.store.users.insert(&user).await? {
                 Inserted::Created => {
                     report.created += 1;

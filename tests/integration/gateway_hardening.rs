@@ -76,35 +76,7 @@ async fn exchange(addr: SocketAddr, request: Vec<u8>) -> Response {
     .await;
     sending.abort();
     assert!(read.is_ok(), "no answer within 30 s; got so far: {raw:?}");
-    parse(&raw)
-}
-
-/// An HTTP/1.x answer whose body is JSON (anything else is kept as a JSON string).
-fn parse(raw: &[u8]) -> Response {
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("not an HTTP answer: {text:?}"));
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line: {text:?}"));
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let body = if body.trim().is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_string()))
-    };
-    Response {
-        status,
-        headers,
-        body,
-    }
+    Response::parse(&raw)
 }
 
 /// One HTTP/1.1 request with a raw body (`Content-Length`), on its own connection.
@@ -472,7 +444,7 @@ async fn slow_clients_are_cut_off_at_the_read_timeouts() {
         elapsed < Duration::from_secs(8),
         "answered after {elapsed:?}"
     );
-    let r = parse(&raw);
+    let r = Response::parse(&raw);
     assert_eq!(r.status, 408, "{r:?}");
     assert_eq!(r.reason(), "REQUEST_TIMEOUT", "{r:?}");
 

@@ -5,6 +5,8 @@ use std::time::Duration;
 use tonic::Code;
 use tonic_types::StatusExt;
 
+use keyward::grpc::pb::otp_service_client::OtpServiceClient;
+
 use crate::harness::*;
 
 #[tokio::test]
@@ -200,10 +202,67 @@ fn from<T>(address: &str, message: T) -> tonic::Request<T> {
     request
 }
 
+/// A password login for `email` from a client at `address`.
+async fn password_login_from(
+    app: &TestApp,
+    address: &str,
+    email: &str,
+    password: &str,
+) -> Result<keyward::grpc::pb::TokenPair, tonic::Status> {
+    let request = keyward::grpc::pb::LoginRequest {
+        email: email.into(),
+        password: password.into(),
+    };
+    app.auth()
+        .login(from(address, request))
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// A LOGIN code request for `email` from a client at `address`: Ok, or the refusal's reason.
+async fn send_login_code_from(app: &TestApp, address: &str, email: &str) -> Result<(), String> {
+    let request = keyward::grpc::pb::SendCodeRequest {
+        email: email.into(),
+        purpose: keyward::grpc::pb::CodePurpose::Login as i32,
+    };
+    OtpServiceClient::new(app.channel())
+        .send_code(from(address, request))
+        .await
+        .map(|_| ())
+        .map_err(|s| reason(&s))
+}
+
+/// `LoginWithCode` for `email` from a client at `address`.
+async fn code_login_from(
+    app: &TestApp,
+    address: &str,
+    email: &str,
+    code: String,
+) -> Result<keyward::grpc::pb::TokenPair, tonic::Status> {
+    let request = keyward::grpc::pb::LoginWithCodeRequest {
+        email: email.into(),
+        code,
+    };
+    OtpServiceClient::new(app.channel())
+        .login_with_code(from(address, request))
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Verifies `email` with the code of its registration mail (message 1).
+async fn verify_with_first_code(app: &TestApp, email: &str) {
+    let code = shared_sink().code(email, 1).await;
+    OtpServiceClient::new(app.channel())
+        .verify_email(keyward::grpc::pb::VerifyEmailRequest {
+            email: email.into(),
+            code,
+        })
+        .await
+        .expect("verified");
+}
+
 #[tokio::test]
 async fn a_targeted_owner_still_signs_in_by_a_fresh_code_while_strangers_keep_guessing() {
-    use keyward::grpc::pb::otp_service_client::OtpServiceClient;
-    use keyward::grpc::pb::{CodePurpose, LoginRequest, LoginWithCodeRequest, SendCodeRequest};
     const OWNER: &str = "192.0.2.10";
     const STRANGERS: [&str; 3] = ["198.51.100.66", "198.51.100.67", "2001:db8:66::1"];
     let app = TestApp::start_with_config(|c| {
@@ -215,64 +274,21 @@ async fn a_targeted_owner_still_signs_in_by_a_fresh_code_while_strangers_keep_gu
     .await;
     let victim = email("targeted");
     app.register(&victim).await;
-    let otp = || OtpServiceClient::new(app.channel());
-    let code = shared_sink().code(&victim, 1).await;
-    otp()
-        .verify_email(keyward::grpc::pb::VerifyEmailRequest {
-            email: victim.clone(),
-            code,
-        })
-        .await
-        .expect("the owner verified the address at sign-up");
+    verify_with_first_code(&app, &victim).await;
+    let (app, victim) = (&app, victim.as_str());
     let password_login = |address: &'static str, password: &'static str| {
-        let victim = victim.clone();
-        let mut auth = app.auth();
-        async move {
-            auth.login(from(
-                address,
-                LoginRequest {
-                    email: victim,
-                    password: password.into(),
-                },
-            ))
-            .await
-        }
+        password_login_from(&app, address, &victim, password)
     };
     // The owner has signed in from their usual address before.
     password_login(OWNER, PASSWORD)
         .await
         .expect("owner signs in");
-    let send = |address: &'static str| {
-        let victim = victim.clone();
-        async move {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            otp()
-                .send_code(from(
-                    address,
-                    SendCodeRequest {
-                        email: victim,
-                        purpose: CodePurpose::Login as i32,
-                    },
-                ))
-                .await
-                .map(|_| ())
-                .map_err(|s| reason(&s))
-        }
+    let send = |address: &'static str| async move {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        send_login_code_from(&app, address, &victim).await
     };
-    let code_login = |address: &'static str, code: String| {
-        let victim = victim.clone();
-        async move {
-            otp()
-                .login_with_code(from(
-                    address,
-                    LoginWithCodeRequest {
-                        email: victim,
-                        code,
-                    },
-                ))
-                .await
-        }
-    };
+    let code_login =
+        |address: &'static str, code: String| code_login_from(&app, address, &victim, code);
 
     // Strangers lock password login...
     for _ in 0..5 {
@@ -329,8 +345,6 @@ async fn a_targeted_owner_still_signs_in_by_a_fresh_code_while_strangers_keep_gu
 
 #[tokio::test]
 async fn strangers_get_ten_guesses_an_hour_however_many_codes_they_ask_for() {
-    use keyward::grpc::pb::otp_service_client::OtpServiceClient;
-    use keyward::grpc::pb::{CodePurpose, LoginRequest, LoginWithCodeRequest, SendCodeRequest};
     const OWNER: &str = "192.0.2.20";
     const STRANGER: &str = "198.51.100.77";
     let app = TestApp::start_with_config(|c| {
@@ -342,56 +356,20 @@ async fn strangers_get_ten_guesses_an_hour_however_many_codes_they_ask_for() {
     .await;
     let victim = email("guessed");
     app.register(&victim).await;
-    let otp = || OtpServiceClient::new(app.channel());
     // A sign-in to an account whose mailbox was never proven makes nobody its owner: verified
     // first, then signed in from the owner's address.
-    let code = shared_sink().code(&victim, 1).await;
-    otp()
-        .verify_email(keyward::grpc::pb::VerifyEmailRequest {
-            email: victim.clone(),
-            code,
-        })
-        .await
-        .expect("verified");
-    app.auth()
-        .login(from(
-            OWNER,
-            LoginRequest {
-                email: victim.clone(),
-                password: PASSWORD.into(),
-            },
-        ))
+    verify_with_first_code(&app, &victim).await;
+    password_login_from(&app, OWNER, &victim, PASSWORD)
         .await
         .expect("the owner signed in from their address before");
-    let send = |address: &'static str| {
-        let victim = victim.clone();
-        async move {
-            otp()
-                .send_code(from(
-                    address,
-                    SendCodeRequest {
-                        email: victim,
-                        purpose: CodePurpose::Login as i32,
-                    },
-                ))
-                .await
-                .expect("code sent");
-        }
+    let (app, victim) = (&app, victim.as_str());
+    let send = |address: &'static str| async move {
+        send_login_code_from(&app, address, &victim)
+            .await
+            .expect("code sent")
     };
-    let code_login = |address: &'static str, code: String| {
-        let victim = victim.clone();
-        async move {
-            otp()
-                .login_with_code(from(
-                    address,
-                    LoginWithCodeRequest {
-                        email: victim,
-                        code,
-                    },
-                ))
-                .await
-        }
-    };
+    let code_login =
+        |address: &'static str, code: String| code_login_from(&app, address, &victim, code);
     // Two codes of the stranger's own, five wrong guesses at each: ten in all.
     for n in 0..2 {
         send(STRANGER).await;
@@ -415,8 +393,6 @@ async fn strangers_get_ten_guesses_an_hour_however_many_codes_they_ask_for() {
 
 #[tokio::test]
 async fn a_planted_sign_in_does_not_make_its_client_the_owners() {
-    use keyward::grpc::pb::otp_service_client::OtpServiceClient;
-    use keyward::grpc::pb::{CodePurpose, LoginRequest, LoginWithCodeRequest, SendCodeRequest};
     const PLANTER: &str = "198.51.100.88";
     // Without verification required, whoever registered someone else's address can sign in.
     let app = TestApp::start_with_config(|c| {
@@ -428,27 +404,12 @@ async fn a_planted_sign_in_does_not_make_its_client_the_owners() {
     .await;
     let victim = email("planted");
     app.register(&victim).await; // mail 1
-    app.auth()
-        .login(from(
-            PLANTER,
-            LoginRequest {
-                email: victim.clone(),
-                password: PASSWORD.into(),
-            },
-        ))
+    password_login_from(&app, PLANTER, &victim, PASSWORD)
         .await
         .expect("the planter signs in to the unverified account");
     // So the planter is a stranger like any other: ten wrong guesses an hour, then nothing.
-    let otp = || OtpServiceClient::new(app.channel());
     for n in 0..3 {
-        otp()
-            .send_code(from(
-                PLANTER,
-                SendCodeRequest {
-                    email: victim.clone(),
-                    purpose: CodePurpose::Login as i32,
-                },
-            ))
+        send_login_code_from(&app, PLANTER, &victim)
             .await
             .expect("code sent");
         let code = shared_sink().code(&victim, 2 + n).await;
@@ -458,14 +419,7 @@ async fn a_planted_sign_in_does_not_make_its_client_the_owners() {
             vec![code]
         };
         for guess in guesses {
-            let status = otp()
-                .login_with_code(from(
-                    PLANTER,
-                    LoginWithCodeRequest {
-                        email: victim.clone(),
-                        code: guess,
-                    },
-                ))
+            let status = code_login_from(&app, PLANTER, &victim, guess)
                 .await
                 .unwrap_err();
             assert_eq!(reason(&status), "CODE_INVALID");
