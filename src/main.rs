@@ -108,6 +108,9 @@ fn load_config(args: &ConfigArgs) -> anyhow::Result<Config> {
         .map_err(|e| anyhow::anyhow!("configuration error: {e}"))
 }
 
+/// How long a command waits for the database driver's pending work before closing it.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -139,7 +142,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Migrate { config } => {
             let config = load_config(&config)?;
             let app = keyward::build_app(config).await?;
-            app.store.ready().await?;
+            let ready = app.store.ready().await;
+            app.store.shutdown(CLOSE_GRACE).await;
+            ready?;
             println!("indexes are in place");
             Ok(())
         }
@@ -182,7 +187,9 @@ async fn main() -> anyhow::Result<()> {
                 rate_limit_key: String::new(),
                 user_agent: "keyward admin create-user".into(),
             };
-            match app.register(account, &caller).await {
+            let registered = app.register(account, &caller).await;
+            app.store.shutdown(CLOSE_GRACE).await;
+            match registered {
                 Ok(user) => {
                     println!("created {} user {} ({})", user.role, user.email, user.id);
                     Ok(())
@@ -216,10 +223,9 @@ async fn main() -> anyhow::Result<()> {
                 rate_limit_key: String::new(),
                 user_agent: "keyward admin import".into(),
             };
-            let report = app
-                .import_users(input, &caller)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let report = app.import_users(input, &caller).await;
+            app.store.shutdown(CLOSE_GRACE).await;
+            let report = report.map_err(|e| anyhow::anyhow!("{e}"))?;
             for (line, why) in &report.refused {
                 eprintln!("line {line}: {why}");
             }

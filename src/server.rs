@@ -215,6 +215,7 @@ pub async fn serve(
     for worker in mail_workers {
         let _ = worker.await;
     }
+    app.store.shutdown(Duration::from_secs(5)).await;
     tracing::info!("keyward stopped");
     Ok(result?)
 }

@@ -100,6 +100,19 @@ impl Store {
         self.watch.run_command(doc! { "ping": 1 }).await.map(|_| ())
     }
 
+    /// Closes both clients once their pending operations (e.g. the clean-up of a dropped
+    /// cursor) have finished, waiting `grace` at most. Call it before the runtime that made the
+    /// clients ends: a driver task still running when its connection pool's task is dropped with
+    /// the runtime panics inside the driver.
+    pub async fn shutdown(&self, grace: Duration) {
+        for client in [self.db.client(), self.watch.client()] {
+            let closed = tokio::time::timeout(grace, client.clone().shutdown()).await;
+            if closed.is_err() {
+                client.clone().shutdown().immediate(true).await;
+            }
+        }
+    }
+
     /// Pings the server and creates every index (idempotent). Health turns SERVING after this.
     pub async fn ready(&self) -> anyhow::Result<()> {
         self.db.run_command(doc! { "ping": 1 }).await?;

@@ -672,6 +672,10 @@ impl Killed {
     /// Stops the restarted keyward and fails with `failures`, if any.
     async fn finish(self, mut second: Child, failures: Vec<String>) {
         let _ = terminate(&mut second).await;
+        // Closed before this test's runtime ends, which would otherwise drop the driver's pool
+        // tasks under its own pending work (the driver panics then).
+        self.reader.store.shutdown(Duration::from_secs(5)).await;
+        self.db.client().clone().shutdown().await;
         println!("test took {:?}", self.started.elapsed());
         assert!(
             failures.is_empty(),
