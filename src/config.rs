@@ -92,6 +92,16 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub session_cache_ttl: Duration,
 
+    // --- second factors ---
+    /// Permissions that a one-factor session is refused (MFA_REQUIRED) until it steps up.
+    #[serde(deserialize_with = "string_list")]
+    pub mfa_required_permissions: Vec<String>,
+    /// How recently a session must have signed in to enrol a second factor.
+    #[serde(with = "humantime_serde")]
+    pub privileged_session_max_age: Duration,
+    /// The issuer authenticator apps show beside the account.
+    pub totp_issuer: String,
+
     // --- passwords ---
     #[serde(deserialize_with = "flexible")]
     pub password_min_length: usize,
@@ -208,6 +218,9 @@ impl Default for Config {
             session_lifetime: Duration::from_secs(30 * 24 * 3600),
             refresh_reuse_grace: Duration::from_secs(10),
             session_cache_ttl: Duration::from_secs(1),
+            mfa_required_permissions: Vec::new(),
+            privileged_session_max_age: Duration::from_secs(15 * 60),
+            totp_issuer: "keyward".into(),
             password_min_length: 8,
             password_max_length: 128,
             password_min_strength: 2,
@@ -396,6 +409,22 @@ impl Config {
                 "must be at most 2s so revocations reach every replica in time",
             );
         }
+        if let Some(unknown) = self
+            .mfa_required_permissions
+            .iter()
+            .find(|p| !crate::domain::permissions::is_known(p))
+        {
+            return bad(
+                "mfa_required_permissions",
+                &format!("`{unknown}` is not a permission keyward knows"),
+            );
+        }
+        if self.totp_issuer.trim().is_empty() || self.totp_issuer.contains(':') {
+            return bad("totp_issuer", "must be a non-empty name without `:`");
+        }
+        if self.privileged_session_max_age < Duration::from_secs(60) {
+            return bad("privileged_session_max_age", "must be at least 1m");
+        }
         if self.password_min_length < 8 {
             return bad(
                 "password_min_length",
@@ -530,6 +559,9 @@ pub const SETTINGS: &[(&str, Option<&str>, &str)] = &[
     ("session_lifetime", Some("30d"), "absolute session lifetime; refreshing never extends it"),
     ("refresh_reuse_grace", Some("10s"), "the previous refresh token may be retried this long without revoking"),
     ("session_cache_ttl", Some("1s"), "how long a replica trusts its cached session state (max 2s)"),
+    ("mfa_required_permissions", None, "permissions a one-factor session is refused (MFA_REQUIRED) until it steps up, comma separated"),
+    ("privileged_session_max_age", Some("15m"), "how recently a session must have signed in to enrol an authenticator"),
+    ("totp_issuer", Some("keyward"), "the name authenticator apps show for keyward accounts"),
     ("password_min_length", Some("8"), "NIST SP 800-63B minimum, in characters"),
     ("password_max_length", Some("128"), "maximum, in characters; nothing is truncated"),
     ("password_min_strength", Some("2"), "zxcvbn score a new password must reach (common-password check); 0 = off"),

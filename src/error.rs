@@ -86,6 +86,22 @@ pub enum Error {
     InvitationEmailMismatch,
     #[error("user not found")]
     UserNotFound,
+    #[error("the authentication code is wrong or was used already")]
+    MfaCodeInvalid,
+    #[error("the MFA challenge is unknown, expired, used or out of attempts; sign in again")]
+    MfaChallengeInvalid,
+    #[error("an authenticator is enrolled already")]
+    MfaAlreadyEnrolled,
+    #[error("no authenticator enrolment is pending; start one")]
+    MfaEnrollmentNotStarted,
+    #[error("no second factor is enrolled")]
+    MfaNotEnrolled,
+    #[error("this needs a session that signed in recently; sign in again")]
+    ReauthenticationRequired,
+    #[error("this needs a second factor; step up the session with StepUp")]
+    MfaRequired,
+    #[error("this needs a second factor; enrol an authenticator first")]
+    MfaEnrollmentRequired,
     #[error("the page token is not valid for this request")]
     PageTokenInvalid,
     #[error("keyward cannot reach its database yet; try again shortly")]
@@ -134,6 +150,18 @@ impl Error {
             Error::InvitationRevoked => (Code::FailedPrecondition, "INVITATION_REVOKED"),
             Error::InvitationEmailMismatch => (Code::PermissionDenied, "INVITATION_EMAIL_MISMATCH"),
             Error::UserNotFound => (Code::NotFound, "USER_NOT_FOUND"),
+            Error::MfaCodeInvalid => (Code::Unauthenticated, "MFA_CODE_INVALID"),
+            Error::MfaChallengeInvalid => (Code::Unauthenticated, "MFA_CHALLENGE_INVALID"),
+            Error::MfaAlreadyEnrolled => (Code::AlreadyExists, "MFA_ALREADY_ENROLLED"),
+            Error::MfaEnrollmentNotStarted => {
+                (Code::FailedPrecondition, "MFA_ENROLLMENT_NOT_STARTED")
+            }
+            Error::MfaNotEnrolled => (Code::FailedPrecondition, "MFA_NOT_ENROLLED"),
+            Error::ReauthenticationRequired => {
+                (Code::FailedPrecondition, "REAUTHENTICATION_REQUIRED")
+            }
+            Error::MfaRequired => (Code::PermissionDenied, "MFA_REQUIRED"),
+            Error::MfaEnrollmentRequired => (Code::PermissionDenied, "MFA_ENROLLMENT_REQUIRED"),
             Error::PageTokenInvalid => (Code::InvalidArgument, "PAGE_TOKEN_INVALID"),
             Error::NotReady => (Code::Unavailable, "NOT_READY"),
             Error::Overloaded => (Code::Unavailable, "OVERLOADED"),

@@ -13,6 +13,7 @@ use tonic_health::server::HealthReporter;
 use crate::app::App;
 use crate::grpc::ext_authz::ExtAuthz;
 use crate::grpc::pb::auth_service_server::AuthServiceServer;
+use crate::grpc::pb::mfa_service_server::MfaServiceServer;
 use crate::grpc::pb::org_service_server::OrgServiceServer;
 use crate::grpc::pb::otp_service_server::OtpServiceServer;
 use crate::grpc::pb::user_service_server::UserServiceServer;
@@ -170,6 +171,10 @@ pub async fn serve(
         app: Arc::clone(&app),
     })
     .max_decoding_message_size(config.max_message_bytes);
+    let mfa = MfaServiceServer::new(crate::grpc::mfa::Mfa {
+        app: Arc::clone(&app),
+    })
+    .max_decoding_message_size(config.max_message_bytes);
     let ext_authz = AuthorizationServer::new(ExtAuthz {
         app: Arc::clone(&app),
     })
@@ -192,6 +197,7 @@ pub async fn serve(
         .add_service(otp)
         .add_service(org)
         .add_service(users)
+        .add_service(mfa)
         .add_service(ext_authz)
         // No Nagle: gRPC writes small frames and waits for answers; delayed ACKs would stall them.
         .serve_with_incoming_shutdown(

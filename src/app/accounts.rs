@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use super::sessions::IssuedTokens;
+use super::mfa::SignIn;
 use super::{App, AuditRecord, Caller};
 use crate::domain::email;
 use crate::domain::lockout::{remaining, window};
+use crate::domain::mfa::Factor;
 use crate::domain::password::{self, Verification};
 use crate::domain::roles::Role;
 use crate::domain::secrets::new_id;
@@ -30,9 +31,9 @@ const HOUR: Duration = Duration::from_secs(3600);
 /// An admitted password attempt: its number in the run of consecutive attempts, and the lock
 /// already set in case it fails.
 #[derive(Debug, Clone, Copy)]
-struct PasswordAttempt {
-    count: u32,
-    lock: Option<Duration>,
+pub(super) struct PasswordAttempt {
+    pub count: u32,
+    pub lock: Option<Duration>,
 }
 
 /// A new account as asked for.
@@ -177,12 +178,7 @@ impl App {
     /// Password login. An unknown email and a wrong password take the same path (a real argon2id
     /// verify, a failure count, an audit event) and give the same answer. Account state
     /// (disabled) is told only after a correct password.
-    pub async fn login(
-        &self,
-        raw_email: &str,
-        plain: &str,
-        caller: &Caller,
-    ) -> Result<IssuedTokens> {
+    pub async fn login(&self, raw_email: &str, plain: &str, caller: &Caller) -> Result<SignIn> {
         let mut violations = Vec::new();
         let email = email::normalize(raw_email)
             .map_err(|why| violations.push(FieldViolation::new("email", why)))
@@ -282,7 +278,12 @@ impl App {
                 verified_hash = upgraded;
             }
         }
-        let issued = self.start_session(user, caller).await?;
+        if let Some(challenge) = self.second_step(&user, Factor::Password, caller).await? {
+            return Ok(SignIn::SecondFactor(challenge));
+        }
+        let issued = self
+            .start_session(user, &[Factor::Password], caller)
+            .await?;
         // A password change (or disable) between our verify and the session insert ended every
         // session but could not see this one: look again now that it exists.
         let current = self.store.users.record_login(&issued.user.id, now).await?;
@@ -304,7 +305,7 @@ impl App {
                 .detail("method", "password"),
         )
         .await;
-        Ok(issued)
+        Ok(SignIn::Tokens(Box::new(issued)))
     }
 
     /// Replaces an imported (bcrypt) or outdated hash after a correct password and returns the
@@ -365,7 +366,7 @@ impl App {
     /// (from any number of addresses and replicas) are admitted one by one, never past a lock:
     /// the attempt that reaches the threshold sets the lock before its password is even
     /// checked, and a correct password lifts it again.
-    async fn admit_password_attempt(&self, key: &str) -> Result<PasswordAttempt> {
+    pub(super) async fn admit_password_attempt(&self, key: &str) -> Result<PasswordAttempt> {
         if self.lockout.threshold == 0 {
             // Lockout is off: nothing to count, nothing to clear.
             return Ok(PasswordAttempt {

@@ -33,6 +33,10 @@ pub struct Standing {
 pub struct AccessCache {
     users: quick_cache::sync::Cache<String, (Option<Standing>, Instant)>,
     memberships: quick_cache::sync::Cache<(String, String), (Option<OrgRole>, Instant)>,
+    /// Whether a user has a second factor; asked only when a check needs two factors.
+    second_factors: quick_cache::sync::Cache<String, (bool, Instant)>,
+    /// Whether an organization requires two factors of its members.
+    org_policies: quick_cache::sync::Cache<String, (bool, Instant)>,
     ttl: Duration,
     /// Bumped by every local change. A database read that started before a change must not
     /// put what it read back into the cache after the change dropped it.
@@ -44,6 +48,8 @@ impl AccessCache {
         Self {
             users: quick_cache::sync::Cache::new(50_000),
             memberships: quick_cache::sync::Cache::new(100_000),
+            second_factors: quick_cache::sync::Cache::new(50_000),
+            org_policies: quick_cache::sync::Cache::new(20_000),
             ttl,
             generation: std::sync::atomic::AtomicU64::new(0),
         }
@@ -136,6 +142,110 @@ impl App {
         Ok(role)
     }
 
+    /// Whether `user_id` has a second factor, briefly cached.
+    async fn cached_second_factor(&self, user_id: &str) -> Result<bool> {
+        if let Some((enrolled, at)) = self.access.second_factors.get(user_id) {
+            if at.elapsed() < self.access.ttl {
+                return Ok(enrolled);
+            }
+        }
+        let generation = self.access.generation();
+        let enrolled = self.has_second_factor(user_id).await?;
+        if self.access.generation() == generation {
+            self.access
+                .second_factors
+                .insert(user_id.to_string(), (enrolled, Instant::now()));
+        }
+        Ok(enrolled)
+    }
+
+    /// Whether organization `org_id` requires two factors of its members, briefly cached.
+    async fn org_requires_mfa(&self, org_id: &str) -> Result<bool> {
+        if let Some((required, at)) = self.access.org_policies.get(org_id) {
+            if at.elapsed() < self.access.ttl {
+                return Ok(required);
+            }
+        }
+        let generation = self.access.generation();
+        let required = self
+            .store
+            .orgs
+            .find(org_id)
+            .await?
+            .is_some_and(|o| o.require_mfa);
+        if self.access.generation() == generation {
+            self.access
+                .org_policies
+                .insert(org_id.to_string(), (required, Instant::now()));
+        }
+        Ok(required)
+    }
+
+    /// Why a one-factor session of `claims` is refused where two factors are needed:
+    /// MFA_REQUIRED (it has a second factor: step up) or MFA_ENROLLMENT_REQUIRED (it has none
+    /// yet). `None` for a two-factor session.
+    pub async fn second_factor_refusal(&self, claims: &AccessClaims) -> Result<Option<Decision>> {
+        if claims.aal() >= 2 {
+            return Ok(None);
+        }
+        Ok(Some(if self.cached_second_factor(&claims.user_id).await? {
+            Decision {
+                allowed: false,
+                reason: "MFA_REQUIRED",
+            }
+        } else {
+            Decision {
+                allowed: false,
+                reason: "MFA_ENROLLMENT_REQUIRED",
+            }
+        }))
+    }
+
+    /// Whether a granted check still needs a second factor: the permission is listed in
+    /// `mfa_required_permissions`, or the organization asked about requires it.
+    async fn needs_second_factor(&self, check: &Check) -> Result<bool> {
+        if self
+            .config
+            .mfa_required_permissions
+            .iter()
+            .any(|p| *p == check.permission)
+        {
+            return Ok(true);
+        }
+        if check.org_id.is_empty() || !is_id(&check.org_id) {
+            return Ok(false);
+        }
+        self.org_requires_mfa(&check.org_id).await
+    }
+
+    /// `decision` for `check`, refused when it needs a second factor `claims` lacks.
+    async fn with_second_factor(
+        &self,
+        claims: &AccessClaims,
+        check: &Check,
+        decision: Decision,
+    ) -> Result<Decision> {
+        if !decision.allowed || claims.aal() >= 2 || !self.needs_second_factor(check).await? {
+            return Ok(decision);
+        }
+        Ok(self
+            .second_factor_refusal(claims)
+            .await?
+            .unwrap_or(decision))
+    }
+
+    /// Drops the cached second-factor state of `user_id` after a change made here.
+    pub fn forget_second_factor(&self, user_id: &str) {
+        self.access.changed();
+        self.access.second_factors.remove(user_id);
+    }
+
+    /// Drops the cached policy of `org_id` after a change made here.
+    pub fn forget_org_policy(&self, org_id: &str) {
+        self.access.changed();
+        self.access.org_policies.remove(org_id);
+    }
+
     /// Drops the cached standing of `user_id` after a change made here.
     pub fn forget_user(&self, user_id: &str) {
         self.access.changed();
@@ -186,6 +296,7 @@ impl App {
                 };
                 decide(&check.permission, standing.role, org)
             };
+            let decision = self.with_second_factor(&claims, check, decision).await?;
             decisions.push(decision);
         }
         Ok(Authorized {
@@ -208,10 +319,17 @@ impl App {
     /// Fails with PERMISSION_DENIED unless `who` holds the platform `permission` now.
     pub async fn require(&self, who: &AccessClaims, permission: &str) -> Result<Standing> {
         let standing = self.acting(who).await?;
-        if decide(permission, standing.role, OrgStanding::NoOrg).allowed {
-            Ok(standing)
-        } else {
-            Err(Error::PermissionDenied)
+        let check = Check {
+            permission: permission.to_string(),
+            org_id: String::new(),
+        };
+        let decision = decide(permission, standing.role, OrgStanding::NoOrg);
+        let decision = self.with_second_factor(who, &check, decision).await?;
+        match decision.reason {
+            _ if decision.allowed => Ok(standing),
+            "MFA_REQUIRED" => Err(Error::MfaRequired),
+            "MFA_ENROLLMENT_REQUIRED" => Err(Error::MfaEnrollmentRequired),
+            _ => Err(Error::PermissionDenied),
         }
     }
 
@@ -226,11 +344,21 @@ impl App {
         org_exists: impl std::future::Future<Output = Result<bool>>,
     ) -> Result<OrgRole> {
         let standing = self.acting(who).await?;
+        let check = Check {
+            permission: permission.to_string(),
+            org_id: org_id.to_string(),
+        };
         match self.org_role(org_id, &who.user_id).await? {
-            Some(role) if decide(permission, standing.role, OrgStanding::Member(role)).allowed => {
-                Ok(role)
+            Some(role) => {
+                let decision = decide(permission, standing.role, OrgStanding::Member(role));
+                let decision = self.with_second_factor(who, &check, decision).await?;
+                match decision.reason {
+                    _ if decision.allowed => Ok(role),
+                    "MFA_REQUIRED" => Err(Error::MfaRequired),
+                    "MFA_ENROLLMENT_REQUIRED" => Err(Error::MfaEnrollmentRequired),
+                    _ => Err(Error::PermissionDenied),
+                }
             }
-            Some(_) => Err(Error::PermissionDenied),
             None if org_exists.await? => Err(Error::PermissionDenied),
             None => Err(Error::OrgNotFound),
         }

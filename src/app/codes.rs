@@ -9,12 +9,13 @@
 use std::time::Duration;
 
 use super::accounts::lockout_key;
-use super::sessions::IssuedTokens;
+use super::mfa::SignIn;
 use super::{App, AuditRecord, Caller};
 use crate::domain::codes::{
     self, Purpose, SendCounter, SendLimits, MAX_ATTEMPTS, MAX_FOREIGN_ATTEMPTS,
 };
 use crate::domain::email;
+use crate::domain::mfa::Factor;
 use crate::domain::password;
 use crate::domain::roles::Role;
 use crate::error::{Error, FieldViolation, Result};
@@ -455,7 +456,7 @@ impl App {
         raw_email: &str,
         code: &str,
         caller: &Caller,
-    ) -> Result<IssuedTokens> {
+    ) -> Result<SignIn> {
         let email = email_and_code(raw_email, code)?;
         self.throttle_codes(caller).await?;
         self.use_code(&email, Purpose::Login, code, caller).await?;
@@ -484,7 +485,12 @@ impl App {
         // The owner of the mailbox is back in control: a password lockout (someone guessing)
         // is lifted, as a reset lifts it.
         self.store.rate_limits.clear(&lockout_key(&email)).await?;
-        let issued = self.start_session(user, caller).await?;
+        if let Some(challenge) = self.second_step(&user, Factor::EmailCode, caller).await? {
+            return Ok(SignIn::SecondFactor(challenge));
+        }
+        let issued = self
+            .start_session(user, &[Factor::EmailCode], caller)
+            .await?;
         // A disable or delete between our read and the session insert ended every session but
         // could not see this one: look again now that it exists.
         let current = self
@@ -508,7 +514,7 @@ impl App {
                 .detail("method", "email_code"),
         )
         .await;
-        Ok(issued)
+        Ok(SignIn::Tokens(Box::new(issued)))
     }
 
     /// The account of `email` unless it is deleted.

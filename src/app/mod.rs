@@ -6,6 +6,7 @@ pub mod authorization;
 pub mod codes;
 pub mod import;
 pub mod mail;
+pub mod mfa;
 pub mod orgs;
 pub mod sessions;
 pub mod users;
@@ -95,6 +96,8 @@ pub struct App {
     pub sessions: SessionCache,
     pub access: authorization::AccessCache,
     pub code_hasher: CodeHasher,
+    /// Seals TOTP secrets and keys recovery codes.
+    pub mfa_keys: crate::domain::mfa::MfaKeys,
     /// Which proxies may name the client's address (from `trusted_proxy_hops`/`_proxies`).
     pub proxy_trust: ProxyTrust,
     pub send_limits: SendLimits,
@@ -126,6 +129,10 @@ impl App {
         };
         Ok(Arc::new(Self {
             code_hasher: CodeHasher::new(derive_key(master_secret, "keyward one-time codes v1")),
+            mfa_keys: crate::domain::mfa::MfaKeys::new(
+                derive_key(master_secret, "keyward recovery codes v1"),
+                derive_key(master_secret, "keyward totp secrets v1"),
+            ),
             send_limits: SendLimits {
                 cooldown: config.code_send_cooldown,
                 per_hour: config.code_sends_per_hour,

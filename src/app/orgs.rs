@@ -225,10 +225,15 @@ impl App {
         org_id: &str,
         name: Option<String>,
         website: Option<String>,
+        require_mfa: Option<bool>,
         caller: &Caller,
     ) -> Result<OrgDoc> {
         require_id("org_id", org_id)?;
-        self.require_org(who, org_id, "org.write").await?;
+        let role = self.require_org(who, org_id, "org.write").await?;
+        // Who must prove a second factor is the owners' decision.
+        if require_mfa.is_some() && role != OrgRole::Owner {
+            return Err(Error::PermissionDenied);
+        }
         let mut violations = Vec::new();
         let name = name.map(|n| n.trim().to_string());
         if let Some(name) = &name {
@@ -244,9 +249,18 @@ impl App {
         let org = self
             .store
             .orgs
-            .update(org_id, name.as_deref(), website.as_deref(), self.now())
+            .update(
+                org_id,
+                name.as_deref(),
+                website.as_deref(),
+                require_mfa,
+                self.now(),
+            )
             .await?
             .ok_or(Error::OrgNotFound)?;
+        if require_mfa.is_some() {
+            self.forget_org_policy(org_id);
+        }
         self.audit(
             AuditRecord::new("org.update", Outcome::Success, caller)
                 .user(&who.user_id)
@@ -254,7 +268,11 @@ impl App {
                 .session(&who.session_id)
                 .detail("org_id", org_id)
                 .detail("name_changed", name.is_some())
-                .detail("website_changed", website.is_some()),
+                .detail("website_changed", website.is_some())
+                .detail(
+                    "require_mfa",
+                    require_mfa.map_or(mongodb::bson::Bson::Null, Into::into),
+                ),
         )
         .await;
         Ok(org)
@@ -926,6 +944,7 @@ impl App {
             slug: String::new(),
             website: fields.website,
             owner_count: 1,
+            require_mfa: false,
             created_at: bson_time(now),
             updated_at: bson_time(now),
         };

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use super::{App, AuditRecord, Caller};
+use crate::domain::mfa::Factor;
 use crate::domain::secrets::{hash_token, new_id, new_refresh_token, REFRESH_TOKEN_PREFIX};
 use crate::domain::tokens::AccessClaims;
 use crate::error::{Error, Result};
@@ -68,8 +69,14 @@ impl SessionCache {
 }
 
 impl App {
-    /// Starts a new session for `user` and signs its first token pair.
-    pub async fn start_session(&self, user: UserDoc, caller: &Caller) -> Result<IssuedTokens> {
+    /// Starts a new session for `user`, authenticated by `factors`, and signs its first token
+    /// pair.
+    pub async fn start_session(
+        &self,
+        user: UserDoc,
+        factors: &[Factor],
+        caller: &Caller,
+    ) -> Result<IssuedTokens> {
         let now = self.now();
         let refresh_token = new_refresh_token();
         let lifetime = chrono::Duration::from_std(self.config.session_lifetime)
@@ -88,12 +95,14 @@ impl App {
             revoked_reason: None,
             user_agent: caller.user_agent.clone(),
             client_address: caller.client_address.clone(),
+            amr: factors.iter().map(|f| f.amr().to_string()).collect(),
+            authenticated_at: Some(bson_time(now)),
         };
         self.store.sessions.insert(&session).await?;
         Ok(self.sign(user, session, refresh_token, now))
     }
 
-    fn sign(
+    pub(super) fn sign(
         &self,
         user: UserDoc,
         session: SessionDoc,
@@ -108,6 +117,11 @@ impl App {
             email: user.email.clone(),
             role: user.role,
             expires_at: now,
+            amr: session.amr.clone(),
+            auth_time: session
+                .authenticated_at
+                .unwrap_or(session.created_at)
+                .to_chrono(),
         };
         // An access token never outlives its session.
         let left = (session.expires_at.to_chrono() - now)

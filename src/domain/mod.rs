@@ -4,6 +4,7 @@ pub mod client_address;
 pub mod codes;
 pub mod email;
 pub mod lockout;
+pub mod mfa;
 pub mod paging;
 pub mod password;
 pub mod permissions;

@@ -109,6 +109,11 @@ pub const MATRIX: &[(&str, Scope, &str)] = &[
     ),
 ];
 
+/// Whether `permission` is one of keyward's permissions.
+pub fn is_known(permission: &str) -> bool {
+    MATRIX.iter().any(|(name, _, _)| *name == permission)
+}
+
 /// The outcome of one permission check, with a short machine-readable reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {

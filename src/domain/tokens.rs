@@ -25,6 +25,17 @@ pub struct AccessClaims {
     pub email: String,
     pub role: Role,
     pub expires_at: DateTime<Utc>,
+    /// How the session was authenticated (RFC 8176 values, see [`crate::domain::mfa::Factor`]).
+    pub amr: Vec<String>,
+    /// When the user last proved a factor in this session (sign-in or step-up).
+    pub auth_time: DateTime<Utc>,
+}
+
+impl AccessClaims {
+    /// Authenticator assurance level: 2 once a second factor was proved.
+    pub fn aal(&self) -> u8 {
+        crate::domain::mfa::aal(&self.amr)
+    }
 }
 
 /// Why a token was refused. Callers map all of these to one answer (TOKEN_INVALID); the variants
@@ -159,6 +170,8 @@ impl KeyRing {
             c.add_additional("sid", claims.session_id.as_str())?;
             c.add_additional("role", claims.role.as_str())?;
             c.add_additional("email", claims.email.as_str())?;
+            c.add_additional("amr", claims.amr.clone())?;
+            c.add_additional("auth_time", rfc3339(claims.auth_time))?;
             Ok(())
         };
         set(&mut c).expect("claim names are not reserved and values are strings");
@@ -202,9 +215,28 @@ impl KeyRing {
                 .map(str::to_owned)
                 .ok_or(TokenError::BadClaim(name))
         };
-        let expires_at = DateTime::parse_from_rfc3339(&text("exp")?)
-            .map_err(|_| TokenError::BadClaim("exp"))?
-            .with_timezone(&Utc);
+        let time = |name: &'static str| -> Result<DateTime<Utc>, TokenError> {
+            Ok(DateTime::parse_from_rfc3339(&text(name)?)
+                .map_err(|_| TokenError::BadClaim(name))?
+                .with_timezone(&Utc))
+        };
+        let expires_at = time("exp")?;
+        // Tokens signed before second factors existed carry neither claim: one factor, at `iat`.
+        let amr = match claims.get_claim("amr") {
+            None => Vec::new(),
+            Some(value) => value
+                .as_array()
+                .and_then(|a| {
+                    a.iter()
+                        .map(|v| v.as_str().map(str::to_owned))
+                        .collect::<Option<Vec<_>>>()
+                })
+                .ok_or(TokenError::BadClaim("amr"))?,
+        };
+        let auth_time = match claims.get_claim("auth_time") {
+            None => time("iat")?,
+            Some(_) => time("auth_time")?,
+        };
         Ok(AccessClaims {
             user_id: text("sub")?,
             session_id: text("sid")?,
@@ -213,6 +245,8 @@ impl KeyRing {
                 .parse()
                 .map_err(|_| TokenError::BadClaim("role"))?,
             expires_at,
+            amr,
+            auth_time,
         })
     }
 }
@@ -233,6 +267,8 @@ mod tests {
             email: "a@example.com".into(),
             role: Role::User,
             expires_at: Utc::now(),
+            amr: vec!["pwd".into(), "totp".into()],
+            auth_time: Utc::now() - chrono::Duration::minutes(3),
         }
     }
 
@@ -246,6 +282,9 @@ mod tests {
         assert_eq!(got.session_id, "s1");
         assert_eq!(got.role, Role::User);
         assert_eq!(got.expires_at.timestamp(), exp.timestamp());
+        assert_eq!(got.amr, ["pwd", "totp"]);
+        assert_eq!(got.aal(), 2);
+        assert_eq!(got.auth_time.timestamp(), claims().auth_time.timestamp());
     }
 
     #[test]

@@ -74,8 +74,8 @@ impl AuthService for Auth {
         self.app.ensure_ready()?;
         let caller = self.caller(&request);
         let r = request.into_inner();
-        let issued = self.app.login(&r.email, &r.password, &caller).await?;
-        Ok(Response::new(convert::token_pair(issued, self.app.now())))
+        let signed_in = self.app.login(&r.email, &r.password, &caller).await?;
+        Ok(Response::new(convert::sign_in(signed_in, self.app.now())))
     }
 
     #[instrument(skip(self, request))]

@@ -4,7 +4,9 @@ use chrono::{DateTime, Utc};
 use prost_types::Timestamp;
 
 use super::pb;
+use crate::app::mfa::SignIn;
 use crate::app::sessions::IssuedTokens;
+use crate::domain::mfa::CHALLENGE_METHODS;
 use crate::domain::roles::Role;
 use crate::domain::tokens::AccessClaims;
 use crate::store::sessions::SessionDoc;
@@ -59,6 +61,22 @@ pub fn token_pair(t: IssuedTokens, now: DateTime<Utc>) -> pb::TokenPair {
         token_type: "Bearer".into(),
         access_token: t.access_token,
         refresh_token: t.refresh_token,
+        mfa_challenge: None,
+    }
+}
+
+/// Login's answer: tokens, or only the challenge of the second step.
+pub fn sign_in(s: SignIn, now: DateTime<Utc>) -> pb::TokenPair {
+    match s {
+        SignIn::Tokens(issued) => token_pair(*issued, now),
+        SignIn::SecondFactor(c) => pb::TokenPair {
+            mfa_challenge: Some(pb::MfaChallenge {
+                challenge: c.challenge,
+                expires_at: timestamp(c.expires_at),
+                methods: CHALLENGE_METHODS.iter().map(|m| m.to_string()).collect(),
+            }),
+            ..Default::default()
+        },
     }
 }
 
@@ -71,6 +89,9 @@ pub fn principal(c: &AccessClaims, now: &crate::app::authorization::Standing) ->
         email: now.email.to_string(),
         role: role(now.role) as i32,
         expires_at: timestamp(c.expires_at),
+        amr: c.amr.clone(),
+        aal: i32::from(c.aal()),
+        auth_time: timestamp(c.auth_time),
     }
 }
 
@@ -103,6 +124,7 @@ pub fn organization(o: &crate::store::orgs::OrgDoc) -> pb::Organization {
         website: o.website.clone(),
         created_at: bson_ts(o.created_at),
         updated_at: bson_ts(o.updated_at),
+        require_mfa: o.require_mfa,
     }
 }
 

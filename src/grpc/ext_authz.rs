@@ -2,15 +2,17 @@
 //! authorization provider) ask keyward about every request a sidecar sees. The decision is
 //! Authorize's own (`App::authorize`); this adapter only speaks HTTP through Envoy's types.
 //!
-//! Per route, Envoy's `context_extensions` may name a required `permission` and an
-//! `org_id_header` (the request header carrying the organization id the request is about).
+//! Per route, Envoy's `context_extensions` may name a required `permission`, an
+//! `org_id_header` (the request header carrying the organization id the request is about), and
+//! `mfa: required` (only two-factor sessions pass; see MfaService).
 //!
 //! - Allow: OK, with identity headers for the upstream (`x-keyward-user-id`, `-session-id`,
 //!   `-role` (current), `-email`, and `-org-id` / `-org-role` when an organization is in play)
 //!   that overwrite anything the client sent under those names; org headers keyward does not
 //!   set are removed, so they cannot be spoofed.
 //! - Deny: 401 (no, invalid, expired or revoked token) with `WWW-Authenticate` and a small JSON
-//!   body; 403 with Authorize's reason when the route's permission is not held; 503 when
+//!   body; 403 with Authorize's reason when the route's permission is not held (or
+//!   MFA_REQUIRED / MFA_ENROLLMENT_REQUIRED for a one-factor session); 503 when
 //!   keyward cannot decide (fail closed).
 
 use std::sync::Arc;
@@ -147,7 +149,34 @@ impl Authorization for ExtAuthz {
                 )));
             }
         };
-        if let Some(refused) = verdict.decisions.iter().find(|d| !d.allowed) {
+        // A route may require two factors whatever its permission (`mfa: required`).
+        let route_needs_mfa = extensions
+            .and_then(|e| e.get("mfa"))
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("required"));
+        let mfa_refusal = if route_needs_mfa {
+            match self.app.second_factor_refusal(&verdict.claims).await {
+                Ok(refusal) => refusal,
+                Err(e) => {
+                    let (_, reason) = e.code_and_reason();
+                    let _ = Status::from(e);
+                    return Ok(Response::new(deny(
+                        HttpStatusCode::ServiceUnavailable,
+                        Code::Unavailable,
+                        reason,
+                        "the authorization service cannot decide right now",
+                        None,
+                    )));
+                }
+            }
+        } else {
+            None
+        };
+        if let Some(refused) = verdict
+            .decisions
+            .iter()
+            .chain(mfa_refusal.iter())
+            .find(|d| !d.allowed)
+        {
             return Ok(Response::new(deny(
                 HttpStatusCode::Forbidden,
                 Code::PermissionDenied,

@@ -87,7 +87,7 @@ impl OrgService for Org {
         let r = request.into_inner();
         let org = self
             .app
-            .update_org(&who, &r.org_id, r.name, r.website, &caller)
+            .update_org(&who, &r.org_id, r.name, r.website, r.require_mfa, &caller)
             .await?;
         Ok(Response::new(UpdateOrgResponse {
             organization: Some(convert::organization(&org)),

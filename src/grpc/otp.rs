@@ -69,8 +69,8 @@ impl OtpService for Otp {
         self.app.ensure_ready()?;
         let caller = caller(&request, &self.app.proxy_trust);
         let r = request.into_inner();
-        let issued = self.app.login_with_code(&r.email, &r.code, &caller).await?;
-        Ok(Response::new(convert::token_pair(issued, self.app.now())))
+        let signed_in = self.app.login_with_code(&r.email, &r.code, &caller).await?;
+        Ok(Response::new(convert::sign_in(signed_in, self.app.now())))
     }
 
     #[instrument(skip(self, request))]

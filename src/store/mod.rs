@@ -1,13 +1,15 @@
 //! MongoDB storage: one file per collection, each owning its document struct, its indexes and
 //! its queries. No multi-document transactions: every exactly-once change is one conditional
 //! single-document update. Credential collections (users, sessions, rate_limits,
-//! one_time_codes) and the mail outbox write with majority write concern and read from the
+//! one_time_codes, mfa, mfa_challenges) and the mail outbox write with majority write concern and read from the
 //! primary.
 
 pub mod audit_events;
 pub mod invitations;
 pub mod mail_outbox;
 pub mod memberships;
+pub mod mfa;
+pub mod mfa_challenges;
 pub mod one_time_codes;
 pub mod orgs;
 pub mod rate_limits;
@@ -26,6 +28,8 @@ pub use audit_events::{AuditEvent, AuditEvents};
 pub use invitations::Invitations;
 pub use mail_outbox::MailOutbox;
 pub use memberships::Memberships;
+pub use mfa::Mfa;
+pub use mfa_challenges::MfaChallenges;
 pub use one_time_codes::OneTimeCodes;
 pub use orgs::Orgs;
 pub use rate_limits::RateLimits;
@@ -47,6 +51,8 @@ pub struct Store {
     pub memberships: Memberships,
     pub orgs: Orgs,
     pub invitations: Invitations,
+    pub mfa: Mfa,
+    pub mfa_challenges: MfaChallenges,
 }
 
 impl Store {
@@ -91,6 +97,8 @@ impl Store {
             memberships: Memberships(credential_collection(&db, "memberships")),
             orgs: Orgs(credential_collection(&db, "orgs")),
             invitations: Invitations(credential_collection(&db, "invitations")),
+            mfa: Mfa(credential_collection(&db, "mfa")),
+            mfa_challenges: MfaChallenges(credential_collection(&db, "mfa_challenges")),
             db,
         }
     }
@@ -125,6 +133,7 @@ impl Store {
         self.memberships.ensure_indexes().await?;
         self.orgs.ensure_indexes().await?;
         self.invitations.ensure_indexes().await?;
+        self.mfa_challenges.ensure_indexes().await?;
         Ok(())
     }
 }

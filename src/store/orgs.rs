@@ -28,6 +28,9 @@ pub struct OrgDoc {
     pub website: String,
     /// Owner memberships, never more (see the module comment).
     pub owner_count: i32,
+    /// Members must hold two-factor sessions for this organization's permission checks.
+    #[serde(default)]
+    pub require_mfa: bool,
     pub created_at: BsonDateTime,
     pub updated_at: BsonDateTime,
     /// The account being registered with this organization, until its owner membership exists
@@ -144,9 +147,13 @@ impl Orgs {
         id: &str,
         name: Option<&str>,
         website: Option<&str>,
+        require_mfa: Option<bool>,
         now: DateTime<Utc>,
     ) -> mongodb::error::Result<Option<OrgDoc>> {
         let mut set = Document::new();
+        if let Some(require_mfa) = require_mfa {
+            set.insert("require_mfa", require_mfa);
+        }
         if let Some(name) = name {
             set.insert("name", name);
         }

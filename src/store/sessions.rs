@@ -38,6 +38,13 @@ pub struct SessionDoc {
     pub revoked_reason: Option<String>,
     pub user_agent: String,
     pub client_address: String,
+    /// The factors proved for this session (RFC 8176 `amr` values), first factor first.
+    #[serde(default)]
+    pub amr: Vec<String>,
+    /// When the last factor was proved (sign-in or step-up); sessions from before second
+    /// factors existed have none and count from `created_at`.
+    #[serde(default)]
+    pub authenticated_at: Option<BsonDateTime>,
 }
 
 impl SessionDoc {
@@ -109,6 +116,31 @@ impl Sessions {
         };
         self.0
             .find_one_and_update(filter, update)
+            .return_document(ReturnDocument::After)
+            .projection(without_used_hashes())
+            .await
+    }
+
+    /// Adds a proved factor to an active session of `user_id` (step-up) and returns the
+    /// session as it is now; `None` when it is no longer active.
+    pub async fn add_factor(
+        &self,
+        id: &str,
+        user_id: &str,
+        amr: &str,
+        now: DateTime<Utc>,
+    ) -> mongodb::error::Result<Option<SessionDoc>> {
+        let mut filter = active(now);
+        filter.insert("_id", id);
+        filter.insert("user_id", user_id);
+        self.0
+            .find_one_and_update(
+                filter,
+                doc! {
+                    "$addToSet": { "amr": amr },
+                    "$set": { "authenticated_at": bson_time(now), "last_used_at": bson_time(now) },
+                },
+            )
             .return_document(ReturnDocument::After)
             .projection(without_used_hashes())
             .await

@@ -1,0 +1,557 @@
+//! Second factors: enrolling an authenticator app, the second step of a login, step-up,
+//! recovery codes, and removing a factor (by its owner or an admin).
+//!
+//! Wrong second-factor codes count in a lockout counter of their own per account (same policy
+//! as passwords), which only a right code clears: a correct password does not buy more guesses.
+
+use chrono::{DateTime, Utc};
+
+use super::sessions::IssuedTokens;
+use super::{App, AuditRecord, Caller};
+use crate::domain::mfa::{self, Factor, CHALLENGE_ATTEMPTS};
+use crate::domain::secrets::{hash_token, new_refresh_token};
+use crate::domain::tokens::AccessClaims;
+use crate::error::{Error, FieldViolation, Result};
+use crate::store::audit_events::Outcome;
+use crate::store::bson_time;
+use crate::store::mfa::MfaDoc;
+use crate::store::mfa_challenges::MfaChallengeDoc;
+use crate::store::users::{UserDoc, UserStatus};
+
+/// How long an unconfirmed enrolment may be confirmed.
+const ENROLLMENT_LIFETIME: chrono::Duration = chrono::Duration::minutes(10);
+/// How long a login's second step may take.
+const CHALLENGE_LIFETIME: chrono::Duration = chrono::Duration::minutes(5);
+/// Longest challenge string accepted (ours are 47 characters).
+const MAX_CHALLENGE_LEN: usize = 128;
+
+/// The lockout counter of wrong second-factor codes of one account.
+fn mfa_lockout_key(user_id: &str) -> String {
+    format!("mfa_user:{user_id}")
+}
+
+/// What a login gives: tokens, or the second step when the account has a second factor.
+#[derive(Debug)]
+pub enum SignIn {
+    Tokens(Box<IssuedTokens>),
+    SecondFactor(Challenge),
+}
+
+/// The second step of a login, as handed to the client.
+#[derive(Debug, Clone)]
+pub struct Challenge {
+    pub challenge: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A second factor as presented: a TOTP code or a recovery code.
+#[derive(Debug, Clone)]
+pub enum Proof {
+    Totp(String),
+    RecoveryCode(String),
+}
+
+impl Proof {
+    /// Exactly one of the two request fields, named `totp_code` and `recovery_code`.
+    pub fn from_fields(totp_code: String, recovery_code: String) -> Result<Self> {
+        match (totp_code.is_empty(), recovery_code.is_empty()) {
+            (false, true) => Ok(Proof::Totp(totp_code)),
+            (true, false) => Ok(Proof::RecoveryCode(recovery_code)),
+            (true, true) => Err(Error::invalid(
+                "totp_code",
+                "one of totp_code and recovery_code is required",
+            )),
+            (false, false) => Err(Error::InvalidArgument(vec![
+                FieldViolation::new("totp_code", "give totp_code or recovery_code, not both"),
+                FieldViolation::new("recovery_code", "give totp_code or recovery_code, not both"),
+            ])),
+        }
+    }
+}
+
+/// A started enrolment.
+#[derive(Debug, Clone)]
+pub struct Enrollment {
+    pub secret_base32: String,
+    pub otpauth_uri: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A session raised to two factors.
+#[derive(Debug, Clone)]
+pub struct SteppedUp {
+    pub access_token: String,
+    pub access_token_expires_at: DateTime<Utc>,
+    pub claims: AccessClaims,
+}
+
+impl App {
+    /// After a right first factor: the challenge of the second step when `user` has one.
+    pub(crate) async fn second_step(
+        &self,
+        user: &UserDoc,
+        first: Factor,
+        caller: &Caller,
+    ) -> Result<Option<Challenge>> {
+        if !self.has_second_factor(&user.id).await? {
+            return Ok(None);
+        }
+        let now = self.now();
+        let challenge = new_refresh_token().replacen("kwr_", "kwm_", 1);
+        let expires_at = now + CHALLENGE_LIFETIME;
+        self.store
+            .mfa_challenges
+            .insert(&MfaChallengeDoc {
+                challenge_hash: hash_token(&challenge),
+                user_id: user.id.clone(),
+                first_factor: first.amr().to_string(),
+                attempts: 0,
+                used: false,
+                created_at: bson_time(now),
+                expires_at: bson_time(expires_at),
+            })
+            .await?;
+        self.audit(
+            AuditRecord::new("mfa_challenge", Outcome::Success, caller)
+                .user(&user.id)
+                .detail("first_factor", first.amr()),
+        )
+        .await;
+        Ok(Some(Challenge {
+            challenge,
+            expires_at,
+        }))
+    }
+
+    /// Whether `user_id` has a confirmed second factor.
+    pub async fn has_second_factor(&self, user_id: &str) -> Result<bool> {
+        Ok(self
+            .store
+            .mfa
+            .find(user_id)
+            .await?
+            .is_some_and(|m| m.enrolled()))
+    }
+
+    /// The second step of a login: the challenge and a second factor give the session.
+    pub async fn complete_mfa(
+        &self,
+        challenge: &str,
+        proof: Proof,
+        caller: &Caller,
+    ) -> Result<IssuedTokens> {
+        if challenge.is_empty() {
+            return Err(Error::invalid("challenge", "is required"));
+        }
+        if challenge.len() > MAX_CHALLENGE_LEN {
+            return Err(Error::MfaChallengeInvalid);
+        }
+        let hash = hash_token(challenge);
+        let challenges = &self.store.mfa_challenges;
+        let Some(pending) = challenges
+            .find_live(&hash, CHALLENGE_ATTEMPTS, self.now())
+            .await?
+        else {
+            return Err(Error::MfaChallengeInvalid);
+        };
+        let user = self.signing_in_user(&pending.user_id).await?;
+        let factor = match self.prove(&user.id, &proof, caller).await {
+            Ok(factor) => factor,
+            Err(e) => {
+                if matches!(e, Error::MfaCodeInvalid) {
+                    challenges
+                        .count_failure(&hash, CHALLENGE_ATTEMPTS, self.now())
+                        .await?;
+                }
+                return Err(e);
+            }
+        };
+        let Some(used) = challenges
+            .use_up(&hash, CHALLENGE_ATTEMPTS, self.now())
+            .await?
+        else {
+            return Err(Error::MfaChallengeInvalid);
+        };
+        let first = Factor::from_amr(&used.first_factor).unwrap_or(Factor::Password);
+        let issued = self.start_session(user, &[first, factor], caller).await?;
+        // A disable or delete between our read and the session insert ended every session but
+        // could not see this one: look again now that it exists.
+        let current = self
+            .store
+            .users
+            .record_login(&issued.user.id, self.now())
+            .await?;
+        if current.is_none_or(|u| u.status != UserStatus::Active) {
+            self.store
+                .sessions
+                .revoke(&issued.session.id, None, "account_inactive", self.now())
+                .await?;
+            self.revoke_sessions([issued.session.id.as_str()]);
+            return Err(Error::MfaChallengeInvalid);
+        }
+        self.remember_requester(&issued.user, caller).await;
+        self.audit(
+            AuditRecord::new("login", Outcome::Success, caller)
+                .user(&issued.user.id)
+                .session(&issued.session.id)
+                .detail("method", first.amr())
+                .detail("second_factor", factor.amr()),
+        )
+        .await;
+        Ok(issued)
+    }
+
+    /// The account behind a challenge or session, if it may still sign in.
+    async fn signing_in_user(&self, user_id: &str) -> Result<UserDoc> {
+        match self.store.users.find_by_id(user_id).await? {
+            Some(u) if u.status == UserStatus::Active => Ok(u),
+            Some(u) if u.status == UserStatus::Disabled => Err(Error::AccountDisabled),
+            _ => Err(Error::MfaChallengeInvalid),
+        }
+    }
+
+    /// Checks `proof` against `user_id`'s second factor and uses it up (a TOTP step once, a
+    /// recovery code once). Wrong codes count toward the account's second-factor lockout.
+    async fn prove(&self, user_id: &str, proof: &Proof, caller: &Caller) -> Result<Factor> {
+        let Some(mfa) = self.store.mfa.find(user_id).await?.filter(MfaDoc::enrolled) else {
+            return Err(Error::MfaNotEnrolled);
+        };
+        let key = mfa_lockout_key(user_id);
+        let attempt = self.admit_password_attempt(&key).await?;
+        let now = self.now();
+        let factor = match proof {
+            Proof::Totp(code) => {
+                let secret = mfa
+                    .totp_secret
+                    .as_ref()
+                    .and_then(|s| self.mfa_keys.open(user_id, &s.bytes))
+                    .ok_or_else(|| anyhow::anyhow!("the TOTP secret of {user_id} does not open"))?;
+                let accepted = match mfa::matching_step(&secret, code, now.timestamp()) {
+                    Some(step) => self.store.mfa.accept_step(user_id, step, now).await?,
+                    None => false,
+                };
+                accepted.then_some(Factor::Totp)
+            }
+            Proof::RecoveryCode(code) => {
+                let used = match mfa::normalize_recovery_code(code) {
+                    Some(code) => {
+                        let hash = self.mfa_keys.recovery_hash(user_id, &code);
+                        self.store
+                            .mfa
+                            .use_recovery_code(user_id, &hash, now)
+                            .await?
+                    }
+                    None => false,
+                };
+                used.then_some(Factor::RecoveryCode)
+            }
+        };
+        match factor {
+            Some(factor) => {
+                if attempt.count > 0 {
+                    self.store.rate_limits.clear(&key).await?;
+                }
+                Ok(factor)
+            }
+            None => {
+                let mut event = AuditRecord::new("mfa_verify", Outcome::Failure, caller)
+                    .user(user_id)
+                    .detail("reason", "code_invalid")
+                    .detail("consecutive_failures", attempt.count as i64);
+                if let Some(lock) = attempt.lock {
+                    event = event.detail("lock_seconds", lock.as_secs() as i64);
+                    tracing::warn!(
+                        failures = attempt.count,
+                        "second factor locked for an account after repeated failures"
+                    );
+                }
+                self.audit(event).await;
+                Err(Error::MfaCodeInvalid)
+            }
+        }
+    }
+
+    /// Fails unless `who`'s session proved a factor within `privileged_session_max_age`.
+    fn require_recent_sign_in(&self, who: &AccessClaims) -> Result<()> {
+        let max_age = chrono::Duration::from_std(self.config.privileged_session_max_age)
+            .unwrap_or(chrono::Duration::minutes(15));
+        if self.now() - who.auth_time > max_age {
+            return Err(Error::ReauthenticationRequired);
+        }
+        Ok(())
+    }
+
+    /// Starts enrolling an authenticator app for the signed-in caller.
+    pub async fn start_totp_enrollment(
+        &self,
+        who: &AccessClaims,
+        caller: &Caller,
+    ) -> Result<Enrollment> {
+        self.acting(who).await?;
+        let user = self.signing_in_user(&who.user_id).await?;
+        if !user.email_verified {
+            return Err(Error::EmailNotVerified);
+        }
+        self.require_recent_sign_in(who)?;
+        let secret = mfa::new_secret();
+        let expires_at = self.now() + ENROLLMENT_LIFETIME;
+        if !self
+            .store
+            .mfa
+            .start_enrollment(&user.id, self.mfa_keys.seal(&user.id, &secret), expires_at)
+            .await?
+        {
+            return Err(Error::MfaAlreadyEnrolled);
+        }
+        self.audit(
+            AuditRecord::new("totp_enrollment_start", Outcome::Success, caller)
+                .user(&user.id)
+                .session(&who.session_id),
+        )
+        .await;
+        Ok(Enrollment {
+            secret_base32: mfa::secret_base32(&secret),
+            otpauth_uri: mfa::otpauth_uri(&secret, &self.config.totp_issuer, &user.email),
+            expires_at,
+        })
+    }
+
+    /// Confirms the pending enrolment with a first code; returns the recovery codes and how
+    /// many other sessions ended.
+    pub async fn confirm_totp_enrollment(
+        &self,
+        who: &AccessClaims,
+        code: &str,
+        caller: &Caller,
+    ) -> Result<(Vec<String>, usize)> {
+        if code.is_empty() {
+            return Err(Error::invalid("code", "is required"));
+        }
+        self.acting(who).await?;
+        self.require_recent_sign_in(who)?;
+        let now = self.now();
+        let mfa = self.store.mfa.find(&who.user_id).await?;
+        if mfa.as_ref().is_some_and(MfaDoc::enrolled) {
+            return Err(Error::MfaAlreadyEnrolled);
+        }
+        let Some((sealed, secret)) = mfa
+            .filter(|m| m.pending_expires_at.is_some_and(|t| t.to_chrono() > now))
+            .and_then(|m| m.pending_secret)
+            .and_then(|s| {
+                let secret = self.mfa_keys.open(&who.user_id, &s.bytes)?;
+                Some((s, secret))
+            })
+        else {
+            return Err(Error::MfaEnrollmentNotStarted);
+        };
+        let Some(step) = mfa::matching_step(&secret, code, now.timestamp()) else {
+            self.audit(
+                AuditRecord::new("totp_enroll", Outcome::Failure, caller)
+                    .user(&who.user_id)
+                    .detail("reason", "code_invalid"),
+            )
+            .await;
+            return Err(Error::MfaCodeInvalid);
+        };
+        let codes = mfa::new_recovery_codes();
+        let hashes = self.recovery_hashes(&who.user_id, &codes);
+        if self
+            .store
+            .mfa
+            .confirm_enrollment(&who.user_id, &sealed, step, hashes, now)
+            .await?
+            .is_none()
+        {
+            return Err(Error::MfaEnrollmentNotStarted);
+        }
+        self.forget_second_factor(&who.user_id);
+        // Sessions signed in with one factor (perhaps by whoever knows the password) end.
+        let ended = self
+            .end_sessions(&who.user_id, Some(&who.session_id), "mfa_enrolled")
+            .await?;
+        self.audit(
+            AuditRecord::new("totp_enroll", Outcome::Success, caller)
+                .user(&who.user_id)
+                .session(&who.session_id)
+                .detail("sessions_ended", ended as i64),
+        )
+        .await;
+        Ok((codes, ended))
+    }
+
+    fn recovery_hashes(&self, user_id: &str, codes: &[String]) -> Vec<String> {
+        codes
+            .iter()
+            .map(|c| self.mfa_keys.recovery_hash(user_id, c))
+            .collect()
+    }
+
+    async fn end_sessions(&self, user_id: &str, keep: Option<&str>, reason: &str) -> Result<usize> {
+        let ids = self
+            .store
+            .sessions
+            .revoke_all_for_user(user_id, keep, reason, self.now())
+            .await?;
+        self.revoke_sessions(ids.iter().map(String::as_str));
+        Ok(ids.len())
+    }
+
+    /// Raises the caller's session to two factors.
+    pub async fn step_up(
+        &self,
+        who: &AccessClaims,
+        proof: Proof,
+        caller: &Caller,
+    ) -> Result<SteppedUp> {
+        self.acting(who).await?;
+        let factor = self.prove(&who.user_id, &proof, caller).await?;
+        let now = self.now();
+        let Some(session) = self
+            .store
+            .sessions
+            .add_factor(&who.session_id, &who.user_id, factor.amr(), now)
+            .await?
+        else {
+            return Err(Error::SessionRevoked);
+        };
+        let user = self.signing_in_user(&who.user_id).await?;
+        let issued = self.sign(user, session, String::new(), now);
+        self.audit(
+            AuditRecord::new("mfa_step_up", Outcome::Success, caller)
+                .user(&who.user_id)
+                .session(&who.session_id)
+                .detail("second_factor", factor.amr()),
+        )
+        .await;
+        let claims = self
+            .keys
+            .verify(&issued.access_token)
+            .map_err(|e| anyhow::anyhow!("a token just signed does not verify: {e}"))?;
+        Ok(SteppedUp {
+            access_token: issued.access_token,
+            access_token_expires_at: issued.access_token_expires_at,
+            claims,
+        })
+    }
+
+    /// The caller's second factors (`None`: none enrolled).
+    pub async fn mfa_methods(&self, who: &AccessClaims) -> Result<Option<MfaDoc>> {
+        self.acting(who).await?;
+        Ok(self
+            .store
+            .mfa
+            .find(&who.user_id)
+            .await?
+            .filter(MfaDoc::enrolled))
+    }
+
+    /// Removes the caller's second factor, given one; ends the other sessions and tells the
+    /// user by mail. Returns how many sessions ended.
+    pub async fn disable_totp(
+        &self,
+        who: &AccessClaims,
+        proof: Proof,
+        caller: &Caller,
+    ) -> Result<usize> {
+        self.acting(who).await?;
+        self.prove(&who.user_id, &proof, caller).await?;
+        if !self.store.mfa.remove(&who.user_id).await? {
+            return Err(Error::MfaNotEnrolled);
+        }
+        self.forget_second_factor(&who.user_id);
+        let ended = self
+            .end_sessions(&who.user_id, Some(&who.session_id), "mfa_removed")
+            .await?;
+        let user = self.signing_in_user(&who.user_id).await?;
+        self.notify_mfa_removed(&user, ended, false).await;
+        self.audit(
+            AuditRecord::new("totp_disable", Outcome::Success, caller)
+                .user(&who.user_id)
+                .session(&who.session_id)
+                .detail("sessions_ended", ended as i64),
+        )
+        .await;
+        Ok(ended)
+    }
+
+    /// New recovery codes for the caller (the old ones stop working), given a TOTP code.
+    pub async fn regenerate_recovery_codes(
+        &self,
+        who: &AccessClaims,
+        totp_code: &str,
+        caller: &Caller,
+    ) -> Result<Vec<String>> {
+        if totp_code.is_empty() {
+            return Err(Error::invalid("totp_code", "is required"));
+        }
+        self.acting(who).await?;
+        self.prove(&who.user_id, &Proof::Totp(totp_code.to_string()), caller)
+            .await?;
+        let codes = mfa::new_recovery_codes();
+        if !self
+            .store
+            .mfa
+            .replace_recovery_codes(&who.user_id, self.recovery_hashes(&who.user_id, &codes))
+            .await?
+        {
+            return Err(Error::MfaNotEnrolled);
+        }
+        self.audit(
+            AuditRecord::new("recovery_codes_regenerate", Outcome::Success, caller)
+                .user(&who.user_id)
+                .session(&who.session_id),
+        )
+        .await;
+        Ok(codes)
+    }
+
+    /// An admin removes another user's second factor: every session of theirs ends and they
+    /// are told by mail. Only for users whose global role is below the admin's.
+    pub async fn reset_user_mfa(
+        &self,
+        who: &AccessClaims,
+        user_id: &str,
+        caller: &Caller,
+    ) -> Result<usize> {
+        if user_id.is_empty() {
+            return Err(Error::invalid("user_id", "is required"));
+        }
+        let actor = self.require(who, "users.write").await?;
+        let target = match self.store.users.find_by_id(user_id).await? {
+            Some(u) if u.status != UserStatus::Deleted => u,
+            _ => return Err(Error::UserNotFound),
+        };
+        if target.role >= actor.role && target.id != who.user_id {
+            return Err(Error::RoleTooHigh);
+        }
+        if !self.store.mfa.remove(&target.id).await? {
+            return Err(Error::MfaNotEnrolled);
+        }
+        self.forget_second_factor(&target.id);
+        let ended = self.end_sessions(&target.id, None, "mfa_reset").await?;
+        self.notify_mfa_removed(&target, ended, true).await;
+        self.audit(
+            AuditRecord::new("mfa_reset", Outcome::Success, caller)
+                .user(&target.id)
+                .actor(&who.user_id)
+                .detail("sessions_ended", ended as i64),
+        )
+        .await;
+        Ok(ended)
+    }
+
+    async fn notify_mfa_removed(&self, user: &UserDoc, sessions_ended: usize, by_admin: bool) {
+        let context = minijinja::context! {
+            email => user.email,
+            display_name => user.display_name,
+            sessions_ended => sessions_ended,
+            by_admin => by_admin,
+        };
+        if let Err(e) = self
+            .queue_mail("mfa_removed", &user.email, &user.display_name, context)
+            .await
+        {
+            tracing::error!(user_id = %user.id, error = %e, "could not queue the MFA-removed notice");
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! `keyward.v1.MfaService`.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+use super::pb::mfa_service_server::MfaService;
+use super::pb::*;
+use super::{bearer_token, caller, convert};
+use crate::app::mfa::Proof;
+use crate::app::App;
+use crate::domain::tokens::AccessClaims;
+use crate::error::Error;
+
+/// The MfaService adapter.
+pub struct Mfa {
+    pub app: Arc<App>,
+}
+
+impl Mfa {
+    async fn who<T>(&self, request: &Request<T>) -> Result<Arc<AccessClaims>, Error> {
+        self.app.ensure_ready()?;
+        let token = bearer_token(request.metadata())?;
+        self.app.authenticate(token).await
+    }
+}
+
+#[tonic::async_trait]
+impl MfaService for Mfa {
+    #[instrument(skip(self, request))]
+    async fn start_totp_enrollment(
+        &self,
+        request: Request<StartTotpEnrollmentRequest>,
+    ) -> Result<Response<StartTotpEnrollmentResponse>, Status> {
+        let who = self.who(&request).await?;
+        let caller = caller(&request, &self.app.proxy_trust);
+        let started = self.app.start_totp_enrollment(&who, &caller).await?;
+        Ok(Response::new(StartTotpEnrollmentResponse {
+            secret: started.secret_base32,
+            otpauth_uri: started.otpauth_uri,
+            expires_at: convert::timestamp(started.expires_at),
+        }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn confirm_totp_enrollment(
+        &self,
+        request: Request<ConfirmTotpEnrollmentRequest>,
+    ) -> Result<Response<ConfirmTotpEnrollmentResponse>, Status> {
+        let who = self.who(&request).await?;
+        let caller = caller(&request, &self.app.proxy_trust);
+        let code = request.into_inner().code;
+        let (recovery_codes, ended) = self
+            .app
+            .confirm_totp_enrollment(&who, &code, &caller)
+            .await?;
+        Ok(Response::new(ConfirmTotpEnrollmentResponse {
+            recovery_codes,
+            sessions_ended: ended as i32,
+        }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn complete_mfa(
+        &self,
+        request: Request<CompleteMfaRequest>,
+    ) -> Result<Response<CompleteMfaResponse>, Status> {
+        self.app.ensure_ready()?;
+        let caller = caller(&request, &self.app.proxy_trust);
+        let r = request.into_inner();
+        let proof = Proof::from_fields(r.totp_code, r.recovery_code)?;
+        let issued = self.app.complete_mfa(&r.challenge, proof, &caller).await?;
+        Ok(Response::new(CompleteMfaResponse {
+            tokens: Some(convert::token_pair(issued, self.app.now())),
+        }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn step_up(
+        &self,
+        request: Request<StepUpRequest>,
+    ) -> Result<Response<StepUpResponse>, Status> {
+        let who = self.who(&request).await?;
+        let caller = caller(&request, &self.app.proxy_trust);
+        let r = request.into_inner();
+        let proof = Proof::from_fields(r.totp_code, r.recovery_code)?;
+        let stepped = self.app.step_up(&who, proof, &caller).await?;
+        let standing = self.app.acting(&stepped.claims).await?;
+        Ok(Response::new(StepUpResponse {
+            principal: Some(convert::principal(&stepped.claims, &standing)),
+            access_token: stepped.access_token,
+            access_token_expires_at: convert::timestamp(stepped.access_token_expires_at),
+        }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn list_mfa_methods(
+        &self,
+        request: Request<ListMfaMethodsRequest>,
+    ) -> Result<Response<ListMfaMethodsResponse>, Status> {
+        let who = self.who(&request).await?;
+        let methods = self.app.mfa_methods(&who).await?;
+        Ok(Response::new(match methods {
+            Some(m) => ListMfaMethodsResponse {
+                totp_enrolled: true,
+                totp_enrolled_at: m
+                    .enrolled_at
+                    .and_then(|t| convert::timestamp(t.to_chrono())),
+                totp_last_used_at: m
+                    .last_used_at
+                    .and_then(|t| convert::timestamp(t.to_chrono())),
+                recovery_codes_remaining: m.recovery_hashes.len() as i32,
+            },
+            None => ListMfaMethodsResponse::default(),
+        }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn disable_totp(
+        &self,
+        request: Request<DisableTotpRequest>,
+    ) -> Result<Response<DisableTotpResponse>, Status> {
+        let who = self.who(&request).await?;
+        let caller = caller(&request, &self.app.proxy_trust);
+        let r = request.into_inner();
+        let proof = Proof::from_fields(r.totp_code, r.recovery_code)?;
+        let ended = self.app.disable_totp(&who, proof, &caller).await?;
+        Ok(Response::new(DisableTotpResponse {
+            sessions_ended: ended as i32,
+        }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn regenerate_recovery_codes(
+        &self,
+        request: Request<RegenerateRecoveryCodesRequest>,
+    ) -> Result<Response<RegenerateRecoveryCodesResponse>, Status> {
+        let who = self.who(&request).await?;
+        let caller = caller(&request, &self.app.proxy_trust);
+        let code = request.into_inner().totp_code;
+        let recovery_codes = self
+            .app
+            .regenerate_recovery_codes(&who, &code, &caller)
+            .await?;
+        Ok(Response::new(RegenerateRecoveryCodesResponse {
+            recovery_codes,
+        }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn reset_user_mfa(
+        &self,
+        request: Request<ResetUserMfaRequest>,
+    ) -> Result<Response<ResetUserMfaResponse>, Status> {
+        let who = self.who(&request).await?;
+        let caller = caller(&request, &self.app.proxy_trust);
+        let user_id = request.into_inner().user_id;
+        let ended = self.app.reset_user_mfa(&who, &user_id, &caller).await?;
+        Ok(Response::new(ResetUserMfaResponse {
+            sessions_ended: ended as i32,
+        }))
+    }
+}
