@@ -89,6 +89,7 @@ func main() {
 		"OtpService":  keywardv1.RegisterOtpServiceHandler,
 		"OrgService":  keywardv1.RegisterOrgServiceHandler,
 		"UserService": keywardv1.RegisterUserServiceHandler,
+		"MfaService":  keywardv1.RegisterMfaServiceHandler,
 	} {
 		if err := register(ctx, mux, conn); err != nil {
 			log.Fatalf("keyward-gateway: registering %s: %v", name, err)

@@ -87,7 +87,7 @@ PY
 
 proto_files() { (cd "$OUT/proto" && ls keyward/v1/*.proto); }
 
-# Every RPC of the four services must have an http rule: without one grpc-gateway silently leaves
+# Every RPC of the services must have an http rule: without one grpc-gateway silently leaves
 # the RPC out of REST.
 check_routes() {
   local rpcs rules missing
