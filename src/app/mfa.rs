@@ -69,6 +69,14 @@ impl Proof {
     }
 }
 
+/// A proof found right, not yet used up.
+#[derive(Debug, Clone)]
+enum Proven {
+    TotpStep(i64),
+    /// The keyed hash of the recovery code.
+    RecoveryCode(String),
+}
+
 /// A started enrolment.
 #[derive(Debug, Clone)]
 pub struct Enrollment {
@@ -155,8 +163,8 @@ impl App {
             return Err(Error::MfaChallengeInvalid);
         };
         let user = self.signing_in_user(&pending.user_id).await?;
-        let factor = match self.prove(&user.id, &proof, caller).await {
-            Ok(factor) => factor,
+        let proven = match self.check_proof(&user.id, &proof, caller).await {
+            Ok(proven) => proven,
             Err(e) => {
                 if matches!(e, Error::MfaCodeInvalid) {
                     challenges
@@ -166,12 +174,14 @@ impl App {
                 return Err(e);
             }
         };
+        // The challenge first: a right code that loses a race for it is not spent.
         let Some(used) = challenges
             .use_up(&hash, CHALLENGE_ATTEMPTS, self.now())
             .await?
         else {
             return Err(Error::MfaChallengeInvalid);
         };
+        let factor = self.use_proof(&user.id, &proven).await?;
         let first = Factor::from_amr(&used.first_factor).unwrap_or(Factor::Password);
         let issued = self.start_session(user, &[first, factor], caller).await?;
         // A disable or delete between our read and the session insert ended every session but
@@ -210,48 +220,38 @@ impl App {
         }
     }
 
-    /// Checks `proof` against `user_id`'s second factor and uses it up (a TOTP step once, a
-    /// recovery code once). Wrong codes count toward the account's second-factor lockout.
-    async fn prove(&self, user_id: &str, proof: &Proof, caller: &Caller) -> Result<Factor> {
+    /// Checks `proof` against `user_id`'s second factor without using it up: a code of a
+    /// step after the last accepted one, or an unused recovery code. Every check counts toward
+    /// the account's second-factor lockout until a right code clears it; wrong ones are audited.
+    async fn check_proof(&self, user_id: &str, proof: &Proof, caller: &Caller) -> Result<Proven> {
         let Some(mfa) = self.store.mfa.find(user_id).await?.filter(MfaDoc::enrolled) else {
             return Err(Error::MfaNotEnrolled);
         };
         let key = mfa_lockout_key(user_id);
         let attempt = self.admit_password_attempt(&key).await?;
         let now = self.now();
-        let factor = match proof {
+        let proven = match proof {
             Proof::Totp(code) => {
                 let secret = mfa
                     .totp_secret
                     .as_ref()
                     .and_then(|s| self.mfa_keys.open(user_id, &s.bytes))
                     .ok_or_else(|| anyhow::anyhow!("the TOTP secret of {user_id} does not open"))?;
-                let accepted = match mfa::matching_step(&secret, code, now.timestamp()) {
-                    Some(step) => self.store.mfa.accept_step(user_id, step, now).await?,
-                    None => false,
-                };
-                accepted.then_some(Factor::Totp)
+                mfa::matching_step(&secret, code, now.timestamp())
+                    .filter(|step| *step > mfa.last_step)
+                    .map(Proven::TotpStep)
             }
-            Proof::RecoveryCode(code) => {
-                let used = match mfa::normalize_recovery_code(code) {
-                    Some(code) => {
-                        let hash = self.mfa_keys.recovery_hash(user_id, &code);
-                        self.store
-                            .mfa
-                            .use_recovery_code(user_id, &hash, now)
-                            .await?
-                    }
-                    None => false,
-                };
-                used.then_some(Factor::RecoveryCode)
-            }
+            Proof::RecoveryCode(code) => mfa::normalize_recovery_code(code)
+                .map(|code| self.mfa_keys.recovery_hash(user_id, &code))
+                .filter(|hash| mfa.recovery_hashes.iter().any(|h| h == hash))
+                .map(Proven::RecoveryCode),
         };
-        match factor {
-            Some(factor) => {
+        match proven {
+            Some(proven) => {
                 if attempt.count > 0 {
                     self.store.rate_limits.clear(&key).await?;
                 }
-                Ok(factor)
+                Ok(proven)
             }
             None => {
                 let mut event = AuditRecord::new("mfa_verify", Outcome::Failure, caller)
@@ -269,6 +269,29 @@ impl App {
                 Err(Error::MfaCodeInvalid)
             }
         }
+    }
+
+    /// Uses up a checked proof: of concurrent calls with one code exactly one succeeds, and a
+    /// TOTP step is never accepted twice (nor one before the last accepted).
+    async fn use_proof(&self, user_id: &str, proven: &Proven) -> Result<Factor> {
+        let now = self.now();
+        let used = match proven {
+            Proven::TotpStep(step) => self.store.mfa.accept_step(user_id, *step, now).await?,
+            Proven::RecoveryCode(hash) => {
+                self.store.mfa.use_recovery_code(user_id, hash, now).await?
+            }
+        };
+        match (used, proven) {
+            (true, Proven::TotpStep(_)) => Ok(Factor::Totp),
+            (true, Proven::RecoveryCode(_)) => Ok(Factor::RecoveryCode),
+            (false, _) => Err(Error::MfaCodeInvalid),
+        }
+    }
+
+    /// [`Self::check_proof`] then [`Self::use_proof`].
+    async fn prove(&self, user_id: &str, proof: &Proof, caller: &Caller) -> Result<Factor> {
+        let proven = self.check_proof(user_id, proof, caller).await?;
+        self.use_proof(user_id, &proven).await
     }
 
     /// Fails unless `who`'s session proved a factor within `privileged_session_max_age`.
