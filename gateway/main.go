@@ -257,6 +257,8 @@ func callBudget(writeTimeout time.Duration) time.Duration {
 func limitRequest(next http.Handler, maxBody int64, budget time.Duration) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		joinForwardedFor(r.Header)
+		// Answers carry tokens, secrets and personal data: no cache may keep them.
+		w.Header().Set("Cache-Control", "no-store")
 		if r.ContentLength > maxBody {
 			writeTooLarge(w, maxBody)
 			return

@@ -297,6 +297,12 @@ impl App {
             self.revoke_sessions([issued.session.id.as_str()]);
             return Err(Error::InvalidCredentials);
         }
+        if let Some(second_step) = self
+            .enrolled_meanwhile(&issued, Factor::Password, caller)
+            .await?
+        {
+            return Ok(second_step);
+        }
         self.remember_requester(&issued.user, caller).await;
         self.audit(
             AuditRecord::new("login", Outcome::Success, caller)
@@ -367,7 +373,17 @@ impl App {
     /// the attempt that reaches the threshold sets the lock before its password is even
     /// checked, and a correct password lifts it again.
     pub(super) async fn admit_password_attempt(&self, key: &str) -> Result<PasswordAttempt> {
-        if self.lockout.threshold == 0 {
+        self.admit_attempt(key, &self.lockout).await
+    }
+
+    /// Counts one attempt on `key` under `policy` before it is checked (see
+    /// [`Self::admit_password_attempt`]).
+    pub(super) async fn admit_attempt(
+        &self,
+        key: &str,
+        policy: &crate::domain::lockout::LockoutPolicy,
+    ) -> Result<PasswordAttempt> {
+        if policy.threshold == 0 {
             // Lockout is off: nothing to count, nothing to clear.
             return Ok(PasswordAttempt {
                 count: 0,
@@ -384,7 +400,7 @@ impl App {
                 return Err(Error::AccountLocked { retry_after: left });
             }
             let count = live.map_or(0, |d| d.count) + 1;
-            let lock = self.lockout.delay_after(count);
+            let lock = policy.delay_after(count);
             let locked_until =
                 lock.map(|d| now + chrono::Duration::from_std(d).unwrap_or_default());
             let expires_at = locked_until.unwrap_or(now)

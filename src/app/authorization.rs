@@ -201,6 +201,19 @@ impl App {
         }))
     }
 
+    /// The refusal of a one-factor session in an organization that requires two factors
+    /// (`None`: no such requirement, or the session has two factors).
+    pub async fn org_second_factor_refusal(
+        &self,
+        claims: &AccessClaims,
+        org_id: &str,
+    ) -> Result<Option<Decision>> {
+        if claims.aal() >= 2 || !is_id(org_id) || !self.org_requires_mfa(org_id).await? {
+            return Ok(None);
+        }
+        self.second_factor_refusal(claims).await
+    }
+
     /// Whether a granted check still needs a second factor: the permission is listed in
     /// `mfa_required_permissions`, or the organization asked about requires it.
     async fn needs_second_factor(&self, check: &Check) -> Result<bool> {

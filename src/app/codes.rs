@@ -506,6 +506,12 @@ impl App {
             self.revoke_sessions([issued.session.id.as_str()]);
             return Err(Error::CodeInvalid);
         }
+        if let Some(second_step) = self
+            .enrolled_meanwhile(&issued, Factor::EmailCode, caller)
+            .await?
+        {
+            return Ok(second_step);
+        }
         self.remember_requester(&issued.user, caller).await;
         self.audit(
             AuditRecord::new("login", Outcome::Success, caller)

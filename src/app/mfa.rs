@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 
 use super::sessions::IssuedTokens;
 use super::{App, AuditRecord, Caller};
+use crate::domain::lockout::LockoutPolicy;
 use crate::domain::mfa::{self, Factor, CHALLENGE_ATTEMPTS};
 use crate::domain::secrets::{hash_token, new_refresh_token};
 use crate::domain::tokens::AccessClaims;
@@ -69,6 +70,26 @@ impl Proof {
     }
 }
 
+/// Which change to a second factor a notice tells of.
+#[derive(Debug, Clone, Copy)]
+enum MfaChange {
+    Added,
+    RecoveryCodesReplaced,
+    Removed,
+    RemovedByAdmin,
+}
+
+impl MfaChange {
+    fn as_str(self) -> &'static str {
+        match self {
+            MfaChange::Added => "added",
+            MfaChange::RecoveryCodesReplaced => "recovery_codes",
+            MfaChange::Removed => "removed",
+            MfaChange::RemovedByAdmin => "removed_by_admin",
+        }
+    }
+}
+
 /// A proof found right, not yet used up.
 #[derive(Debug, Clone)]
 enum Proven {
@@ -114,6 +135,7 @@ impl App {
                 user_id: user.id.clone(),
                 first_factor: first.amr().to_string(),
                 attempts: 0,
+                credential: hash_token(&user.password_hash),
                 used: false,
                 created_at: bson_time(now),
                 expires_at: bson_time(expires_at),
@@ -129,6 +151,29 @@ impl App {
             challenge,
             expires_at,
         }))
+    }
+
+    /// After a one-factor session was stored: when an authenticator was confirmed since the
+    /// caller's first look (its confirmation ended every other session, but could not see this
+    /// one), the session ends and the caller gets the second step instead.
+    pub(crate) async fn enrolled_meanwhile(
+        &self,
+        issued: &IssuedTokens,
+        first: Factor,
+        caller: &Caller,
+    ) -> Result<Option<SignIn>> {
+        if !self.has_second_factor(&issued.user.id).await? {
+            return Ok(None);
+        }
+        self.store
+            .sessions
+            .revoke(&issued.session.id, None, "mfa_enrolled", self.now())
+            .await?;
+        self.revoke_sessions([issued.session.id.as_str()]);
+        match self.second_step(&issued.user, first, caller).await? {
+            Some(challenge) => Ok(Some(SignIn::SecondFactor(challenge))),
+            None => Err(Error::MfaChallengeInvalid),
+        }
     }
 
     /// Whether `user_id` has a confirmed second factor.
@@ -156,29 +201,23 @@ impl App {
         }
         let hash = hash_token(challenge);
         let challenges = &self.store.mfa_challenges;
+        // One of the challenge's attempts is taken before the code is looked at, so concurrent
+        // guesses share its 5 attempts.
         let Some(pending) = challenges
-            .find_live(&hash, CHALLENGE_ATTEMPTS, self.now())
+            .take_attempt(&hash, CHALLENGE_ATTEMPTS, self.now())
             .await?
         else {
             return Err(Error::MfaChallengeInvalid);
         };
         let user = self.signing_in_user(&pending.user_id).await?;
-        let proven = match self.check_proof(&user.id, &proof, caller).await {
-            Ok(proven) => proven,
-            Err(e) => {
-                if matches!(e, Error::MfaCodeInvalid) {
-                    challenges
-                        .count_failure(&hash, CHALLENGE_ATTEMPTS, self.now())
-                        .await?;
-                }
-                return Err(e);
-            }
-        };
+        // A password change since the first step voids it (`credential` is empty only for
+        // challenges made before it was recorded).
+        if !pending.credential.is_empty() && pending.credential != hash_token(&user.password_hash) {
+            return Err(Error::MfaChallengeInvalid);
+        }
+        let proven = self.check_proof(&user.id, &proof, caller).await?;
         // The challenge first: a right code that loses a race for it is not spent.
-        let Some(used) = challenges
-            .use_up(&hash, CHALLENGE_ATTEMPTS, self.now())
-            .await?
-        else {
+        let Some(used) = challenges.use_up(&hash, self.now()).await? else {
             return Err(Error::MfaChallengeInvalid);
         };
         let factor = self.use_proof(&user.id, &proven).await?;
@@ -228,7 +267,9 @@ impl App {
             return Err(Error::MfaNotEnrolled);
         };
         let key = mfa_lockout_key(user_id);
-        let attempt = self.admit_password_attempt(&key).await?;
+        let attempt = self
+            .admit_attempt(&key, &self.second_factor_lockout())
+            .await?;
         let now = self.now();
         let proven = match proof {
             Proof::Totp(code) => {
@@ -292,6 +333,20 @@ impl App {
     async fn prove(&self, user_id: &str, proof: &Proof, caller: &Caller) -> Result<Factor> {
         let proven = self.check_proof(user_id, proof, caller).await?;
         self.use_proof(user_id, &proven).await
+    }
+
+    /// The lockout of wrong second-factor codes: the password lockout's policy, and never off
+    /// (with `lockout_threshold = 0` the defaults apply), since a code has only 10^6 values.
+    fn second_factor_lockout(&self) -> LockoutPolicy {
+        if self.lockout.threshold > 0 {
+            self.lockout
+        } else {
+            LockoutPolicy {
+                threshold: 5,
+                base_delay: std::time::Duration::from_secs(30),
+                max_delay: std::time::Duration::from_secs(15 * 60),
+            }
+        }
     }
 
     /// Fails unless `who`'s session proved a factor within `privileged_session_max_age`.
@@ -392,6 +447,10 @@ impl App {
         let ended = self
             .end_sessions(&who.user_id, Some(&who.session_id), "mfa_enrolled")
             .await?;
+        if let Ok(user) = self.signing_in_user(&who.user_id).await {
+            self.notify_mfa_changed(&user, MfaChange::Added, ended)
+                .await;
+        }
         self.audit(
             AuditRecord::new("totp_enroll", Outcome::Success, caller)
                 .user(&who.user_id)
@@ -486,7 +545,8 @@ impl App {
             .end_sessions(&who.user_id, Some(&who.session_id), "mfa_removed")
             .await?;
         let user = self.signing_in_user(&who.user_id).await?;
-        self.notify_mfa_removed(&user, ended, false).await;
+        self.notify_mfa_changed(&user, MfaChange::Removed, ended)
+            .await;
         self.audit(
             AuditRecord::new("totp_disable", Outcome::Success, caller)
                 .user(&who.user_id)
@@ -519,6 +579,10 @@ impl App {
         {
             return Err(Error::MfaNotEnrolled);
         }
+        if let Ok(user) = self.signing_in_user(&who.user_id).await {
+            self.notify_mfa_changed(&user, MfaChange::RecoveryCodesReplaced, 0)
+                .await;
+        }
         self.audit(
             AuditRecord::new("recovery_codes_regenerate", Outcome::Success, caller)
                 .user(&who.user_id)
@@ -544,7 +608,11 @@ impl App {
             Some(u) if u.status != UserStatus::Deleted => u,
             _ => return Err(Error::UserNotFound),
         };
-        if target.role >= actor.role && target.id != who.user_id {
+        // One's own factor goes by DisableTotp, which asks for a code.
+        if target.id == who.user_id {
+            return Err(Error::PermissionDenied);
+        }
+        if target.role >= actor.role {
             return Err(Error::RoleTooHigh);
         }
         if !self.store.mfa.remove(&target.id).await? {
@@ -552,7 +620,8 @@ impl App {
         }
         self.forget_second_factor(&target.id);
         let ended = self.end_sessions(&target.id, None, "mfa_reset").await?;
-        self.notify_mfa_removed(&target, ended, true).await;
+        self.notify_mfa_changed(&target, MfaChange::RemovedByAdmin, ended)
+            .await;
         self.audit(
             AuditRecord::new("mfa_reset", Outcome::Success, caller)
                 .user(&target.id)
@@ -563,18 +632,20 @@ impl App {
         Ok(ended)
     }
 
-    async fn notify_mfa_removed(&self, user: &UserDoc, sessions_ended: usize, by_admin: bool) {
+    /// Tells the user their second factor changed, so that a change they did not make (someone
+    /// with their password enrolling an authenticator of their own) does not go unnoticed.
+    async fn notify_mfa_changed(&self, user: &UserDoc, change: MfaChange, sessions_ended: usize) {
         let context = minijinja::context! {
             email => user.email,
             display_name => user.display_name,
             sessions_ended => sessions_ended,
-            by_admin => by_admin,
+            change => change.as_str(),
         };
         if let Err(e) = self
-            .queue_mail("mfa_removed", &user.email, &user.display_name, context)
+            .queue_mail("mfa_changed", &user.email, &user.display_name, context)
             .await
         {
-            tracing::error!(user_id = %user.id, error = %e, "could not queue the MFA-removed notice");
+            tracing::error!(user_id = %user.id, error = %e, "could not queue the MFA notice");
         }
     }
 }

@@ -242,10 +242,10 @@ impl App {
         role: Role,
         caller: &Caller,
     ) -> Result<UserDoc> {
-        let actor = self.acting(who).await?;
+        // Checked first, for every target (it also applies `mfa_required_permissions`).
+        let actor = self.require(who, "users.roles.write").await?;
         if user_id == who.user_id {
-            // Checked first: even a super_admin does not change their own role.
-            self.require(who, "users.roles.write").await?;
+            // Even a super_admin does not change their own role.
             return Err(Error::PermissionDenied);
         }
         let current = self

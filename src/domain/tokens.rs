@@ -221,7 +221,8 @@ impl KeyRing {
                 .with_timezone(&Utc))
         };
         let expires_at = time("exp")?;
-        // Tokens signed before second factors existed carry neither claim: one factor, at `iat`.
+        // Tokens signed before second factors existed carry neither claim: one factor, signed
+        // in at an unknown time (the epoch), so they cannot do what needs a recent sign-in.
         let amr = match claims.get_claim("amr") {
             None => Vec::new(),
             Some(value) => value
@@ -234,7 +235,7 @@ impl KeyRing {
                 .ok_or(TokenError::BadClaim("amr"))?,
         };
         let auth_time = match claims.get_claim("auth_time") {
-            None => time("iat")?,
+            None => DateTime::<Utc>::UNIX_EPOCH,
             Some(_) => time("auth_time")?,
         };
         Ok(AccessClaims {

@@ -150,11 +150,17 @@ impl Authorization for ExtAuthz {
             }
         };
         // A route may require two factors whatever its permission (`mfa: required`).
-        let route_needs_mfa = extensions
-            .and_then(|e| e.get("mfa"))
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("required"));
+        // Fails closed: any value but `optional`/`none`/`false` (or none at all) requires it.
+        let route_needs_mfa = extensions.and_then(|e| e.get("mfa")).is_some_and(|v| {
+            !["", "optional", "none", "false"].contains(&v.trim().to_ascii_lowercase().as_str())
+        });
         let mfa_refusal = if route_needs_mfa {
-            match self.app.second_factor_refusal(&verdict.claims).await {
+            self.app.second_factor_refusal(&verdict.claims).await
+        } else {
+            Ok(None)
+        };
+        let mfa_refusal = {
+            match mfa_refusal {
                 Ok(refusal) => refusal,
                 Err(e) => {
                     let (_, reason) = e.code_and_reason();
@@ -168,8 +174,6 @@ impl Authorization for ExtAuthz {
                     )));
                 }
             }
-        } else {
-            None
         };
         if let Some(refused) = verdict
             .decisions
@@ -214,6 +218,33 @@ impl Authorization for ExtAuthz {
                 .ok()
                 .flatten()
         };
+        // An organization that requires two factors of its members requires them on every
+        // route naming it, with or without a permission.
+        if org_role.is_some() {
+            match self.app.org_second_factor_refusal(claims, &org_id).await {
+                Ok(None) => {}
+                Ok(Some(refused)) => {
+                    return Ok(Response::new(deny(
+                        HttpStatusCode::Forbidden,
+                        Code::PermissionDenied,
+                        refused.reason,
+                        "not allowed",
+                        None,
+                    )));
+                }
+                Err(e) => {
+                    let (_, reason) = e.code_and_reason();
+                    let _ = Status::from(e);
+                    return Ok(Response::new(deny(
+                        HttpStatusCode::ServiceUnavailable,
+                        Code::Unavailable,
+                        reason,
+                        "the authorization service cannot decide right now",
+                        None,
+                    )));
+                }
+            }
+        }
         match org_role {
             Some(role) => {
                 ok.add_header(ORG_ID_HEADER, org_id.as_str(), overwrite, false)

@@ -47,9 +47,9 @@ const BUILTIN: &[(&str, &str)] = builtin!(
     "org_invitation.subject.txt",
     "org_invitation.txt",
     "org_invitation.html",
-    "mfa_removed.subject.txt",
-    "mfa_removed.txt",
-    "mfa_removed.html",
+    "mfa_changed.subject.txt",
+    "mfa_changed.txt",
+    "mfa_changed.html",
 );
 
 /// One message, ready to send.

@@ -1,6 +1,7 @@
 //! `mfa_challenges`: the second step of a login to an account with a second factor. The id is
 //! the SHA-256 of the challenge handed to the client (never the challenge itself); a TTL index
-//! removes it after it expires. It is used up by one conditional update, so of any number of
+//! removes it after it expires. Every code tried takes one of its 5 attempts first, and it is
+//! used up by one conditional update, so of any number of
 //! concurrent CompleteMfa calls exactly one gets tokens.
 
 use std::time::Duration;
@@ -21,8 +22,12 @@ pub struct MfaChallengeDoc {
     pub user_id: String,
     /// The first factor already proved (RFC 8176 `amr` value).
     pub first_factor: String,
-    /// Wrong codes so far.
+    /// Codes tried so far (each counted before it is checked).
     pub attempts: i32,
+    /// A hash of the account's password hash when the challenge was made: a password change
+    /// in between voids the challenge.
+    #[serde(default)]
+    pub credential: String,
     pub used: bool,
     pub created_at: BsonDateTime,
     pub expires_at: BsonDateTime,
@@ -31,15 +36,6 @@ pub struct MfaChallengeDoc {
 /// The `mfa_challenges` collection.
 #[derive(Clone)]
 pub struct MfaChallenges(pub Collection<MfaChallengeDoc>);
-
-fn live(hash: &str, max_attempts: i32, now: DateTime<Utc>) -> mongodb::bson::Document {
-    doc! {
-        "_id": hash,
-        "used": false,
-        "attempts": { "$lt": max_attempts },
-        "expires_at": { "$gt": bson_time(now) },
-    }
-}
 
 impl MfaChallenges {
     pub async fn ensure_indexes(&self) -> mongodb::error::Result<()> {
@@ -54,34 +50,9 @@ impl MfaChallenges {
         self.0.insert_one(challenge).await.map(|_| ())
     }
 
-    /// The challenge if it is unused, unexpired and has attempts left.
-    pub async fn find_live(
-        &self,
-        hash: &str,
-        max_attempts: i32,
-        now: DateTime<Utc>,
-    ) -> mongodb::error::Result<Option<MfaChallengeDoc>> {
-        self.0.find_one(live(hash, max_attempts, now)).await
-    }
-
-    /// Counts a wrong code against a live challenge.
-    pub async fn count_failure(
-        &self,
-        hash: &str,
-        max_attempts: i32,
-        now: DateTime<Utc>,
-    ) -> mongodb::error::Result<()> {
-        self.0
-            .update_one(
-                live(hash, max_attempts, now),
-                doc! { "$inc": { "attempts": 1 } },
-            )
-            .await
-            .map(|_| ())
-    }
-
-    /// Uses the challenge up; `Some` for exactly one caller.
-    pub async fn use_up(
+    /// Takes one attempt of a live challenge (unused, unexpired, attempts left) before the
+    /// code is checked, so concurrent guesses cannot exceed `max_attempts` together.
+    pub async fn take_attempt(
         &self,
         hash: &str,
         max_attempts: i32,
@@ -89,7 +60,27 @@ impl MfaChallenges {
     ) -> mongodb::error::Result<Option<MfaChallengeDoc>> {
         self.0
             .find_one_and_update(
-                live(hash, max_attempts, now),
+                doc! {
+                    "_id": hash,
+                    "used": false,
+                    "attempts": { "$lt": max_attempts },
+                    "expires_at": { "$gt": bson_time(now) },
+                },
+                doc! { "$inc": { "attempts": 1 } },
+            )
+            .return_document(ReturnDocument::After)
+            .await
+    }
+
+    /// Uses the challenge up; `Some` for exactly one caller.
+    pub async fn use_up(
+        &self,
+        hash: &str,
+        now: DateTime<Utc>,
+    ) -> mongodb::error::Result<Option<MfaChallengeDoc>> {
+        self.0
+            .find_one_and_update(
+                doc! { "_id": hash, "used": false, "expires_at": { "$gt": bson_time(now) } },
                 doc! { "$set": { "used": true } },
             )
             .return_document(ReturnDocument::After)
