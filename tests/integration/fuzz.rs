@@ -810,6 +810,8 @@ async fn ext_authz_check_survives_arbitrary_headers_and_allows_only_valid_tokens
             email: live.user.as_ref().unwrap().email.clone(),
             role: keyward::domain::roles::Role::SuperAdmin,
             expires_at: chrono::Utc::now(),
+            amr: vec!["pwd".into()],
+            auth_time: chrono::Utc::now(),
         },
         chrono::Utc::now(),
         Duration::from_secs(600),

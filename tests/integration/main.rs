@@ -20,6 +20,7 @@ mod gateway;
 mod gateway_hardening;
 mod grpcurl;
 mod lockout;
+mod mfa;
 mod one_time_codes;
 mod orgs;
 mod refresh;

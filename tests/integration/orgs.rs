@@ -333,6 +333,7 @@ async fn organizations_are_created_read_changed_and_their_slugs_stay_unique() {
                 org_id: first.id.clone(),
                 name: None,
                 website: Some("https://st-marys.example".into()),
+                require_mfa: None,
             },
             t,
         ))
@@ -355,6 +356,7 @@ async fn organizations_are_created_read_changed_and_their_slugs_stay_unique() {
                 org_id: first.id.clone(),
                 name: Some("St. Mary's Hospital".into()),
                 website: Some(String::new()),
+                require_mfa: None,
             },
             t,
         ))
@@ -374,6 +376,7 @@ async fn organizations_are_created_read_changed_and_their_slugs_stay_unique() {
                     org_id: first.id.clone(),
                     name: Some(" ".into()),
                     website: None,
+                    require_mfa: None,
                 },
                 t,
             ))
@@ -423,6 +426,7 @@ async fn assert_no_admin_rpc(app: &TestApp, token: &str, org_id: &str, victim: &
         org_id: org_id.into(),
         name: Some("Taken over".into()),
         website: None,
+        require_mfa: None,
     };
     refused(orgs(app).update_org(bearer(update, token)).await, code, why);
     refused(

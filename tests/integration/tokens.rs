@@ -20,6 +20,8 @@ async fn tampered_expired_wrong_key_wrong_audience_and_local_tokens_are_rejected
         email: pair.user.as_ref().unwrap().email.clone(),
         role: Role::SuperAdmin,
         expires_at: Utc::now(),
+        amr: vec!["pwd".into()],
+        auth_time: chrono::Utc::now(),
     };
     let secret = app.config.signing_key.clone().unwrap();
     let ours = |iss: &str, aud: &str| KeyRing::new(&secret, &[], iss, aud).unwrap();
