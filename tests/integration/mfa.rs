@@ -1355,6 +1355,41 @@ async fn an_organization_that_requires_mfa_asks_two_factors_for_every_check_in_i
         authorize(&app, member, "orgs.create", "").await,
         (true, "GRANTED_BY_ROLE".into())
     );
+
+    // Behind Envoy, a route that names the organization (`org_id_header`) without asking for a
+    // permission still needs two factors of its members: the upstream would otherwise trust
+    // `x-keyward-org-role` from a one-factor session. A non-member passes without org headers.
+    let org_route = |token: &str| {
+        let mut request = http_request(token, &[("org_id_header", "x-org-id")]);
+        let http = request
+            .attributes
+            .as_mut()
+            .and_then(|a| a.request.as_mut())
+            .and_then(|r| r.http.as_mut())
+            .unwrap();
+        http.headers.insert("x-org-id".into(), org.id.clone());
+        let mut client = AuthorizationClient::new(app.channel());
+        async move { client.check(request).await.unwrap().into_inner() }
+    };
+    let refused_member = org_route(member).await;
+    assert_eq!(
+        denial(&refused_member),
+        (
+            Code::PermissionDenied as i32,
+            403,
+            "MFA_ENROLLMENT_REQUIRED".into()
+        )
+    );
+    let refused_owner = org_route(&owner1).await;
+    assert_eq!(denial(&refused_owner).2, "MFA_REQUIRED");
+    let allowed = |r: &CheckResponse| {
+        matches!(r.http_response, Some(HttpResponse::OkResponse(_)))
+            && r.status.as_ref().is_some_and(|s| s.code == 0)
+    };
+    let passed = org_route(&owner2).await;
+    assert!(allowed(&passed), "{passed:?}");
+    let outsider_passes = org_route(&outsider).await;
+    assert!(allowed(&outsider_passes), "{outsider_passes:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
