@@ -570,3 +570,89 @@ async fn rest_admin_routes_fill_path_query_and_optional_fields() {
     assert_eq!(r.status, 404, "{r:?}");
     assert_eq!(r.reason(), "USER_NOT_FOUND");
 }
+
+/// Two-step sign-in over REST: enrolment, a login answered with only `mfa_challenge`, the second
+/// step at /v1/auth/mfa (once), and no cache may keep the secrets on the way.
+#[tokio::test]
+async fn rest_second_factor_enrolment_and_two_step_login() {
+    let app = TestApp::start().await;
+    let gw = Gateway::start(&app).await;
+    let email = email("rest-mfa");
+    let (_, bearer) = rest_signed_in(&gw, &email).await;
+    // Set-up, not under test here: the address counts as proven (the code flow has its tests).
+    app.db()
+        .await
+        .collection::<bson::Document>("users")
+        .update_one(
+            bson::doc! { "email": &email },
+            bson::doc! { "$set": { "email_verified": true } },
+        )
+        .await
+        .unwrap();
+
+    let r = gw
+        .post(
+            "/v1/mfa/totp:start",
+            json!({}),
+            &[("Authorization", &bearer)],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("cache-control"), Some("no-store"), "{r:?}");
+    let uri = r.body["otpauth_uri"].as_str().unwrap().to_string();
+    let code = crate::mfa::totp_codes(&uri, &[crate::mfa::current_step()]).remove(0);
+    let r = gw
+        .post(
+            "/v1/mfa/totp:confirm",
+            json!({ "code": code }),
+            &[("Authorization", &bearer)],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let recovery: Vec<String> = serde_json::from_value(r.body["recovery_codes"].clone()).unwrap();
+    assert_eq!(recovery.len(), 10);
+
+    let r = gw
+        .post("/v1/auth/login", credentials(&email, PASSWORD), &[])
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["access_token"], "", "{r:?}");
+    assert_eq!(r.body["refresh_token"], "", "{r:?}");
+    let challenge = r.body["mfa_challenge"]["challenge"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        r.body["mfa_challenge"]["methods"],
+        json!(["totp", "recovery_code"])
+    );
+
+    let second = json!({ "challenge": challenge, "recovery_code": recovery[0] });
+    let r = gw.post("/v1/auth/mfa", second.clone(), &[]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let access = r.body["tokens"]["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = gw
+        .post(
+            "/v1/auth/authenticate",
+            json!({ "access_token": access }),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["principal"]["amr"], json!(["pwd", "rcode"]));
+    assert_eq!(r.body["principal"]["aal"], 2);
+
+    // The challenge and the recovery code are spent.
+    let r = gw.post("/v1/auth/mfa", second, &[]).await;
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(r.reason(), "MFA_CHALLENGE_INVALID");
+    let r = gw
+        .get("/v1/mfa", &[("Authorization", &format!("Bearer {access}"))])
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["totp_enrolled"], true);
+    assert_eq!(r.body["recovery_codes_remaining"], 9);
+}

@@ -53,7 +53,7 @@ fn python(script: &str, args: &[String]) -> String {
 
 /// The codes an authenticator app set up from `uri` shows at the start of each of `steps`
 /// (30-second periods since the epoch).
-fn totp_codes(uri: &str, steps: &[i64]) -> Vec<String> {
+pub(crate) fn totp_codes(uri: &str, steps: &[i64]) -> Vec<String> {
     const SCRIPT: &str = "import sys, pyotp\n\
         t = pyotp.parse_uri(sys.argv[1])\n\
         for s in sys.argv[2:]:\n    print(t.at(int(s) * 30))\n";
@@ -83,7 +83,7 @@ fn unix_now() -> f64 {
 }
 
 /// The current TOTP time step.
-fn current_step() -> i64 {
+pub(crate) fn current_step() -> i64 {
     (unix_now() / 30.0).floor() as i64
 }
 
