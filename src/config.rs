@@ -102,6 +102,10 @@ pub struct Config {
     /// The issuer authenticator apps show beside the account.
     pub totp_issuer: String,
 
+    // --- permission catalogue ---
+    /// A catalogue file (`[[permission]]` tables) applied once the database is ready.
+    pub permissions_file: Option<PathBuf>,
+
     // --- passwords ---
     #[serde(deserialize_with = "flexible")]
     pub password_min_length: usize,
@@ -221,6 +225,7 @@ impl Default for Config {
             mfa_required_permissions: Vec::new(),
             privileged_session_max_age: Duration::from_secs(15 * 60),
             totp_issuer: "keyward".into(),
+            permissions_file: None,
             password_min_length: 8,
             password_max_length: 128,
             password_min_strength: 2,
@@ -562,6 +567,7 @@ pub const SETTINGS: &[(&str, Option<&str>, &str)] = &[
     ("mfa_required_permissions", None, "permissions a one-factor session is refused (MFA_REQUIRED) until it steps up, comma separated"),
     ("privileged_session_max_age", Some("15m"), "how recently a session must have signed in to enrol an authenticator"),
     ("totp_issuer", Some("keyward"), "the name authenticator apps show for keyward accounts"),
+    ("permissions_file", None, "a permission catalogue file applied at start-up (see Permission catalogue)"),
     ("password_min_length", Some("8"), "NIST SP 800-63B minimum, in characters"),
     ("password_max_length", Some("128"), "maximum, in characters; nothing is truncated"),
     ("password_min_strength", Some("2"), "zxcvbn score a new password must reach (common-password check); 0 = off"),

@@ -98,6 +98,10 @@ pub enum Error {
     MfaNotEnrolled,
     #[error("this needs a session that signed in recently; sign in again")]
     ReauthenticationRequired,
+    #[error("a permission of this name exists already (or is built in)")]
+    PermissionExists,
+    #[error("no such permission in the catalogue")]
+    PermissionNotFound,
     #[error("this needs a second factor; step up the session with StepUp")]
     MfaRequired,
     #[error("this needs a second factor; enrol an authenticator first")]
@@ -160,6 +164,8 @@ impl Error {
             Error::ReauthenticationRequired => {
                 (Code::FailedPrecondition, "REAUTHENTICATION_REQUIRED")
             }
+            Error::PermissionExists => (Code::AlreadyExists, "PERMISSION_EXISTS"),
+            Error::PermissionNotFound => (Code::NotFound, "PERMISSION_NOT_FOUND"),
             Error::MfaRequired => (Code::PermissionDenied, "MFA_REQUIRED"),
             Error::MfaEnrollmentRequired => (Code::PermissionDenied, "MFA_ENROLLMENT_REQUIRED"),
             Error::PageTokenInvalid => (Code::InvalidArgument, "PAGE_TOKEN_INVALID"),

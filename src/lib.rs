@@ -56,6 +56,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let transport = mail::Transport::for_config(&config)?;
+    // A catalogue file that does not read stops the start, before anything is served.
+    if let Some(path) = &config.permissions_file {
+        app::permissions::load_permission_file(path)?;
+    }
     let app = build_app(config).await?;
     server::serve(app, transport, listener, shutdown).await
 }

@@ -52,10 +52,32 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// The permission catalogue.
+    Permissions {
+        #[command(subcommand)]
+        command: PermissionsCommand,
+    },
     /// Operator tasks.
     Admin {
         #[command(subcommand)]
         command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PermissionsCommand {
+    /// Make the catalogue say what FILE says for the namespaces FILE names: its permissions are
+    /// created or updated, the others of those namespaces deleted; other namespaces are left
+    /// alone. Prints what changed. Idempotent.
+    Apply {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// A TOML file of `[[permission]]` tables (name, description, scope, least_role,
+        /// requires_mfa).
+        file: PathBuf,
+        /// Print what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -146,6 +168,55 @@ async fn main() -> anyhow::Result<()> {
             app.store.shutdown(CLOSE_GRACE).await;
             ready?;
             println!("indexes are in place");
+            Ok(())
+        }
+        Command::Permissions {
+            command:
+                PermissionsCommand::Apply {
+                    config,
+                    file,
+                    dry_run,
+                },
+        } => {
+            let config = load_config(&config)?;
+            let catalogue = keyward::app::permissions::load_permission_file(&file)?;
+            let app = keyward::build_app(config).await?;
+            let caller = Caller {
+                client_address: "cli".into(),
+                rate_limit_key: String::new(),
+                user_agent: "keyward permissions apply".into(),
+            };
+            let applied = match app.store.ready().await {
+                Ok(()) => app
+                    .apply_permissions(&catalogue, dry_run, &caller)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}")),
+                Err(e) => Err(e),
+            };
+            app.store.shutdown(CLOSE_GRACE).await;
+            let report = applied?;
+            let verb = if dry_run { "would be " } else { "" };
+            for (what, names) in [
+                ("created", &report.created),
+                ("updated", &report.updated),
+                ("deleted", &report.deleted),
+            ] {
+                for name in names {
+                    println!("{verb}{what}: {name}");
+                }
+            }
+            println!(
+                "{} created, {} updated, {} deleted, {} unchanged{}",
+                report.created.len(),
+                report.updated.len(),
+                report.deleted.len(),
+                report.unchanged.len(),
+                if dry_run {
+                    " (dry run: nothing written)"
+                } else {
+                    ""
+                }
+            );
             Ok(())
         }
         Command::Keys {

@@ -16,6 +16,7 @@ use crate::grpc::pb::auth_service_server::AuthServiceServer;
 use crate::grpc::pb::mfa_service_server::MfaServiceServer;
 use crate::grpc::pb::org_service_server::OrgServiceServer;
 use crate::grpc::pb::otp_service_server::OtpServiceServer;
+use crate::grpc::pb::permission_service_server::PermissionServiceServer;
 use crate::grpc::pb::user_service_server::UserServiceServer;
 use crate::grpc::{auth::Auth, codec, org::Org, otp::Otp, pb};
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
@@ -63,6 +64,39 @@ async fn settle_registrations(app: &App) {
     }
 }
 
+/// Applies `permissions_file`, if set, once the database is ready (a file that does not read
+/// was refused at start-up; one the database refuses is logged and left as it is).
+async fn apply_permission_file(app: &App) {
+    let Some(path) = &app.config.permissions_file else {
+        return;
+    };
+    let caller = crate::app::Caller {
+        client_address: "permissions_file".into(),
+        rate_limit_key: String::new(),
+        user_agent: "keyward serve".into(),
+    };
+    let applied = match crate::app::permissions::load_permission_file(path) {
+        Ok(file) => app
+            .apply_permissions(&file, false, &caller)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}")),
+        Err(e) => Err(e),
+    };
+    match applied {
+        Ok(report) => tracing::info!(
+            file = %path.display(),
+            created = report.created.len(),
+            updated = report.updated.len(),
+            deleted = report.deleted.len(),
+            unchanged = report.unchanged.len(),
+            "permission catalogue applied"
+        ),
+        Err(e) => {
+            tracing::error!(file = %path.display(), error = %e, "permission catalogue not applied")
+        }
+    }
+}
+
 /// Keeps health and `App::ensure_ready` in step with the database, for the life of the server.
 /// While the database is gone, calls fail at once with UNAVAILABLE/NOT_READY instead of each
 /// waiting for the driver's server selection, and load balancers stop sending traffic here.
@@ -80,6 +114,10 @@ async fn watch_database(app: Arc<App>, health: HealthReporter) {
         }
     }
     settle_registrations(&app).await;
+    apply_permission_file(&app).await;
+    if let Err(e) = app.reload_catalogue().await {
+        tracing::warn!(error = %e, "could not load the permission catalogue; retrying");
+    }
     app.set_ready(true);
     set_all(&health, true).await;
     tracing::info!("database ready: serving");
@@ -95,6 +133,13 @@ async fn watch_database(app: Arc<App>, health: HealthReporter) {
             tokio::time::timeout(DATABASE_CHECK_TIMEOUT, app.store.ping()).await,
             Ok(Ok(()))
         );
+        // Other replicas' catalogue changes arrive within a check (session_cache_ttl is 1 s
+        // at most 2 s; a check runs every second).
+        if answered {
+            if let Err(e) = app.reload_catalogue().await {
+                tracing::warn!(error = %e, "could not reload the permission catalogue");
+            }
+        }
         match (answered, app.ensure_ready().is_ok()) {
             (true, true) => failures = 0,
             (true, false) => {
@@ -175,6 +220,10 @@ pub async fn serve(
         app: Arc::clone(&app),
     })
     .max_decoding_message_size(config.max_message_bytes);
+    let permissions = PermissionServiceServer::new(crate::grpc::permissions::Permissions {
+        app: Arc::clone(&app),
+    })
+    .max_decoding_message_size(config.max_message_bytes);
     let ext_authz = AuthorizationServer::new(ExtAuthz {
         app: Arc::clone(&app),
     })
@@ -198,6 +247,7 @@ pub async fn serve(
         .add_service(org)
         .add_service(users)
         .add_service(mfa)
+        .add_service(permissions)
         .add_service(ext_authz)
         // No Nagle: gRPC writes small frames and waits for answers; delayed ACKs would stall them.
         .serve_with_incoming_shutdown(

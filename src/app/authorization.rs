@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::App;
-use crate::domain::permissions::{decide, Decision, OrgRole, OrgStanding};
+use crate::domain::permissions::{decide_scope, Decision, OrgRole, OrgStanding};
 use crate::domain::roles::Role;
 use crate::domain::secrets::is_id;
 use crate::domain::tokens::AccessClaims;
@@ -214,14 +214,24 @@ impl App {
         self.second_factor_refusal(claims).await
     }
 
+    /// The matrix's (or the catalogue's) decision on `permission`.
+    fn decide(&self, permission: &str, role: Role, standing: OrgStanding) -> Decision {
+        let scope = self.permission_rule(permission).map(|r| r.scope);
+        decide_scope(scope, role, standing)
+    }
+
     /// Whether a granted check still needs a second factor: the permission is listed in
-    /// `mfa_required_permissions`, or the organization asked about requires it.
+    /// `mfa_required_permissions` or defined as needing one in the catalogue, or the
+    /// organization asked about requires it.
     async fn needs_second_factor(&self, check: &Check) -> Result<bool> {
         if self
             .config
             .mfa_required_permissions
             .iter()
             .any(|p| *p == check.permission)
+            || self
+                .permission_rule(&check.permission)
+                .is_some_and(|r| r.requires_mfa)
         {
             return Ok(true);
         }
@@ -297,17 +307,17 @@ impl App {
         let mut decisions = Vec::with_capacity(checks.len());
         for check in checks {
             let decision = if check.org_id.is_empty() {
-                decide(&check.permission, standing.role, OrgStanding::NoOrg)
+                self.decide(&check.permission, standing.role, OrgStanding::NoOrg)
             } else if !is_id(&check.org_id) {
                 // No organization has such an id: answered without a lookup, and never cached
                 // (a flood of made-up ids must not fill the membership cache).
-                decide(&check.permission, standing.role, OrgStanding::NotMember)
+                self.decide(&check.permission, standing.role, OrgStanding::NotMember)
             } else {
                 let org = match self.org_role(&check.org_id, &claims.user_id).await? {
                     Some(role) => OrgStanding::Member(role),
                     None => OrgStanding::NotMember,
                 };
-                decide(&check.permission, standing.role, org)
+                self.decide(&check.permission, standing.role, org)
             };
             let decision = self.with_second_factor(&claims, check, decision).await?;
             decisions.push(decision);
@@ -336,7 +346,7 @@ impl App {
             permission: permission.to_string(),
             org_id: String::new(),
         };
-        let decision = decide(permission, standing.role, OrgStanding::NoOrg);
+        let decision = self.decide(permission, standing.role, OrgStanding::NoOrg);
         let decision = self.with_second_factor(who, &check, decision).await?;
         match decision.reason {
             _ if decision.allowed => Ok(standing),
@@ -363,7 +373,7 @@ impl App {
         };
         match self.org_role(org_id, &who.user_id).await? {
             Some(role) => {
-                let decision = decide(permission, standing.role, OrgStanding::Member(role));
+                let decision = self.decide(permission, standing.role, OrgStanding::Member(role));
                 let decision = self.with_second_factor(who, &check, decision).await?;
                 match decision.reason {
                     _ if decision.allowed => Ok(role),

@@ -8,6 +8,7 @@ pub mod import;
 pub mod mail;
 pub mod mfa;
 pub mod orgs;
+pub mod permissions;
 pub mod sessions;
 pub mod users;
 
@@ -95,6 +96,8 @@ pub struct App {
     pub lockout: LockoutPolicy,
     pub sessions: SessionCache,
     pub access: authorization::AccessCache,
+    /// This replica's copy of the permission catalogue.
+    pub catalogue: permissions::Catalogue,
     pub code_hasher: CodeHasher,
     /// Seals TOTP secrets and keys recovery codes.
     pub mfa_keys: crate::domain::mfa::MfaKeys,
@@ -143,6 +146,7 @@ impl App {
             lockout: config.lockout_policy(),
             sessions: SessionCache::new(config.session_cache_ttl),
             access: authorization::AccessCache::new(config.session_cache_ttl),
+            catalogue: permissions::Catalogue::default(),
             config,
             store,
             keys,

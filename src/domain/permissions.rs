@@ -73,6 +73,11 @@ pub const MATRIX: &[(&str, Scope, &str)] = &[
         "change global roles (never above one's own; super_admin only by a super_admin)",
     ),
     (
+        "permissions.write",
+        Scope::Platform(Role::Admin),
+        "define, change and delete catalogue permissions",
+    ),
+    (
         "audit.read",
         Scope::Platform(Role::Moderator),
         "read the audit trail",
@@ -111,7 +116,44 @@ pub const MATRIX: &[(&str, Scope, &str)] = &[
 
 /// Whether `permission` is one of keyward's permissions.
 pub fn is_known(permission: &str) -> bool {
-    MATRIX.iter().any(|(name, _, _)| *name == permission)
+    builtin_scope(permission).is_some()
+}
+
+/// The scope and least role of a built-in permission.
+pub fn builtin_scope(permission: &str) -> Option<Scope> {
+    MATRIX
+        .iter()
+        .find(|(name, _, _)| *name == permission)
+        .map(|(_, scope, _)| *scope)
+}
+
+/// Longest catalogue permission name.
+pub const MAX_PERMISSION_NAME: usize = 128;
+
+/// Why `name` cannot name a catalogue permission: it must be `<namespace>.<resource>.<action>`,
+/// each part a lower-case letter followed by letters, digits, `_` or `-`, and not built in.
+pub fn check_catalogue_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("is required");
+    }
+    if name.len() > MAX_PERMISSION_NAME {
+        return Err("must be at most 128 characters");
+    }
+    let parts: Vec<&str> = name.split('.').collect();
+    let well_formed = parts.len() == 3
+        && parts.iter().all(|p| {
+            let mut chars = p.chars();
+            chars.next().is_some_and(|c| c.is_ascii_lowercase())
+                && chars
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+        });
+    if !well_formed {
+        return Err("must be <namespace>.<resource>.<action> in lower case, e.g. notes.notes.read");
+    }
+    if is_known(name) {
+        return Err("is a built-in permission");
+    }
+    Ok(())
 }
 
 /// The outcome of one permission check, with a short machine-readable reason.
@@ -139,10 +181,16 @@ pub enum OrgStanding {
 /// permission, an org permission without an organization, or a platform permission asked inside
 /// an organization is denied.
 pub fn decide(permission: &str, role: Role, standing: OrgStanding) -> Decision {
-    let Some((_, scope, _)) = MATRIX.iter().find(|(name, _, _)| *name == permission) else {
+    decide_scope(builtin_scope(permission), role, standing)
+}
+
+/// [`decide`] for a permission whose scope is known (built in or from the catalogue); `None`:
+/// an unknown permission, refused.
+pub fn decide_scope(scope: Option<Scope>, role: Role, standing: OrgStanding) -> Decision {
+    let Some(scope) = scope else {
         return decision(false, "UNKNOWN_PERMISSION");
     };
-    match (*scope, standing) {
+    match (scope, standing) {
         (Scope::Platform(least), OrgStanding::NoOrg) if role >= least => {
             decision(true, "GRANTED_BY_ROLE")
         }
@@ -316,5 +364,37 @@ mod tests {
             Err(GrantDenied::RoleTooHigh)
         );
         assert_eq!(may_set_org_role(Owner, Some(Owner), Some(Member)), Ok(()));
+    }
+
+    #[test]
+    fn catalogue_names_are_three_lower_case_parts_and_never_built_in() {
+        for good in [
+            "notes.notes.read",
+            "billing.invoices.approve-all",
+            "a.b.c",
+            "x1.y_2.z-3",
+        ] {
+            assert_eq!(check_catalogue_name(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "notes.read",
+            "notes.notes.read.extra",
+            "Notes.notes.read",
+            "notes..read",
+            "1notes.notes.read",
+            "notes.notes.réad",
+            "notes.notes.read ",
+            "users.read",
+        ] {
+            assert!(check_catalogue_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_catalogue_name(&format!("a.b.{}", "c".repeat(200))).is_err());
+        // Built-in names are refused even when they would be well formed.
+        assert!(check_catalogue_name("org.members.read").is_err());
+        assert_eq!(
+            decide_scope(None, Role::SuperAdmin, OrgStanding::NoOrg).reason,
+            "UNKNOWN_PERMISSION"
+        );
     }
 }

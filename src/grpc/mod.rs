@@ -7,6 +7,7 @@ pub mod ext_authz;
 pub mod mfa;
 pub mod org;
 pub mod otp;
+pub mod permissions;
 pub mod users;
 
 use tonic::metadata::MetadataMap;

@@ -12,6 +12,7 @@ pub mod mfa;
 pub mod mfa_challenges;
 pub mod one_time_codes;
 pub mod orgs;
+pub mod permissions;
 pub mod rate_limits;
 pub mod sessions;
 pub mod users;
@@ -32,6 +33,7 @@ pub use mfa::Mfa;
 pub use mfa_challenges::MfaChallenges;
 pub use one_time_codes::OneTimeCodes;
 pub use orgs::Orgs;
+pub use permissions::Permissions;
 pub use rate_limits::RateLimits;
 pub use sessions::Sessions;
 pub use users::Users;
@@ -53,6 +55,7 @@ pub struct Store {
     pub invitations: Invitations,
     pub mfa: Mfa,
     pub mfa_challenges: MfaChallenges,
+    pub permissions: Permissions,
 }
 
 impl Store {
@@ -99,6 +102,7 @@ impl Store {
             invitations: Invitations(credential_collection(&db, "invitations")),
             mfa: Mfa(credential_collection(&db, "mfa")),
             mfa_challenges: MfaChallenges(credential_collection(&db, "mfa_challenges")),
+            permissions: Permissions(credential_collection(&db, "permissions")),
             db,
         }
     }
