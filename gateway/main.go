@@ -85,12 +85,13 @@ func main() {
 	)
 	ctx := context.Background()
 	for name, register := range map[string]func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
-		"AuthService":       keywardv1.RegisterAuthServiceHandler,
-		"OtpService":        keywardv1.RegisterOtpServiceHandler,
-		"OrgService":        keywardv1.RegisterOrgServiceHandler,
-		"UserService":       keywardv1.RegisterUserServiceHandler,
-		"MfaService":        keywardv1.RegisterMfaServiceHandler,
-		"PermissionService": keywardv1.RegisterPermissionServiceHandler,
+		"AuthService":           keywardv1.RegisterAuthServiceHandler,
+		"OtpService":            keywardv1.RegisterOtpServiceHandler,
+		"OrgService":            keywardv1.RegisterOrgServiceHandler,
+		"UserService":           keywardv1.RegisterUserServiceHandler,
+		"MfaService":            keywardv1.RegisterMfaServiceHandler,
+		"PermissionService":     keywardv1.RegisterPermissionServiceHandler,
+		"ServiceAccountService": keywardv1.RegisterServiceAccountServiceHandler,
 	} {
 		if err := register(ctx, mux, conn); err != nil {
 			log.Fatalf("keyward-gateway: registering %s: %v", name, err)

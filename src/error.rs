@@ -98,6 +98,14 @@ pub enum Error {
     MfaNotEnrolled,
     #[error("this needs a session that signed in recently; sign in again")]
     ReauthenticationRequired,
+    #[error("this call is for people; a service account's API key cannot make it")]
+    HumanOnly,
+    #[error("service account not found")]
+    ServiceAccountNotFound,
+    #[error("API key not found (or revoked already)")]
+    ApiKeyNotFound,
+    #[error("the service account has the most live API keys it may have; revoke one first")]
+    TooManyApiKeys,
     #[error("a permission of this name exists already (or is built in)")]
     PermissionExists,
     #[error("no such permission in the catalogue")]
@@ -164,6 +172,10 @@ impl Error {
             Error::ReauthenticationRequired => {
                 (Code::FailedPrecondition, "REAUTHENTICATION_REQUIRED")
             }
+            Error::HumanOnly => (Code::PermissionDenied, "HUMAN_ONLY"),
+            Error::ServiceAccountNotFound => (Code::NotFound, "SERVICE_ACCOUNT_NOT_FOUND"),
+            Error::ApiKeyNotFound => (Code::NotFound, "API_KEY_NOT_FOUND"),
+            Error::TooManyApiKeys => (Code::FailedPrecondition, "TOO_MANY_API_KEYS"),
             Error::PermissionExists => (Code::AlreadyExists, "PERMISSION_EXISTS"),
             Error::PermissionNotFound => (Code::NotFound, "PERMISSION_NOT_FOUND"),
             Error::MfaRequired => (Code::PermissionDenied, "MFA_REQUIRED"),

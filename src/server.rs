@@ -17,6 +17,7 @@ use crate::grpc::pb::mfa_service_server::MfaServiceServer;
 use crate::grpc::pb::org_service_server::OrgServiceServer;
 use crate::grpc::pb::otp_service_server::OtpServiceServer;
 use crate::grpc::pb::permission_service_server::PermissionServiceServer;
+use crate::grpc::pb::service_account_service_server::ServiceAccountServiceServer;
 use crate::grpc::pb::user_service_server::UserServiceServer;
 use crate::grpc::{auth::Auth, codec, org::Org, otp::Otp, pb};
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
@@ -224,6 +225,11 @@ pub async fn serve(
         app: Arc::clone(&app),
     })
     .max_decoding_message_size(config.max_message_bytes);
+    let service_accounts =
+        ServiceAccountServiceServer::new(crate::grpc::service_accounts::ServiceAccounts {
+            app: Arc::clone(&app),
+        })
+        .max_decoding_message_size(config.max_message_bytes);
     let ext_authz = AuthorizationServer::new(ExtAuthz {
         app: Arc::clone(&app),
     })
@@ -248,6 +254,7 @@ pub async fn serve(
         .add_service(users)
         .add_service(mfa)
         .add_service(permissions)
+        .add_service(service_accounts)
         .add_service(ext_authz)
         // No Nagle: gRPC writes small frames and waits for answers; delayed ACKs would stall them.
         .serve_with_incoming_shutdown(

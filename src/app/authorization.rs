@@ -13,7 +13,7 @@ use super::App;
 use crate::domain::permissions::{decide_scope, Decision, OrgRole, OrgStanding};
 use crate::domain::roles::Role;
 use crate::domain::secrets::is_id;
-use crate::domain::tokens::AccessClaims;
+use crate::domain::tokens::{AccessClaims, ServiceAccountGrant};
 use crate::error::{Error, Result};
 use crate::store::users::UserStatus;
 
@@ -269,6 +269,17 @@ impl App {
         self.access.org_policies.remove(org_id);
     }
 
+    /// The access caches' generation (see `AccessCache::generation`), for other caches that
+    /// must not put back what a concurrent local change dropped.
+    pub(super) fn access_generation(&self) -> u64 {
+        self.access.generation()
+    }
+
+    /// Marks a local change (see `AccessCache::changed`).
+    pub(super) fn access_changed(&self) {
+        self.access.changed();
+    }
+
     /// Drops the cached standing of `user_id` after a change made here.
     pub fn forget_user(&self, user_id: &str) {
         self.access.changed();
@@ -291,14 +302,28 @@ impl App {
 
     /// Authenticates `access_token` and answers each check, in order. With no checks this is
     /// Authenticate plus the caller's current standing (role and state, not the token's).
-    pub async fn authorize(&self, access_token: &str, checks: &[Check]) -> Result<Authorized> {
+    /// `access_token` may also be a service account's API key (`client_address` is recorded as
+    /// the key's last use).
+    pub async fn authorize(
+        &self,
+        access_token: &str,
+        checks: &[Check],
+        client_address: &str,
+    ) -> Result<Authorized> {
         if checks.len() > MAX_BATCH {
             return Err(Error::invalid(
                 "checks",
                 format!("must hold at most {MAX_BATCH} checks"),
             ));
         }
-        let claims = self.authenticate(access_token).await?;
+        let claims = self
+            .authenticate_principal(access_token, client_address)
+            .await?;
+        if let Some(grant) = claims.service_account.clone() {
+            return Ok(self
+                .authorize_service_account(claims, &grant, checks)
+                .await?);
+        }
         // Deleted or disabled: disabling ends every session, so a session still alive here is one
         // that should have ended — treated as revoked, for Authenticate too.
         let Some(standing) = self.standing(&claims.user_id).await?.filter(|s| s.active) else {
@@ -329,9 +354,54 @@ impl App {
         })
     }
 
+    /// A service account's decisions: its role (platform) or its role in its own organization
+    /// (nothing in any other), within its allowed permissions if it has a list. Its key was
+    /// checked live (enabled account, unrevoked, unexpired) at most `session_cache_ttl` ago.
+    async fn authorize_service_account(
+        &self,
+        claims: Arc<AccessClaims>,
+        grant: &ServiceAccountGrant,
+        checks: &[Check],
+    ) -> Result<Authorized> {
+        let standing = Standing {
+            role: claims.role,
+            active: true,
+            email: claims.email.as_str().into(),
+        };
+        let mut decisions = Vec::with_capacity(checks.len());
+        for check in checks {
+            let org = match &grant.org {
+                _ if check.org_id.is_empty() => OrgStanding::NoOrg,
+                Some((org_id, role)) if *org_id == check.org_id => OrgStanding::Member(*role),
+                _ => OrgStanding::NotMember,
+            };
+            let decision = self.decide(&check.permission, standing.role, org);
+            let decision = if decision.allowed
+                && !grant.allowed_permissions.is_empty()
+                && !grant.allowed_permissions.contains(&check.permission)
+            {
+                Decision {
+                    allowed: false,
+                    reason: "NOT_GRANTED_TO_SERVICE_ACCOUNT",
+                }
+            } else {
+                decision
+            };
+            decisions.push(self.with_second_factor(&claims, check, decision).await?);
+        }
+        Ok(Authorized {
+            claims,
+            standing,
+            decisions,
+        })
+    }
+
     /// The signed-in caller's current standing for use cases that check permissions themselves;
     /// refuses callers whose account is gone or disabled.
     pub async fn acting(&self, who: &AccessClaims) -> Result<Standing> {
+        if who.service_account.is_some() {
+            return Err(Error::HumanOnly);
+        }
         match self.standing(&who.user_id).await? {
             Some(s) if s.active => Ok(s),
             Some(_) => Err(Error::AccountDisabled),

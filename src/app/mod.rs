@@ -9,6 +9,7 @@ pub mod mail;
 pub mod mfa;
 pub mod orgs;
 pub mod permissions;
+pub mod service_accounts;
 pub mod sessions;
 pub mod users;
 
@@ -98,6 +99,8 @@ pub struct App {
     pub access: authorization::AccessCache,
     /// This replica's copy of the permission catalogue.
     pub catalogue: permissions::Catalogue,
+    /// Checked API keys.
+    pub key_cache: service_accounts::KeyCache,
     pub code_hasher: CodeHasher,
     /// Seals TOTP secrets and keys recovery codes.
     pub mfa_keys: crate::domain::mfa::MfaKeys,
@@ -147,6 +150,7 @@ impl App {
             sessions: SessionCache::new(config.session_cache_ttl),
             access: authorization::AccessCache::new(config.session_cache_ttl),
             catalogue: permissions::Catalogue::default(),
+            key_cache: service_accounts::KeyCache::new(config.session_cache_ttl),
             config,
             store,
             keys,

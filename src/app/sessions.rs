@@ -122,6 +122,7 @@ impl App {
                 .authenticated_at
                 .unwrap_or(session.created_at)
                 .to_chrono(),
+            service_account: None,
         };
         // An access token never outlives its session.
         let left = (session.expires_at.to_chrono() - now)
@@ -221,6 +222,10 @@ impl App {
     pub async fn authenticate(&self, access_token: &str) -> Result<Arc<AccessClaims>> {
         if access_token.is_empty() {
             return Err(Error::invalid("access_token", "is required"));
+        }
+        // The RPCs for people take only people's tokens (see `authenticate_principal`).
+        if access_token.starts_with(super::service_accounts::API_KEY_PREFIX) {
+            return Err(Error::HumanOnly);
         }
         let now = self.now();
         let claims = match self.sessions.verified.get(access_token) {

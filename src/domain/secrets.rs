@@ -10,9 +10,14 @@ pub const REFRESH_TOKEN_PREFIX: &str = "kwr_";
 
 /// A new opaque refresh token: 256 bits from the OS CSPRNG.
 pub fn new_refresh_token() -> String {
+    new_secret(REFRESH_TOKEN_PREFIX)
+}
+
+/// `prefix` and 256 bits from the OS CSPRNG, URL-safe base64.
+pub fn new_secret(prefix: &str) -> String {
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
-    format!("{REFRESH_TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes))
+    format!("{prefix}{}", URL_SAFE_NO_PAD.encode(bytes))
 }
 
 /// The stored form of a high-entropy secret. A fast hash is enough here: with 256 random bits

@@ -29,6 +29,18 @@ pub struct AccessClaims {
     pub amr: Vec<String>,
     /// When the user last proved a factor in this session (sign-in or step-up).
     pub auth_time: DateTime<Utc>,
+    /// Set when the caller is a service account presenting an API key (never in a token):
+    /// `user_id` is the account's id, `session_id` the key's, `email` the account's name.
+    pub service_account: Option<std::sync::Arc<ServiceAccountGrant>>,
+}
+
+/// What a service account may hold, as its key was last checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceAccountGrant {
+    /// The owning organization and the account's role in it; `None` for a platform account.
+    pub org: Option<(String, crate::domain::permissions::OrgRole)>,
+    /// When not empty, the only permissions it may hold.
+    pub allowed_permissions: Vec<String>,
 }
 
 impl AccessClaims {
@@ -248,6 +260,7 @@ impl KeyRing {
             expires_at,
             amr,
             auth_time,
+            service_account: None,
         })
     }
 }
@@ -270,6 +283,7 @@ mod tests {
             expires_at: Utc::now(),
             amr: vec!["pwd".into(), "totp".into()],
             auth_time: Utc::now() - chrono::Duration::minutes(3),
+            service_account: None,
         }
     }
 

@@ -114,9 +114,14 @@ impl AuthService for Auth {
         request: Request<AuthenticateRequest>,
     ) -> Result<Response<AuthenticateResponse>, Status> {
         self.app.ensure_ready()?;
+        let caller = self.caller(&request);
         let verdict = self
             .app
-            .authorize(&request.into_inner().access_token, &[])
+            .authorize(
+                &request.into_inner().access_token,
+                &[],
+                &caller.client_address,
+            )
             .await?;
         Ok(Response::new(AuthenticateResponse {
             principal: Some(convert::principal(&verdict.claims, &verdict.standing)),
@@ -129,6 +134,7 @@ impl AuthService for Auth {
         request: Request<AuthorizeRequest>,
     ) -> Result<Response<AuthorizeResponse>, Status> {
         self.app.ensure_ready()?;
+        let caller = self.caller(&request);
         let r = request.into_inner();
         let mut violations = Vec::new();
         check_org_id("org_id", &r.org_id, &mut violations);
@@ -139,7 +145,10 @@ impl AuthService for Auth {
             permission: r.permission,
             org_id: r.org_id,
         };
-        let verdict = self.app.authorize(&r.access_token, &[check]).await?;
+        let verdict = self
+            .app
+            .authorize(&r.access_token, &[check], &caller.client_address)
+            .await?;
         let decision = verdict.decisions[0];
         Ok(Response::new(AuthorizeResponse {
             allowed: decision.allowed,
@@ -154,6 +163,7 @@ impl AuthService for Auth {
         request: Request<BatchAuthorizeRequest>,
     ) -> Result<Response<BatchAuthorizeResponse>, Status> {
         self.app.ensure_ready()?;
+        let caller = self.caller(&request);
         let r = request.into_inner();
         let mut violations = Vec::new();
         for (i, c) in r.checks.iter().enumerate() {
@@ -170,7 +180,10 @@ impl AuthService for Auth {
                 org_id: c.org_id,
             })
             .collect();
-        let verdict = self.app.authorize(&r.access_token, &checks).await?;
+        let verdict = self
+            .app
+            .authorize(&r.access_token, &checks, &caller.client_address)
+            .await?;
         Ok(Response::new(BatchAuthorizeResponse {
             decisions: verdict
                 .decisions

@@ -92,6 +92,12 @@ pub fn principal(c: &AccessClaims, now: &crate::app::authorization::Standing) ->
         amr: c.amr.clone(),
         aal: i32::from(c.aal()),
         auth_time: timestamp(c.auth_time),
+        kind: if c.service_account.is_some() {
+            "service_account"
+        } else {
+            "user"
+        }
+        .into(),
     }
 }
 

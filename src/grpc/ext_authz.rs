@@ -113,6 +113,19 @@ impl Authorization for ExtAuthz {
             })
             .map(|v| v.trim().to_string())
             .unwrap_or_default();
+        // The end client as Envoy saw it (recorded as an API key's last use).
+        let client = request
+            .attributes
+            .as_ref()
+            .and_then(|a| a.source.as_ref())
+            .and_then(|p| p.address.as_ref())
+            .and_then(|a| match &a.address {
+                Some(
+                    envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(s),
+                ) => Some(s.address.chars().take(64).collect::<String>()),
+                _ => None,
+            })
+            .unwrap_or_default();
         let checks: Vec<Check> = permission
             .iter()
             .map(|p| Check {
@@ -121,7 +134,7 @@ impl Authorization for ExtAuthz {
             })
             .collect();
         let verdict = match self.app.ensure_ready() {
-            Ok(()) => self.app.authorize(&token, &checks).await,
+            Ok(()) => self.app.authorize(&token, &checks, &client).await,
             Err(e) => Err(e),
         };
         let verdict = match verdict {

@@ -8,6 +8,7 @@ pub mod mfa;
 pub mod org;
 pub mod otp;
 pub mod permissions;
+pub mod service_accounts;
 pub mod users;
 
 use tonic::metadata::MetadataMap;

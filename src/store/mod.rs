@@ -4,6 +4,7 @@
 //! one_time_codes, mfa, mfa_challenges) and the mail outbox write with majority write concern and read from the
 //! primary.
 
+pub mod api_keys;
 pub mod audit_events;
 pub mod invitations;
 pub mod mail_outbox;
@@ -14,6 +15,7 @@ pub mod one_time_codes;
 pub mod orgs;
 pub mod permissions;
 pub mod rate_limits;
+pub mod service_accounts;
 pub mod sessions;
 pub mod users;
 
@@ -25,6 +27,7 @@ use mongodb::options::{
 };
 use mongodb::{Client, Collection, Database};
 
+pub use api_keys::ApiKeys;
 pub use audit_events::{AuditEvent, AuditEvents};
 pub use invitations::Invitations;
 pub use mail_outbox::MailOutbox;
@@ -35,6 +38,7 @@ pub use one_time_codes::OneTimeCodes;
 pub use orgs::Orgs;
 pub use permissions::Permissions;
 pub use rate_limits::RateLimits;
+pub use service_accounts::ServiceAccounts;
 pub use sessions::Sessions;
 pub use users::Users;
 
@@ -56,6 +60,8 @@ pub struct Store {
     pub mfa: Mfa,
     pub mfa_challenges: MfaChallenges,
     pub permissions: Permissions,
+    pub service_accounts: ServiceAccounts,
+    pub api_keys: ApiKeys,
 }
 
 impl Store {
@@ -103,6 +109,8 @@ impl Store {
             mfa: Mfa(credential_collection(&db, "mfa")),
             mfa_challenges: MfaChallenges(credential_collection(&db, "mfa_challenges")),
             permissions: Permissions(credential_collection(&db, "permissions")),
+            service_accounts: ServiceAccounts(credential_collection(&db, "service_accounts")),
+            api_keys: ApiKeys(credential_collection(&db, "api_keys")),
             db,
         }
     }
@@ -138,6 +146,8 @@ impl Store {
         self.orgs.ensure_indexes().await?;
         self.invitations.ensure_indexes().await?;
         self.mfa_challenges.ensure_indexes().await?;
+        self.service_accounts.ensure_indexes().await?;
+        self.api_keys.ensure_indexes().await?;
         Ok(())
     }
 }

@@ -1,0 +1,88 @@
+//! `service_accounts`: machine identities, platform-wide or owned by one organization.
+
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use mongodb::bson::{doc, DateTime as BsonDateTime};
+use mongodb::options::ReturnDocument;
+use mongodb::{Collection, IndexModel};
+use serde::{Deserialize, Serialize};
+
+use super::bson_time;
+
+/// A stored service account.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceAccountDoc {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// The owning organization; `None` for a platform-wide account.
+    pub org_id: Option<String>,
+    /// Global role (platform accounts; `guest` for an organization's).
+    pub role: String,
+    /// Role in the owning organization.
+    pub org_role: Option<String>,
+    #[serde(default)]
+    pub allowed_permissions: Vec<String>,
+    #[serde(default)]
+    pub disabled: bool,
+    pub created_by: String,
+    pub created_at: BsonDateTime,
+    pub updated_at: BsonDateTime,
+}
+
+/// The `service_accounts` collection.
+#[derive(Clone)]
+pub struct ServiceAccounts(pub Collection<ServiceAccountDoc>);
+
+impl ServiceAccounts {
+    pub async fn ensure_indexes(&self) -> mongodb::error::Result<()> {
+        self.0
+            .create_index(IndexModel::builder().keys(doc! { "org_id": 1 }).build())
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn insert(&self, account: &ServiceAccountDoc) -> mongodb::error::Result<()> {
+        self.0.insert_one(account).await.map(|_| ())
+    }
+
+    pub async fn find(&self, id: &str) -> mongodb::error::Result<Option<ServiceAccountDoc>> {
+        self.0.find_one(doc! { "_id": id }).await
+    }
+
+    /// The platform's accounts (`org_id` `None`) or one organization's, oldest first.
+    pub async fn list(
+        &self,
+        org_id: Option<&str>,
+    ) -> mongodb::error::Result<Vec<ServiceAccountDoc>> {
+        self.0
+            .find(doc! { "org_id": org_id })
+            .sort(doc! { "created_at": 1, "_id": 1 })
+            .limit(1000)
+            .await?
+            .try_collect()
+            .await
+    }
+
+    /// Disables an account; `None` when there is none.
+    pub async fn disable(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> mongodb::error::Result<Option<ServiceAccountDoc>> {
+        self.0
+            .find_one_and_update(
+                doc! { "_id": id },
+                doc! { "$set": { "disabled": true, "updated_at": bson_time(now) } },
+            )
+            .return_document(ReturnDocument::After)
+            .await
+    }
+
+    /// Deletes an account; `false` when there was none.
+    pub async fn remove(&self, id: &str) -> mongodb::error::Result<bool> {
+        Ok(self.0.delete_one(doc! { "_id": id }).await?.deleted_count == 1)
+    }
+}
