@@ -812,6 +812,7 @@ async fn ext_authz_check_survives_arbitrary_headers_and_allows_only_valid_tokens
             expires_at: chrono::Utc::now(),
             amr: vec!["pwd".into()],
             auth_time: chrono::Utc::now(),
+            service_account: None,
         },
         chrono::Utc::now(),
         Duration::from_secs(600),

@@ -22,6 +22,7 @@ async fn tampered_expired_wrong_key_wrong_audience_and_local_tokens_are_rejected
         expires_at: Utc::now(),
         amr: vec!["pwd".into()],
         auth_time: chrono::Utc::now(),
+        service_account: None,
     };
     let secret = app.config.signing_key.clone().unwrap();
     let ours = |iss: &str, aud: &str| KeyRing::new(&secret, &[], iss, aud).unwrap();
