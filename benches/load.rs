@@ -10,6 +10,10 @@
 //!   2c. Authorize                    — a permission check on the same tokens: half platform
 //!                                      (`orgs.create`), half inside the caller's organization
 //!                                      (`org.members.read`)
+//!   2c'. Authorize, catalogue        — the same, for a permission from the catalogue
+//!                                      (`bench.notes.read`, organization scope)
+//!   2c''. Authenticate, API key      — an organization service account's key instead of a
+//!                                      token (16 keys)
 //!   2d. Authenticate again           — the VM's speed drifts within a run, so 2b and 2c are
 //!                                      compared with the mean of phases 2 and 2d
 //!   3. raw argon2id                  — hashes/s on as many threads as keyward's hash pool
@@ -47,10 +51,13 @@ use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use keyward::grpc::pb::auth_service_client::AuthServiceClient;
 use keyward::grpc::pb::org_service_client::OrgServiceClient;
 use keyward::grpc::pb::otp_service_client::OtpServiceClient;
+use keyward::grpc::pb::permission_service_client::PermissionServiceClient;
+use keyward::grpc::pb::service_account_service_client::ServiceAccountServiceClient;
 use keyward::grpc::pb::user_service_client::UserServiceClient;
 use keyward::grpc::pb::{
-    AuthenticateRequest, AuthorizeRequest, CodePurpose, CreateOrgRequest, ListUsersRequest,
-    LoginRequest, RefreshRequest, RegisterRequest, SendCodeRequest,
+    AuthenticateRequest, AuthorizeRequest, CodePurpose, CreateApiKeyRequest, CreateOrgRequest,
+    CreateServiceAccountRequest, DefinePermissionRequest, ListUsersRequest, LoginRequest, OrgRole,
+    PermissionScope, RefreshRequest, RegisterRequest, SendCodeRequest,
 };
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
@@ -411,6 +418,64 @@ async fn main() {
         org_of_user.push(created.organization.unwrap().id);
     }
 
+    // A catalogue permission (defined by an admin: bench0, made one in the database) and, in
+    // each bench organization, a service account with one API key.
+    mongodb::Client::with_uri_str(&uri)
+        .await
+        .unwrap()
+        .database("keyward")
+        .collection::<mongodb::bson::Document>("users")
+        .update_one(
+            mongodb::bson::doc! { "email": "bench0@example.com" },
+            mongodb::bson::doc! { "$set": { "role": "admin" } },
+        )
+        .await
+        .unwrap();
+    PermissionServiceClient::new(channels[0].clone())
+        .define_permission(bearer(
+            DefinePermissionRequest {
+                name: "bench.notes.read".into(),
+                scope: PermissionScope::Organization as i32,
+                least_org_role: OrgRole::Member as i32,
+                ..Default::default()
+            },
+            &access[0],
+        ))
+        .await
+        .unwrap();
+    let mut accounts = ServiceAccountServiceClient::new(channels[0].clone());
+    let mut api_keys = Vec::new();
+    for u in 0..users {
+        let account = accounts
+            .create_service_account(bearer(
+                CreateServiceAccountRequest {
+                    name: format!("bench-job-{u}"),
+                    org_id: org_of_user[u].clone(),
+                    org_role: OrgRole::Member as i32,
+                    ..Default::default()
+                },
+                &access[u],
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .service_account
+            .unwrap();
+        let key = accounts
+            .create_api_key(bearer(
+                CreateApiKeyRequest {
+                    service_account_id: account.id,
+                    ..Default::default()
+                },
+                &access[u],
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        api_keys.push(key.secret);
+    }
+    let api_keys = Arc::new(api_keys);
+
     println!("keyward load benchmark: concurrency {CONCURRENCY} over {CONNECTIONS} loopback HTTP/2 connections, {seconds}s per phase, {} cores, {hash_workers} hash workers", hash_workers);
     println!();
 
@@ -478,6 +543,39 @@ async fn main() {
             c.authorize(request)
                 .await
                 .is_ok_and(|r| r.into_inner().allowed)
+        }
+    })
+    .await;
+    // Authorize for a catalogue permission, in the caller's own organization.
+    let catalogue_requests: Arc<Vec<AuthorizeRequest>> = Arc::new(
+        (0..CONCURRENCY)
+            .map(|w| AuthorizeRequest {
+                access_token: access[w].clone(),
+                permission: "bench.notes.read".into(),
+                org_id: org_of_user[w % users].clone(),
+            })
+            .collect(),
+    );
+    let ch = Arc::clone(&channels);
+    let authz_catalogue = drive(CONCURRENCY, phase, move |w| {
+        let mut c = AuthServiceClient::new(ch[w % CONNECTIONS].clone());
+        let request = catalogue_requests[w].clone();
+        async move {
+            c.authorize(request)
+                .await
+                .is_ok_and(|r| r.into_inner().allowed)
+        }
+    })
+    .await;
+    // Authenticate with the service accounts' API keys.
+    let (ch, keys) = (Arc::clone(&channels), Arc::clone(&api_keys));
+    let authn_keys = drive(CONCURRENCY, phase, move |w| {
+        let mut c = AuthServiceClient::new(ch[w % CONNECTIONS].clone());
+        let key = keys[w % keys.len()].clone();
+        async move {
+            c.authenticate(AuthenticateRequest { access_token: key })
+                .await
+                .is_ok()
         }
     })
     .await;
@@ -746,6 +844,8 @@ async fn main() {
     row("Authenticate (again, after Authorize)", &authn_after);
     row("Envoy ext_authz Check", &ext_authz);
     row("Authorize (platform / org, 50:50)", &authz);
+    row("Authorize (catalogue permission)", &authz_catalogue);
+    row("Authenticate (API key)", &authn_keys);
     row("Login (flood)", &logins);
     row("Refresh", &refresh);
     row("SendCode (outbox write)", &send_codes);
@@ -808,6 +908,8 @@ async fn main() {
     let login_share = logins.rate() / raw_rate;
     let check_share = ext_authz.rate() / authn_mean_rate;
     let authz_share = authz.rate() / authn_mean_rate;
+    let catalogue_share = authz_catalogue.rate() / authn_mean_rate;
+    let key_share = authn_keys.rate() / authn_mean_rate;
     println!("targets:");
     println!(
         "  Authenticate >= 70% of health Check rate: {:.0}%  {}",
@@ -833,6 +935,16 @@ async fn main() {
         "  Authorize >= 80% of Authenticate (mean of both runs):       {:.0}%  {}",
         authz_share * 100.0,
         verdict(authz_share >= 0.80)
+    );
+    println!(
+        "  Authorize, catalogue >= 80% of Authenticate (mean):         {:.0}%  {}",
+        catalogue_share * 100.0,
+        verdict(catalogue_share >= 0.80)
+    );
+    println!(
+        "  Authenticate by API key >= 80% of Authenticate (mean):      {:.0}%  {}",
+        key_share * 100.0,
+        verdict(key_share >= 0.80)
     );
     println!(
         "  logins/s >= 80% of raw argon2id rate:     {:.0}%  {}",
