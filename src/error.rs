@@ -106,7 +106,7 @@ pub enum Error {
     ApiKeyNotFound,
     #[error("the service account has the most live API keys it may have; revoke one first")]
     TooManyApiKeys,
-    #[error("a permission of this name exists already (or is built in)")]
+    #[error("a permission of this name exists already")]
     PermissionExists,
     #[error("no such permission in the catalogue")]
     PermissionNotFound,

@@ -296,6 +296,8 @@ impl App {
         let deleted = self.store.orgs.delete(org_id).await?;
         let members = self.store.memberships.remove_all_for_org(org_id).await?;
         let invitations = self.store.invitations.remove_all_for_org(org_id).await?;
+        // Its service accounts and their keys go with it.
+        let service_accounts = self.remove_org_service_accounts(org_id).await?;
         self.forget_all_memberships();
         if !deleted {
             return Err(Error::OrgNotFound);
@@ -307,7 +309,8 @@ impl App {
                 .session(&who.session_id)
                 .detail("org_id", org_id)
                 .detail("memberships_removed", members as i64)
-                .detail("invitations_removed", invitations as i64),
+                .detail("invitations_removed", invitations as i64)
+                .detail("service_accounts_removed", service_accounts as i64),
         )
         .await;
         Ok(())

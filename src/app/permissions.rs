@@ -222,6 +222,27 @@ impl App {
         Ok(all)
     }
 
+    /// Fails unless `who` may set a permission to (or from) `scope`, `requires_mfa`: never a
+    /// platform permission above their own global role (a super_admin's only by a super_admin),
+    /// and one that needs a second factor only from a two-factor session.
+    fn may_shape(
+        &self,
+        who: &AccessClaims,
+        actor: Role,
+        scope: Scope,
+        requires_mfa: bool,
+    ) -> Result<()> {
+        if let Scope::Platform(least) = scope {
+            if least > actor {
+                return Err(Error::RoleTooHigh);
+            }
+        }
+        if requires_mfa && who.aal() < 2 {
+            return Err(Error::MfaRequired);
+        }
+        Ok(())
+    }
+
     /// Adds a permission to the catalogue.
     pub async fn define_permission(
         &self,
@@ -229,12 +250,13 @@ impl App {
         new: NewPermission,
         caller: &Caller,
     ) -> Result<Definition> {
-        self.require(who, "permissions.write").await?;
+        let actor = self.require(who, "permissions.write").await?;
         let mut violations = Vec::new();
         let scope = check_new(&new, "", &mut violations);
         let Some(scope) = scope.filter(|_| violations.is_empty()) else {
             return Err(Error::InvalidArgument(violations));
         };
+        self.may_shape(who, actor.role, scope, false)?;
         let now = bson_time(self.now());
         let doc = PermissionDoc {
             name: new.name.clone(),
@@ -270,15 +292,18 @@ impl App {
         })
     }
 
-    /// Changes a catalogue permission. `least_role` must fit its scope.
+    /// Changes a catalogue permission. A new least role must be of its scope: a global role
+    /// (`least_role_is_global`) for a platform permission, an organization role for an
+    /// organization permission — `admin` is both, so the caller says which it means.
     pub async fn update_permission(
         &self,
         who: &AccessClaims,
         name: &str,
         change: PermissionChange,
+        least_role_is_global: bool,
         caller: &Caller,
     ) -> Result<Definition> {
-        self.require(who, "permissions.write").await?;
+        let actor = self.require(who, "permissions.write").await?;
         if name.is_empty() {
             return Err(Error::invalid("name", "is required"));
         }
@@ -306,9 +331,31 @@ impl App {
             requires_mfa: change.requires_mfa.unwrap_or(current.requires_mfa),
         };
         let mut violations = Vec::new();
-        check_new(&asked, "", &mut violations);
+        let platform = current.scope == "platform";
+        if change.least_role.is_some() && least_role_is_global != platform {
+            let (field, why) = if platform {
+                (
+                    "least_org_role",
+                    "this is a platform permission: set least_role",
+                )
+            } else {
+                (
+                    "least_role",
+                    "this is an organization permission: set least_org_role",
+                )
+            };
+            violations.push(FieldViolation::new(field, why));
+        }
+        let new_scope = check_new(&asked, "", &mut violations);
         if !violations.is_empty() {
             return Err(Error::InvalidArgument(violations));
+        }
+        // Both what it was and what it becomes must be within the caller's reach.
+        if let Some(old) = rule_of(&current) {
+            self.may_shape(who, actor.role, old.scope, old.requires_mfa)?;
+        }
+        if let Some(scope) = new_scope {
+            self.may_shape(who, actor.role, scope, false)?;
         }
         let Some(doc) = self
             .store
@@ -345,9 +392,13 @@ impl App {
         name: &str,
         caller: &Caller,
     ) -> Result<()> {
-        self.require(who, "permissions.write").await?;
+        let actor = self.require(who, "permissions.write").await?;
         if name.is_empty() {
             return Err(Error::invalid("name", "is required"));
+        }
+        let current = self.store.permissions.find(name).await?;
+        if let Some(old) = current.as_ref().and_then(rule_of) {
+            self.may_shape(who, actor.role, old.scope, old.requires_mfa)?;
         }
         if !self.store.permissions.remove(name).await? {
             return Err(Error::PermissionNotFound);

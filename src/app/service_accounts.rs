@@ -25,7 +25,8 @@ use crate::store::service_accounts::ServiceAccountDoc;
 
 /// Prefix that makes API keys recognisable (to keyward and to secret scanners).
 pub const API_KEY_PREFIX: &str = "kwk_";
-/// Live keys an account may have at once (enough to rotate).
+/// Unrevoked keys an account may have at once (enough to rotate; an expired key counts until
+/// it is revoked).
 pub const MAX_LIVE_KEYS: usize = 5;
 /// Longest name and description kept.
 const MAX_NAME: usize = 100;
@@ -114,7 +115,10 @@ impl App {
         let hash = hash_token(secret);
         if let Some((principal, at)) = self.key_cache.keys.get(&hash) {
             if at.elapsed() < self.key_cache.ttl {
-                return principal.ok_or(Error::TokenInvalid);
+                // An expiry counts to the instant, as a token's does.
+                return principal
+                    .filter(|p| p.expires_at > self.now())
+                    .ok_or(Error::TokenInvalid);
             }
         }
         let generation = self.access_generation();
@@ -141,7 +145,11 @@ impl App {
         if self.access_generation() == generation {
             self.key_cache
                 .keys
-                .insert(hash, (principal.clone(), Instant::now()));
+                .insert(hash.clone(), (principal.clone(), Instant::now()));
+            // A revocation made here between the check above and the insert must win.
+            if self.access_generation() != generation {
+                self.key_cache.keys.remove(&hash);
+            }
         }
         if let Some(p) = &principal {
             crate::telemetry::record_user_id(&p.user_id);
@@ -159,7 +167,9 @@ impl App {
         AccessClaims {
             user_id: account.id.clone(),
             session_id: key.id.clone(),
-            email: account.name.clone(),
+            // Never the name: a name chosen to look like someone's address must not reach an
+            // upstream as an email (`x-keyward-email`).
+            email: String::new(),
             role: account.role.parse().unwrap_or(Role::Guest),
             expires_at: key
                 .expires_at
@@ -172,6 +182,19 @@ impl App {
                 allowed_permissions: account.allowed_permissions.clone(),
             })),
         }
+    }
+
+    /// Deletes an organization's service accounts and their keys (the organization is gone).
+    pub(crate) async fn remove_org_service_accounts(&self, org_id: &str) -> Result<usize> {
+        let accounts = self.store.service_accounts.list(Some(org_id)).await?;
+        for account in &accounts {
+            self.store.service_accounts.remove(&account.id).await?;
+            self.store.api_keys.remove_all(&account.id).await?;
+        }
+        if !accounts.is_empty() {
+            self.forget_keys();
+        }
+        Ok(accounts.len())
     }
 
     /// Forgets every cached key (after a revocation, disable or delete made here).
@@ -302,6 +325,7 @@ impl App {
             org_role: org_role.map(|r| r.as_str().to_string()),
             allowed_permissions: new.allowed_permissions,
             disabled: false,
+            key_count: 0,
             created_by: who.user_id.clone(),
             created_at: now,
             updated_at: now,
@@ -373,6 +397,9 @@ impl App {
         caller: &Caller,
     ) -> Result<()> {
         let account = self.managed_account(who, id).await?;
+        if account.disabled {
+            return Ok(());
+        }
         self.store
             .service_accounts
             .disable(&account.id, self.now())
@@ -434,15 +461,12 @@ impl App {
             return Err(Error::InvalidArgument(violations));
         }
         let account = self.managed_account(who, service_account_id).await?;
-        let live = self
+        if !self
             .store
-            .api_keys
-            .list(&account.id)
+            .service_accounts
+            .take_key_slot(&account.id, MAX_LIVE_KEYS as i32)
             .await?
-            .iter()
-            .filter(|k| k.is_live(now))
-            .count();
-        if live >= MAX_LIVE_KEYS {
+        {
             return Err(Error::TooManyApiKeys);
         }
         let secret = new_secret(API_KEY_PREFIX);
@@ -459,7 +483,13 @@ impl App {
             last_used_address: String::new(),
             revoked_at: None,
         };
-        self.store.api_keys.insert(&key).await?;
+        if let Err(e) = self.store.api_keys.insert(&key).await {
+            self.store
+                .service_accounts
+                .free_key_slot(&account.id)
+                .await?;
+            return Err(e.into());
+        }
         self.audit(
             AuditRecord::new("api_key_create", Outcome::Success, caller)
                 .user(&account.id)
@@ -498,6 +528,10 @@ impl App {
         {
             return Err(Error::ApiKeyNotFound);
         }
+        self.store
+            .service_accounts
+            .free_key_slot(&account.id)
+            .await?;
         self.forget_keys();
         self.audit(
             AuditRecord::new("api_key_revoke", Outcome::Success, caller)

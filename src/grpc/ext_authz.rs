@@ -36,6 +36,8 @@ pub const USER_ID_HEADER: &str = "x-keyward-user-id";
 pub const SESSION_ID_HEADER: &str = "x-keyward-session-id";
 pub const ROLE_HEADER: &str = "x-keyward-role";
 pub const EMAIL_HEADER: &str = "x-keyward-email";
+/// `user` for a person's token, `service_account` for an API key.
+pub const PRINCIPAL_KIND_HEADER: &str = "x-keyward-principal-kind";
 /// Set when the route names an organization (`context_extensions.org_id_header`) and the caller
 /// is a member; removed from the client's request otherwise.
 pub const ORG_ID_HEADER: &str = "x-keyward-org-id";
@@ -203,6 +205,22 @@ impl Authorization for ExtAuthz {
             )));
         }
         let claims = &verdict.claims;
+        // A service account limited to some permissions passes only routes that name one of
+        // them: a route without a permission would let it act on its role alone.
+        if permission.is_none()
+            && claims
+                .service_account
+                .as_ref()
+                .is_some_and(|g| !g.allowed_permissions.is_empty())
+        {
+            return Ok(Response::new(deny(
+                HttpStatusCode::Forbidden,
+                Code::PermissionDenied,
+                "NOT_GRANTED_TO_SERVICE_ACCOUNT",
+                "not allowed",
+                None,
+            )));
+        }
         let overwrite = Some(HeaderAppendAction::OverwriteIfExistsOrAdd);
         let mut ok = OkHttpResponseBuilder::new();
         ok.add_header(USER_ID_HEADER, claims.user_id.as_str(), overwrite, false)
@@ -218,12 +236,29 @@ impl Authorization for ExtAuthz {
                 overwrite,
                 false,
             )
-            .add_header(EMAIL_HEADER, &*verdict.standing.email, overwrite, false);
+            .add_header(EMAIL_HEADER, &*verdict.standing.email, overwrite, false)
+            .add_header(
+                PRINCIPAL_KIND_HEADER,
+                if claims.service_account.is_some() {
+                    "service_account"
+                } else {
+                    "user"
+                },
+                overwrite,
+                false,
+            );
         // The organization in play, when the route names one and the caller belongs to it;
         // otherwise whatever the client sent under these names is removed.
         let org_role = if !crate::domain::secrets::is_id(&org_id) {
             // No organization (or a made-up id, which no lookup or cache entry may cost).
             None
+        } else if let Some(grant) = &claims.service_account {
+            // A service account's place is its own organization, from its key's check.
+            grant
+                .org
+                .as_ref()
+                .filter(|(own, _)| *own == org_id)
+                .map(|(_, role)| *role)
         } else {
             self.app
                 .org_role(&org_id, &claims.user_id)

@@ -164,10 +164,23 @@ impl PermissionService for Permissions {
             least_role: least_role.map(str::to_string),
             requires_mfa: r.requires_mfa,
         };
-        let updated = self
+        let global = r.least_role.is_some();
+        let updated = match self
             .app
-            .update_permission(&who, &r.name, change, &caller)
-            .await?;
+            .update_permission(&who, &r.name, change, global, &caller)
+            .await
+        {
+            // An organization role comes in least_org_role: name that field.
+            Err(Error::InvalidArgument(mut violations)) if r.least_org_role.is_some() => {
+                for v in &mut violations {
+                    if v.field == "least_role" {
+                        v.field = "least_org_role".into();
+                    }
+                }
+                return Err(Error::InvalidArgument(violations).into());
+            }
+            other => other?,
+        };
         Ok(Response::new(UpdatePermissionResponse {
             permission: Some(permission(&updated)),
         }))

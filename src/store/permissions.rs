@@ -40,14 +40,31 @@ pub struct PermissionChange {
 pub struct Permissions(pub Collection<PermissionDoc>);
 
 impl Permissions {
-    /// The whole catalogue, by name.
+    /// The whole catalogue, by name. A document that does not read as a permission (written by
+    /// something else) is logged and left out, so it cannot hold back the rest.
     pub async fn all(&self) -> mongodb::error::Result<Vec<PermissionDoc>> {
-        self.0
+        let raw: Vec<Document> = self
+            .0
+            .clone_with_type::<Document>()
             .find(doc! {})
             .sort(doc! { "_id": 1 })
             .await?
             .try_collect()
-            .await
+            .await?;
+        Ok(raw
+            .into_iter()
+            .filter_map(|d| match mongodb::bson::from_document::<PermissionDoc>(d.clone()) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::error!(id = ?d.get("_id"), error = %e, "catalogue document left out");
+                    None
+                }
+            })
+            .collect())
+    }
+
+    pub async fn find(&self, name: &str) -> mongodb::error::Result<Option<PermissionDoc>> {
+        self.0.find_one(doc! { "_id": name }).await
     }
 
     /// Stores a new permission; `false` when one of that name exists.

@@ -27,6 +27,9 @@ pub struct ServiceAccountDoc {
     pub allowed_permissions: Vec<String>,
     #[serde(default)]
     pub disabled: bool,
+    /// Unrevoked keys, counted by the same conditional updates that make and revoke them.
+    #[serde(default)]
+    pub key_count: i32,
     pub created_by: String,
     pub created_at: BsonDateTime,
     pub updated_at: BsonDateTime,
@@ -79,6 +82,30 @@ impl ServiceAccounts {
             )
             .return_document(ReturnDocument::After)
             .await
+    }
+
+    /// Takes one of the account's `max` key slots; `false` when all are taken (or the account
+    /// is gone). One conditional update: concurrent calls never take more than `max`.
+    pub async fn take_key_slot(&self, id: &str, max: i32) -> mongodb::error::Result<bool> {
+        let r = self
+            .0
+            .update_one(
+                doc! { "_id": id, "key_count": { "$lt": max } },
+                doc! { "$inc": { "key_count": 1 } },
+            )
+            .await?;
+        Ok(r.modified_count == 1)
+    }
+
+    /// Gives a key slot back (a key revoked, or never stored).
+    pub async fn free_key_slot(&self, id: &str) -> mongodb::error::Result<()> {
+        self.0
+            .update_one(
+                doc! { "_id": id, "key_count": { "$gt": 0 } },
+                doc! { "$inc": { "key_count": -1 } },
+            )
+            .await
+            .map(|_| ())
     }
 
     /// Deletes an account; `false` when there was none.
