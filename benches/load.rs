@@ -431,6 +431,8 @@ async fn main() {
         )
         .await
         .unwrap();
+    // keyward sees the new role once its cached standing expires (session_cache_ttl, 1 s).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     PermissionServiceClient::new(channels[0].clone())
         .define_permission(bearer(
             DefinePermissionRequest {
