@@ -21,16 +21,12 @@ fi
 
 cargo build --locked --release --bin keyward
 addr="$KEYWARD_GRPC_ADDR"
-cat <<TXT
-
-keyward (dev mode) on $addr. Try, in another shell:
-  grpcurl -plaintext $addr list
-  grpcurl -plaintext $addr grpc.health.v1.Health/Check
-  grpcurl -plaintext -d '{"email":"ada@example.com","password":"correct horse battery staple","display_name":"Ada"}' $addr keyward.v1.AuthService/Register
-  grpcurl -plaintext -d '{"email":"ada@example.com","password":"correct horse battery staple"}' $addr keyward.v1.AuthService/Login
-  grpcurl -plaintext -d '{"access_token":"<access_token from Login>"}' $addr keyward.v1.AuthService/Authenticate
-(grpcurl was installed by scripts/setup.sh; if your shell does not find it: source scripts/tool-path.sh)
-
-TXT
+data_dir="${KEYWARD_DATA_DIR:-.keyward-dev}"
+case "$data_dir" in /*) ;; *) data_dir="$PWD/$data_dir" ;; esac
+echo
+echo "keyward (dev mode) on $addr. Try, in another shell:"
+scripts/dev-walkthrough.sh "$addr" "$data_dir/mail" | sed 's/^/  /'
+echo "(grpcurl was installed by scripts/setup.sh; if your shell does not find it: source $PWD/scripts/tool-path.sh)"
+echo
 # Not exec: the trap above stops the database when keyward exits.
 target/release/keyward serve --dev "$@"

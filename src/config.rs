@@ -554,7 +554,7 @@ pub const SETTINGS: &[(&str, Option<&str>, &str)] = &[
     ("mongodb_uri", None, "any MongoDB-compatible server; required"),
     ("mongodb_database", Some("keyward"), "database name"),
     ("dev", Some("false"), "development mode: a generated signing key in `data_dir`, mail to the log"),
-    ("data_dir", Some(".keyward-dev"), "where dev mode keeps its key"),
+    ("data_dir", Some(".keyward-dev"), "where dev mode keeps its key and its mailbox (`mail/`)"),
     ("signing_key", None, "PASERK `k4.secret` that signs access tokens"),
     ("signing_key_file", None, "file holding that key (e.g. a mounted secret)"),
     ("verification_keys", None, "extra `k4.public` keys still accepted (rotation), comma separated"),

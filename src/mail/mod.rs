@@ -60,6 +60,9 @@ pub struct Mail {
     pub subject: String,
     pub text: String,
     pub html: String,
+    /// The one-time code the message carries, if any (for the dev mailbox only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
 }
 
 /// The mail templates: subject, plain text and HTML for each kind. HTML output is escaped.
@@ -102,12 +105,17 @@ impl Templates {
             .chars()
             .map(|c| if c.is_control() { ' ' } else { c })
             .collect();
+        let code = context
+            .get_attr("code")
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string));
         Ok(Mail {
             to: to.to_string(),
             to_name: to_name.to_string(),
             subject: subject.trim().to_string(),
             text: part("txt")?,
             html: part("html")?,
+            code,
         })
     }
 }
@@ -162,8 +170,10 @@ pub struct DeliveryError {
 pub enum Transport {
     /// SMTP (`smtp://` with optional STARTTLS, `smtps://`), pooled connections.
     Smtp(AsyncSmtpTransport<Tokio1Executor>),
-    /// Dev only: the message is written to the log.
-    Log,
+    /// Dev only: the message is written to the log, and to a dev mailbox directory: for each
+    /// recipient, `<address>.txt` (the last message) and `<address>.code` (the last code mailed
+    /// to it), so a newcomer's walk-through can read the code.
+    Log { mailbox: std::path::PathBuf },
 }
 
 /// Longest wait on the SMTP server for one message.
@@ -184,8 +194,12 @@ impl Transport {
         match &config.smtp_url {
             Some(url) => Self::smtp(url),
             None if config.dev => {
-                tracing::warn!("DEV MODE: no KEYWARD_SMTP_URL; mail, codes included, goes to the log");
-                Ok(Transport::Log)
+                let mailbox = config.data_dir.join("mail");
+                tracing::warn!(
+                    mailbox = %mailbox.display(),
+                    "DEV MODE: no KEYWARD_SMTP_URL; mail, codes included, goes to the log and the dev mailbox"
+                );
+                Ok(Transport::Log { mailbox })
             }
             None => anyhow::bail!(
                 "no SMTP server configured: set KEYWARD_SMTP_URL (e.g. smtp://mail:587?tls=required) or run with --dev"
@@ -208,13 +222,37 @@ impl Transport {
                         message: e.to_string(),
                     })
             }
-            Transport::Log => {
-                tracing::warn!(
-                    to = %mail.to,
-                    subject = %mail.subject,
-                    body = %mail.text,
-                    "dev mail (not sent: no KEYWARD_SMTP_URL)"
-                );
+            Transport::Log { mailbox } => {
+                let code = mail.code.as_deref().unwrap_or("-");
+                // One line a newcomer can spot, then the whole message.
+                tracing::warn!("DEV MAIL to {} — {} — code: {code}", mail.to, mail.subject);
+                tracing::debug!(to = %mail.to, body = %mail.text, "dev mail body");
+                let written = std::fs::create_dir_all(mailbox).and_then(|()| {
+                    // The address is checked (no '/', no control characters) before any mail is
+                    // queued; keep the file name to safe characters all the same.
+                    let name: String = mail
+                        .to
+                        .chars()
+                        .map(|c| {
+                            if c.is_alphanumeric() || "@.+-_".contains(c) {
+                                c
+                            } else {
+                                '_'
+                            }
+                        })
+                        .collect();
+                    std::fs::write(
+                        mailbox.join(format!("{name}.txt")),
+                        format!("Subject: {}\n\n{}", mail.subject, mail.text),
+                    )?;
+                    match &mail.code {
+                        Some(code) => std::fs::write(mailbox.join(format!("{name}.code")), code),
+                        None => Ok(()),
+                    }
+                });
+                if let Err(e) = written {
+                    tracing::warn!(error = %e, "dev mailbox not written");
+                }
                 Ok(())
             }
         }
@@ -364,6 +402,7 @@ mod tests {
                 subject: "s".into(),
                 text: "t".into(),
                 html: "h".into(),
+                code: None,
             };
             let message = build_message(&from, &mail)
                 .unwrap_or_else(|e| panic!("{e}: name {name:?} address {address:?}"));

@@ -117,3 +117,84 @@ fn serve_refuses_to_start_on_bad_configuration_and_names_the_key() {
         assert!(stderr.contains(named), "{named} not named in: {stderr}");
     }
 }
+
+/// What `scripts/dev.sh` prints for a newcomer works pasted as it is: register, verify the email
+/// with the code from the dev mailbox, log in, authenticate — against the real binary in dev
+/// mode, without SMTP, through the real grpcurl.
+#[tokio::test]
+async fn the_dev_walkthrough_works_pasted_as_printed() {
+    let data_dir =
+        std::env::temp_dir().join(format!("keyward-dev-{}", uuid::Uuid::new_v4().simple()));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let config = test_config();
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let log_path = data_dir.join("keyward.log");
+    let mut server = keyward();
+    server
+        .args(["serve", "--dev"])
+        .env(
+            "KEYWARD_MONGODB_URI",
+            config.mongodb_uri.as_deref().unwrap(),
+        )
+        .env("KEYWARD_MONGODB_DATABASE", &config.mongodb_database)
+        .env("KEYWARD_GRPC_ADDR", &addr)
+        .env("KEYWARD_DATA_DIR", &data_dir)
+        .stdout(std::fs::File::create(&log_path).unwrap())
+        .stderr(Stdio::inherit());
+    kill_with_parent(&mut server);
+    let mut server = server.spawn().unwrap();
+    connect_serving(&addr).await;
+
+    let root = env!("CARGO_MANIFEST_DIR");
+    let printed = Command::new("bash")
+        .arg(format!("{root}/scripts/dev-walkthrough.sh"))
+        .arg(&addr)
+        .arg(data_dir.join("mail"))
+        .output()
+        .unwrap();
+    assert!(printed.status.success());
+    let script = String::from_utf8(printed.stdout).unwrap();
+    // Pasted line by line into a shell somewhere else; each line must succeed.
+    let run = tokio::task::spawn_blocking(move || {
+        Command::new("bash")
+            .args(["-e", "-o", "pipefail", "-c", &script])
+            .current_dir(std::env::temp_dir())
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .output()
+            .unwrap()
+    });
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), run)
+        .await
+        .expect("the walk-through finishes")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "walk-through failed:\n{stdout}\n{stderr}"
+    );
+    // The last call, Authenticate, answers with Ada's principal.
+    assert!(
+        stdout.contains("\"email\": \"ada@example.com\"") && stdout.contains("\"principal\""),
+        "{stdout}"
+    );
+    let code = std::fs::read_to_string(data_dir.join("mail/ada@example.com.code")).unwrap();
+    assert!(
+        code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()),
+        "{code:?}"
+    );
+
+    let _ = terminate(&mut server).await;
+    // The log has the one-line marker a newcomer looks for.
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log.contains("DEV MAIL to ada@example.com") && log.contains(&format!("code: {code}")),
+        "{log}"
+    );
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
