@@ -152,16 +152,7 @@ impl Authorization for ExtAuthz {
                 )));
             }
             Err(e) => {
-                let (_, reason) = e.code_and_reason();
-                // Logged once by the error mapping; the caller gets a generic answer.
-                let _ = Status::from(e);
-                return Ok(Response::new(deny(
-                    HttpStatusCode::ServiceUnavailable,
-                    Code::Unavailable,
-                    reason,
-                    "the authorization service cannot decide right now",
-                    None,
-                )));
+                return Ok(Response::new(undecided(e)));
             }
         };
         // A route may require two factors whatever its permission (`mfa: required`).
@@ -178,15 +169,7 @@ impl Authorization for ExtAuthz {
             match mfa_refusal {
                 Ok(refusal) => refusal,
                 Err(e) => {
-                    let (_, reason) = e.code_and_reason();
-                    let _ = Status::from(e);
-                    return Ok(Response::new(deny(
-                        HttpStatusCode::ServiceUnavailable,
-                        Code::Unavailable,
-                        reason,
-                        "the authorization service cannot decide right now",
-                        None,
-                    )));
+                    return Ok(Response::new(undecided(e)));
                 }
             }
         };
@@ -281,15 +264,7 @@ impl Authorization for ExtAuthz {
                     )));
                 }
                 Err(e) => {
-                    let (_, reason) = e.code_and_reason();
-                    let _ = Status::from(e);
-                    return Ok(Response::new(deny(
-                        HttpStatusCode::ServiceUnavailable,
-                        Code::Unavailable,
-                        reason,
-                        "the authorization service cannot decide right now",
-                        None,
-                    )));
+                    return Ok(Response::new(undecided(e)));
                 }
             }
         }
@@ -307,6 +282,20 @@ impl Authorization for ExtAuthz {
         response.set_http_response(ok.build());
         Ok(Response::new(response))
     }
+}
+
+/// 503 (fail closed) when keyward cannot decide, e.g. its database is gone. The cause is logged
+/// once by the error mapping; Envoy gets a generic answer with the reason.
+fn undecided(e: Error) -> CheckResponse {
+    let (_, reason) = e.code_and_reason();
+    let _ = Status::from(e);
+    deny(
+        HttpStatusCode::ServiceUnavailable,
+        Code::Unavailable,
+        reason,
+        "the authorization service cannot decide right now",
+        None,
+    )
 }
 
 #[cfg(test)]

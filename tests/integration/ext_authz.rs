@@ -11,7 +11,8 @@ use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, 
 
 use crate::harness::*;
 
-fn http_request(headers: &[(&str, &str)], context: &[(&str, &str)]) -> CheckRequest {
+/// A Check as Envoy asks it for `GET /api/things` with `headers` and the route's `context`.
+pub(crate) fn http_request(headers: &[(&str, &str)], context: &[(&str, &str)]) -> CheckRequest {
     CheckRequest {
         attributes: Some(AttributeContext {
             request: Some(AttrRequest {
@@ -35,7 +36,7 @@ fn http_request(headers: &[(&str, &str)], context: &[(&str, &str)]) -> CheckRequ
     }
 }
 
-async fn check(app: &TestApp, request: CheckRequest) -> CheckResponse {
+pub(crate) async fn check(app: &TestApp, request: CheckRequest) -> CheckResponse {
     AuthorizationClient::new(app.channel())
         .check(request)
         .await

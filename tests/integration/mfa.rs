@@ -14,12 +14,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
-    HttpRequest, Request as AttrRequest,
-};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
+use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use keyward::grpc::pb::mfa_service_client::MfaServiceClient;
 use keyward::grpc::pb::org_service_client::OrgServiceClient;
 use keyward::grpc::pb::otp_service_client::OtpServiceClient;
@@ -484,26 +481,7 @@ fn assert_recovery_code_shape(codes: &[String]) {
 // Envoy ext_authz
 
 fn http_request(token: &str, context: &[(&str, &str)]) -> CheckRequest {
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(AttrRequest {
-                http: Some(HttpRequest {
-                    method: "GET".into(),
-                    path: "/api/things".into(),
-                    headers: [("authorization".to_string(), format!("Bearer {token}"))]
-                        .into_iter()
-                        .collect(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            context_extensions: context
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            ..Default::default()
-        }),
-    }
+    crate::ext_authz::http_request(&[("authorization", &format!("Bearer {token}"))], context)
 }
 
 async fn check(app: &TestApp, token: &str, context: &[(&str, &str)]) -> CheckResponse {

@@ -9,12 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
-    HttpRequest, Request as AttrRequest,
-};
-use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
+use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
 use keyward::config::Config;
 use keyward::grpc::pb::auth_service_client::AuthServiceClient;
 use keyward::grpc::pb::mfa_service_client::MfaServiceClient;
@@ -25,6 +21,7 @@ use keyward::grpc::pb::*;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+use crate::ext_authz::{check, http_request};
 use crate::harness::*;
 use crate::mfa::{current_step, totp_codes};
 use crate::users::{users, with_role};
@@ -302,38 +299,6 @@ async fn member_signed_in(
 // ---------------------------------------------------------------------------------------------
 // Envoy ext_authz
 
-fn http_request(headers: &[(&str, &str)], context: &[(&str, &str)]) -> CheckRequest {
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(AttrRequest {
-                http: Some(HttpRequest {
-                    method: "GET".into(),
-                    path: "/notes/42".into(),
-                    headers: headers
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            context_extensions: context
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            ..Default::default()
-        }),
-    }
-}
-
-async fn envoy_check(app: &TestApp, request: CheckRequest) -> CheckResponse {
-    AuthorizationClient::new(app.channel())
-        .check(request)
-        .await
-        .expect("Check answers")
-        .into_inner()
-}
-
 /// Envoy asking about a route that requires `permission` in the organization named by the
 /// request's `x-org-id` header (none when `org_id` is empty).
 async fn through_envoy(
@@ -347,7 +312,7 @@ async fn through_envoy(
     if !org_id.is_empty() {
         headers.push(("x-org-id", org_id));
     }
-    envoy_check(
+    check(
         app,
         http_request(
             &headers,

@@ -6,12 +6,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
-    HttpRequest, Request as AttrRequest,
-};
-use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
+use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
 use keyward::grpc::pb::mfa_service_client::MfaServiceClient;
 use keyward::grpc::pb::org_service_client::OrgServiceClient;
 use keyward::grpc::pb::service_account_service_client::ServiceAccountServiceClient;
@@ -21,6 +17,7 @@ use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+use crate::ext_authz::{check, http_request};
 use crate::harness::*;
 use crate::users::{users, with_role};
 
@@ -298,38 +295,6 @@ fn sha256_hex(text: &str) -> String {
 }
 
 // --- ext_authz ---
-
-fn envoy_request(headers: &[(&str, &str)], context: &[(&str, &str)]) -> CheckRequest {
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(AttrRequest {
-                http: Some(HttpRequest {
-                    method: "GET".into(),
-                    path: "/api/reports".into(),
-                    headers: headers
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            context_extensions: context
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            ..Default::default()
-        }),
-    }
-}
-
-async fn check(app: &TestApp, request: CheckRequest) -> CheckResponse {
-    AuthorizationClient::new(app.channel())
-        .check(request)
-        .await
-        .expect("Check answers")
-        .into_inner()
-}
 
 /// The headers an allowed Check sets for the upstream.
 fn allowed_headers(r: &CheckResponse) -> Vec<(String, String)> {
@@ -822,7 +787,7 @@ async fn an_organizations_account_holds_its_role_there_and_nothing_in_another_or
     let route = [("permission", "org.read"), ("org_id_header", "x-org-id")];
     let ok = check(
         &app,
-        envoy_request(&[("authorization", &auth), ("x-org-id", &org_a)], &route),
+        http_request(&[("authorization", &auth), ("x-org-id", &org_a)], &route),
     )
     .await;
     let headers = allowed_headers(&ok);
@@ -833,7 +798,7 @@ async fn an_organizations_account_holds_its_role_there_and_nothing_in_another_or
     let (http, body) = denied(
         &check(
             &app,
-            envoy_request(&[("authorization", &auth), ("x-org-id", &org_b)], &route),
+            http_request(&[("authorization", &auth), ("x-org-id", &org_b)], &route),
         )
         .await,
     );
@@ -843,7 +808,7 @@ async fn an_organizations_account_holds_its_role_there_and_nothing_in_another_or
     // told which organization the allowed request is in.
     let ok = check(
         &app,
-        envoy_request(
+        http_request(
             &[
                 ("authorization", &auth),
                 ("x-org-id", &org_a),
@@ -1043,7 +1008,7 @@ async fn platform_accounts_never_exceed_their_creator_and_only_admins_create_the
     let (http, body) = denied(
         &check(
             &app,
-            envoy_request(
+            http_request(
                 &[("authorization", &format!("Bearer {key}"))],
                 &[("permission", "users.write")],
             ),
@@ -1056,7 +1021,7 @@ async fn platform_accounts_never_exceed_their_creator_and_only_admins_create_the
     let (http, body) = denied(
         &check(
             &app,
-            envoy_request(&[("authorization", &format!("Bearer {key}"))], &[]),
+            http_request(&[("authorization", &format!("Bearer {key}"))], &[]),
         )
         .await,
     );
@@ -1067,7 +1032,7 @@ async fn platform_accounts_never_exceed_their_creator_and_only_admins_create_the
     allowed_headers(
         &check(
             &app,
-            envoy_request(&[("authorization", &format!("Bearer {unlimited}"))], &[]),
+            http_request(&[("authorization", &format!("Bearer {unlimited}"))], &[]),
         )
         .await,
     );
@@ -1084,7 +1049,7 @@ async fn envoy_lets_a_key_through_as_its_account_until_the_key_is_revoked() {
 
     let r = check(
         &app,
-        envoy_request(
+        http_request(
             &[
                 ("authorization", &auth),
                 ("x-keyward-user-id", "someone-else"),
@@ -1116,7 +1081,7 @@ async fn envoy_lets_a_key_through_as_its_account_until_the_key_is_revoked() {
     let headers = allowed_headers(
         &check(
             &app,
-            envoy_request(
+            http_request(
                 &[
                     ("authorization", &person_auth),
                     ("x-keyward-principal-kind", "service_account"),
@@ -1131,7 +1096,7 @@ async fn envoy_lets_a_key_through_as_its_account_until_the_key_is_revoked() {
     let (http, body) = denied(
         &check(
             &app,
-            envoy_request(
+            http_request(
                 &[("authorization", &auth)],
                 &[("permission", "users.write")],
             ),
@@ -1147,7 +1112,7 @@ async fn envoy_lets_a_key_through_as_its_account_until_the_key_is_revoked() {
     revoke_key(&app, &admin, &account.id, &key_id)
         .await
         .unwrap();
-    let r = check(&app, envoy_request(&[("authorization", &auth)], &route)).await;
+    let r = check(&app, http_request(&[("authorization", &auth)], &route)).await;
     let (http, body) = denied(&r);
     assert_eq!(http, 401, "{body}");
     assert_eq!(r.status.unwrap().code, Code::Unauthenticated as i32);
@@ -1188,7 +1153,7 @@ async fn malformed_and_forged_keys_are_unauthenticated_never_an_internal_error()
         assert_key_refused(principal(&app, bad).await, &shown); // cached answer, same verdict
         let r = check(
             &app,
-            envoy_request(
+            http_request(
                 &[("authorization", &format!("Bearer {bad}"))],
                 &[("permission", "orgs.create")],
             ),
@@ -1302,7 +1267,7 @@ async fn deleting_an_organization_ends_its_service_accounts_access_there_at_once
     allowed_headers(
         &check(
             &app,
-            envoy_request(&[("authorization", &auth), ("x-org-id", &org)], &route),
+            http_request(&[("authorization", &auth), ("x-org-id", &org)], &route),
         )
         .await,
     );
@@ -1349,7 +1314,7 @@ async fn deleting_an_organization_ends_its_service_accounts_access_there_at_once
     let (http, _) = denied(
         &check(
             &app,
-            envoy_request(&[("authorization", &auth), ("x-org-id", &org)], &route),
+            http_request(&[("authorization", &auth), ("x-org-id", &org)], &route),
         )
         .await,
     );
