@@ -100,6 +100,28 @@ enum AdminCommand {
         #[arg(long, default_value = "")]
         display_name: String,
     },
+    /// Incident: end every session of an account (all replicas within session_cache_ttl).
+    RevokeSessions {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[arg(long)]
+        email: String,
+    },
+    /// Incident: disable an account (any role) and end its sessions.
+    DisableUser {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[arg(long)]
+        email: String,
+    },
+    /// Incident: lift the password lockout of an email and the second-factor lockout of its
+    /// account.
+    Unlock {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[arg(long)]
+        email: String,
+    },
     /// Import accounts with their existing password hashes (bcrypt or argon2) from a JSON Lines
     /// file (`-` for stdin): {"email", "password_hash", "display_name"?, "role"?,
     /// "email_verified"?} per line. Existing emails are left alone; each hash is re-hashed to
@@ -276,6 +298,12 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Admin {
+            command:
+                command @ (AdminCommand::RevokeSessions { .. }
+                | AdminCommand::DisableUser { .. }
+                | AdminCommand::Unlock { .. }),
+        } => incident(command).await,
+        Command::Admin {
             command: AdminCommand::Import { config, file },
         } => {
             let config = load_config(&config)?;
@@ -310,6 +338,44 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `keyward admin revoke-sessions | disable-user | unlock`: one audited operator action.
+async fn incident(command: AdminCommand) -> anyhow::Result<()> {
+    let (config, email, what) = match &command {
+        AdminCommand::RevokeSessions { config, email } => (config, email, "revoke-sessions"),
+        AdminCommand::DisableUser { config, email } => (config, email, "disable-user"),
+        AdminCommand::Unlock { config, email } => (config, email, "unlock"),
+        _ => unreachable!("only incident commands come here"),
+    };
+    let config = load_config(config)?;
+    let app = keyward::build_app(config).await?;
+    let caller = Caller {
+        client_address: "cli".into(),
+        rate_limit_key: String::new(),
+        user_agent: format!("keyward admin {what}"),
+    };
+    let done = match app.store.ready().await {
+        Err(e) => Err(e),
+        Ok(()) => match &command {
+            AdminCommand::RevokeSessions { .. } => app
+                .operator_revoke_sessions(email, &caller)
+                .await
+                .map(|n| format!("{n} session(s) of {email} ended")),
+            AdminCommand::DisableUser { .. } => app
+                .operator_disable_user(email, &caller)
+                .await
+                .map(|n| format!("{email} disabled; {n} session(s) ended")),
+            _ => app
+                .operator_unlock(email, &caller)
+                .await
+                .map(|()| format!("lockouts of {email} lifted")),
+        }
+        .map_err(|e| anyhow::anyhow!("{e}")),
+    };
+    app.store.shutdown(CLOSE_GRACE).await;
+    println!("{}", done?);
+    Ok(())
 }
 
 /// Resolves on SIGTERM or ctrl-c.

@@ -27,7 +27,7 @@ const CHALLENGE_LIFETIME: chrono::Duration = chrono::Duration::minutes(5);
 const MAX_CHALLENGE_LEN: usize = 128;
 
 /// The lockout counter of wrong second-factor codes of one account.
-fn mfa_lockout_key(user_id: &str) -> String {
+pub(super) fn mfa_lockout_key(user_id: &str) -> String {
     format!("mfa_user:{user_id}")
 }
 

@@ -5,6 +5,7 @@ pub mod accounts;
 pub mod authorization;
 pub mod codes;
 pub mod import;
+pub mod incidents;
 pub mod mail;
 pub mod mfa;
 pub mod orgs;

@@ -414,7 +414,7 @@ impl App {
 
     /// Ends every session of `user_id` at once, here and (within `session_cache_ttl`) on every
     /// replica; returns how many ended.
-    async fn end_all_sessions(&self, user_id: &str, why: &str) -> Result<usize> {
+    pub(super) async fn end_all_sessions(&self, user_id: &str, why: &str) -> Result<usize> {
         let ended = self
             .store
             .sessions
