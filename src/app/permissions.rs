@@ -307,14 +307,7 @@ impl App {
         if name.is_empty() {
             return Err(Error::invalid("name", "is required"));
         }
-        let Some(current) = self
-            .store
-            .permissions
-            .all()
-            .await?
-            .into_iter()
-            .find(|d| d.name == name)
-        else {
+        let Some(current) = self.store.permissions.find(name).await? else {
             return Err(Error::PermissionNotFound);
         };
         let asked = NewPermission {

@@ -25,6 +25,8 @@ pub struct IssuedTokens {
     pub refresh_token: String,
     pub session: SessionDoc,
     pub user: UserDoc,
+    /// What the access token says.
+    pub claims: AccessClaims,
 }
 
 /// Authenticate's memory: verified tokens (so Ed25519 is checked once per token, not per call)
@@ -137,6 +139,10 @@ impl App {
             refresh_token,
             session,
             user,
+            claims: AccessClaims {
+                expires_at: access_token_expires_at,
+                ..claims
+            },
         }
     }
 

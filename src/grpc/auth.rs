@@ -7,12 +7,11 @@ use tracing::instrument;
 
 use super::pb::auth_service_server::AuthService;
 use super::pb::*;
-use super::{bearer_token, caller, convert};
+use super::{caller, convert};
 use crate::app::accounts::NewAccount;
 use crate::app::authorization::{check_org_id, Check};
 use crate::app::orgs::NewOrg;
 use crate::app::App;
-use crate::domain::tokens::AccessClaims;
 use crate::error::Error;
 
 /// The AuthService adapter.
@@ -21,13 +20,6 @@ pub struct Auth {
 }
 
 impl Auth {
-    /// The signed-in caller, from the bearer token in the metadata.
-    async fn who<T>(&self, request: &Request<T>) -> Result<Arc<AccessClaims>, Error> {
-        self.app.ensure_ready()?;
-        let token = bearer_token(request.metadata())?;
-        self.app.authenticate(token).await
-    }
-
     fn caller<T>(&self, request: &Request<T>) -> crate::app::Caller {
         caller(request, &self.app.proxy_trust)
     }
@@ -97,7 +89,7 @@ impl AuthService for Auth {
         &self,
         request: Request<LogoutRequest>,
     ) -> Result<Response<LogoutResponse>, Status> {
-        let who = self.who(&request).await?;
+        let who = super::signed_in(&self.app, &request).await?;
         let caller = self.caller(&request);
         let ended = self
             .app
@@ -199,7 +191,7 @@ impl AuthService for Auth {
 
     #[instrument(skip(self, request))]
     async fn get_me(&self, request: Request<GetMeRequest>) -> Result<Response<User>, Status> {
-        let who = self.who(&request).await?;
+        let who = super::signed_in(&self.app, &request).await?;
         let user = self.app.me(&who).await?;
         Ok(Response::new(convert::user(&user)))
     }
@@ -209,7 +201,7 @@ impl AuthService for Auth {
         &self,
         request: Request<ChangePasswordRequest>,
     ) -> Result<Response<ChangePasswordResponse>, Status> {
-        let who = self.who(&request).await?;
+        let who = super::signed_in(&self.app, &request).await?;
         let caller = self.caller(&request);
         let r = request.into_inner();
         let ended = self
@@ -232,7 +224,7 @@ impl AuthService for Auth {
         &self,
         request: Request<ListSessionsRequest>,
     ) -> Result<Response<ListSessionsResponse>, Status> {
-        let who = self.who(&request).await?;
+        let who = super::signed_in(&self.app, &request).await?;
         let sessions = self.app.list_sessions(&who).await?;
         Ok(Response::new(ListSessionsResponse {
             sessions: sessions
@@ -247,7 +239,7 @@ impl AuthService for Auth {
         &self,
         request: Request<RevokeSessionRequest>,
     ) -> Result<Response<RevokeSessionResponse>, Status> {
-        let who = self.who(&request).await?;
+        let who = super::signed_in(&self.app, &request).await?;
         let caller = self.caller(&request);
         self.app
             .revoke_session(&who, &request.into_inner().session_id, &caller)

@@ -7,24 +7,16 @@ use tracing::instrument;
 
 use super::pb::mfa_service_server::MfaService;
 use super::pb::*;
-use super::{bearer_token, caller, convert};
+use super::{caller, convert};
 use crate::app::mfa::Proof;
 use crate::app::App;
-use crate::domain::tokens::AccessClaims;
-use crate::error::Error;
 
 /// The MfaService adapter.
 pub struct Mfa {
     pub app: Arc<App>,
 }
 
-impl Mfa {
-    async fn who<T>(&self, request: &Request<T>) -> Result<Arc<AccessClaims>, Error> {
-        self.app.ensure_ready()?;
-        let token = bearer_token(request.metadata())?;
-        self.app.authenticate(token).await
-    }
-}
+impl Mfa {}
 
 #[tonic::async_trait]
 impl MfaService for Mfa {
@@ -33,7 +25,7 @@ impl MfaService for Mfa {
         &self,
         request: Request<StartTotpEnrollmentRequest>,
     ) -> Result<Response<StartTotpEnrollmentResponse>, Status> {
-        let who = self.who(&request).await?;
+        let who = super::signed_in(&self.app, &request).await?;
         let caller = caller(&request, &self.app.proxy_trust);
         let started = self.app.start_totp_enrollment(&who, &caller).await?;
         Ok(Response::new(StartTotpEnrollmentResponse {
@@ -48,7 +40,7 @@ impl MfaService for Mfa {
         &self,
         request: Request<ConfirmTotpEnrollmentRequest>,
     ) -> Result<Response<ConfirmTotpEnrollmentResponse>, Status> {
-        let who = self.who(&request).await?;
+        let who = super::signed_in(&self.app, &request).await?;
         let caller = caller(&request, &self.app.proxy_trust);
         let code = request.into_inner().code;
         let (recovery_codes, ended) = self
@@ -81,7 +73,7 @@ impl MfaService for Mfa {
         &self,
         request: Request<StepUpRequest>,
     ) -> Result<Response<StepUpResponse>, Status> {
-        let who = self.who(&request).await?;
+        let who = super::signed_in(&self.app, &request).await?;
         let caller = caller(&request, &self.app.proxy_trust);
         let r = request.into_inner();
         let proof = Proof::from_fields(r.totp_code, r.recovery_code)?;
@@ -99,7 +91,7 @@ impl MfaService for Mfa {
         &self,
         request: Request<ListMfaMethodsRequest>,
     ) -> Result<Response<ListMfaMethodsResponse>, Status> {
-        let who = self.who(&request).await?;
+        let who = super::signed_in(&self.app, &request).await?;
         let methods = self.app.mfa_methods(&who).await?;
         Ok(Response::new(match methods {
             Some(m) => ListMfaMethodsResponse {
@@ -121,7 +113,7 @@ impl MfaService for Mfa {
         &self,
         request: Request<DisableTotpRequest>,
     ) -> Result<Response<DisableTotpResponse>, Status> {
-        let who = self.who(&request).await?;
+        let who = super::signed_in(&self.app, &request).await?;
         let caller = caller(&request, &self.app.proxy_trust);
         let r = request.into_inner();
         let proof = Proof::from_fields(r.totp_code, r.recovery_code)?;
@@ -136,7 +128,7 @@ impl MfaService for Mfa {
         &self,
         request: Request<RegenerateRecoveryCodesRequest>,
     ) -> Result<Response<RegenerateRecoveryCodesResponse>, Status> {
-        let who = self.who(&request).await?;
+        let who = super::signed_in(&self.app, &request).await?;
         let caller = caller(&request, &self.app.proxy_trust);
         let code = request.into_inner().totp_code;
         let recovery_codes = self
@@ -153,7 +145,7 @@ impl MfaService for Mfa {
         &self,
         request: Request<ResetUserMfaRequest>,
     ) -> Result<Response<ResetUserMfaResponse>, Status> {
-        let who = self.who(&request).await?;
+        let who = super::signed_in(&self.app, &request).await?;
         let caller = caller(&request, &self.app.proxy_trust);
         let user_id = request.into_inner().user_id;
         let ended = self.app.reset_user_mfa(&who, &user_id, &caller).await?;

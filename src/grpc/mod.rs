@@ -17,6 +17,17 @@ use crate::app::Caller;
 use crate::domain::client_address::{rate_limit_key, ProxyTrust};
 use crate::error::Error;
 
+/// The signed-in person calling, from the bearer token in the request's metadata (an API key is
+/// refused: these are the RPCs for people). NOT_READY until the database answers.
+pub async fn signed_in<T>(
+    app: &crate::app::App,
+    request: &tonic::Request<T>,
+) -> Result<std::sync::Arc<crate::domain::tokens::AccessClaims>, Error> {
+    app.ensure_ready()?;
+    let token = bearer_token(request.metadata())?;
+    app.authenticate(token).await
+}
+
 /// Generated protobuf types and service stubs for `keyward.v1`.
 pub mod pb {
     tonic::include_proto!("keyward.v1");

@@ -7,11 +7,10 @@ use tracing::instrument;
 
 use super::pb::org_service_server::OrgService;
 use super::pb::*;
-use super::{bearer_token, caller, convert};
+use super::{caller, convert};
 use crate::app::orgs::{NewMember, NewOrg};
 use crate::app::{App, Caller};
 use crate::domain::permissions::OrgRole as DomainOrgRole;
-use crate::domain::tokens::AccessClaims;
 use crate::error::Error;
 
 /// The OrgService adapter.
@@ -20,13 +19,6 @@ pub struct Org {
 }
 
 impl Org {
-    /// The signed-in caller, from the bearer token in the metadata.
-    async fn who<T>(&self, request: &Request<T>) -> Result<Arc<AccessClaims>, Error> {
-        self.app.ensure_ready()?;
-        let token = bearer_token(request.metadata())?;
-        self.app.authenticate(token).await
-    }
-
     fn caller<T>(&self, request: &Request<T>) -> Caller {
         caller(request, &self.app.proxy_trust)
     }
@@ -50,7 +42,7 @@ impl OrgService for Org {
         &self,
         request: Request<CreateOrgRequest>,
     ) -> Result<Response<CreateOrgResponse>, Status> {
-        let who = self.who(&request).await?;
+        let who = super::signed_in(&self.app, &request).await?;
         let caller = self.caller(&request);
         let r = request.into_inner();
         let new = NewOrg {
@@ -69,7 +61,7 @@ impl OrgService for Org {
         &self,
         request: Request<GetOrgRequest>,
     ) -> Result<Response<GetOrgResponse>, Status> {
-        let who = self.who(&request).await?;
+        let who = super::signed_in(&self.app, &request).await?;
         let (org, role) = self.app.get_org(&who, &request.into_inner().org_id).await?;
         Ok(Response::new(GetOrgResponse {
             organization: Some(convert::organization(&org)),
@@ -82,7 +74,7 @@ impl OrgService for Org {
         &self,
         request: Request<UpdateOrgRequest>,
     ) -> Result<Response<UpdateOrgResponse>, Status> {
-        let who = self.who(&request).await?;
+        let who = super::signed_in(&self.app, &request).await?;
         let caller = self.caller(&request);
         let r = request.into_inner();
         let org = self
@@ -99,7 +91,7 @@ impl OrgService for Org {
         &self,
         request: Request<DeleteOrgRequest>,
     ) -> Result<Response<DeleteOrgResponse>, Status> {
-        let who = self.who(&request).await?;
+        let who = super::signed_in(&self.app, &request).await?;
         let caller = self.caller(&request);
         self.app
             .delete_org(&who, &request.into_inner().org_id, &caller)
@@ -112,7 +104,7 @@ impl OrgService for Org {
         &self,
         request: Request<ListMyOrgsRequest>,
     ) -> Result<Response<ListMyOrgsResponse>, Status> {
-        let who = self.who(&request).await?;
+        let who = super::signed_in(&self.app, &request).await?;
         let r = request.into_inner();
         let page = self
             .app
@@ -129,7 +121,7 @@ impl OrgService for Org {
         &self,
         request: Request<InviteMemberRequest>,
     ) -> Result<Response<InviteMemberResponse>, Status> {
-        let who = self.who(&request).await?;
+        let who = super::signed_in(&self.app, &request).await?;
         let caller = self.caller(&request);
         let r = request.into_inner();
         let role = org_role_from(r.role, "role")?.unwrap_or(DomainOrgRole::Member);
@@ -147,7 +139,7 @@ impl OrgService for Org {
         &self,
         request: Request<AcceptInvitationRequest>,
     ) -> Result<Response<AcceptInvitationResponse>, Status> {
-        let who = self.who(&request).await?;
+        let who = super::signed_in(&self.app, &request).await?;
         let caller = self.caller(&request);
         let (org, member) = self
             .app
@@ -164,7 +156,7 @@ impl OrgService for Org {
         &self,
         request: Request<CreateMemberRequest>,
     ) -> Result<Response<CreateMemberResponse>, Status> {
-        let who = self.who(&request).await?;
+        let who = super::signed_in(&self.app, &request).await?;
         let caller = self.caller(&request);
         let r = request.into_inner();
         let new = NewMember {
@@ -188,7 +180,7 @@ impl OrgService for Org {
         &self,
         request: Request<ListMembersRequest>,
     ) -> Result<Response<ListMembersResponse>, Status> {
-        let who = self.who(&request).await?;
+        let who = super::signed_in(&self.app, &request).await?;
         let r = request.into_inner();
         let role = org_role_from(r.role, "role")?;
         let page = self
@@ -206,7 +198,7 @@ impl OrgService for Org {
         &self,
         request: Request<UpdateMemberRequest>,
     ) -> Result<Response<UpdateMemberResponse>, Status> {
-        let who = self.who(&request).await?;
+        let who = super::signed_in(&self.app, &request).await?;
         let caller = self.caller(&request);
         let r = request.into_inner();
         let role = org_role_from(r.role, "role")?;
@@ -224,7 +216,7 @@ impl OrgService for Org {
         &self,
         request: Request<RemoveMemberRequest>,
     ) -> Result<Response<RemoveMemberResponse>, Status> {
-        let who = self.who(&request).await?;
+        let who = super::signed_in(&self.app, &request).await?;
         let caller = self.caller(&request);
         let r = request.into_inner();
         self.app

@@ -7,11 +7,10 @@ use tracing::instrument;
 
 use super::pb::permission_service_server::PermissionService;
 use super::pb::*;
-use super::{bearer_token, caller, convert};
+use super::{caller, convert};
 use crate::app::permissions::{Definition, NewPermission};
 use crate::app::App;
 use crate::domain::permissions::Scope;
-use crate::domain::tokens::AccessClaims;
 use crate::error::Error;
 use crate::store::permissions::PermissionChange;
 
@@ -20,13 +19,7 @@ pub struct Permissions {
     pub app: Arc<App>,
 }
 
-impl Permissions {
-    async fn who<T>(&self, request: &Request<T>) -> Result<Arc<AccessClaims>, Error> {
-        self.app.ensure_ready()?;
-        let token = bearer_token(request.metadata())?;
-        self.app.authenticate(token).await
-    }
-}
+impl Permissions {}
 
 fn permission(d: &Definition) -> Permission {
     let (scope, least_role, least_org_role) = match d.rule.scope {
@@ -91,7 +84,7 @@ impl PermissionService for Permissions {
         &self,
         request: Request<DefinePermissionRequest>,
     ) -> Result<Response<DefinePermissionResponse>, Status> {
-        let who = self.who(&request).await?;
+        let who = super::signed_in(&self.app, &request).await?;
         let caller = caller(&request, &self.app.proxy_trust);
         let r = request.into_inner();
         let (scope, least_role) = match PermissionScope::try_from(r.scope) {
@@ -132,7 +125,7 @@ impl PermissionService for Permissions {
         &self,
         request: Request<ListPermissionsRequest>,
     ) -> Result<Response<ListPermissionsResponse>, Status> {
-        let who = self.who(&request).await?;
+        let who = super::signed_in(&self.app, &request).await?;
         let all = self.app.list_permissions(&who).await?;
         Ok(Response::new(ListPermissionsResponse {
             permissions: all.iter().map(permission).collect(),
@@ -144,7 +137,7 @@ impl PermissionService for Permissions {
         &self,
         request: Request<UpdatePermissionRequest>,
     ) -> Result<Response<UpdatePermissionResponse>, Status> {
-        let who = self.who(&request).await?;
+        let who = super::signed_in(&self.app, &request).await?;
         let caller = caller(&request, &self.app.proxy_trust);
         let r = request.into_inner();
         let least_role = match (r.least_role, r.least_org_role) {
@@ -191,7 +184,7 @@ impl PermissionService for Permissions {
         &self,
         request: Request<DeletePermissionRequest>,
     ) -> Result<Response<DeletePermissionResponse>, Status> {
-        let who = self.who(&request).await?;
+        let who = super::signed_in(&self.app, &request).await?;
         let caller = caller(&request, &self.app.proxy_trust);
         let name = request.into_inner().name;
         self.app.delete_permission(&who, &name, &caller).await?;

@@ -7,12 +7,11 @@ use tracing::instrument;
 
 use super::pb::service_account_service_server::ServiceAccountService;
 use super::pb::*;
-use super::{bearer_token, caller, convert};
+use super::{caller, convert};
 use crate::app::service_accounts::NewServiceAccount;
 use crate::app::App;
 use crate::domain::permissions::OrgRole as DomainOrgRole;
 use crate::domain::roles::Role as DomainRole;
-use crate::domain::tokens::AccessClaims;
 use crate::error::Error;
 use crate::store::api_keys::ApiKeyDoc;
 use crate::store::service_accounts::ServiceAccountDoc;
@@ -22,13 +21,7 @@ pub struct ServiceAccounts {
     pub app: Arc<App>,
 }
 
-impl ServiceAccounts {
-    async fn who<T>(&self, request: &Request<T>) -> Result<Arc<AccessClaims>, Error> {
-        self.app.ensure_ready()?;
-        let token = bearer_token(request.metadata())?;
-        self.app.authenticate(token).await
-    }
-}
+impl ServiceAccounts {}
 
 fn bson_ts(t: mongodb::bson::DateTime) -> Option<prost_types::Timestamp> {
     convert::timestamp(t.to_chrono())
@@ -104,7 +97,7 @@ impl ServiceAccountService for ServiceAccounts {
         &self,
         request: Request<CreateServiceAccountRequest>,
     ) -> Result<Response<CreateServiceAccountResponse>, Status> {
-        let who = self.who(&request).await?;
+        let who = super::signed_in(&self.app, &request).await?;
         let caller = caller(&request, &self.app.proxy_trust);
         let r = request.into_inner();
         let new = NewServiceAccount {
@@ -126,7 +119,7 @@ impl ServiceAccountService for ServiceAccounts {
         &self,
         request: Request<ListServiceAccountsRequest>,
     ) -> Result<Response<ListServiceAccountsResponse>, Status> {
-        let who = self.who(&request).await?;
+        let who = super::signed_in(&self.app, &request).await?;
         let org_id = request.into_inner().org_id;
         let accounts = self.app.list_service_accounts(&who, &org_id).await?;
         Ok(Response::new(ListServiceAccountsResponse {
@@ -139,7 +132,7 @@ impl ServiceAccountService for ServiceAccounts {
         &self,
         request: Request<DisableServiceAccountRequest>,
     ) -> Result<Response<DisableServiceAccountResponse>, Status> {
-        let who = self.who(&request).await?;
+        let who = super::signed_in(&self.app, &request).await?;
         let caller = caller(&request, &self.app.proxy_trust);
         let id = request.into_inner().service_account_id;
         self.app.disable_service_account(&who, &id, &caller).await?;
@@ -151,7 +144,7 @@ impl ServiceAccountService for ServiceAccounts {
         &self,
         request: Request<DeleteServiceAccountRequest>,
     ) -> Result<Response<DeleteServiceAccountResponse>, Status> {
-        let who = self.who(&request).await?;
+        let who = super::signed_in(&self.app, &request).await?;
         let caller = caller(&request, &self.app.proxy_trust);
         let id = request.into_inner().service_account_id;
         self.app.delete_service_account(&who, &id, &caller).await?;
@@ -163,7 +156,7 @@ impl ServiceAccountService for ServiceAccounts {
         &self,
         request: Request<CreateApiKeyRequest>,
     ) -> Result<Response<CreateApiKeyResponse>, Status> {
-        let who = self.who(&request).await?;
+        let who = super::signed_in(&self.app, &request).await?;
         let caller = caller(&request, &self.app.proxy_trust);
         let r = request.into_inner();
         let expires_at = match r.expires_at {
@@ -194,7 +187,7 @@ impl ServiceAccountService for ServiceAccounts {
         &self,
         request: Request<ListApiKeysRequest>,
     ) -> Result<Response<ListApiKeysResponse>, Status> {
-        let who = self.who(&request).await?;
+        let who = super::signed_in(&self.app, &request).await?;
         let id = request.into_inner().service_account_id;
         let keys = self.app.list_api_keys(&who, &id).await?;
         Ok(Response::new(ListApiKeysResponse {
@@ -207,7 +200,7 @@ impl ServiceAccountService for ServiceAccounts {
         &self,
         request: Request<RevokeApiKeyRequest>,
     ) -> Result<Response<RevokeApiKeyResponse>, Status> {
-        let who = self.who(&request).await?;
+        let who = super::signed_in(&self.app, &request).await?;
         let caller = caller(&request, &self.app.proxy_trust);
         let r = request.into_inner();
         self.app

@@ -7,11 +7,10 @@ use tracing::instrument;
 
 use super::pb::user_service_server::UserService;
 use super::pb::*;
-use super::{bearer_token, caller, convert};
+use super::{caller, convert};
 use crate::app::users::ProfileChanges;
 use crate::app::App;
 use crate::domain::roles::Role as DomainRole;
-use crate::domain::tokens::AccessClaims;
 use crate::error::Error;
 use crate::store::audit_events::{AuditFilter, Outcome};
 use crate::store::users::{UserFilter, UserStatus as DomainStatus};
@@ -21,13 +20,7 @@ pub struct Users {
     pub app: Arc<App>,
 }
 
-impl Users {
-    async fn who<T>(&self, request: &Request<T>) -> Result<Arc<AccessClaims>, Error> {
-        self.app.ensure_ready()?;
-        let token = bearer_token(request.metadata())?;
-        self.app.authenticate(token).await
-    }
-}
+impl Users {}
 
 fn role_from(value: i32, field: &str) -> Result<Option<DomainRole>, Error> {
     Ok(match Role::try_from(value) {
@@ -83,7 +76,7 @@ impl UserService for Users {
         &self,
         request: Request<ListUsersRequest>,
     ) -> Result<Response<ListUsersResponse>, Status> {
-        let who = self.who(&request).await?;
+        let who = super::signed_in(&self.app, &request).await?;
         let r = request.into_inner();
         let statuses = match UserStatus::try_from(r.status) {
             Ok(UserStatus::Unspecified) => vec![DomainStatus::Active, DomainStatus::Disabled],
@@ -126,7 +119,7 @@ impl UserService for Users {
 
     #[instrument(skip(self, request))]
     async fn get_user(&self, request: Request<GetUserRequest>) -> Result<Response<User>, Status> {
-        let who = self.who(&request).await?;
+        let who = super::signed_in(&self.app, &request).await?;
         let user = self
             .app
             .get_user(&who, &request.into_inner().user_id)
@@ -139,7 +132,7 @@ impl UserService for Users {
         &self,
         request: Request<UpdateUserRequest>,
     ) -> Result<Response<User>, Status> {
-        let who = self.who(&request).await?;
+        let who = super::signed_in(&self.app, &request).await?;
         let caller = caller(&request, &self.app.proxy_trust);
         let r = request.into_inner();
         let changes = ProfileChanges {
@@ -159,7 +152,7 @@ impl UserService for Users {
         &self,
         request: Request<SetUserRoleRequest>,
     ) -> Result<Response<User>, Status> {
-        let who = self.who(&request).await?;
+        let who = super::signed_in(&self.app, &request).await?;
         let caller = caller(&request, &self.app.proxy_trust);
         let r = request.into_inner();
         let role =
@@ -176,7 +169,7 @@ impl UserService for Users {
         &self,
         request: Request<DisableUserRequest>,
     ) -> Result<Response<DisableUserResponse>, Status> {
-        let who = self.who(&request).await?;
+        let who = super::signed_in(&self.app, &request).await?;
         let caller = caller(&request, &self.app.proxy_trust);
         let r = request.into_inner();
         let (user, ended) = self
@@ -194,7 +187,7 @@ impl UserService for Users {
         &self,
         request: Request<EnableUserRequest>,
     ) -> Result<Response<User>, Status> {
-        let who = self.who(&request).await?;
+        let who = super::signed_in(&self.app, &request).await?;
         let caller = caller(&request, &self.app.proxy_trust);
         let user = self
             .app
@@ -208,7 +201,7 @@ impl UserService for Users {
         &self,
         request: Request<DeleteUserRequest>,
     ) -> Result<Response<DeleteUserResponse>, Status> {
-        let who = self.who(&request).await?;
+        let who = super::signed_in(&self.app, &request).await?;
         let caller = caller(&request, &self.app.proxy_trust);
         let r = request.into_inner();
         let ended = self
@@ -225,7 +218,7 @@ impl UserService for Users {
         &self,
         request: Request<ListAuditEventsRequest>,
     ) -> Result<Response<ListAuditEventsResponse>, Status> {
-        let who = self.who(&request).await?;
+        let who = super::signed_in(&self.app, &request).await?;
         let r = request.into_inner();
         let filter = AuditFilter {
             user_id: r.user_id,
