@@ -18,6 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/keyward/v1/mfa_service.proto",
         "proto/keyward/v1/permission_service.proto",
         "proto/keyward/v1/service_account_service.proto",
+        "proto/keyward/v1/federation_service.proto",
     ];
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("keyward_descriptor.bin"))

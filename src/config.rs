@@ -106,6 +106,15 @@ pub struct Config {
     /// A catalogue file (`[[permission]]` tables) applied once the database is ready.
     pub permissions_file: Option<PathBuf>,
 
+    // --- federated sign-in ---
+    /// OpenID Connect providers: `[[oidc_providers]]` tables in the file, a JSON array of the
+    /// same objects in the environment.
+    #[serde(deserialize_with = "oidc_providers")]
+    pub oidc_providers: Vec<OidcProvider>,
+    /// Longest wait for one request to a provider (discovery document, keys, token endpoint).
+    #[serde(with = "humantime_serde")]
+    pub oidc_http_timeout: Duration,
+
     // --- passwords ---
     #[serde(deserialize_with = "flexible")]
     pub password_min_length: usize,
@@ -226,6 +235,8 @@ impl Default for Config {
             privileged_session_max_age: Duration::from_secs(15 * 60),
             totp_issuer: "keyward".into(),
             permissions_file: None,
+            oidc_providers: Vec::new(),
+            oidc_http_timeout: Duration::from_secs(10),
             password_min_length: 8,
             password_max_length: 128,
             password_min_strength: 2,
@@ -299,6 +310,59 @@ fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
             .collect(),
         List::Many(v) => v,
     })
+}
+
+/// One OpenID Connect provider keyward signs people in with.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct OidcProvider {
+    /// Short stable name clients pass as `provider`, e.g. `google`; also stored with each linked
+    /// identity, so it must not change once people have signed in.
+    pub id: String,
+    /// `google` fills in Google's issuer, display name and scopes, and trusts its
+    /// `email_verified`.
+    #[serde(default)]
+    pub preset: Option<String>,
+    /// Shown on sign-in pages (ListProviders); default: the id.
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// The issuer URL; discovery reads `<issuer>/.well-known/openid-configuration`. HTTPS, except
+    /// on a loopback address.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    pub client_id: String,
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    /// File holding the client secret (e.g. a mounted Kubernetes secret).
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// Scopes asked for; `openid` is always included. Default: `openid email profile`.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// The redirect URIs clients may pass, compared exactly.
+    pub redirect_uris: Vec<String>,
+    /// Whether the provider's `email_verified` claim is believed: only then may a sign-in create
+    /// an account or link to an existing one by email. Default: false (true for the google
+    /// preset).
+    #[serde(default)]
+    pub trust_email_verified: Option<bool>,
+}
+
+/// Providers as TOML tables (file) or one JSON array (environment).
+fn oidc_providers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<OidcProvider>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Providers {
+        Json(String),
+        Tables(Vec<OidcProvider>),
+    }
+    match Providers::deserialize(d)? {
+        Providers::Tables(v) => Ok(v),
+        Providers::Json(s) if s.trim().is_empty() => Ok(Vec::new()),
+        Providers::Json(s) => serde_json::from_str(&s).map_err(|e| {
+            serde::de::Error::custom(format!("not a JSON array of providers: {e}"))
+        }),
+    }
 }
 
 /// Networks as a TOML array or one comma-separated string; a bare address is its own /32 or
@@ -568,6 +632,8 @@ pub const SETTINGS: &[(&str, Option<&str>, &str)] = &[
     ("privileged_session_max_age", Some("15m"), "how recently a session must have signed in to enrol an authenticator"),
     ("totp_issuer", Some("keyward"), "the name authenticator apps show for keyward accounts"),
     ("permissions_file", None, "a permission catalogue file applied at start-up (see Permission catalogue)"),
+    ("oidc_providers", None, "OpenID Connect providers for federated sign-in (see Sign in with Google or any OpenID Connect provider)"),
+    ("oidc_http_timeout", Some("10s"), "longest wait for one request to a provider (discovery, keys, token endpoint)"),
     ("password_min_length", Some("8"), "NIST SP 800-63B minimum, in characters"),
     ("password_max_length", Some("128"), "maximum, in characters; nothing is truncated"),
     ("password_min_strength", Some("2"), "zxcvbn score a new password must reach (common-password check); 0 = off"),
