@@ -348,6 +348,81 @@ pub struct OidcProvider {
     pub trust_email_verified: Option<bool>,
 }
 
+/// A provider's settings with its preset applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedProvider {
+    pub display_name: String,
+    pub issuer: String,
+    pub scopes: Vec<String>,
+    pub trust_email_verified: bool,
+}
+
+/// Google's issuer.
+pub const GOOGLE_ISSUER: &str = "https://accounts.google.com";
+
+impl OidcProvider {
+    /// The settings with the preset filled in where the provider leaves them unset.
+    pub fn resolved(&self) -> ResolvedProvider {
+        let google = self.preset.as_deref() == Some("google");
+        let mut scopes = if self.scopes.is_empty() {
+            vec!["openid".into(), "email".into(), "profile".into()]
+        } else {
+            self.scopes.clone()
+        };
+        if !scopes.iter().any(|s| s == "openid") {
+            scopes.insert(0, "openid".into());
+        }
+        ResolvedProvider {
+            display_name: self.display_name.clone().unwrap_or_else(|| {
+                if google {
+                    "Google".into()
+                } else {
+                    self.id.clone()
+                }
+            }),
+            issuer: self.issuer.clone().unwrap_or_else(|| {
+                if google {
+                    GOOGLE_ISSUER.into()
+                } else {
+                    String::new()
+                }
+            }),
+            scopes,
+            trust_email_verified: self.trust_email_verified.unwrap_or(google),
+        }
+    }
+
+    /// Why this provider cannot be used, if it cannot.
+    fn problem(&self) -> Option<String> {
+        use crate::domain::federation::{check_issuer, check_provider_id, check_redirect_uri};
+        if let Err(why) = check_provider_id(&self.id) {
+            return Some(format!("id `{}` {why}", self.id));
+        }
+        if let Some(preset) = self.preset.as_deref().filter(|p| *p != "google") {
+            return Some(format!("unknown preset `{preset}` (known: google)"));
+        }
+        let resolved = self.resolved();
+        if resolved.issuer.is_empty() {
+            return Some("issuer is required (or preset = \"google\")".into());
+        }
+        if let Err(why) = check_issuer(&resolved.issuer) {
+            return Some(format!("issuer {why}"));
+        }
+        if self.client_id.trim().is_empty() {
+            return Some("client_id is required".into());
+        }
+        if self.client_secret.is_some() && self.client_secret_file.is_some() {
+            return Some("set client_secret or client_secret_file, not both".into());
+        }
+        if self.redirect_uris.is_empty() {
+            return Some("redirect_uris must list at least one URI".into());
+        }
+        self.redirect_uris
+            .iter()
+            .find_map(|u| check_redirect_uri(u).err())
+    }
+}
+
 /// Providers as TOML tables (file) or one JSON array (environment).
 fn oidc_providers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<OidcProvider>, D::Error> {
     #[derive(Deserialize)]
@@ -359,9 +434,8 @@ fn oidc_providers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<OidcProvider>, 
     match Providers::deserialize(d)? {
         Providers::Tables(v) => Ok(v),
         Providers::Json(s) if s.trim().is_empty() => Ok(Vec::new()),
-        Providers::Json(s) => serde_json::from_str(&s).map_err(|e| {
-            serde::de::Error::custom(format!("not a JSON array of providers: {e}"))
-        }),
+        Providers::Json(s) => serde_json::from_str(&s)
+            .map_err(|e| serde::de::Error::custom(format!("not a JSON array of providers: {e}"))),
     }
 }
 
@@ -490,6 +564,23 @@ impl Config {
         }
         if self.totp_issuer.trim().is_empty() || self.totp_issuer.contains(':') {
             return bad("totp_issuer", "must be a non-empty name without `:`");
+        }
+        let mut provider_ids = std::collections::BTreeSet::new();
+        for p in &self.oidc_providers {
+            if let Some(why) = p.problem() {
+                return bad("oidc_providers", &format!("provider `{}`: {why}", p.id));
+            }
+            if !provider_ids.insert(p.id.as_str()) {
+                return bad(
+                    "oidc_providers",
+                    &format!("provider id `{}` appears twice", p.id),
+                );
+            }
+        }
+        if self.oidc_http_timeout < Duration::from_millis(100)
+            || self.oidc_http_timeout > Duration::from_secs(60)
+        {
+            return bad("oidc_http_timeout", "must be between 100ms and 60s");
         }
         if self.privileged_session_max_age < Duration::from_secs(60) {
             return bad("privileged_session_max_age", "must be at least 1m");

@@ -114,6 +114,30 @@ pub enum Error {
     MfaRequired,
     #[error("this needs a second factor; enrol an authenticator first")]
     MfaEnrollmentRequired,
+    #[error("no sign-in provider of this name is configured")]
+    ProviderNotFound,
+    #[error("the sign-in provider did not answer in time; try again shortly")]
+    ProviderUnavailable,
+    #[error("this sign-in is unknown, expired or finished already; start again")]
+    FederationStateInvalid,
+    #[error("the sign-in was declined at the provider")]
+    FederationAccessDenied,
+    #[error("the sign-in provider answered with an error")]
+    FederationProviderError { provider_error: String },
+    #[error("the sign-in provider refused the authorization code; start again")]
+    FederationCodeInvalid,
+    #[error("the sign-in provider's ID token failed a check")]
+    FederationTokenInvalid,
+    #[error("the provider does not vouch for this email address; sign in another way and link the provider from your account")]
+    FederatedEmailUnverified,
+    #[error("this provider identity is linked to another account")]
+    IdentityAlreadyLinked,
+    #[error("no such identity is linked to this account")]
+    IdentityNotFound,
+    #[error(
+        "this is the account's last way to sign in; set a password or link another provider first"
+    )]
+    LastSignInMethod,
     #[error("the page token is not valid for this request")]
     PageTokenInvalid,
     #[error("keyward cannot reach its database yet; try again shortly")]
@@ -180,6 +204,21 @@ impl Error {
             Error::PermissionNotFound => (Code::NotFound, "PERMISSION_NOT_FOUND"),
             Error::MfaRequired => (Code::PermissionDenied, "MFA_REQUIRED"),
             Error::MfaEnrollmentRequired => (Code::PermissionDenied, "MFA_ENROLLMENT_REQUIRED"),
+            Error::ProviderNotFound => (Code::NotFound, "PROVIDER_NOT_FOUND"),
+            Error::ProviderUnavailable => (Code::Unavailable, "PROVIDER_UNAVAILABLE"),
+            Error::FederationStateInvalid => (Code::Unauthenticated, "FEDERATION_STATE_INVALID"),
+            Error::FederationAccessDenied => (Code::PermissionDenied, "FEDERATION_ACCESS_DENIED"),
+            Error::FederationProviderError { .. } => {
+                (Code::FailedPrecondition, "FEDERATION_PROVIDER_ERROR")
+            }
+            Error::FederationCodeInvalid => (Code::Unauthenticated, "FEDERATION_CODE_INVALID"),
+            Error::FederationTokenInvalid => (Code::Unauthenticated, "FEDERATION_TOKEN_INVALID"),
+            Error::FederatedEmailUnverified => {
+                (Code::FailedPrecondition, "FEDERATED_EMAIL_UNVERIFIED")
+            }
+            Error::IdentityAlreadyLinked => (Code::AlreadyExists, "IDENTITY_ALREADY_LINKED"),
+            Error::IdentityNotFound => (Code::NotFound, "IDENTITY_NOT_FOUND"),
+            Error::LastSignInMethod => (Code::FailedPrecondition, "LAST_SIGN_IN_METHOD"),
             Error::PageTokenInvalid => (Code::InvalidArgument, "PAGE_TOKEN_INVALID"),
             Error::NotReady => (Code::Unavailable, "NOT_READY"),
             Error::Overloaded => (Code::Unavailable, "OVERLOADED"),
@@ -218,7 +257,11 @@ impl From<Error> for Status {
     fn from(err: Error) -> Self {
         let (code, reason) = err.code_and_reason();
         let mut details = ErrorDetails::new();
-        details.set_error_info(reason, ERROR_DOMAIN, std::collections::HashMap::new());
+        let mut metadata = std::collections::HashMap::new();
+        if let Error::FederationProviderError { provider_error } = &err {
+            metadata.insert("provider_error".to_string(), provider_error.clone());
+        }
+        details.set_error_info(reason, ERROR_DOMAIN, metadata);
         match &err {
             Error::InvalidArgument(violations) => {
                 for v in violations {

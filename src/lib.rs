@@ -37,6 +37,7 @@ pub mod error;
 pub mod grpc;
 pub mod hash_pool;
 pub mod mail;
+pub mod oidc;
 pub mod server;
 pub mod store;
 pub mod telemetry;

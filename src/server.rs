@@ -13,6 +13,7 @@ use tonic_health::server::HealthReporter;
 use crate::app::App;
 use crate::grpc::ext_authz::ExtAuthz;
 use crate::grpc::pb::auth_service_server::AuthServiceServer;
+use crate::grpc::pb::federation_service_server::FederationServiceServer;
 use crate::grpc::pb::mfa_service_server::MfaServiceServer;
 use crate::grpc::pb::org_service_server::OrgServiceServer;
 use crate::grpc::pb::otp_service_server::OtpServiceServer;
@@ -23,11 +24,15 @@ use crate::grpc::{auth::Auth, codec, org::Org, otp::Otp, pb};
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
 /// The fully-qualified names of keyward's services (health reports each).
-pub const SERVICES: [&str; 5] = [
+pub const SERVICES: &[&str] = &[
     "keyward.v1.AuthService",
     "keyward.v1.OtpService",
     "keyward.v1.OrgService",
     "keyward.v1.UserService",
+    "keyward.v1.MfaService",
+    "keyward.v1.PermissionService",
+    "keyward.v1.ServiceAccountService",
+    "keyward.v1.FederationService",
     "envoy.service.auth.v3.Authorization",
 ];
 
@@ -230,6 +235,10 @@ pub async fn serve(
             app: Arc::clone(&app),
         })
         .max_decoding_message_size(config.max_message_bytes);
+    let federation = FederationServiceServer::new(crate::grpc::federation::Federation {
+        app: Arc::clone(&app),
+    })
+    .max_decoding_message_size(config.max_message_bytes);
     let ext_authz = AuthorizationServer::new(ExtAuthz {
         app: Arc::clone(&app),
     })
@@ -255,6 +264,7 @@ pub async fn serve(
         .add_service(mfa)
         .add_service(permissions)
         .add_service(service_accounts)
+        .add_service(federation)
         .add_service(ext_authz)
         // No Nagle: gRPC writes small frames and waits for answers; delayed ACKs would stall them.
         .serve_with_incoming_shutdown(

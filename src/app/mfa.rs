@@ -350,7 +350,7 @@ impl App {
     }
 
     /// Fails unless `who`'s session proved a factor within `privileged_session_max_age`.
-    fn require_recent_sign_in(&self, who: &AccessClaims) -> Result<()> {
+    pub(super) fn require_recent_sign_in(&self, who: &AccessClaims) -> Result<()> {
         let max_age = chrono::Duration::from_std(self.config.privileged_session_max_age)
             .unwrap_or(chrono::Duration::minutes(15));
         if self.now() - who.auth_time > max_age {

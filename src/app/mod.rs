@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod authorization;
 pub mod codes;
+pub mod federation;
 pub mod import;
 pub mod incidents;
 pub mod mail;
@@ -109,6 +110,10 @@ pub struct App {
     pub proxy_trust: ProxyTrust,
     pub send_limits: SendLimits,
     pub mail: mail::Outbox,
+    /// The OpenID Connect providers people may sign in with.
+    pub providers: crate::oidc::Providers,
+    /// Derives federated sign-in flows' PKCE verifiers and nonces from their states.
+    pub flow_keys: crate::domain::federation::FlowKeys,
     /// A real argon2id hash of a random password: unknown emails are verified against it so they
     /// cost the same time as a wrong password.
     dummy_hash: String,
@@ -135,6 +140,12 @@ impl App {
             wakeup: tokio::sync::Notify::new(),
         };
         Ok(Arc::new(Self {
+            providers: crate::oidc::Providers::from_config(&config)
+                .map_err(|e| anyhow::anyhow!(e.0))?,
+            flow_keys: crate::domain::federation::FlowKeys::new(derive_key(
+                master_secret,
+                "keyward federation flows v1",
+            )),
             code_hasher: CodeHasher::new(derive_key(master_secret, "keyward one-time codes v1")),
             mfa_keys: crate::domain::mfa::MfaKeys::new(
                 derive_key(master_secret, "keyward recovery codes v1"),

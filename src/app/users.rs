@@ -399,6 +399,7 @@ impl App {
             )
             .await?;
         self.written(deleted, user_id).await?;
+        self.store.identities.remove_user(user_id).await?;
         let ended = self.end_all_sessions(user_id, "account_deleted").await?;
         self.audit(
             AuditRecord::new("user.delete", Outcome::Success, caller)

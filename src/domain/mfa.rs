@@ -31,6 +31,8 @@ pub enum Factor {
     Totp,
     /// A recovery code.
     RecoveryCode,
+    /// A sign-in at an OpenID Connect provider.
+    Federated,
 }
 
 impl Factor {
@@ -40,6 +42,7 @@ impl Factor {
             Factor::EmailCode => "otp",
             Factor::Totp => "totp",
             Factor::RecoveryCode => "rcode",
+            Factor::Federated => "oidc",
         }
     }
 
@@ -49,6 +52,7 @@ impl Factor {
             Factor::EmailCode,
             Factor::Totp,
             Factor::RecoveryCode,
+            Factor::Federated,
         ]
         .into_iter()
         .find(|f| f.amr() == amr)

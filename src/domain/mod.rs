@@ -3,6 +3,7 @@
 pub mod client_address;
 pub mod codes;
 pub mod email;
+pub mod federation;
 pub mod lockout;
 pub mod mfa;
 pub mod paging;

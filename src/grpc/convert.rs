@@ -65,6 +65,17 @@ pub fn token_pair(t: IssuedTokens, now: DateTime<Utc>) -> pb::TokenPair {
     }
 }
 
+/// An identity linked to an account.
+pub fn linked_identity(i: &crate::store::identities::IdentityDoc) -> pb::LinkedIdentity {
+    pb::LinkedIdentity {
+        provider: i.provider.clone(),
+        subject: i.subject.clone(),
+        email: i.email.clone(),
+        linked_at: bson_ts(i.linked_at),
+        last_used_at: i.last_used_at.and_then(bson_ts),
+    }
+}
+
 /// Login's answer: tokens, or only the challenge of the second step.
 pub fn sign_in(s: SignIn, now: DateTime<Utc>) -> pb::TokenPair {
     match s {

@@ -4,6 +4,7 @@ pub mod auth;
 pub mod codec;
 pub mod convert;
 pub mod ext_authz;
+pub mod federation;
 pub mod mfa;
 pub mod org;
 pub mod otp;

@@ -1,11 +1,13 @@
 //! MongoDB storage: one file per collection, each owning its document struct, its indexes and
 //! its queries. No multi-document transactions: every exactly-once change is one conditional
 //! single-document update. Credential collections (users, sessions, rate_limits,
-//! one_time_codes, mfa, mfa_challenges) and the mail outbox write with majority write concern and read from the
+//! one_time_codes, mfa, mfa_challenges, federation_flows, identities) and the mail outbox write with majority write concern and read from the
 //! primary.
 
 pub mod api_keys;
 pub mod audit_events;
+pub mod federation_flows;
+pub mod identities;
 pub mod invitations;
 pub mod mail_outbox;
 pub mod memberships;
@@ -29,6 +31,8 @@ use mongodb::{Client, Collection, Database};
 
 pub use api_keys::ApiKeys;
 pub use audit_events::{AuditEvent, AuditEvents};
+pub use federation_flows::FederationFlows;
+pub use identities::Identities;
 pub use invitations::Invitations;
 pub use mail_outbox::MailOutbox;
 pub use memberships::Memberships;
@@ -62,6 +66,8 @@ pub struct Store {
     pub permissions: Permissions,
     pub service_accounts: ServiceAccounts,
     pub api_keys: ApiKeys,
+    pub federation_flows: FederationFlows,
+    pub identities: Identities,
 }
 
 impl Store {
@@ -111,6 +117,8 @@ impl Store {
             permissions: Permissions(credential_collection(&db, "permissions")),
             service_accounts: ServiceAccounts(credential_collection(&db, "service_accounts")),
             api_keys: ApiKeys(credential_collection(&db, "api_keys")),
+            federation_flows: FederationFlows(credential_collection(&db, "federation_flows")),
+            identities: Identities(credential_collection(&db, "identities")),
             db,
         }
     }
@@ -148,6 +156,8 @@ impl Store {
         self.mfa_challenges.ensure_indexes().await?;
         self.service_accounts.ensure_indexes().await?;
         self.api_keys.ensure_indexes().await?;
+        self.federation_flows.ensure_indexes().await?;
+        self.identities.ensure_indexes().await?;
         Ok(())
     }
 }

@@ -1,0 +1,641 @@
+//! Federated sign-in: signing in (and up) with an OpenID Connect provider, and the identities
+//! linked to accounts. The provider conversation is `crate::oidc`'s; this decides what a verified
+//! identity may do here.
+//!
+//! Rules (see `proto/keyward/v1/federation_service.proto` for the contract):
+//! - a flow's state is used up by the first finish that presents it, whatever the outcome;
+//! - a linked identity signs into its account;
+//! - an unknown identity creates an account, or links to the account of its email, only when
+//!   the provider asserts the email verified and is trusted for that; an unverified account of
+//!   that email is claimed first (its password and sessions end, as when a mailbox code claims
+//!   it), so whoever registered the address without proving it gains nothing;
+//! - a second factor, when the account has one, is still asked for;
+//! - an account keeps at least one way to sign in.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::accounts::MAX_DISPLAY_NAME;
+use super::mfa::SignIn;
+use super::{App, AuditRecord, Caller};
+use crate::domain::federation::{self, FlowKeys, MAX_CALLBACK_FIELD};
+use crate::domain::mfa::Factor;
+use crate::domain::password;
+use crate::domain::roles::Role;
+use crate::domain::secrets::new_id;
+use crate::domain::tokens::AccessClaims;
+use crate::error::{Error, FieldViolation, Result};
+use crate::oidc::{OidcError, Provider, VerifiedIdentity};
+use crate::store::audit_events::Outcome;
+use crate::store::bson_time;
+use crate::store::federation_flows::{FlowDoc, FlowIntent};
+use crate::store::identities::{IdentityDoc, Linked};
+use crate::store::users::{UserDoc, UserStatus};
+
+/// How long a started flow may be finished.
+const FLOW_LIFETIME: Duration = Duration::from_secs(10 * 60);
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// A started flow, as handed to the client.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub authorization_url: String,
+    pub state: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// What the provider sent back to the redirect URI.
+#[derive(Debug, Clone, Default)]
+pub struct Callback {
+    pub state: String,
+    pub code: String,
+    pub error: String,
+    pub error_description: String,
+    pub iss: String,
+}
+
+/// A finished federated sign-in.
+#[derive(Debug)]
+pub struct FederatedSignIn {
+    pub sign_in: SignIn,
+    pub account_created: bool,
+    pub identity: IdentityDoc,
+}
+
+impl App {
+    /// The configured providers: (id, display name).
+    pub fn list_providers(&self) -> Vec<(String, String)> {
+        self.providers
+            .all()
+            .map(|p| (p.id.clone(), p.display_name.clone()))
+            .collect()
+    }
+
+    /// Starts a sign-in at `provider`.
+    pub async fn start_federated_login(
+        &self,
+        provider: &str,
+        redirect_uri: &str,
+        caller: &Caller,
+    ) -> Result<Started> {
+        let provider = self.provider_and_redirect(provider, redirect_uri)?;
+        self.throttle_address(
+            caller,
+            "federation",
+            self.config.login_attempts_per_address_per_minute,
+            MINUTE,
+        )
+        .await?;
+        self.start_flow(provider, redirect_uri, FlowIntent::Login, None)
+            .await
+    }
+
+    /// Starts linking an identity at `provider` to the signed-in caller.
+    pub async fn start_link_identity(
+        &self,
+        who: &AccessClaims,
+        provider: &str,
+        redirect_uri: &str,
+    ) -> Result<Started> {
+        self.acting(who).await?;
+        self.require_recent_sign_in(who)?;
+        let provider = self.provider_and_redirect(provider, redirect_uri)?;
+        self.start_flow(
+            provider,
+            redirect_uri,
+            FlowIntent::Link,
+            Some(who.user_id.clone()),
+        )
+        .await
+    }
+
+    fn provider_and_redirect(&self, provider: &str, redirect_uri: &str) -> Result<&Provider> {
+        let mut violations = Vec::new();
+        if provider.is_empty() {
+            violations.push(FieldViolation::new("provider", "is required"));
+        }
+        if redirect_uri.is_empty() {
+            violations.push(FieldViolation::new("redirect_uri", "is required"));
+        }
+        if !violations.is_empty() {
+            return Err(Error::InvalidArgument(violations));
+        }
+        let found = self
+            .providers
+            .get(provider)
+            .ok_or(Error::ProviderNotFound)?;
+        if federation::allowed_redirect(&found.redirect_uris, redirect_uri).is_none() {
+            return Err(Error::invalid(
+                "redirect_uri",
+                "is not one of the provider's allowed redirect URIs (compared exactly)",
+            ));
+        }
+        Ok(found)
+    }
+
+    async fn start_flow(
+        &self,
+        provider: &Provider,
+        redirect_uri: &str,
+        intent: FlowIntent,
+        user_id: Option<String>,
+    ) -> Result<Started> {
+        let state = FlowKeys::new_state();
+        let url = provider
+            .authorization_url(
+                self.providers.http(),
+                redirect_uri,
+                &state,
+                &self.flow_keys.nonce(&state),
+                &self.flow_keys.pkce_verifier(&state),
+            )
+            .await
+            .map_err(|e| provider_failure(&provider.id, e))?;
+        let now = self.now();
+        let expires_at = now + FLOW_LIFETIME;
+        self.store
+            .federation_flows
+            .insert(&FlowDoc {
+                state_hash: FlowKeys::state_hash(&state),
+                provider: provider.id.clone(),
+                redirect_uri: redirect_uri.to_string(),
+                intent,
+                user_id,
+                created_at: bson_time(now),
+                expires_at: bson_time(expires_at),
+            })
+            .await?;
+        Ok(Started {
+            authorization_url: url,
+            state,
+            expires_at,
+        })
+    }
+
+    /// Finishes a sign-in with what the provider sent back.
+    pub async fn finish_federated_login(
+        &self,
+        callback: &Callback,
+        caller: &Caller,
+    ) -> Result<FederatedSignIn> {
+        let (provider, identity) = self
+            .verified_callback(callback, FlowIntent::Login, None, caller)
+            .await?;
+        // Twice at most: a concurrent first sign-in of the same identity may create the account
+        // or the link between our look and our write; the second round finds what it made.
+        let mut round = 0;
+        let (user, link, created) = loop {
+            round += 1;
+            match self.account_for(provider, &identity, caller).await {
+                Err(Error::EmailTaken | Error::IdentityAlreadyLinked) if round < 2 => continue,
+                Err(Error::EmailTaken | Error::IdentityAlreadyLinked) => {
+                    return Err(Error::FederationStateInvalid)
+                }
+                other => break other?,
+            }
+        };
+        self.sign_in_federated(user, link, created, &identity, caller)
+            .await
+    }
+
+    /// The account a verified identity signs into, its link, and whether the account is new.
+    async fn account_for(
+        &self,
+        provider: &Provider,
+        identity: &VerifiedIdentity,
+        caller: &Caller,
+    ) -> Result<(UserDoc, IdentityDoc, bool)> {
+        let subject_hash = federation::subject_hash(&provider.id, &identity.subject);
+        if let Some(link) = self
+            .store
+            .identities
+            .find(&provider.id, &identity.subject)
+            .await?
+        {
+            match self.store.users.find_by_id(&link.user_id).await? {
+                Some(user) if user.status != UserStatus::Deleted => {
+                    return Ok((user, link, false));
+                }
+                // The account went away and left its link behind: the identity is unknown again.
+                _ => {
+                    self.store.identities.remove_user(&link.user_id).await?;
+                }
+            }
+        }
+        let email = identity
+            .email
+            .as_deref()
+            .and_then(|e| crate::domain::email::normalize(e).ok());
+        let vouched = identity.email_verified && provider.trust_email_verified;
+        let Some(email) = email.filter(|_| vouched) else {
+            self.audit(
+                AuditRecord::new("federated_login", Outcome::Failure, caller)
+                    .detail("provider", provider.id.as_str())
+                    .detail("subject_hash", subject_hash.as_str())
+                    .detail("reason", "email_unverified"),
+            )
+            .await;
+            return Err(Error::FederatedEmailUnverified);
+        };
+        let (user, created) = match self.store.users.find_by_email(&email).await? {
+            Some(user) if user.status == UserStatus::Deleted => {
+                return Err(self
+                    .refused(provider, &subject_hash, Some(&user.id), caller)
+                    .await)
+            }
+            Some(user) if user.status == UserStatus::Disabled => {
+                return Err(self
+                    .refused(provider, &subject_hash, Some(&user.id), caller)
+                    .await)
+            }
+            Some(user) if !user.email_verified => {
+                (self.claim_account(&user, "oidc", caller).await?, false)
+            }
+            Some(user) => (user, false),
+            None => {
+                let name = federation::display_name_from_claim(identity.name.as_deref());
+                let name: String = name.chars().take(MAX_DISPLAY_NAME).collect();
+                let user = self
+                    .insert_account(email.clone(), name, String::new(), Role::User, true, caller)
+                    .await?;
+                (user, true)
+            }
+        };
+        let link = self.link(provider, identity, &user.id).await?;
+        self.audit(
+            AuditRecord::new("identity_link", Outcome::Success, caller)
+                .user(&user.id)
+                .detail("provider", provider.id.as_str())
+                .detail("subject_hash", subject_hash.as_str())
+                .detail("by", if created { "sign_up" } else { "email" }),
+        )
+        .await;
+        Ok((user, link, created))
+    }
+
+    /// Links `identity` to `user_id`; IDENTITY_ALREADY_LINKED when another account has it.
+    async fn link(
+        &self,
+        provider: &Provider,
+        identity: &VerifiedIdentity,
+        user_id: &str,
+    ) -> Result<IdentityDoc> {
+        let now = bson_time(self.now());
+        let doc = IdentityDoc {
+            id: new_id(),
+            provider: provider.id.clone(),
+            subject: identity.subject.clone(),
+            user_id: user_id.to_string(),
+            email: identity.email.clone().unwrap_or_default(),
+            linked_at: now,
+            last_used_at: Some(now),
+        };
+        match self.store.identities.link(&doc).await? {
+            Linked::Created(doc) => Ok(doc),
+            Linked::Exists(doc) if doc.user_id == user_id => Ok(doc),
+            Linked::Exists(_) => Err(Error::IdentityAlreadyLinked),
+        }
+    }
+
+    async fn refused(
+        &self,
+        provider: &Provider,
+        subject_hash: &str,
+        user_id: Option<&str>,
+        caller: &Caller,
+    ) -> Error {
+        let mut record = AuditRecord::new("federated_login", Outcome::Failure, caller)
+            .detail("provider", provider.id.as_str())
+            .detail("subject_hash", subject_hash)
+            .detail("reason", "account_disabled");
+        if let Some(id) = user_id {
+            record = record.user(id);
+        }
+        self.audit(record).await;
+        Error::AccountDisabled
+    }
+
+    /// Signs `user` in after the provider vouched for `identity`: the same steps as a password
+    /// login after a right password.
+    async fn sign_in_federated(
+        &self,
+        user: UserDoc,
+        link: IdentityDoc,
+        created: bool,
+        identity: &VerifiedIdentity,
+        caller: &Caller,
+    ) -> Result<FederatedSignIn> {
+        let provider = link.provider.clone();
+        let subject_hash = federation::subject_hash(&provider, &identity.subject);
+        if user.status != UserStatus::Active {
+            return Err(self
+                .refused_by_id(&provider, &subject_hash, &user.id, caller)
+                .await);
+        }
+        let now = self.now();
+        self.store
+            .identities
+            .record_use(&link.id, identity.email.as_deref().unwrap_or_default(), now)
+            .await?;
+        let done = |sign_in| FederatedSignIn {
+            sign_in,
+            account_created: created,
+            identity: link.clone(),
+        };
+        if let Some(challenge) = self.second_step(&user, Factor::Federated, caller).await? {
+            return Ok(done(SignIn::SecondFactor(challenge)));
+        }
+        let issued = self
+            .start_session(user, &[Factor::Federated], caller)
+            .await?;
+        // A disable or delete between our read and the session insert ended every session but
+        // could not see this one: look again now that it exists.
+        let current = self
+            .store
+            .users
+            .record_login(&issued.user.id, self.now())
+            .await?;
+        if current.is_none_or(|u| u.status != UserStatus::Active) {
+            self.store
+                .sessions
+                .revoke(&issued.session.id, None, "account_inactive", self.now())
+                .await?;
+            self.revoke_sessions([issued.session.id.as_str()]);
+            return Err(Error::AccountDisabled);
+        }
+        if let Some(second_step) = self
+            .enrolled_meanwhile(&issued, Factor::Federated, caller)
+            .await?
+        {
+            return Ok(done(second_step));
+        }
+        self.remember_requester(&issued.user, caller).await;
+        self.audit(
+            AuditRecord::new("login", Outcome::Success, caller)
+                .user(&issued.user.id)
+                .session(&issued.session.id)
+                .detail("method", "oidc")
+                .detail("provider", provider.as_str())
+                .detail("subject_hash", subject_hash.as_str())
+                .detail("account_created", created),
+        )
+        .await;
+        Ok(done(SignIn::Tokens(Box::new(issued))))
+    }
+
+    async fn refused_by_id(
+        &self,
+        provider: &str,
+        subject_hash: &str,
+        user_id: &str,
+        caller: &Caller,
+    ) -> Error {
+        self.audit(
+            AuditRecord::new("federated_login", Outcome::Failure, caller)
+                .user(user_id)
+                .detail("provider", provider)
+                .detail("subject_hash", subject_hash)
+                .detail("reason", "account_disabled"),
+        )
+        .await;
+        Error::AccountDisabled
+    }
+
+    /// Links the identity the provider vouched for to the signed-in caller who started the link.
+    pub async fn finish_link_identity(
+        &self,
+        who: &AccessClaims,
+        callback: &Callback,
+        caller: &Caller,
+    ) -> Result<IdentityDoc> {
+        self.acting(who).await?;
+        let (provider, identity) = self
+            .verified_callback(callback, FlowIntent::Link, Some(&who.user_id), caller)
+            .await?;
+        let subject_hash = federation::subject_hash(&provider.id, &identity.subject);
+        let linked = self.link(provider, &identity, &who.user_id).await;
+        self.audit(
+            AuditRecord::new(
+                "identity_link",
+                if linked.is_ok() {
+                    Outcome::Success
+                } else {
+                    Outcome::Failure
+                },
+                caller,
+            )
+            .user(&who.user_id)
+            .session(&who.session_id)
+            .detail("provider", provider.id.as_str())
+            .detail("subject_hash", subject_hash.as_str())
+            .detail("by", "link"),
+        )
+        .await;
+        linked
+    }
+
+    /// The caller's linked identities, oldest first.
+    pub async fn list_identities(&self, who: &AccessClaims) -> Result<Vec<IdentityDoc>> {
+        self.acting(who).await?;
+        Ok(self.store.identities.of_user(&who.user_id).await?)
+    }
+
+    /// Unlinks one of the caller's identities, unless it is the account's last way in.
+    pub async fn unlink_identity(
+        &self,
+        who: &AccessClaims,
+        provider: &str,
+        subject: &str,
+        caller: &Caller,
+    ) -> Result<()> {
+        self.acting(who).await?;
+        self.require_recent_sign_in(who)?;
+        let mut violations = Vec::new();
+        if provider.is_empty() {
+            violations.push(FieldViolation::new("provider", "is required"));
+        }
+        if subject.is_empty() {
+            violations.push(FieldViolation::new("subject", "is required"));
+        }
+        if !violations.is_empty() {
+            return Err(Error::InvalidArgument(violations));
+        }
+        let Some(link) = self
+            .store
+            .identities
+            .find(provider, subject)
+            .await?
+            .filter(|l| l.user_id == who.user_id)
+        else {
+            return Err(Error::IdentityNotFound);
+        };
+        let has_password = |user: &Option<UserDoc>| {
+            user.as_ref()
+                .is_some_and(|u| password::is_verifiable_hash(&u.password_hash))
+        };
+        let user = self.store.users.find_by_id(&who.user_id).await?;
+        if !has_password(&user) && self.store.identities.count_of_user(&who.user_id).await? <= 1 {
+            return Err(Error::LastSignInMethod);
+        }
+        if !self
+            .store
+            .identities
+            .unlink(&who.user_id, provider, subject)
+            .await?
+        {
+            return Err(Error::IdentityNotFound);
+        }
+        // Two concurrent unlinks (or a password reset clearing the password) may both have seen
+        // another way in: look again now, and put this one back if none is left.
+        let user = self.store.users.find_by_id(&who.user_id).await?;
+        if !has_password(&user) && self.store.identities.count_of_user(&who.user_id).await? == 0 {
+            self.store.identities.link(&link).await?;
+            return Err(Error::LastSignInMethod);
+        }
+        self.audit(
+            AuditRecord::new("identity_unlink", Outcome::Success, caller)
+                .user(&who.user_id)
+                .session(&who.session_id)
+                .detail("provider", provider)
+                .detail(
+                    "subject_hash",
+                    federation::subject_hash(provider, subject).as_str(),
+                ),
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Uses up the flow of `callback.state` and returns its provider and the identity the
+    /// provider vouched for, after every check.
+    async fn verified_callback(
+        &self,
+        callback: &Callback,
+        intent: FlowIntent,
+        user_id: Option<&str>,
+        caller: &Caller,
+    ) -> Result<(&Provider, VerifiedIdentity)> {
+        let mut violations = Vec::new();
+        for (field, value) in [
+            ("state", &callback.state),
+            ("code", &callback.code),
+            ("error", &callback.error),
+            ("error_description", &callback.error_description),
+            ("iss", &callback.iss),
+        ] {
+            if value.len() > MAX_CALLBACK_FIELD {
+                violations.push(FieldViolation::new(
+                    field,
+                    format!("must be at most {MAX_CALLBACK_FIELD} bytes"),
+                ));
+            }
+        }
+        if callback.state.is_empty() {
+            violations.push(FieldViolation::new("state", "is required"));
+        }
+        if callback.code.is_empty() && callback.error.is_empty() {
+            violations.push(FieldViolation::new("code", "is required (or error)"));
+        }
+        if !violations.is_empty() {
+            return Err(Error::InvalidArgument(violations));
+        }
+        let flow = self
+            .store
+            .federation_flows
+            .take(
+                &FlowKeys::state_hash(&callback.state),
+                intent,
+                user_id,
+                self.now(),
+            )
+            .await?
+            .ok_or(Error::FederationStateInvalid)?;
+        let Some(provider) = self.providers.get(&flow.provider) else {
+            // The provider was removed from the configuration since the flow started.
+            return Err(Error::FederationStateInvalid);
+        };
+        let fail = |reason: &'static str, err: Error| async move {
+            let mut record = AuditRecord::new(
+                if intent == FlowIntent::Link {
+                    "identity_link"
+                } else {
+                    "federated_login"
+                },
+                Outcome::Failure,
+                caller,
+            )
+            .detail("provider", provider.id.as_str())
+            .detail("reason", reason);
+            if let Some(id) = user_id {
+                record = record.user(id);
+            }
+            self.audit(record).await;
+            Err(err)
+        };
+        if !callback.iss.is_empty() && callback.iss != provider.issuer {
+            return fail("issuer_mismatch", Error::FederationTokenInvalid).await;
+        }
+        if !callback.error.is_empty() {
+            tracing::info!(
+                provider = %provider.id,
+                error = %tidy(&callback.error),
+                description = %tidy(&callback.error_description),
+                "provider sent an error back"
+            );
+            if callback.error == "access_denied" {
+                return fail("access_denied", Error::FederationAccessDenied).await;
+            }
+            return fail(
+                "provider_error",
+                Error::FederationProviderError {
+                    provider_error: tidy(&callback.error),
+                },
+            )
+            .await;
+        }
+        let state = callback.state.clone();
+        let verified = provider
+            .finish(
+                self.providers.http(),
+                &flow.redirect_uri,
+                &callback.code,
+                &self.flow_keys.pkce_verifier(&state),
+                |nonce| self.flow_keys.nonce_matches(&state, nonce),
+            )
+            .await;
+        match verified {
+            Ok(identity) => Ok((provider, identity)),
+            Err(e) => {
+                let reason = match &e {
+                    OidcError::Unavailable(_) => "provider_unavailable",
+                    OidcError::CodeInvalid => "code_invalid",
+                    OidcError::Provider(_) => "provider_error",
+                    OidcError::TokenInvalid(_) => "token_invalid",
+                };
+                fail(reason, provider_failure(&provider.id, e)).await
+            }
+        }
+    }
+}
+
+/// A provider's error in keyward's words, logged with its detail (which clients never see).
+fn provider_failure(provider: &str, e: OidcError) -> Error {
+    tracing::warn!(provider, error = %e, "federated sign-in failed at the provider");
+    match e {
+        OidcError::Unavailable(_) => Error::ProviderUnavailable,
+        OidcError::CodeInvalid => Error::FederationCodeInvalid,
+        OidcError::Provider(code) => Error::FederationProviderError {
+            provider_error: tidy(&code),
+        },
+        OidcError::TokenInvalid(_) => Error::FederationTokenInvalid,
+    }
+}
+
+/// A provider-supplied string safe to log and echo: printable ASCII, at most 64 characters.
+fn tidy(s: &str) -> String {
+    s.chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .take(64)
+        .collect()
+}

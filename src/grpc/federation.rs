@@ -1,0 +1,154 @@
+//! `keyward.v1.FederationService`.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+use super::pb::federation_service_server::FederationService;
+use super::pb::*;
+use super::{caller, convert};
+use crate::app::federation::{Callback, Started};
+use crate::app::App;
+
+/// The FederationService adapter.
+pub struct Federation {
+    pub app: Arc<App>,
+}
+
+fn started(s: Started) -> (String, String, Option<prost_types::Timestamp>) {
+    (
+        s.authorization_url,
+        s.state,
+        convert::timestamp(s.expires_at),
+    )
+}
+
+#[tonic::async_trait]
+impl FederationService for Federation {
+    #[instrument(skip(self, _request))]
+    async fn list_providers(
+        &self,
+        _request: Request<ListProvidersRequest>,
+    ) -> Result<Response<ListProvidersResponse>, Status> {
+        let providers = self
+            .app
+            .list_providers()
+            .into_iter()
+            .map(|(id, display_name)| FederationProvider { id, display_name })
+            .collect();
+        Ok(Response::new(ListProvidersResponse { providers }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn start_federated_login(
+        &self,
+        request: Request<StartFederatedLoginRequest>,
+    ) -> Result<Response<StartFederatedLoginResponse>, Status> {
+        self.app.ensure_ready()?;
+        let caller = caller(&request, &self.app.proxy_trust);
+        let r = request.into_inner();
+        let s = self
+            .app
+            .start_federated_login(&r.provider, &r.redirect_uri, &caller)
+            .await?;
+        let (authorization_url, state, expires_at) = started(s);
+        Ok(Response::new(StartFederatedLoginResponse {
+            authorization_url,
+            state,
+            expires_at,
+        }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn finish_federated_login(
+        &self,
+        request: Request<FinishFederatedLoginRequest>,
+    ) -> Result<Response<FinishFederatedLoginResponse>, Status> {
+        self.app.ensure_ready()?;
+        let caller = caller(&request, &self.app.proxy_trust);
+        let r = request.into_inner();
+        let callback = Callback {
+            state: r.state,
+            code: r.code,
+            error: r.error,
+            error_description: r.error_description,
+            iss: r.iss,
+        };
+        let done = self.app.finish_federated_login(&callback, &caller).await?;
+        Ok(Response::new(FinishFederatedLoginResponse {
+            tokens: Some(convert::sign_in(done.sign_in, self.app.now())),
+            account_created: done.account_created,
+            identity: Some(convert::linked_identity(&done.identity)),
+        }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn start_link_identity(
+        &self,
+        request: Request<StartLinkIdentityRequest>,
+    ) -> Result<Response<StartLinkIdentityResponse>, Status> {
+        let who = super::signed_in(&self.app, &request).await?;
+        let r = request.into_inner();
+        let s = self
+            .app
+            .start_link_identity(&who, &r.provider, &r.redirect_uri)
+            .await?;
+        let (authorization_url, state, expires_at) = started(s);
+        Ok(Response::new(StartLinkIdentityResponse {
+            authorization_url,
+            state,
+            expires_at,
+        }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn finish_link_identity(
+        &self,
+        request: Request<FinishLinkIdentityRequest>,
+    ) -> Result<Response<FinishLinkIdentityResponse>, Status> {
+        let who = super::signed_in(&self.app, &request).await?;
+        let caller = caller(&request, &self.app.proxy_trust);
+        let r = request.into_inner();
+        let callback = Callback {
+            state: r.state,
+            code: r.code,
+            error: r.error,
+            error_description: r.error_description,
+            iss: r.iss,
+        };
+        let identity = self
+            .app
+            .finish_link_identity(&who, &callback, &caller)
+            .await?;
+        Ok(Response::new(FinishLinkIdentityResponse {
+            identity: Some(convert::linked_identity(&identity)),
+        }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn list_identities(
+        &self,
+        request: Request<ListIdentitiesRequest>,
+    ) -> Result<Response<ListIdentitiesResponse>, Status> {
+        let who = super::signed_in(&self.app, &request).await?;
+        let identities = self.app.list_identities(&who).await?;
+        Ok(Response::new(ListIdentitiesResponse {
+            identities: identities.iter().map(convert::linked_identity).collect(),
+        }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn unlink_identity(
+        &self,
+        request: Request<UnlinkIdentityRequest>,
+    ) -> Result<Response<UnlinkIdentityResponse>, Status> {
+        let who = super::signed_in(&self.app, &request).await?;
+        let caller = caller(&request, &self.app.proxy_trust);
+        let r = request.into_inner();
+        self.app
+            .unlink_identity(&who, &r.provider, &r.subject, &caller)
+            .await?;
+        Ok(Response::new(UnlinkIdentityResponse {}))
+    }
+}
