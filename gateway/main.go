@@ -10,6 +10,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/subtle"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -82,6 +83,8 @@ func main() {
 	mux := runtime.NewServeMux(
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, marshaler),
 		runtime.WithIncomingHeaderMatcher(forwardHeader),
+		runtime.WithMetadata(markBrowserStart),
+		runtime.WithForwardResponseOption(redirectBrowser),
 	)
 	ctx := context.Background()
 	for name, register := range map[string]func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
@@ -92,6 +95,7 @@ func main() {
 		"MfaService":            keywardv1.RegisterMfaServiceHandler,
 		"PermissionService":     keywardv1.RegisterPermissionServiceHandler,
 		"ServiceAccountService": keywardv1.RegisterServiceAccountServiceHandler,
+		"FederationService":     keywardv1.RegisterFederationServiceHandler,
 	} {
 		if err := register(ctx, mux, conn); err != nil {
 			log.Fatalf("keyward-gateway: registering %s: %v", name, err)
@@ -116,7 +120,7 @@ func main() {
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"status": "serving"})
 	})
-	root.Handle("/", mux)
+	root.Handle("/", bindFederationCallback(mux))
 
 	server := &http.Server{
 		Addr:              *listen,
@@ -146,6 +150,80 @@ func main() {
 		os.Exit(1)
 	}
 	log.Printf("keyward-gateway: stopped")
+}
+
+// The browser's federated sign-in: GET /v1/federation/{provider}/authorize starts it and answers
+// 302 to the provider with a cookie holding the flow's state (HttpOnly, SameSite=Lax, 10 minutes,
+// Secure over HTTPS); GET /v1/federation/callback, the redirect URI registered at the provider,
+// finishes it only for a request carrying that cookie with the same state. Without the binding,
+// an attacker could send a victim the callback URL of a sign-in the attacker started, and sign the
+// victim in as the attacker (login CSRF).
+const (
+	// Marks (as gRPC metadata, which clients cannot set: see gatewayOwned) a call that came in
+	// on the browser's start route, with the scheme the browser used.
+	browserStartKey    = "x-keyward-gateway-browser-start"
+	federationCookie   = "keyward_federation_state"
+	federationPath     = "/v1/federation/"
+	federationMaxAge   = 600
+	federationCallback = "/v1/federation/callback"
+)
+
+func markBrowserStart(_ context.Context, r *http.Request) metadata.MD {
+	if r.Method != http.MethodGet || !strings.HasPrefix(r.URL.Path, federationPath) ||
+		!strings.HasSuffix(r.URL.Path, "/authorize") {
+		return nil
+	}
+	scheme := "http"
+	if r.TLS != nil || strings.EqualFold(r.Header.Get("X-Forwarded-Proto"), "https") {
+		scheme = "https"
+	}
+	return metadata.Pairs(browserStartKey, scheme)
+}
+
+func redirectBrowser(ctx context.Context, w http.ResponseWriter, m proto.Message) error {
+	started, ok := m.(*keywardv1.StartFederatedLoginResponse)
+	if !ok {
+		return nil
+	}
+	md, _ := metadata.FromOutgoingContext(ctx)
+	scheme := md.Get(browserStartKey)
+	if len(scheme) == 0 {
+		return nil
+	}
+	http.SetCookie(w, &http.Cookie{
+		Name:     federationCookie,
+		Value:    started.State,
+		Path:     federationPath,
+		MaxAge:   federationMaxAge,
+		HttpOnly: true,
+		Secure:   scheme[0] == "https",
+		SameSite: http.SameSiteLaxMode,
+	})
+	w.Header().Set("Location", started.AuthorizationUrl)
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusFound)
+	return nil
+}
+
+func bindFederationCallback(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == federationCallback {
+			state := r.URL.Query().Get("state")
+			cookie, err := r.Cookie(federationCookie)
+			if err != nil || state == "" ||
+				subtle.ConstantTimeCompare([]byte(cookie.Value), []byte(state)) != 1 {
+				writeGatewayError(w, http.StatusUnauthorized, codes.Unauthenticated,
+					"FEDERATION_STATE_INVALID",
+					"this sign-in was not started in this browser (or its cookie expired); start again")
+				return
+			}
+			// Used once, whatever keyward answers.
+			http.SetCookie(w, &http.Cookie{Name: federationCookie, Value: "", Path: federationPath,
+				MaxAge: -1, HttpOnly: true, SameSite: http.SameSiteLaxMode})
+			w.Header().Set("Cache-Control", "no-store")
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // forwardHeader decides which HTTP request headers become gRPC metadata, on top of what the
