@@ -7,22 +7,28 @@
 //! - [`server`]: the tonic server — limits, health that follows the database, reflection,
 //!   services, graceful shutdown.
 //! - [`grpc`]: thin adapters, one file per service (`auth.rs`, `otp.rs`, `org.rs`, `users.rs`,
-//!   `mfa.rs`, `permissions.rs`, `service_accounts.rs`, and Envoy's `ext_authz.rs`), who is
+//!   `mfa.rs`, `permissions.rs`, `service_accounts.rs`, `federation.rs`, and Envoy's
+//!   `ext_authz.rs`), who is
 //!   calling (client address from trusted proxies), the codec that turns bad input and oversized
 //!   messages into INVALID_ARGUMENT, and proto conversions.
 //! - [`app`]: the use cases (register, login, refresh, authenticate, logout, one-time codes,
 //!   the mail outbox and its delivery workers, Authorize, organizations and invitations, platform
 //!   user management, importing accounts, second factors (`mfa.rs`), the permission catalogue
-//!   (`permissions.rs`), service accounts and API keys (`service_accounts.rs`)) combining domain
+//!   (`permissions.rs`), service accounts and API keys (`service_accounts.rs`), sign-in with an
+//!   OpenID Connect provider and linked identities (`federation.rs`)) combining domain
 //!   rules with storage; knows nothing of protobuf.
 //! - [`domain`]: pure rules — emails, password policy and hashing, tokens, roles and the
 //!   permission matrix and catalogue names, lockout, one-time codes and their send limits, TOTP
-//!   and recovery codes (`mfa`), keyset page tokens, which client address to believe behind
+//!   and recovery codes (`mfa`), federated sign-in flows' secrets and checks (`federation`), keyset
+//!   page tokens, which client address to believe behind
 //!   proxies (and its IPv6 /64 rate-limit key).
 //! - [`store`]: MongoDB, one file per collection (`users`, `sessions`, `rate_limits`,
 //!   `one_time_codes`, `mail_outbox`, `audit_events`, `orgs`, `memberships`, `invitations`, `mfa`,
-//!   `mfa_challenges`, `permissions`, `service_accounts`, `api_keys`) with its documents, indexes
+//!   `mfa_challenges`, `permissions`, `service_accounts`, `api_keys`, `federation_flows`,
+//!   `identities`) with its documents, indexes
 //!   and queries.
+//! - [`oidc`]: the OpenID Connect relying party (discovery, keys, authorization URL, code
+//!   exchange, ID token checks) that federated sign-in talks to providers through.
 //! - [`mail`]: mail templates, sealing for the outbox, and the SMTP / dev-log transports.
 //! - [`hash_pool`]: the bounded, low-priority thread pool that runs argon2id.
 //! - [`error`]: the one mapping from domain errors to gRPC status + ErrorInfo/BadRequest/RetryInfo.
