@@ -6,6 +6,8 @@
 #   - aiosmtpd: a real SMTP server the end-to-end mail tests and the bench deliver to
 #   - pyotp: an independent TOTP implementation the MFA tests compute codes with
 #   - schemathesis: the REST fuzzer of tests/integration/rest_fuzz.rs, pinned, into target/tools
+#   - node and npm (Debian's), and tests/oidc's pinned packages: the OpenID Connect providers the
+#     federation tests sign in at
 # Each step is skipped when its tool is already there.
 set -euo pipefail
 
@@ -16,6 +18,8 @@ need_apt=()
 if ! command -v secantusd-rs >/dev/null 2>&1; then
   command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
 fi
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_apt[*]}"
@@ -43,6 +47,14 @@ fi
 if ! python3 -c 'import pyotp' >/dev/null 2>&1; then
   echo "setup: installing pyotp"
   python3 -m pip install --quiet --disable-pip-version-check 'pyotp==2.9.0'
+fi
+
+# The OpenID Connect providers of the federation tests: tests/oidc's packages as locked.
+oidc_dir="$(dirname "$0")/../tests/oidc"
+if [ ! -d "$oidc_dir/node_modules" ] || [ "$oidc_dir/package-lock.json" -nt "$oidc_dir/node_modules" ]; then
+  echo "setup: installing the test OpenID Connect provider's packages (npm ci in tests/oidc)"
+  (cd "$oidc_dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  touch "$oidc_dir/node_modules"
 fi
 
 # The REST fuzzer (scripts/schemathesis.sh installs it once, pinned, into target/tools/).
