@@ -83,8 +83,6 @@ func main() {
 	mux := runtime.NewServeMux(
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, marshaler),
 		runtime.WithIncomingHeaderMatcher(forwardHeader),
-		runtime.WithMetadata(markBrowserStart),
-		runtime.WithForwardResponseOption(redirectBrowser),
 	)
 	ctx := context.Background()
 	for name, register := range map[string]func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
@@ -120,7 +118,7 @@ func main() {
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"status": "serving"})
 	})
-	root.Handle("/", bindFederationCallback(mux))
+	root.Handle("/", redirectBrowserStart(bindFederationCallback(mux)))
 
 	server := &http.Server{
 		Addr:              *listen,
@@ -159,50 +157,59 @@ func main() {
 // an attacker could send a victim the callback URL of a sign-in the attacker started, and sign the
 // victim in as the attacker (login CSRF).
 const (
-	// Marks (as gRPC metadata, which clients cannot set: see gatewayOwned) a call that came in
-	// on the browser's start route, with the scheme the browser used.
-	browserStartKey    = "x-keyward-gateway-browser-start"
 	federationCookie   = "keyward_federation_state"
 	federationPath     = "/v1/federation/"
 	federationMaxAge   = 600
 	federationCallback = "/v1/federation/callback"
 )
 
-func markBrowserStart(_ context.Context, r *http.Request) metadata.MD {
-	if r.Method != http.MethodGet || !strings.HasPrefix(r.URL.Path, federationPath) ||
-		!strings.HasSuffix(r.URL.Path, "/authorize") {
-		return nil
-	}
-	scheme := "http"
-	if r.TLS != nil || strings.EqualFold(r.Header.Get("X-Forwarded-Proto"), "https") {
-		scheme = "https"
-	}
-	return metadata.Pairs(browserStartKey, scheme)
+// bufferedResponse holds an answer of the mux so that it can be rewritten before it is sent.
+type bufferedResponse struct {
+	header http.Header
+	status int
+	body   bytes.Buffer
 }
 
-func redirectBrowser(ctx context.Context, w http.ResponseWriter, m proto.Message) error {
-	started, ok := m.(*keywardv1.StartFederatedLoginResponse)
-	if !ok {
-		return nil
-	}
-	md, _ := metadata.FromOutgoingContext(ctx)
-	scheme := md.Get(browserStartKey)
-	if len(scheme) == 0 {
-		return nil
-	}
-	http.SetCookie(w, &http.Cookie{
-		Name:     federationCookie,
-		Value:    started.State,
-		Path:     federationPath,
-		MaxAge:   federationMaxAge,
-		HttpOnly: true,
-		Secure:   scheme[0] == "https",
-		SameSite: http.SameSiteLaxMode,
+func (b *bufferedResponse) Header() http.Header         { return b.header }
+func (b *bufferedResponse) Write(p []byte) (int, error) { return b.body.Write(p) }
+func (b *bufferedResponse) WriteHeader(status int)      { b.status = status }
+
+// redirectBrowserStart turns the JSON answer of GET /v1/federation/{provider}/authorize into a
+// 302 to the provider with the flow's cookie; errors pass through as they are.
+func redirectBrowserStart(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet || !strings.HasPrefix(r.URL.Path, federationPath) ||
+			!strings.HasSuffix(r.URL.Path, "/authorize") {
+			next.ServeHTTP(w, r)
+			return
+		}
+		answer := &bufferedResponse{header: http.Header{}, status: http.StatusOK}
+		next.ServeHTTP(answer, r)
+		var started keywardv1.StartFederatedLoginResponse
+		if answer.status != http.StatusOK ||
+			marshaler.Unmarshal(answer.body.Bytes(), &started) != nil ||
+			started.AuthorizationUrl == "" || started.State == "" {
+			for k, v := range answer.header {
+				w.Header()[k] = v
+			}
+			w.WriteHeader(answer.status)
+			w.Write(answer.body.Bytes())
+			return
+		}
+		secure := r.TLS != nil || strings.EqualFold(r.Header.Get("X-Forwarded-Proto"), "https")
+		http.SetCookie(w, &http.Cookie{
+			Name:     federationCookie,
+			Value:    started.State,
+			Path:     federationPath,
+			MaxAge:   federationMaxAge,
+			HttpOnly: true,
+			Secure:   secure,
+			SameSite: http.SameSiteLaxMode,
+		})
+		w.Header().Set("Location", started.AuthorizationUrl)
+		w.Header().Set("Cache-Control", "no-store")
+		w.WriteHeader(http.StatusFound)
 	})
-	w.Header().Set("Location", started.AuthorizationUrl)
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(http.StatusFound)
-	return nil
 }
 
 func bindFederationCallback(next http.Handler) http.Handler {

@@ -66,11 +66,7 @@ impl Gateway {
     /// Spawned from the test's own thread, so it dies with the test process at the latest.
     pub(crate) async fn start(app: &TestApp) -> Self {
         let binary = gateway_binary();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let mut cmd = Command::new(binary);
         cmd.arg("--listen")
@@ -205,6 +201,15 @@ impl Response {
     pub(crate) fn reason(&self) -> &str {
         self.body["reason"].as_str().unwrap_or_default()
     }
+}
+
+/// A loopback port free at the moment.
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub(crate) fn credentials(email: &str, password: &str) -> Value {
@@ -655,4 +660,84 @@ async fn rest_second_factor_enrolment_and_two_step_login() {
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.body["totp_enrolled"], true);
     assert_eq!(r.body["recovery_codes_remaining"], 9);
+}
+
+/// A browser signs in with a provider through the sidecar alone: the start route redirects it to
+/// the provider with a cookie that binds the flow to it, and the callback route finishes only for
+/// the browser with that cookie — someone else's browser opening the same callback URL (login
+/// CSRF) gets 401 and the flow stays usable by its owner.
+#[tokio::test]
+async fn rest_browser_federated_sign_in_is_bound_to_the_browser() {
+    use crate::oidc_fixture::{
+        callback_from_hostile, hostile_provider, issuers, Scenario, REDIRECT_URI,
+    };
+    // The test provider sends browsers back to its one registered URI; the test, as the
+    // browser, then opens the gateway's callback route with that query, as a browser would when
+    // the gateway's route is the registered URI.
+    let app =
+        TestApp::start_with_config(|c| c.oidc_providers = vec![hostile_provider("corp")]).await;
+    let gw = Gateway::start(&app).await;
+    let callback_uri = REDIRECT_URI.to_string();
+
+    let start = format!(
+        "/v1/federation/corp/authorize?redirect_uri={}",
+        url::form_urlencoded::byte_serialize(callback_uri.as_bytes()).collect::<String>()
+    );
+    let r = gw.get(&start, &[]).await;
+    assert_eq!(r.status, 302, "{r:?}");
+    let location = r.header("location").expect("a Location").to_string();
+    assert!(location.starts_with(&issuers().hostile), "{location}");
+    assert!(
+        location.contains("code_challenge_method=S256"),
+        "{location}"
+    );
+    let cookie = r.header("set-cookie").expect("a cookie").to_string();
+    for part in [
+        "keyward_federation_state=",
+        "HttpOnly",
+        "SameSite=Lax",
+        "Path=/v1/federation/",
+    ] {
+        assert!(cookie.contains(part), "{cookie}");
+    }
+    let cookie = cookie.split(';').next().unwrap().to_string();
+
+    let email = email("rest-federated");
+    let back = callback_from_hostile(&location, Scenario::Good, &email, &email, true).await;
+    let query = format!(
+        "/v1/federation/callback?state={}&code={}&scope=openid+email&authuser=0",
+        back.state, back.code
+    );
+    // Another browser (no cookie, or its own flow's cookie) opening the victim's callback URL.
+    for headers in [
+        vec![],
+        vec![("Cookie", "keyward_federation_state=someone-elses-state")],
+    ] {
+        let r = gw.get(&query, &headers).await;
+        assert_eq!(r.status, 401, "{r:?}");
+        assert_eq!(r.reason(), "FEDERATION_STATE_INVALID");
+    }
+    // The browser that started it: signed in, with the provider's extra parameters ignored.
+    let r = gw.get(&query, &[("Cookie", &cookie)]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["account_created"], true, "{r:?}");
+    let access = r.body["tokens"]["access_token"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(!access.is_empty(), "{r:?}");
+    assert!(
+        r.header("set-cookie")
+            .is_some_and(|c| c.contains("Max-Age=0")),
+        "the cookie is cleared: {r:?}"
+    );
+    app.authenticate(access).await.expect("the session works");
+    // The same callback again, even with the cookie: the state was used.
+    let r = gw.get(&query, &[("Cookie", &cookie)]).await;
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(r.reason(), "FEDERATION_STATE_INVALID");
+
+    // Apps that handle the callback themselves use the POST routes.
+    let r = gw.get("/v1/federation/providers", &[]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["providers"][0]["id"], "corp");
 }
