@@ -230,6 +230,25 @@ async fn account_count(app: &TestApp) -> u64 {
         .unwrap()
 }
 
+/// Every document in the test's database, as text, by collection.
+async fn everything_stored(app: &TestApp) -> Vec<(String, String)> {
+    use futures::TryStreamExt as _;
+    let db = app.db().await;
+    let mut out = Vec::new();
+    for name in db.list_collection_names().await.unwrap() {
+        let docs: Vec<Document> = db
+            .collection::<Document>(&name)
+            .find(doc! {})
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        out.push((name, format!("{docs:?}")));
+    }
+    out
+}
+
 /// Registers `email` and proves the mailbox with the code keyward mailed.
 async fn verified_account(app: &TestApp, email: &str) -> TokenPair {
     app.register(email).await;
@@ -519,6 +538,24 @@ async fn a_state_works_once_and_a_made_up_one_never() {
     let callback = sign_in_at_real(&url, &login).await;
     finish(&app, &callback).await.expect("first finish");
     state_invalid(finish(&app, &callback).await);
+
+    // No state at all is bad input.
+    let status = refused(
+        finish(
+            &app,
+            &Callback {
+                code: callback.code.clone(),
+                ..Default::default()
+            },
+        )
+        .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert!(
+        violations(&status).iter().any(|(f, _)| f == "state"),
+        "{status:?}"
+    );
 
     // A state keyward never handed out, with a real code from the provider.
     let url = authorization_url(&app, REAL).await;
@@ -899,6 +936,83 @@ async fn a_disabled_account_cannot_sign_in() {
     );
 }
 
+#[tokio::test]
+async fn a_deleted_account_cannot_sign_in() {
+    let app = app().await;
+    let (_, admin) = with_role(&app, &email("fed-admin"), "admin").await;
+    let address = email("fed-deleted");
+    let created = sign_in_real(&app, &address).await.expect("first sign-in");
+    let id = user_id(&created);
+    users(&app)
+        .delete_user(bearer(
+            DeleteUserRequest {
+                user_id: id.clone(),
+                reason: "test".into(),
+            },
+            &admin.access_token,
+        ))
+        .await
+        .expect("delete");
+    refused(
+        sign_in_real(&app, &address).await,
+        Code::PermissionDenied,
+        "ACCOUNT_DISABLED",
+    );
+    assert!(app
+        .authenticate(&tokens(&created).access_token)
+        .await
+        .is_err());
+}
+
+/// Neither the state nor the nonce of a flow is stored, and the audit trail names a subject only
+/// by its hash.
+#[tokio::test]
+async fn flow_secrets_and_subjects_are_not_kept_in_the_clear() {
+    let app = app().await;
+    let started = start(&app, HOSTILE).await.expect("start");
+    let query: std::collections::HashMap<String, String> = Url::parse(&started.authorization_url)
+        .unwrap()
+        .query_pairs()
+        .into_owned()
+        .collect();
+    let sub = subject("private");
+    let callback = callback_from_hostile(
+        &started.authorization_url,
+        Scenario::Good,
+        &sub,
+        &email("fed-at-rest"),
+        true,
+    )
+    .await;
+    for (name, stored) in everything_stored(&app).await {
+        for secret in [&query["state"], &query["nonce"]] {
+            assert!(
+                !stored.contains(secret.as_str()),
+                "{name} holds {secret}: {stored}"
+            );
+        }
+    }
+    finish(&app, &callback).await.expect("sign-in");
+    for (name, stored) in everything_stored(&app).await {
+        for secret in [&query["state"], &query["nonce"], &callback.code] {
+            assert!(
+                !stored.contains(secret.as_str()),
+                "{name} holds {secret}: {stored}"
+            );
+        }
+        if name == "audit_events" {
+            assert!(
+                stored.contains("federat") || stored.contains("identity"),
+                "{stored}"
+            );
+            assert!(
+                !stored.contains(&sub),
+                "the audit trail names the subject: {stored}"
+            );
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Linking and unlinking
 
@@ -941,6 +1055,30 @@ async fn a_signed_in_user_links_an_identity_and_then_signs_in_with_it() {
         assert_eq!(user_id(&answer), id);
     }
     assert_eq!(account_count(&app).await, 1);
+
+    // A second identity, at the certified provider, listed after the first.
+    let url = start_link(&app, &pair.access_token, REAL)
+        .await
+        .authorization_url;
+    let login = email("fed-second-identity");
+    let callback = sign_in_at_real(&url, &login).await;
+    finish_link(&app, &pair.access_token, &callback)
+        .await
+        .expect("link a second identity");
+    let listed: Vec<_> = identities(&app, &pair.access_token)
+        .await
+        .into_iter()
+        .map(|i| (i.provider, i.subject))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (HOSTILE.to_string(), sub.clone()),
+            (REAL.to_string(), login.clone())
+        ]
+    );
+    let answer = sign_in_real(&app, &login).await.expect("sign in with it");
+    assert_eq!(user_id(&answer), id);
 }
 
 #[tokio::test]
