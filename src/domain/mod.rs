@@ -5,6 +5,7 @@ pub mod codes;
 pub mod email;
 pub mod lockout;
 pub mod mfa;
+pub mod org_roles;
 pub mod paging;
 pub mod password;
 pub mod permissions;

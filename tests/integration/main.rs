@@ -22,6 +22,7 @@ mod grpcurl;
 mod lockout;
 mod mfa;
 mod one_time_codes;
+mod org_roles;
 mod orgs;
 mod permissions;
 mod refresh;
