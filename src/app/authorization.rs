@@ -33,15 +33,15 @@ pub struct Standing {
     pub email: std::sync::Arc<str>,
 }
 
-/// A member's place in one organization: their role and, if they hold one, the name of their
+/// A member's place in one organization: their role and, if they hold one, the id of their
 /// custom role (whose permissions are looked up only when a check needs them).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrgPlace {
     pub role: OrgRole,
-    pub custom_role: Option<Arc<str>>,
+    pub custom_role_id: Option<Arc<str>>,
 }
 
-/// An organization's custom roles: name -> its extra permissions.
+/// An organization's custom roles: id -> its extra permissions.
 type CustomRoles = Arc<HashMap<String, Arc<HashSet<String>>>>;
 
 /// Current roles and memberships, briefly cached.
@@ -161,7 +161,7 @@ impl App {
             .await?
             .map(|m| OrgPlace {
                 role: m.role,
-                custom_role: m.custom_role.map(Into::into),
+                custom_role_id: m.custom_role_id.map(Into::into),
             });
         if self.access.generation() == generation {
             self.access
@@ -171,16 +171,16 @@ impl App {
         Ok(place)
     }
 
-    /// The extra permissions of `org_id`'s custom role `name` (`None`: no such role, e.g.
+    /// The extra permissions of `org_id`'s custom role `role_id` (`None`: no such role, e.g.
     /// deleted), from the briefly cached roles of that organization.
     pub async fn custom_role_permissions(
         &self,
         org_id: &str,
-        name: &str,
+        role_id: &str,
     ) -> Result<Option<Arc<HashSet<String>>>> {
         if let Some((roles, at)) = self.access.custom_roles.get(org_id) {
             if at.elapsed() < self.access.ttl {
-                return Ok(roles.get(name).cloned());
+                return Ok(roles.get(role_id).cloned());
             }
         }
         let generation = self.access.generation();
@@ -190,7 +190,7 @@ impl App {
                 .list(org_id)
                 .await?
                 .into_iter()
-                .map(|r| (r.name, Arc::new(r.permissions.into_iter().collect())))
+                .map(|r| (r.id, Arc::new(r.permissions.into_iter().collect())))
                 .collect(),
         );
         if self.access.generation() == generation {
@@ -198,7 +198,7 @@ impl App {
                 .custom_roles
                 .insert(org_id.to_string(), (roles.clone(), Instant::now()));
         }
-        Ok(roles.get(name).cloned())
+        Ok(roles.get(role_id).cloned())
     }
 
     /// The decision on `permission` for a member of `org_id` in `place`: their role's, or their
@@ -212,7 +212,7 @@ impl App {
     ) -> Result<Decision> {
         let standing = OrgStanding::Member(place.role);
         let decision = self.decide(permission, role, standing);
-        let Some(custom_role) = place.custom_role.as_deref() else {
+        let Some(custom_role) = place.custom_role_id.as_deref() else {
             return Ok(decision);
         };
         if decision.allowed || decision.reason != "ORG_ROLE_TOO_LOW" || is_known(permission) {

@@ -14,6 +14,7 @@
 
 use std::collections::HashSet;
 
+use super::authorization::OrgPlace;
 use super::{App, AuditRecord, Caller};
 use crate::domain::org_roles::{
     check_base_role, check_role_name, check_role_permission, decide_with_custom_role,
@@ -70,8 +71,8 @@ pub struct NewOrgRole {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) struct RoleChange {
     pub role: Option<OrgRole>,
-    /// `Some(None)`: take the custom role away.
-    pub custom_role: Option<Option<String>>,
+    /// `Some(None)`: take the custom role away; `Some(Some((name, id)))`: give this one.
+    pub custom_role: Option<Option<(String, String)>>,
 }
 
 /// The role-grant refusals as errors.
@@ -94,6 +95,11 @@ fn check_description(description: &str, out: &mut Vec<FieldViolation>) {
             ),
         ));
     }
+}
+
+/// Whether a membership names a custom role.
+fn holds_one(m: &MembershipDoc) -> bool {
+    m.custom_role.is_some() || m.custom_role_id.is_some()
 }
 
 fn require_org_id(org_id: &str) -> Result<()> {
@@ -138,11 +144,11 @@ impl App {
         permissions: &[String],
     ) -> Result<()> {
         let own = match self.org_place(org_id, &who.user_id).await? {
-            Some(place) => match place.custom_role {
-                Some(name) => self.custom_role_permissions(org_id, &name).await?,
-                None => None,
-            },
-            None => None,
+            Some(OrgPlace {
+                custom_role_id: Some(id),
+                ..
+            }) => self.custom_role_permissions(org_id, &id).await?,
+            _ => None,
         };
         let holds = |p: &str| {
             let scope = self.permission_rule(p).map(|r| r.scope);
@@ -182,12 +188,6 @@ impl App {
         if self.store.org_roles.count(org_id).await? >= MAX_ROLES_PER_ORG as u64 {
             return Err(Error::TooManyOrgRoles);
         }
-        // Members still naming a role of this name that was deleted half-way (its members not
-        // yet cleared) must not inherit the new one.
-        self.store
-            .memberships
-            .clear_custom_role(org_id, &new.name)
-            .await?;
         let now = bson_time(self.now());
         let doc = OrgRoleDoc {
             id: new_id(),
@@ -306,9 +306,10 @@ impl App {
 
     /// Deletes a custom role; its members keep its base role and lose its permissions at once.
     ///
-    /// The role goes first (from then on it grants nothing), then its name is cleared from the
-    /// memberships; a failure between the two leaves names that grant nothing, cleared by the
-    /// next definition of that name.
+    /// The role goes first (from then on it grants nothing: memberships name it by id, and a
+    /// new role of the same name has another), then it is cleared from the memberships; a
+    /// failure between the two leaves names that grant nothing, until the member's role next
+    /// changes.
     pub async fn delete_org_role(
         &self,
         who: &AccessClaims,
@@ -337,11 +338,8 @@ impl App {
         let members = self
             .store
             .memberships
-            .clear_custom_role(org_id, name)
+            .clear_custom_role(org_id, &current.id)
             .await?;
-        // Their cached places still name the role; it grants nothing, but listings and the next
-        // check should not show it either.
-        self.forget_all_memberships();
         self.audit(
             AuditRecord::new("org.role.delete", Outcome::Success, caller)
                 .user(&who.user_id)
@@ -371,7 +369,7 @@ impl App {
         match custom_role {
             Some("") => Ok(RoleChange {
                 role,
-                custom_role: current.custom_role.as_ref().map(|_| None),
+                custom_role: holds_one(current).then_some(None),
             }),
             Some(name) => {
                 let assigned = self
@@ -399,14 +397,13 @@ impl App {
                 .await?;
                 Ok(RoleChange {
                     role: Some(assigned.base_role),
-                    custom_role: Some(Some(name.to_string())),
+                    custom_role: Some(Some((assigned.name, assigned.id))),
                 })
             }
             None => Ok(RoleChange {
                 role,
-                custom_role: (role.is_some_and(|r| r != current.role)
-                    && current.custom_role.is_some())
-                .then_some(None),
+                custom_role: (role.is_some_and(|r| r != current.role) && holds_one(current))
+                    .then_some(None),
             }),
         }
     }

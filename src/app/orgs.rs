@@ -30,7 +30,7 @@ use crate::error::{Error, FieldViolation, Result};
 use crate::store::audit_events::Outcome;
 use crate::store::bson_time;
 use crate::store::invitations::{InvitationDoc, InvitationStatus, KEEP_AFTER_EXPIRY};
-use crate::store::memberships::{MembershipChange, MembershipDoc};
+use crate::store::memberships::{CustomRoleRef, MembershipChange, MembershipDoc};
 use crate::store::orgs::OrgDoc;
 use crate::store::users::UserDoc;
 
@@ -766,7 +766,10 @@ impl App {
                         MembershipChange {
                             role: change.role,
                             department: department.as_deref(),
-                            custom_role: change.custom_role.as_ref().map(Option::as_deref),
+                            custom_role: change
+                                .custom_role
+                                .as_ref()
+                                .map(|c| c.as_ref().map(|(name, id)| CustomRoleRef { name, id })),
                         },
                     )
                     .await?;

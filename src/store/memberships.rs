@@ -29,9 +29,13 @@ pub struct MembershipDoc {
     pub department: String,
     pub joined_at: BsonDateTime,
     /// The name of the organization's custom role the member holds (`role` is then its base
-    /// role), if any. A name whose role is gone grants nothing.
+    /// role), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub custom_role: Option<String>,
+    /// That role's id: only the role with this id grants anything, so a name left behind by a
+    /// deleted role never picks up a new role of the same name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_role_id: Option<String>,
 }
 
 /// A change to one membership; `None` leaves a field as it is.
@@ -40,7 +44,14 @@ pub struct MembershipChange<'a> {
     pub role: Option<OrgRole>,
     pub department: Option<&'a str>,
     /// `Some(None)`: no custom role any more.
-    pub custom_role: Option<Option<&'a str>>,
+    pub custom_role: Option<Option<CustomRoleRef<'a>>>,
+}
+
+/// A custom role as a membership names it.
+#[derive(Debug, Clone, Copy)]
+pub struct CustomRoleRef<'a> {
+    pub name: &'a str,
+    pub id: &'a str,
 }
 
 /// (De)serialises an [`OrgRole`] as its name.
@@ -80,6 +91,7 @@ impl MembershipDoc {
             department: department.to_string(),
             joined_at: bson_time(now),
             custom_role: None,
+            custom_role_id: None,
         }
     }
 }
@@ -184,11 +196,13 @@ impl Memberships {
             set.insert("department", department);
         }
         match change.custom_role {
-            Some(Some(name)) => {
-                set.insert("custom_role", name);
+            Some(Some(custom)) => {
+                set.insert("custom_role", custom.name);
+                set.insert("custom_role_id", custom.id);
             }
             Some(None) => {
                 unset.insert("custom_role", "");
+                unset.insert("custom_role_id", "");
             }
             None => {}
         }
@@ -209,14 +223,18 @@ impl Memberships {
             .await
     }
 
-    /// Takes the custom role `name` of `org_id` away from every member holding it (they keep
+    /// Takes the custom role `role_id` of `org_id` away from every member holding it (they keep
     /// its base role); how many held it.
-    pub async fn clear_custom_role(&self, org_id: &str, name: &str) -> mongodb::error::Result<u64> {
+    pub async fn clear_custom_role(
+        &self,
+        org_id: &str,
+        role_id: &str,
+    ) -> mongodb::error::Result<u64> {
         Ok(self
             .0
             .update_many(
-                doc! { "org_id": org_id, "custom_role": name },
-                doc! { "$unset": { "custom_role": "" } },
+                doc! { "org_id": org_id, "custom_role_id": role_id },
+                doc! { "$unset": { "custom_role": "", "custom_role_id": "" } },
             )
             .await?
             .modified_count)

@@ -394,6 +394,17 @@ async fn a_custom_role_grants_its_permissions_to_its_members_until_taken_away_or
     );
 
     // Deleted: its members keep the base role and lose its permissions at once.
+    let old_role_id = app
+        .db()
+        .await
+        .collection::<Document>("org_roles")
+        .find_one(doc! { "org_id": &org, "name": "assistant" })
+        .await
+        .unwrap()
+        .unwrap()
+        .get_str("_id")
+        .unwrap()
+        .to_string();
     try_delete_role(&app, o, &org, "assistant")
         .await
         .expect("delete role");
@@ -420,8 +431,24 @@ async fn a_custom_role_grants_its_permissions_to_its_members_until_taken_away_or
         Code::NotFound,
         "ORG_ROLE_NOT_FOUND",
     );
-    // A new role of the same name starts with nobody.
+    // A new role of the same name starts with nobody — even for a member a deletion cut short
+    // left naming the old one (memberships name their role by id).
     define_role(&app, o, &org, "assistant", OrgRole::Member, &[SIGN]).await;
+    assert_eq!(
+        decide(&app, a, SIGN, &org).await,
+        denied("ORG_ROLE_TOO_LOW")
+    );
+    app.db()
+        .await
+        .collection::<Document>("memberships")
+        .update_one(
+            doc! { "org_id": &org, "user_id": uid(&assistant) },
+            doc! { "$set": { "custom_role": "assistant", "custom_role_id": &old_role_id } },
+        )
+        .await
+        .unwrap();
+    // Written behind keyward's back: seen once the cached membership expires (1 s).
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     assert_eq!(
         decide(&app, a, SIGN, &org).await,
         denied("ORG_ROLE_TOO_LOW")
