@@ -64,6 +64,14 @@ pub enum Error {
     PermissionDenied,
     #[error("that role is above the caller's own")]
     RoleTooHigh,
+    #[error("the caller does not hold {0}, so cannot grant it")]
+    PermissionNotHeld(String),
+    #[error("this organization has a custom role of this name already")]
+    OrgRoleExists,
+    #[error("no custom role of this name in this organization")]
+    OrgRoleNotFound,
+    #[error("this organization has the most custom roles it may have; delete one first")]
+    TooManyOrgRoles,
     #[error("an organization must keep at least one owner")]
     LastOwner,
     #[error("organization not found")]
@@ -175,6 +183,10 @@ impl Error {
             Error::SessionNotFound => (Code::NotFound, "SESSION_NOT_FOUND"),
             Error::PermissionDenied => (Code::PermissionDenied, "PERMISSION_DENIED"),
             Error::RoleTooHigh => (Code::PermissionDenied, "ROLE_TOO_HIGH"),
+            Error::PermissionNotHeld(_) => (Code::PermissionDenied, "PERMISSION_NOT_HELD"),
+            Error::OrgRoleExists => (Code::AlreadyExists, "ORG_ROLE_EXISTS"),
+            Error::OrgRoleNotFound => (Code::NotFound, "ORG_ROLE_NOT_FOUND"),
+            Error::TooManyOrgRoles => (Code::FailedPrecondition, "TOO_MANY_ORG_ROLES"),
             Error::LastOwner => (Code::FailedPrecondition, "LAST_OWNER"),
             Error::OrgNotFound => (Code::NotFound, "ORG_NOT_FOUND"),
             Error::SlugTaken => (Code::AlreadyExists, "SLUG_TAKEN"),

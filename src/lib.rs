@@ -14,19 +14,18 @@
 //! - [`app`]: the use cases (register, login, refresh, authenticate, logout, one-time codes,
 //!   the mail outbox and its delivery workers, Authorize, organizations and invitations, platform
 //!   user management, importing accounts, second factors (`mfa.rs`), the permission catalogue
-//!   (`permissions.rs`), service accounts and API keys (`service_accounts.rs`), sign-in with an
-//!   OpenID Connect provider and linked identities (`federation.rs`)) combining domain
-//!   rules with storage; knows nothing of protobuf.
+//!   (`permissions.rs`), organizations' custom roles (`org_roles.rs`), service accounts and API
+//!   keys (`service_accounts.rs`), sign-in with an OpenID Connect provider and linked identities
+//!   (`federation.rs`)) combining domain rules with storage; knows nothing of protobuf.
 //! - [`domain`]: pure rules — emails, password policy and hashing, tokens, roles and the
-//!   permission matrix and catalogue names, lockout, one-time codes and their send limits, TOTP
-//!   and recovery codes (`mfa`), federated sign-in flows' secrets and checks (`federation`), keyset
-//!   page tokens, which client address to believe behind
-//!   proxies (and its IPv6 /64 rate-limit key).
+//!   permission matrix and catalogue names, custom organization roles and who may grant them
+//!   (`org_roles`), lockout, one-time codes and their send limits, TOTP and recovery codes
+//!   (`mfa`), federated sign-in flows' secrets and checks (`federation`), keyset page tokens,
+//!   which client address to believe behind proxies (and its IPv6 /64 rate-limit key).
 //! - [`store`]: MongoDB, one file per collection (`users`, `sessions`, `rate_limits`,
-//!   `one_time_codes`, `mail_outbox`, `audit_events`, `orgs`, `memberships`, `invitations`, `mfa`,
-//!   `mfa_challenges`, `permissions`, `service_accounts`, `api_keys`, `federation_flows`,
-//!   `identities`) with its documents, indexes
-//!   and queries.
+//!   `one_time_codes`, `mail_outbox`, `audit_events`, `orgs`, `org_roles`, `memberships`,
+//!   `invitations`, `mfa`, `mfa_challenges`, `permissions`, `service_accounts`, `api_keys`,
+//!   `federation_flows`, `identities`) with its documents, indexes and queries.
 //! - [`oidc`]: the OpenID Connect relying party (discovery, keys, authorization URL, code
 //!   exchange, ID token checks) that federated sign-in talks to providers through.
 //! - [`mail`]: mail templates, sealing for the outbox, and the SMTP / dev-log transports.

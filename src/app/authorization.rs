@@ -1,16 +1,20 @@
 //! Authorize: Authenticate's session check, then the permission matrix against the caller's
 //! *current* global role and org membership — not the role in the token, so a role change,
-//! disable or membership removal counts from the next call.
+//! disable or membership removal counts from the next call. A member's custom role adds the
+//! catalogue permissions it lists (GRANTED_BY_CUSTOM_ROLE; see `domain::org_roles`).
 //!
 //! Current state is cached per replica for `session_cache_ttl` (as session states are): changes
 //! made on this replica are seen at once (the cache entry is dropped), changes made on another
-//! replica within that TTL.
+//! replica within that TTL. Custom roles are cached per organization the same way, and read only
+//! when a member holding one is checked for a permission their role is too low for.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::App;
-use crate::domain::permissions::{decide_scope, Decision, OrgRole, OrgStanding};
+use crate::domain::org_roles::decide_with_custom_role;
+use crate::domain::permissions::{decide_scope, is_known, Decision, OrgRole, OrgStanding};
 use crate::domain::roles::Role;
 use crate::domain::secrets::is_id;
 use crate::domain::tokens::{AccessClaims, ServiceAccountGrant};
@@ -29,10 +33,24 @@ pub struct Standing {
     pub email: std::sync::Arc<str>,
 }
 
+/// A member's place in one organization: their role and, if they hold one, the id of their
+/// custom role (whose permissions are looked up only when a check needs them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrgPlace {
+    pub role: OrgRole,
+    pub custom_role_id: Option<Arc<str>>,
+}
+
+/// An organization's custom roles: id -> its extra permissions.
+type CustomRoles = Arc<HashMap<String, Arc<HashSet<String>>>>;
+
 /// Current roles and memberships, briefly cached.
 pub struct AccessCache {
     users: quick_cache::sync::Cache<String, (Option<Standing>, Instant)>,
-    memberships: quick_cache::sync::Cache<(String, String), (Option<OrgRole>, Instant)>,
+    memberships: quick_cache::sync::Cache<(String, String), (Option<OrgPlace>, Instant)>,
+    /// Each organization's custom roles, asked only when a member with a custom role is checked
+    /// for a permission their role is too low for.
+    custom_roles: quick_cache::sync::Cache<String, (CustomRoles, Instant)>,
     /// Whether a user has a second factor; asked only when a check needs two factors.
     second_factors: quick_cache::sync::Cache<String, (bool, Instant)>,
     /// Whether an organization requires two factors of its members.
@@ -48,6 +66,7 @@ impl AccessCache {
         Self {
             users: quick_cache::sync::Cache::new(50_000),
             memberships: quick_cache::sync::Cache::new(100_000),
+            custom_roles: quick_cache::sync::Cache::new(20_000),
             second_factors: quick_cache::sync::Cache::new(50_000),
             org_policies: quick_cache::sync::Cache::new(20_000),
             ttl,
@@ -123,23 +142,88 @@ impl App {
 
     /// `user_id`'s current role in `org_id`, `None` when not a member.
     pub async fn org_role(&self, org_id: &str, user_id: &str) -> Result<Option<OrgRole>> {
+        Ok(self.org_place(org_id, user_id).await?.map(|p| p.role))
+    }
+
+    /// `user_id`'s current role and custom role in `org_id`, `None` when not a member.
+    pub async fn org_place(&self, org_id: &str, user_id: &str) -> Result<Option<OrgPlace>> {
         let key = (org_id.to_string(), user_id.to_string());
-        if let Some((role, at)) = self.access.memberships.get(&key) {
+        if let Some((place, at)) = self.access.memberships.get(&key) {
             if at.elapsed() < self.access.ttl {
-                return Ok(role);
+                return Ok(place);
             }
         }
         let generation = self.access.generation();
-        let role = self
+        let place = self
             .store
             .memberships
             .find(org_id, user_id)
             .await?
-            .map(|m| m.role);
+            .map(|m| OrgPlace {
+                role: m.role,
+                custom_role_id: m.custom_role_id.map(Into::into),
+            });
         if self.access.generation() == generation {
-            self.access.memberships.insert(key, (role, Instant::now()));
+            self.access
+                .memberships
+                .insert(key, (place.clone(), Instant::now()));
         }
-        Ok(role)
+        Ok(place)
+    }
+
+    /// The extra permissions of `org_id`'s custom role `role_id` (`None`: no such role, e.g.
+    /// deleted), from the briefly cached roles of that organization.
+    pub async fn custom_role_permissions(
+        &self,
+        org_id: &str,
+        role_id: &str,
+    ) -> Result<Option<Arc<HashSet<String>>>> {
+        if let Some((roles, at)) = self.access.custom_roles.get(org_id) {
+            if at.elapsed() < self.access.ttl {
+                return Ok(roles.get(role_id).cloned());
+            }
+        }
+        let generation = self.access.generation();
+        let roles: CustomRoles = Arc::new(
+            self.store
+                .org_roles
+                .list(org_id)
+                .await?
+                .into_iter()
+                .map(|r| (r.id, Arc::new(r.permissions.into_iter().collect())))
+                .collect(),
+        );
+        if self.access.generation() == generation {
+            self.access
+                .custom_roles
+                .insert(org_id.to_string(), (roles.clone(), Instant::now()));
+        }
+        Ok(roles.get(role_id).cloned())
+    }
+
+    /// The decision on `permission` for a member of `org_id` in `place`: their role's, or their
+    /// custom role's for a catalogue permission the role is too low for.
+    pub async fn decide_as_member(
+        &self,
+        permission: &str,
+        role: Role,
+        org_id: &str,
+        place: &OrgPlace,
+    ) -> Result<Decision> {
+        let standing = OrgStanding::Member(place.role);
+        let decision = self.decide(permission, role, standing);
+        let Some(custom_role) = place.custom_role_id.as_deref() else {
+            return Ok(decision);
+        };
+        if decision.allowed || decision.reason != "ORG_ROLE_TOO_LOW" || is_known(permission) {
+            return Ok(decision);
+        }
+        let listed = self
+            .custom_role_permissions(org_id, custom_role)
+            .await?
+            .is_some_and(|p| p.contains(permission));
+        let scope = self.permission_rule(permission).map(|r| r.scope);
+        Ok(decide_with_custom_role(scope, role, standing, listed))
     }
 
     /// Whether `user_id` has a second factor, briefly cached.
@@ -300,6 +384,12 @@ impl App {
         self.access.memberships.clear();
     }
 
+    /// Drops the cached custom roles of `org_id` after a change made here.
+    pub fn forget_custom_roles(&self, org_id: &str) {
+        self.access.changed();
+        self.access.custom_roles.remove(org_id);
+    }
+
     /// Authenticates `access_token` and answers each check, in order. With no checks this is
     /// Authenticate plus the caller's current standing (role and state, not the token's).
     /// `access_token` may also be a service account's API key (`client_address` is recorded as
@@ -338,11 +428,18 @@ impl App {
                 // (a flood of made-up ids must not fill the membership cache).
                 self.decide(&check.permission, standing.role, OrgStanding::NotMember)
             } else {
-                let org = match self.org_role(&check.org_id, &claims.user_id).await? {
-                    Some(role) => OrgStanding::Member(role),
-                    None => OrgStanding::NotMember,
-                };
-                self.decide(&check.permission, standing.role, org)
+                match self.org_place(&check.org_id, &claims.user_id).await? {
+                    Some(place) => {
+                        self.decide_as_member(
+                            &check.permission,
+                            standing.role,
+                            &check.org_id,
+                            &place,
+                        )
+                        .await?
+                    }
+                    None => self.decide(&check.permission, standing.role, OrgStanding::NotMember),
+                }
             };
             let decision = self.with_second_factor(&claims, check, decision).await?;
             decisions.push(decision);

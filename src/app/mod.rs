@@ -9,6 +9,7 @@ pub mod import;
 pub mod incidents;
 pub mod mail;
 pub mod mfa;
+pub mod org_roles;
 pub mod orgs;
 pub mod permissions;
 pub mod service_accounts;

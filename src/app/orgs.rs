@@ -30,7 +30,7 @@ use crate::error::{Error, FieldViolation, Result};
 use crate::store::audit_events::Outcome;
 use crate::store::bson_time;
 use crate::store::invitations::{InvitationDoc, InvitationStatus, KEEP_AFTER_EXPIRY};
-use crate::store::memberships::MembershipDoc;
+use crate::store::memberships::{CustomRoleRef, MembershipChange, MembershipDoc};
 use crate::store::orgs::OrgDoc;
 use crate::store::users::UserDoc;
 
@@ -298,6 +298,7 @@ impl App {
         let invitations = self.store.invitations.remove_all_for_org(org_id).await?;
         // Its service accounts and their keys go with it.
         let service_accounts = self.remove_org_service_accounts(org_id).await?;
+        let roles = self.remove_org_roles(org_id).await?;
         self.forget_all_memberships();
         if !deleted {
             return Err(Error::OrgNotFound);
@@ -310,7 +311,8 @@ impl App {
                 .detail("org_id", org_id)
                 .detail("memberships_removed", members as i64)
                 .detail("invitations_removed", invitations as i64)
-                .detail("service_accounts_removed", service_accounts as i64),
+                .detail("service_accounts_removed", service_accounts as i64)
+                .detail("custom_roles_removed", roles as i64),
         )
         .await;
         Ok(())
@@ -721,13 +723,16 @@ impl App {
         Ok(OrgMember { membership, user })
     }
 
-    /// Changes a member's role and/or department.
+    /// Changes a member's role, custom role (`Some("")`: none; see `app::org_roles`) and/or
+    /// department.
+    #[allow(clippy::too_many_arguments)]
     pub async fn update_member(
         &self,
         who: &AccessClaims,
         org_id: &str,
         user_id: &str,
         role: Option<OrgRole>,
+        custom_role: Option<String>,
         department: Option<String>,
         caller: &Caller,
     ) -> Result<OrgMember> {
@@ -750,12 +755,25 @@ impl App {
                     .find(org_id, user_id)
                     .await?
                     .ok_or(Error::MemberNotFound)?;
-                let new_role = role.unwrap_or(current.role);
+                let change = self
+                    .resolve_role_change(who, actor, &current, role, custom_role.as_deref())
+                    .await?;
+                let new_role = change.role.unwrap_or(current.role);
                 grant(actor, Some(current.role), Some(new_role))?;
                 let changed = self
-                    .change_membership(&current, role, department.as_deref())
+                    .change_membership(
+                        &current,
+                        MembershipChange {
+                            role: change.role,
+                            department: department.as_deref(),
+                            custom_role: change
+                                .custom_role
+                                .as_ref()
+                                .map(|c| c.as_ref().map(|(name, id)| CustomRoleRef { name, id })),
+                        },
+                    )
                     .await?;
-                Ok(changed.map(|m| (current.role, m)))
+                Ok(changed.map(|m| (current, m)))
             })
             .await?;
         self.forget_membership(org_id, user_id);
@@ -765,8 +783,16 @@ impl App {
                 .actor(&who.user_id)
                 .session(&who.session_id)
                 .detail("org_id", org_id)
-                .detail("role_before", before.as_str())
+                .detail("role_before", before.role.as_str())
                 .detail("role_after", after.role.as_str())
+                .detail(
+                    "custom_role_before",
+                    before.custom_role.clone().unwrap_or_default(),
+                )
+                .detail(
+                    "custom_role_after",
+                    after.custom_role.clone().unwrap_or_default(),
+                )
                 .detail("department_changed", department.is_some()),
         )
         .await;
@@ -851,18 +877,19 @@ impl App {
         Ok(())
     }
 
-    /// Writes a role and/or department change to a membership still in the state `current`
-    /// shows, keeping the owner count right; `None` when the membership changed meanwhile.
+    /// Writes a role, custom role and/or department change to a membership still in the state
+    /// `current` shows, keeping the owner count right; `None` when the membership changed
+    /// meanwhile.
     async fn change_membership(
         &self,
         current: &MembershipDoc,
-        role: Option<OrgRole>,
-        department: Option<&str>,
+        change: MembershipChange<'_>,
     ) -> Result<Option<MembershipDoc>> {
         let memberships = &self.store.memberships;
         let orgs = &self.store.orgs;
         let (org_id, user_id) = (current.org_id.as_str(), current.user_id.as_str());
-        let role = role.filter(|r| *r != current.role);
+        let role = change.role.filter(|r| *r != current.role);
+        let change = MembershipChange { role, ..change };
         match role {
             // Losing an owner: count first, so two owners demoting each other cannot both pass.
             Some(_) if current.role == OrgRole::Owner => {
@@ -870,7 +897,7 @@ impl App {
                     return Err(Error::LastOwner);
                 }
                 let changed = memberships
-                    .update(org_id, user_id, OrgRole::Owner, role, department)
+                    .update(org_id, user_id, OrgRole::Owner, change)
                     .await;
                 // As in `remove_member`: give the count back only when nothing was written.
                 if matches!(changed, Ok(None)) {
@@ -881,7 +908,7 @@ impl App {
             // Gaining an owner: membership first, so the count is never ahead of the owners.
             Some(OrgRole::Owner) => {
                 let changed = memberships
-                    .update(org_id, user_id, current.role, role, department)
+                    .update(org_id, user_id, current.role, change)
                     .await?;
                 if changed.is_some() {
                     orgs.add_owner(org_id).await?;
@@ -889,7 +916,7 @@ impl App {
                 Ok(changed)
             }
             _ => Ok(memberships
-                .update(org_id, user_id, current.role, role, department)
+                .update(org_id, user_id, current.role, change)
                 .await?),
         }
     }

@@ -6,6 +6,7 @@ pub mod email;
 pub mod federation;
 pub mod lockout;
 pub mod mfa;
+pub mod org_roles;
 pub mod paging;
 pub mod password;
 pub mod permissions;

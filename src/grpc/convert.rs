@@ -152,6 +152,7 @@ pub fn member(m: &crate::app::orgs::OrgMember) -> pb::Member {
         role: org_role(m.membership.role) as i32,
         department: m.membership.department.clone(),
         joined_at: bson_ts(m.membership.joined_at),
+        custom_role: m.membership.custom_role.clone().unwrap_or_default(),
     }
 }
 
@@ -161,6 +162,19 @@ pub fn org_membership(m: &crate::app::orgs::MyOrg) -> pb::OrgMembership {
         role: org_role(m.membership.role) as i32,
         department: m.membership.department.clone(),
         joined_at: bson_ts(m.membership.joined_at),
+        custom_role: m.membership.custom_role.clone().unwrap_or_default(),
+    }
+}
+
+pub fn org_custom_role(r: &crate::app::org_roles::OrgCustomRole) -> pb::OrgCustomRole {
+    pb::OrgCustomRole {
+        org_id: r.org_id.clone(),
+        name: r.name.clone(),
+        description: r.description.clone(),
+        base_role: org_role(r.base_role) as i32,
+        permissions: r.permissions.clone(),
+        created_at: timestamp(r.created_at),
+        updated_at: timestamp(r.updated_at),
     }
 }
 

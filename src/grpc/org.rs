@@ -8,6 +8,7 @@ use tracing::instrument;
 use super::pb::org_service_server::OrgService;
 use super::pb::*;
 use super::{caller, convert};
+use crate::app::org_roles::NewOrgRole;
 use crate::app::orgs::{NewMember, NewOrg};
 use crate::app::{App, Caller};
 use crate::domain::permissions::OrgRole as DomainOrgRole;
@@ -204,7 +205,15 @@ impl OrgService for Org {
         let role = org_role_from(r.role, "role")?;
         let member = self
             .app
-            .update_member(&who, &r.org_id, &r.user_id, role, r.department, &caller)
+            .update_member(
+                &who,
+                &r.org_id,
+                &r.user_id,
+                role,
+                r.custom_role,
+                r.department,
+                &caller,
+            )
             .await?;
         Ok(Response::new(UpdateMemberResponse {
             member: Some(convert::member(&member)),
@@ -223,5 +232,81 @@ impl OrgService for Org {
             .remove_member(&who, &r.org_id, &r.user_id, &caller)
             .await?;
         Ok(Response::new(RemoveMemberResponse {}))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn define_org_role(
+        &self,
+        request: Request<DefineOrgRoleRequest>,
+    ) -> Result<Response<DefineOrgRoleResponse>, Status> {
+        let who = super::signed_in(&self.app, &request).await?;
+        let caller = self.caller(&request);
+        let r = request.into_inner();
+        let new = NewOrgRole {
+            name: r.name,
+            description: r.description,
+            base_role: org_role_from(r.base_role, "base_role")?,
+            permissions: r.permissions,
+        };
+        let role = self
+            .app
+            .define_org_role(&who, &r.org_id, new, &caller)
+            .await?;
+        Ok(Response::new(DefineOrgRoleResponse {
+            role: Some(convert::org_custom_role(&role)),
+        }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn list_org_roles(
+        &self,
+        request: Request<ListOrgRolesRequest>,
+    ) -> Result<Response<ListOrgRolesResponse>, Status> {
+        let who = super::signed_in(&self.app, &request).await?;
+        let roles = self
+            .app
+            .list_org_roles(&who, &request.into_inner().org_id)
+            .await?;
+        Ok(Response::new(ListOrgRolesResponse {
+            roles: roles.iter().map(convert::org_custom_role).collect(),
+        }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn update_org_role(
+        &self,
+        request: Request<UpdateOrgRoleRequest>,
+    ) -> Result<Response<UpdateOrgRoleResponse>, Status> {
+        let who = super::signed_in(&self.app, &request).await?;
+        let caller = self.caller(&request);
+        let r = request.into_inner();
+        let role = self
+            .app
+            .update_org_role(
+                &who,
+                &r.org_id,
+                &r.name,
+                r.description,
+                r.permissions.map(|p| p.names),
+                &caller,
+            )
+            .await?;
+        Ok(Response::new(UpdateOrgRoleResponse {
+            role: Some(convert::org_custom_role(&role)),
+        }))
+    }
+
+    #[instrument(skip(self, request))]
+    async fn delete_org_role(
+        &self,
+        request: Request<DeleteOrgRoleRequest>,
+    ) -> Result<Response<DeleteOrgRoleResponse>, Status> {
+        let who = super::signed_in(&self.app, &request).await?;
+        let caller = self.caller(&request);
+        let r = request.into_inner();
+        self.app
+            .delete_org_role(&who, &r.org_id, &r.name, &caller)
+            .await?;
+        Ok(Response::new(DeleteOrgRoleResponse {}))
     }
 }

@@ -28,6 +28,30 @@ pub struct MembershipDoc {
     #[serde(default)]
     pub department: String,
     pub joined_at: BsonDateTime,
+    /// The name of the organization's custom role the member holds (`role` is then its base
+    /// role), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_role: Option<String>,
+    /// That role's id: only the role with this id grants anything, so a name left behind by a
+    /// deleted role never picks up a new role of the same name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_role_id: Option<String>,
+}
+
+/// A change to one membership; `None` leaves a field as it is.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MembershipChange<'a> {
+    pub role: Option<OrgRole>,
+    pub department: Option<&'a str>,
+    /// `Some(None)`: no custom role any more.
+    pub custom_role: Option<Option<CustomRoleRef<'a>>>,
+}
+
+/// A custom role as a membership names it.
+#[derive(Debug, Clone, Copy)]
+pub struct CustomRoleRef<'a> {
+    pub name: &'a str,
+    pub id: &'a str,
 }
 
 /// (De)serialises an [`OrgRole`] as its name.
@@ -66,6 +90,8 @@ impl MembershipDoc {
             role,
             department: department.to_string(),
             joined_at: bson_time(now),
+            custom_role: None,
+            custom_role_id: None,
         }
     }
 }
@@ -152,31 +178,66 @@ impl Memberships {
             .await
     }
 
-    /// Sets the role and/or department of a membership whose role is still `expected`; `None`
-    /// when it is gone or its role changed meanwhile.
+    /// Sets the role, department and/or custom role (`Some(None)`: none) of a membership whose
+    /// role is still `expected`; `None` when it is gone or its role changed meanwhile.
     pub async fn update(
         &self,
         org_id: &str,
         user_id: &str,
         expected: OrgRole,
-        role: Option<OrgRole>,
-        department: Option<&str>,
+        change: MembershipChange<'_>,
     ) -> mongodb::error::Result<Option<MembershipDoc>> {
         let mut set = Document::new();
-        if let Some(role) = role {
+        let mut unset = Document::new();
+        if let Some(role) = change.role {
             set.insert("role", role.as_str());
         }
-        if let Some(department) = department {
+        if let Some(department) = change.department {
             set.insert("department", department);
         }
+        match change.custom_role {
+            Some(Some(custom)) => {
+                set.insert("custom_role", custom.name);
+                set.insert("custom_role_id", custom.id);
+            }
+            Some(None) => {
+                unset.insert("custom_role", "");
+                unset.insert("custom_role_id", "");
+            }
+            None => {}
+        }
         let filter = doc! { "_id": membership_id(org_id, user_id), "role": expected.as_str() };
-        if set.is_empty() {
+        let mut update = Document::new();
+        if !set.is_empty() {
+            update.insert("$set", set);
+        }
+        if !unset.is_empty() {
+            update.insert("$unset", unset);
+        }
+        if update.is_empty() {
             return self.0.find_one(filter).await;
         }
         self.0
-            .find_one_and_update(filter, doc! { "$set": set })
+            .find_one_and_update(filter, update)
             .return_document(ReturnDocument::After)
             .await
+    }
+
+    /// Takes the custom role `role_id` of `org_id` away from every member holding it (they keep
+    /// its base role); how many held it.
+    pub async fn clear_custom_role(
+        &self,
+        org_id: &str,
+        role_id: &str,
+    ) -> mongodb::error::Result<u64> {
+        Ok(self
+            .0
+            .update_many(
+                doc! { "org_id": org_id, "custom_role_id": role_id },
+                doc! { "$unset": { "custom_role": "", "custom_role_id": "" } },
+            )
+            .await?
+            .modified_count)
     }
 
     /// Removes a membership whose role is still `expected`; `false` when it is gone or its role

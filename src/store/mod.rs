@@ -14,6 +14,7 @@ pub mod memberships;
 pub mod mfa;
 pub mod mfa_challenges;
 pub mod one_time_codes;
+pub mod org_roles;
 pub mod orgs;
 pub mod permissions;
 pub mod rate_limits;
@@ -39,6 +40,7 @@ pub use memberships::Memberships;
 pub use mfa::Mfa;
 pub use mfa_challenges::MfaChallenges;
 pub use one_time_codes::OneTimeCodes;
+pub use org_roles::OrgRoles;
 pub use orgs::Orgs;
 pub use permissions::Permissions;
 pub use rate_limits::RateLimits;
@@ -60,6 +62,7 @@ pub struct Store {
     pub mail_outbox: MailOutbox,
     pub memberships: Memberships,
     pub orgs: Orgs,
+    pub org_roles: OrgRoles,
     pub invitations: Invitations,
     pub mfa: Mfa,
     pub mfa_challenges: MfaChallenges,
@@ -111,6 +114,7 @@ impl Store {
             mail_outbox: MailOutbox(credential_collection(&db, "mail_outbox")),
             memberships: Memberships(credential_collection(&db, "memberships")),
             orgs: Orgs(credential_collection(&db, "orgs")),
+            org_roles: OrgRoles(credential_collection(&db, "org_roles")),
             invitations: Invitations(credential_collection(&db, "invitations")),
             mfa: Mfa(credential_collection(&db, "mfa")),
             mfa_challenges: MfaChallenges(credential_collection(&db, "mfa_challenges")),
@@ -152,6 +156,7 @@ impl Store {
         self.mail_outbox.ensure_indexes().await?;
         self.memberships.ensure_indexes().await?;
         self.orgs.ensure_indexes().await?;
+        self.org_roles.ensure_indexes().await?;
         self.invitations.ensure_indexes().await?;
         self.mfa_challenges.ensure_indexes().await?;
         self.service_accounts.ensure_indexes().await?;

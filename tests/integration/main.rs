@@ -24,6 +24,7 @@ mod lockout;
 mod mfa;
 mod oidc_fixture;
 mod one_time_codes;
+mod org_roles;
 mod orgs;
 mod permissions;
 mod refresh;

@@ -224,7 +224,7 @@ async fn complete_recovery(
     complete(app, challenge, "", code).await
 }
 
-async fn step_up(
+pub(crate) async fn step_up(
     app: &TestApp,
     token: &str,
     totp_code: &str,
@@ -411,16 +411,16 @@ async fn verified_signed_in(app: &TestApp, email: &str) -> TokenPair {
 }
 
 /// A user with a confirmed authenticator.
-struct Enrolled {
-    email: String,
-    user_id: String,
+pub(crate) struct Enrolled {
+    pub(crate) email: String,
+    pub(crate) user_id: String,
     /// The session that enrolled: still signed in with one factor.
-    session: TokenPair,
+    pub(crate) session: TokenPair,
     totp: Authenticator,
-    recovery_codes: Vec<String>,
+    pub(crate) recovery_codes: Vec<String>,
 }
 
-async fn enrolled(app: &TestApp, tag: &str) -> Enrolled {
+pub(crate) async fn enrolled(app: &TestApp, tag: &str) -> Enrolled {
     let email = email(tag);
     let session = verified_signed_in(app, &email).await;
     let started = start(app, &session.access_token)

@@ -107,6 +107,7 @@ async fn update_member(
         user_id: user_id.into(),
         role: role as i32,
         department: None,
+        custom_role: None,
     };
     orgs(app)
         .update_member(bearer(request, token))
@@ -645,6 +646,7 @@ async fn nobody_rises_above_their_role_and_the_last_owner_stays() {
         user_id: uid(&alice),
         role: OrgRole::Unspecified as i32,
         department: Some("basement".into()),
+        custom_role: None,
     };
     refused(
         orgs(&app).update_member(bearer(dept_change, c)).await,
@@ -659,6 +661,7 @@ async fn nobody_rises_above_their_role_and_the_last_owner_stays() {
                 user_id: uid(&dave),
                 role: OrgRole::Admin as i32,
                 department: Some("oncology".into()),
+                custom_role: None,
             },
             c,
         ))

@@ -45,7 +45,7 @@ fn platform(name: &str, least: Role) -> DefinePermissionRequest {
 }
 
 /// An organization permission held from organization role `least` up.
-fn in_org(name: &str, least: OrgRole) -> DefinePermissionRequest {
+pub(crate) fn in_org(name: &str, least: OrgRole) -> DefinePermissionRequest {
     DefinePermissionRequest {
         name: name.into(),
         description: format!("{name}, for the tests"),
@@ -66,7 +66,7 @@ async fn try_define_on(
         .map(|r| r.into_inner().permission.expect("a permission"))
 }
 
-async fn try_define(
+pub(crate) async fn try_define(
     app: &TestApp,
     token: &str,
     request: DefinePermissionRequest,
@@ -74,14 +74,18 @@ async fn try_define(
     try_define_on(app.channel(), token, request).await
 }
 
-async fn define(app: &TestApp, token: &str, request: DefinePermissionRequest) -> Permission {
+pub(crate) async fn define(
+    app: &TestApp,
+    token: &str,
+    request: DefinePermissionRequest,
+) -> Permission {
     let name = request.name.clone();
     try_define(app, token, request)
         .await
         .unwrap_or_else(|e| panic!("define {name}: {e:?}"))
 }
 
-async fn try_update(
+pub(crate) async fn try_update(
     app: &TestApp,
     token: &str,
     request: UpdatePermissionRequest,
@@ -123,7 +127,7 @@ async fn try_delete_on(channel: Channel, token: &str, name: &str) -> Result<(), 
         .map(|_| ())
 }
 
-async fn try_delete(app: &TestApp, token: &str, name: &str) -> Result<(), Status> {
+pub(crate) async fn try_delete(app: &TestApp, token: &str, name: &str) -> Result<(), Status> {
     try_delete_on(app.channel(), token, name).await
 }
 
@@ -148,7 +152,7 @@ async fn catalogue_names(app: &TestApp, token: &str) -> Vec<String> {
 
 /// Asserts a refusal with `code` and `reason`.
 #[track_caller]
-fn refused<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, why: &str) {
+pub(crate) fn refused<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, why: &str) {
     let status = result.expect_err(why);
     assert_eq!(
         (status.code(), reason(&status).as_str()),
@@ -159,7 +163,7 @@ fn refused<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, why: &str)
 
 /// Asserts INVALID_ARGUMENT with a field violation naming `field`.
 #[track_caller]
-fn invalid<T: std::fmt::Debug>(result: Result<T, Status>, field: &str, case: &str) {
+pub(crate) fn invalid<T: std::fmt::Debug>(result: Result<T, Status>, field: &str, case: &str) {
     let status = match result {
         Ok(v) => panic!("{case}: accepted: {v:?}"),
         Err(status) => status,
@@ -212,15 +216,20 @@ async fn decide_on(
     (r.allowed, r.reason)
 }
 
-async fn decide(app: &TestApp, token: &str, permission: &str, org_id: &str) -> (bool, String) {
+pub(crate) async fn decide(
+    app: &TestApp,
+    token: &str,
+    permission: &str,
+    org_id: &str,
+) -> (bool, String) {
     decide_on(app.channel(), token, permission, org_id).await
 }
 
-fn allowed(reason: &str) -> (bool, String) {
+pub(crate) fn allowed(reason: &str) -> (bool, String) {
     (true, reason.to_string())
 }
 
-fn denied(reason: &str) -> (bool, String) {
+pub(crate) fn denied(reason: &str) -> (bool, String) {
     (false, reason.to_string())
 }
 
@@ -251,12 +260,12 @@ async fn until_decided(
 // ---------------------------------------------------------------------------------------------
 // Organizations
 
-fn orgs(app: &TestApp) -> OrgServiceClient<Channel> {
+pub(crate) fn orgs(app: &TestApp) -> OrgServiceClient<Channel> {
     OrgServiceClient::new(app.channel())
 }
 
 /// A new organization owned by `owner`; its id.
-async fn create_org(app: &TestApp, owner: &str, name: &str) -> String {
+pub(crate) async fn create_org(app: &TestApp, owner: &str, name: &str) -> String {
     let request = CreateOrgRequest {
         name: name.into(),
         slug: String::new(),
@@ -273,7 +282,7 @@ async fn create_org(app: &TestApp, owner: &str, name: &str) -> String {
 }
 
 /// A new account made a member of `org_id` with `role` by `owner`, signed in.
-async fn member_signed_in(
+pub(crate) async fn member_signed_in(
     app: &TestApp,
     owner: &str,
     org_id: &str,
@@ -301,7 +310,7 @@ async fn member_signed_in(
 
 /// Envoy asking about a route that requires `permission` in the organization named by the
 /// request's `x-org-id` header (none when `org_id` is empty).
-async fn through_envoy(
+pub(crate) async fn through_envoy(
     app: &TestApp,
     token: &str,
     permission: &str,
@@ -324,7 +333,7 @@ async fn through_envoy(
 
 /// The headers an allowed request goes upstream with.
 #[track_caller]
-fn envoy_allowed(r: &CheckResponse) -> std::collections::HashMap<String, String> {
+pub(crate) fn envoy_allowed(r: &CheckResponse) -> std::collections::HashMap<String, String> {
     assert_eq!(r.status.as_ref().unwrap().code, 0, "not allowed: {r:?}");
     let Some(HttpResponse::OkResponse(ok)) = &r.http_response else {
         panic!("not allowed: {r:?}")
@@ -338,7 +347,7 @@ fn envoy_allowed(r: &CheckResponse) -> std::collections::HashMap<String, String>
 
 /// (grpc code, http status, body reason) of a denial.
 #[track_caller]
-fn envoy_denied(r: &CheckResponse) -> (i32, i32, String) {
+pub(crate) fn envoy_denied(r: &CheckResponse) -> (i32, i32, String) {
     let Some(HttpResponse::DeniedResponse(d)) = &r.http_response else {
         panic!("not a denial: {r:?}")
     };

@@ -59,7 +59,7 @@ fn platform(name: &str, role: Role) -> CreateServiceAccountRequest {
     }
 }
 
-fn in_org(name: &str, org_id: &str, org_role: OrgRole) -> CreateServiceAccountRequest {
+pub(crate) fn in_org(name: &str, org_id: &str, org_role: OrgRole) -> CreateServiceAccountRequest {
     CreateServiceAccountRequest {
         name: name.into(),
         org_id: org_id.into(),
@@ -79,7 +79,7 @@ async fn try_create_account(
         .map(|r| r.into_inner().service_account.unwrap())
 }
 
-async fn create_account(
+pub(crate) async fn create_account(
     app: &TestApp,
     token: &str,
     request: CreateServiceAccountRequest,
@@ -107,7 +107,7 @@ async fn try_create_key(
 }
 
 /// A new key of `account_id`: (its id, its secret).
-async fn create_key(app: &TestApp, token: &str, account_id: &str) -> (String, String) {
+pub(crate) async fn create_key(app: &TestApp, token: &str, account_id: &str) -> (String, String) {
     let r = try_create_key(app, token, account_id, None)
         .await
         .expect("create api key");

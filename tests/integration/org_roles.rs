@@ -1,0 +1,1113 @@
+//! Organizations' custom roles end to end: defined by an organization's admins with extra
+//! catalogue permissions, assigned to members through UpdateMember, decided by Authorize,
+//! BatchAuthorize and ext_authz (GRANTED_BY_CUSTOM_ROLE), and the no-escalation rule — nobody
+//! (a member, an org admin, an admin of another organization, a service account's key) grants a
+//! role or a permission beyond their own.
+
+use std::sync::Arc;
+
+use keyward::grpc::pb::auth_service_client::AuthServiceClient;
+use keyward::grpc::pb::*;
+use mongodb::bson::{doc, Document};
+use tonic::{Code, Status};
+
+use crate::harness::*;
+use crate::permissions::{
+    allowed, create_org, decide, define, denied, envoy_allowed, envoy_denied, in_org, invalid,
+    member_signed_in, orgs, refused, through_envoy, try_delete,
+};
+use crate::users::with_role;
+
+const READ: &str = "notes.notes.read";
+const SIGN: &str = "notes.notes.sign";
+const PURGE: &str = "notes.notes.purge";
+
+fn uid(pair: &TokenPair) -> String {
+    pair.user.as_ref().unwrap().id.clone()
+}
+
+fn role_request(
+    org_id: &str,
+    name: &str,
+    base: OrgRole,
+    permissions: &[&str],
+) -> DefineOrgRoleRequest {
+    DefineOrgRoleRequest {
+        org_id: org_id.into(),
+        name: name.into(),
+        description: format!("{name}, for the tests"),
+        base_role: base as i32,
+        permissions: permissions.iter().map(|p| p.to_string()).collect(),
+    }
+}
+
+async fn try_define_role(
+    app: &TestApp,
+    token: &str,
+    request: DefineOrgRoleRequest,
+) -> Result<OrgCustomRole, Status> {
+    orgs(app)
+        .define_org_role(bearer(request, token))
+        .await
+        .map(|r| r.into_inner().role.expect("a role"))
+}
+
+async fn define_role(
+    app: &TestApp,
+    token: &str,
+    org_id: &str,
+    name: &str,
+    base: OrgRole,
+    permissions: &[&str],
+) -> OrgCustomRole {
+    try_define_role(app, token, role_request(org_id, name, base, permissions))
+        .await
+        .unwrap_or_else(|e| panic!("define role {name}: {e:?}"))
+}
+
+async fn list_roles(
+    app: &TestApp,
+    token: &str,
+    org_id: &str,
+) -> Result<Vec<OrgCustomRole>, Status> {
+    orgs(app)
+        .list_org_roles(bearer(
+            ListOrgRolesRequest {
+                org_id: org_id.into(),
+            },
+            token,
+        ))
+        .await
+        .map(|r| r.into_inner().roles)
+}
+
+async fn try_update_role(
+    app: &TestApp,
+    token: &str,
+    org_id: &str,
+    name: &str,
+    permissions: &[&str],
+) -> Result<OrgCustomRole, Status> {
+    let request = UpdateOrgRoleRequest {
+        org_id: org_id.into(),
+        name: name.into(),
+        description: None,
+        permissions: Some(PermissionNames {
+            names: permissions.iter().map(|p| p.to_string()).collect(),
+        }),
+    };
+    orgs(app)
+        .update_org_role(bearer(request, token))
+        .await
+        .map(|r| r.into_inner().role.expect("a role"))
+}
+
+async fn try_delete_role(
+    app: &TestApp,
+    token: &str,
+    org_id: &str,
+    name: &str,
+) -> Result<(), Status> {
+    let request = DeleteOrgRoleRequest {
+        org_id: org_id.into(),
+        name: name.into(),
+    };
+    orgs(app)
+        .delete_org_role(bearer(request, token))
+        .await
+        .map(|_| ())
+}
+
+/// UpdateMember with `role` and `custom_role` (`None`: unset).
+async fn update(
+    app: &TestApp,
+    token: &str,
+    org_id: &str,
+    user_id: &str,
+    role: OrgRole,
+    custom_role: Option<&str>,
+) -> Result<Member, Status> {
+    let request = UpdateMemberRequest {
+        org_id: org_id.into(),
+        user_id: user_id.into(),
+        role: role as i32,
+        department: None,
+        custom_role: custom_role.map(str::to_string),
+    };
+    orgs(app)
+        .update_member(bearer(request, token))
+        .await
+        .map(|r| r.into_inner().member.expect("a member"))
+}
+
+/// Gives `user_id` the custom role `name` (or takes it away, with "").
+async fn assign(
+    app: &TestApp,
+    token: &str,
+    org_id: &str,
+    user_id: &str,
+    name: &str,
+) -> Result<Member, Status> {
+    update(
+        app,
+        token,
+        org_id,
+        user_id,
+        OrgRole::Unspecified,
+        Some(name),
+    )
+    .await
+}
+
+async fn members(app: &TestApp, token: &str, org_id: &str) -> Vec<Member> {
+    orgs(app)
+        .list_members(bearer(
+            ListMembersRequest {
+                org_id: org_id.into(),
+                page_size: 200,
+                ..Default::default()
+            },
+            token,
+        ))
+        .await
+        .expect("list members")
+        .into_inner()
+        .members
+}
+
+/// The catalogue the tests use: READ for members, SIGN for admins, PURGE for owners, and a
+/// platform permission. Returns the platform admin's token.
+async fn notes_catalogue(app: &TestApp) -> String {
+    let (_, admin) = with_role(app, &email("platform-admin"), "admin").await;
+    let a = &admin.access_token;
+    define(app, a, in_org(READ, OrgRole::Member)).await;
+    define(app, a, in_org(SIGN, OrgRole::Admin)).await;
+    define(app, a, in_org(PURGE, OrgRole::Owner)).await;
+    define(
+        app,
+        a,
+        DefinePermissionRequest {
+            name: "notes.reports.export".into(),
+            scope: PermissionScope::Platform as i32,
+            least_role: Role::User as i32,
+            ..Default::default()
+        },
+    )
+    .await;
+    admin.access_token
+}
+
+async fn audit_events(app: &TestApp, action: &str) -> Vec<Document> {
+    use futures::TryStreamExt;
+    app.db()
+        .await
+        .collection::<Document>("audit_events")
+        .find(doc! { "action": action })
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_custom_role_grants_its_permissions_to_its_members_until_taken_away_or_deleted() {
+    let app = TestApp::start().await;
+    notes_catalogue(&app).await;
+    let owner = app.signed_in(&email("owner")).await;
+    let o = &owner.access_token;
+    let org = create_org(&app, o, "Hospital").await;
+    let other_org = create_org(&app, o, "Other hospital").await;
+    let assistant = member_signed_in(&app, o, &org, "assistant", OrgRole::Member).await;
+    let colleague = member_signed_in(&app, o, &org, "colleague", OrgRole::Member).await;
+    let (a, c) = (&assistant.access_token, &colleague.access_token);
+
+    let role = define_role(&app, o, &org, "assistant", OrgRole::Member, &[SIGN]).await;
+    assert_eq!(
+        (
+            role.org_id.as_str(),
+            role.base_role,
+            role.permissions.as_slice()
+        ),
+        (
+            org.as_str(),
+            OrgRole::Member as i32,
+            &[SIGN.to_string()][..]
+        )
+    );
+    assert!(role.created_at.is_some() && role.updated_at.is_some());
+    // Defined, nothing granted yet.
+    assert_eq!(
+        decide(&app, a, SIGN, &org).await,
+        denied("ORG_ROLE_TOO_LOW")
+    );
+
+    let member = assign(&app, o, &org, &uid(&assistant), "assistant")
+        .await
+        .expect("assign");
+    assert_eq!(
+        (member.role, member.custom_role.as_str()),
+        (OrgRole::Member as i32, "assistant")
+    );
+    assert_eq!(
+        decide(&app, a, SIGN, &org).await,
+        allowed("GRANTED_BY_CUSTOM_ROLE")
+    );
+    // Its base role still decides the rest; nothing outside the organization or the catalogue.
+    assert_eq!(
+        decide(&app, a, READ, &org).await,
+        allowed("GRANTED_BY_ORG_ROLE")
+    );
+    assert_eq!(
+        decide(&app, a, PURGE, &org).await,
+        denied("ORG_ROLE_TOO_LOW")
+    );
+    assert_eq!(
+        decide(&app, a, "org.write", &org).await,
+        denied("ORG_ROLE_TOO_LOW")
+    );
+    assert_eq!(
+        decide(&app, a, SIGN, &other_org).await,
+        denied("NOT_A_MEMBER")
+    );
+    assert_eq!(decide(&app, a, SIGN, "").await, denied("ORG_REQUIRED"));
+    // A member without it is refused.
+    assert_eq!(
+        decide(&app, c, SIGN, &org).await,
+        denied("ORG_ROLE_TOO_LOW")
+    );
+
+    // BatchAuthorize and Envoy decide the same.
+    let batch = AuthServiceClient::new(app.channel())
+        .batch_authorize(BatchAuthorizeRequest {
+            access_token: a.clone(),
+            checks: [SIGN, PURGE, READ]
+                .iter()
+                .map(|p| PermissionCheck {
+                    permission: p.to_string(),
+                    org_id: org.clone(),
+                })
+                .collect(),
+        })
+        .await
+        .expect("batch authorize")
+        .into_inner();
+    let got: Vec<(bool, String)> = batch
+        .decisions
+        .into_iter()
+        .map(|d| (d.allowed, d.reason))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            allowed("GRANTED_BY_CUSTOM_ROLE"),
+            denied("ORG_ROLE_TOO_LOW"),
+            allowed("GRANTED_BY_ORG_ROLE")
+        ]
+    );
+    let headers = envoy_allowed(&through_envoy(&app, a, SIGN, &org).await);
+    assert_eq!(headers["x-keyward-org-role"], "member");
+    assert_eq!(
+        envoy_denied(&through_envoy(&app, c, SIGN, &org).await),
+        (7, 403, "ORG_ROLE_TOO_LOW".to_string())
+    );
+
+    // Members see it in the listings.
+    let listed = members(&app, c, &org).await;
+    let shown = listed
+        .iter()
+        .find(|m| m.user.as_ref().unwrap().id == uid(&assistant))
+        .unwrap();
+    assert_eq!(shown.custom_role, "assistant");
+    let mine = orgs(&app)
+        .list_my_orgs(bearer(ListMyOrgsRequest::default(), a))
+        .await
+        .unwrap()
+        .into_inner()
+        .orgs;
+    assert_eq!(mine[0].custom_role, "assistant");
+    let roles = list_roles(&app, c, &org).await.expect("members list roles");
+    assert_eq!(roles.len(), 1);
+    assert_eq!(roles[0].name, "assistant");
+
+    // Taken away: refused from the next call.
+    let member = assign(&app, o, &org, &uid(&assistant), "").await.unwrap();
+    assert_eq!(
+        (member.role, member.custom_role.as_str()),
+        (OrgRole::Member as i32, "")
+    );
+    assert_eq!(
+        decide(&app, a, SIGN, &org).await,
+        denied("ORG_ROLE_TOO_LOW")
+    );
+
+    // A change of built-in role takes it away too.
+    assign(&app, o, &org, &uid(&assistant), "assistant")
+        .await
+        .unwrap();
+    let member = update(&app, o, &org, &uid(&assistant), OrgRole::Admin, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (member.role, member.custom_role.as_str()),
+        (OrgRole::Admin as i32, "")
+    );
+    update(&app, o, &org, &uid(&assistant), OrgRole::Member, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        decide(&app, a, SIGN, &org).await,
+        denied("ORG_ROLE_TOO_LOW")
+    );
+    // Asking its own base role with it is fine; another role is not.
+    update(
+        &app,
+        o,
+        &org,
+        &uid(&assistant),
+        OrgRole::Member,
+        Some("assistant"),
+    )
+    .await
+    .expect("assign with its base role");
+    invalid(
+        update(
+            &app,
+            o,
+            &org,
+            &uid(&assistant),
+            OrgRole::Admin,
+            Some("assistant"),
+        )
+        .await,
+        "role",
+        "a role other than the base role",
+    );
+
+    // A widened role grants more from the next call.
+    try_update_role(&app, o, &org, "assistant", &[SIGN, PURGE])
+        .await
+        .expect("owner widens the role");
+    assert_eq!(
+        decide(&app, a, PURGE, &org).await,
+        allowed("GRANTED_BY_CUSTOM_ROLE")
+    );
+
+    // Deleted: its members keep the base role and lose its permissions at once.
+    let old_role_id = app
+        .db()
+        .await
+        .collection::<Document>("org_roles")
+        .find_one(doc! { "org_id": &org, "name": "assistant" })
+        .await
+        .unwrap()
+        .unwrap()
+        .get_str("_id")
+        .unwrap()
+        .to_string();
+    try_delete_role(&app, o, &org, "assistant")
+        .await
+        .expect("delete role");
+    assert_eq!(
+        decide(&app, a, SIGN, &org).await,
+        denied("ORG_ROLE_TOO_LOW")
+    );
+    assert_eq!(
+        decide(&app, a, READ, &org).await,
+        allowed("GRANTED_BY_ORG_ROLE")
+    );
+    let listed = members(&app, o, &org).await;
+    let shown = listed
+        .iter()
+        .find(|m| m.user.as_ref().unwrap().id == uid(&assistant))
+        .unwrap();
+    assert_eq!(
+        (shown.role, shown.custom_role.as_str()),
+        (OrgRole::Member as i32, "")
+    );
+    assert!(list_roles(&app, o, &org).await.unwrap().is_empty());
+    refused(
+        try_delete_role(&app, o, &org, "assistant").await,
+        Code::NotFound,
+        "ORG_ROLE_NOT_FOUND",
+    );
+    // A new role of the same name starts with nobody — even for a member a deletion cut short
+    // left naming the old one (memberships name their role by id).
+    define_role(&app, o, &org, "assistant", OrgRole::Member, &[SIGN]).await;
+    assert_eq!(
+        decide(&app, a, SIGN, &org).await,
+        denied("ORG_ROLE_TOO_LOW")
+    );
+    app.db()
+        .await
+        .collection::<Document>("memberships")
+        .update_one(
+            doc! { "org_id": &org, "user_id": uid(&assistant) },
+            doc! { "$set": { "custom_role": "assistant", "custom_role_id": &old_role_id } },
+        )
+        .await
+        .unwrap();
+    // Written behind keyward's back: seen once the cached membership expires (1 s).
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(
+        decide(&app, a, SIGN, &org).await,
+        denied("ORG_ROLE_TOO_LOW")
+    );
+
+    // Every change is audited with who made it.
+    let owner_id = uid(&owner);
+    for action in ["org.role.define", "org.role.update", "org.role.delete"] {
+        let events = audit_events(&app, action).await;
+        assert!(!events.is_empty(), "{action} audited");
+        for e in events {
+            assert_eq!(e.get_str("actor_id").unwrap(), owner_id, "{action}: {e:?}");
+            assert_eq!(
+                e.get_document("detail").unwrap().get_str("org_id").unwrap(),
+                org
+            );
+        }
+    }
+    let assigned = audit_events(&app, "org.member.update").await;
+    assert!(assigned.iter().any(|e| {
+        let d = e.get_document("detail").unwrap();
+        d.get_str("custom_role_after") == Ok("assistant")
+    }));
+}
+
+#[tokio::test]
+async fn permissions_names_and_caps_that_do_not_fit_are_refused_naming_the_field() {
+    let app = TestApp::start().await;
+    notes_catalogue(&app).await;
+    let owner = app.signed_in(&email("owner")).await;
+    let o = &owner.access_token;
+    let org = create_org(&app, o, "Hospital").await;
+    let request =
+        |name: &str, permissions: &[&str]| role_request(&org, name, OrgRole::Member, permissions);
+
+    for (permission, case) in [
+        ("notes.reports.export", "a platform permission"),
+        ("org.members.write", "a built-in permission"),
+        ("org.delete", "a built-in owner permission"),
+        ("notes.notes.unknown", "not in the catalogue"),
+        ("", "empty"),
+        ("NOTES", "malformed"),
+    ] {
+        invalid(
+            try_define_role(&app, o, request("assistant", &[permission])).await,
+            "permissions[0]",
+            case,
+        );
+    }
+    invalid(
+        try_define_role(&app, o, request("assistant", &[SIGN, READ, SIGN])).await,
+        "permissions[2]",
+        "a repeated permission",
+    );
+    let many: Vec<String> = (0..65).map(|i| format!("notes.n{i}.read")).collect();
+    invalid(
+        try_define_role(
+            &app,
+            o,
+            DefineOrgRoleRequest {
+                permissions: many,
+                ..request("assistant", &[])
+            },
+        )
+        .await,
+        "permissions",
+        "65 permissions",
+    );
+    for name in [
+        "",
+        "a",
+        "Assistant",
+        "1st-shift",
+        "-assistant",
+        "ward nurse",
+        "ward_nurse",
+        "infirmière",
+        &"a".repeat(41),
+        "admin",
+        "owner",
+        "member",
+    ] {
+        invalid(
+            try_define_role(&app, o, request(name, &[SIGN])).await,
+            "name",
+            &format!("name {name:?}"),
+        );
+    }
+    invalid(
+        try_define_role(
+            &app,
+            o,
+            DefineOrgRoleRequest {
+                description: "x".repeat(501),
+                ..request("assistant", &[])
+            },
+        )
+        .await,
+        "description",
+        "a long description",
+    );
+    invalid(
+        try_define_role(&app, o, role_request(&org, "boss", OrgRole::Owner, &[])).await,
+        "base_role",
+        "an owner base role",
+    );
+    invalid(
+        try_define_role(
+            &app,
+            o,
+            DefineOrgRoleRequest {
+                base_role: 42,
+                ..request("assistant", &[])
+            },
+        )
+        .await,
+        "base_role",
+        "an unknown base role",
+    );
+    invalid(
+        try_update_role(&app, o, &org, "assistant", &["notes.reports.export"]).await,
+        "permissions[0]",
+        "update with a platform permission",
+    );
+    assert!(list_roles(&app, o, &org).await.unwrap().is_empty());
+
+    // Unspecified base role: member. The longest name and description fit.
+    let longest = "a".repeat(40);
+    let role = try_define_role(
+        &app,
+        o,
+        DefineOrgRoleRequest {
+            base_role: OrgRole::Unspecified as i32,
+            description: "é".repeat(500),
+            ..request(&longest, &[])
+        },
+    )
+    .await
+    .expect("the limits fit");
+    assert_eq!(role.base_role, OrgRole::Member as i32);
+
+    // A name is unique per organization, not across them.
+    define_role(&app, o, &org, "assistant", OrgRole::Member, &[SIGN]).await;
+    refused(
+        try_define_role(&app, o, request("assistant", &[])).await,
+        Code::AlreadyExists,
+        "ORG_ROLE_EXISTS",
+    );
+    let other = create_org(&app, o, "Other").await;
+    define_role(&app, o, &other, "assistant", OrgRole::Member, &[]).await;
+
+    // Unknown roles.
+    let member = member_signed_in(&app, o, &org, "member", OrgRole::Member).await;
+    refused(
+        assign(&app, o, &org, &uid(&member), "nurse").await,
+        Code::NotFound,
+        "ORG_ROLE_NOT_FOUND",
+    );
+    refused(
+        try_update_role(&app, o, &org, "nurse", &[]).await,
+        Code::NotFound,
+        "ORG_ROLE_NOT_FOUND",
+    );
+
+    // At most 50 roles per organization.
+    for i in 2..50 {
+        define_role(&app, o, &org, &format!("role-{i}"), OrgRole::Member, &[]).await;
+    }
+    assert_eq!(list_roles(&app, o, &org).await.unwrap().len(), 50);
+    refused(
+        try_define_role(&app, o, request("one-too-many", &[])).await,
+        Code::FailedPrecondition,
+        "TOO_MANY_ORG_ROLES",
+    );
+}
+
+#[tokio::test]
+async fn nobody_grants_a_custom_role_or_permission_above_their_own() {
+    let app = TestApp::start().await;
+    notes_catalogue(&app).await;
+    let owner = app.signed_in(&email("owner")).await;
+    let o = &owner.access_token;
+    let org = create_org(&app, o, "Hospital").await;
+    let admin = member_signed_in(&app, o, &org, "org-admin", OrgRole::Admin).await;
+    let ad = &admin.access_token;
+    let member = member_signed_in(&app, o, &org, "member", OrgRole::Member).await;
+    let m = &member.access_token;
+    let nurse = member_signed_in(&app, o, &org, "nurse", OrgRole::Member).await;
+
+    // An org admin defines roles up to admin with what an admin holds.
+    define_role(&app, ad, &org, "signer", OrgRole::Member, &[SIGN, READ]).await;
+    define_role(&app, ad, &org, "deputy", OrgRole::Admin, &[SIGN]).await;
+    // Not a permission they lack, nor a role above their own.
+    refused(
+        try_define_role(
+            &app,
+            ad,
+            role_request(&org, "purger", OrgRole::Member, &[SIGN, PURGE]),
+        )
+        .await,
+        Code::PermissionDenied,
+        "PERMISSION_NOT_HELD",
+    );
+    refused(
+        try_update_role(&app, ad, &org, "signer", &[SIGN, PURGE]).await,
+        Code::PermissionDenied,
+        "PERMISSION_NOT_HELD",
+    );
+    // The owner may; the admin still cannot hand that role out.
+    define_role(&app, o, &org, "purger", OrgRole::Member, &[PURGE]).await;
+    refused(
+        assign(&app, ad, &org, &uid(&nurse), "purger").await,
+        Code::PermissionDenied,
+        "PERMISSION_NOT_HELD",
+    );
+    assert_eq!(
+        decide(&app, &nurse.access_token, PURGE, &org).await,
+        denied("ORG_ROLE_TOO_LOW")
+    );
+    // But may take it away from someone (nothing is granted by that).
+    assign(&app, o, &org, &uid(&nurse), "purger").await.unwrap();
+    assign(&app, ad, &org, &uid(&nurse), "")
+        .await
+        .expect("admin clears");
+
+    // An admin assigns roles based on admin, within their reach.
+    let promoted = assign(&app, ad, &org, &uid(&nurse), "deputy")
+        .await
+        .unwrap();
+    assert_eq!(promoted.role, OrgRole::Admin as i32);
+    // Never to an owner (their role is above the admin's).
+    refused(
+        assign(&app, ad, &org, &uid(&owner), "signer").await,
+        Code::PermissionDenied,
+        "ROLE_TOO_HIGH",
+    );
+
+    // A member can define, change, delete and assign nothing — themself included, and a custom
+    // role with extra permissions changes nothing of that.
+    assign(&app, o, &org, &uid(&member), "signer")
+        .await
+        .unwrap();
+    assert_eq!(
+        decide(&app, m, SIGN, &org).await,
+        allowed("GRANTED_BY_CUSTOM_ROLE")
+    );
+    refused(
+        try_define_role(&app, m, role_request(&org, "mine", OrgRole::Member, &[])).await,
+        Code::PermissionDenied,
+        "PERMISSION_DENIED",
+    );
+    refused(
+        try_update_role(&app, m, &org, "signer", &[SIGN, PURGE]).await,
+        Code::PermissionDenied,
+        "PERMISSION_DENIED",
+    );
+    refused(
+        try_delete_role(&app, m, &org, "purger").await,
+        Code::PermissionDenied,
+        "PERMISSION_DENIED",
+    );
+    for name in ["deputy", "purger", ""] {
+        refused(
+            assign(&app, m, &org, &uid(&member), name).await,
+            Code::PermissionDenied,
+            "PERMISSION_DENIED",
+        );
+    }
+    assert_eq!(
+        decide(&app, m, PURGE, &org).await,
+        denied("ORG_ROLE_TOO_LOW")
+    );
+
+    // What an admin holds through their own custom role, they may grant.
+    let chief = member_signed_in(&app, o, &org, "chief", OrgRole::Admin).await;
+    define_role(&app, o, &org, "chief", OrgRole::Admin, &[PURGE]).await;
+    assign(&app, o, &org, &uid(&chief), "chief").await.unwrap();
+    assign(&app, &chief.access_token, &org, &uid(&nurse), "purger")
+        .await
+        .expect("the chief holds purge");
+    assert_eq!(
+        decide(&app, &nurse.access_token, PURGE, &org).await,
+        allowed("GRANTED_BY_CUSTOM_ROLE")
+    );
+    define_role(
+        &app,
+        &chief.access_token,
+        &org,
+        "cleaner",
+        OrgRole::Member,
+        &[PURGE],
+    )
+    .await;
+    // Once it is gone, so is that reach.
+    assign(&app, o, &org, &uid(&chief), "").await.unwrap();
+    refused(
+        try_define_role(
+            &app,
+            &chief.access_token,
+            role_request(&org, "cleaner-2", OrgRole::Member, &[PURGE]),
+        )
+        .await,
+        Code::PermissionDenied,
+        "PERMISSION_NOT_HELD",
+    );
+
+    // Nobody rises above their own role either: an admin's self-assignment of a role based on
+    // member is a demotion they may make, never a promotion to owner.
+    refused(
+        update(&app, ad, &org, &uid(&admin), OrgRole::Owner, None).await,
+        Code::PermissionDenied,
+        "ROLE_TOO_HIGH",
+    );
+}
+
+#[tokio::test]
+async fn other_organizations_admins_and_service_account_keys_can_do_nothing_with_roles() {
+    let app = TestApp::start().await;
+    let platform_admin = notes_catalogue(&app).await;
+    let owner_a = app.signed_in(&email("owner-a")).await;
+    let owner_b = app.signed_in(&email("owner-b")).await;
+    let org_a = create_org(&app, &owner_a.access_token, "A").await;
+    let org_b = create_org(&app, &owner_b.access_token, "B").await;
+    let admin_a = member_signed_in(
+        &app,
+        &owner_a.access_token,
+        &org_a,
+        "admin-a",
+        OrgRole::Admin,
+    )
+    .await;
+    let aa = &admin_a.access_token;
+    let member_b = member_signed_in(
+        &app,
+        &owner_b.access_token,
+        &org_b,
+        "member-b",
+        OrgRole::Member,
+    )
+    .await;
+    define_role(
+        &app,
+        &owner_a.access_token,
+        &org_a,
+        "signer",
+        OrgRole::Member,
+        &[SIGN],
+    )
+    .await;
+    define_role(
+        &app,
+        &owner_b.access_token,
+        &org_b,
+        "reader",
+        OrgRole::Member,
+        &[],
+    )
+    .await;
+
+    // Admin of A in B: nothing.
+    refused(
+        try_define_role(
+            &app,
+            aa,
+            role_request(&org_b, "signer", OrgRole::Member, &[SIGN]),
+        )
+        .await,
+        Code::PermissionDenied,
+        "PERMISSION_DENIED",
+    );
+    refused(
+        list_roles(&app, aa, &org_b).await,
+        Code::PermissionDenied,
+        "PERMISSION_DENIED",
+    );
+    refused(
+        try_update_role(&app, aa, &org_b, "reader", &[SIGN]).await,
+        Code::PermissionDenied,
+        "PERMISSION_DENIED",
+    );
+    refused(
+        try_delete_role(&app, aa, &org_b, "reader").await,
+        Code::PermissionDenied,
+        "PERMISSION_DENIED",
+    );
+    // Nor A's role to B's member, through either organization.
+    refused(
+        assign(&app, aa, &org_b, &uid(&member_b), "signer").await,
+        Code::PermissionDenied,
+        "PERMISSION_DENIED",
+    );
+    refused(
+        assign(&app, aa, &org_a, &uid(&member_b), "signer").await,
+        Code::NotFound,
+        "MEMBER_NOT_FOUND",
+    );
+    // B's owner cannot use A's role name in B.
+    refused(
+        assign(
+            &app,
+            &owner_b.access_token,
+            &org_b,
+            &uid(&member_b),
+            "signer",
+        )
+        .await,
+        Code::NotFound,
+        "ORG_ROLE_NOT_FOUND",
+    );
+    assert_eq!(
+        decide(&app, &member_b.access_token, SIGN, &org_b).await,
+        denied("ORG_ROLE_TOO_LOW")
+    );
+    // Not even a platform admin, who is no member.
+    refused(
+        try_define_role(
+            &app,
+            &platform_admin,
+            role_request(&org_a, "root", OrgRole::Member, &[]),
+        )
+        .await,
+        Code::PermissionDenied,
+        "PERMISSION_DENIED",
+    );
+    // An organization that does not exist.
+    refused(
+        try_define_role(
+            &app,
+            &owner_a.access_token,
+            role_request(
+                "0123456789abcdef0123456789abcdef",
+                "x1",
+                OrgRole::Member,
+                &[],
+            ),
+        )
+        .await,
+        Code::NotFound,
+        "ORG_NOT_FOUND",
+    );
+
+    // A service account's key — an admin of A — is refused every role RPC.
+    let account = crate::service_accounts::create_account(
+        &app,
+        &owner_a.access_token,
+        crate::service_accounts::in_org("robot", &org_a, OrgRole::Admin),
+    )
+    .await;
+    let (_, key) =
+        crate::service_accounts::create_key(&app, &owner_a.access_token, &account.id).await;
+    let member_a = member_signed_in(
+        &app,
+        &owner_a.access_token,
+        &org_a,
+        "member-a",
+        OrgRole::Member,
+    )
+    .await;
+    refused(
+        try_define_role(
+            &app,
+            &key,
+            role_request(&org_a, "robots", OrgRole::Member, &[]),
+        )
+        .await,
+        Code::PermissionDenied,
+        "HUMAN_ONLY",
+    );
+    refused(
+        list_roles(&app, &key, &org_a).await,
+        Code::PermissionDenied,
+        "HUMAN_ONLY",
+    );
+    refused(
+        try_update_role(&app, &key, &org_a, "signer", &[SIGN, PURGE]).await,
+        Code::PermissionDenied,
+        "HUMAN_ONLY",
+    );
+    refused(
+        try_delete_role(&app, &key, &org_a, "signer").await,
+        Code::PermissionDenied,
+        "HUMAN_ONLY",
+    );
+    refused(
+        assign(&app, &key, &org_a, &uid(&member_a), "signer").await,
+        Code::PermissionDenied,
+        "HUMAN_ONLY",
+    );
+    assert_eq!(
+        decide(&app, &member_a.access_token, SIGN, &org_a).await,
+        denied("ORG_ROLE_TOO_LOW")
+    );
+    let roles = list_roles(&app, &owner_a.access_token, &org_a)
+        .await
+        .unwrap();
+    assert_eq!(roles.len(), 1);
+    assert_eq!(roles[0].permissions, [SIGN.to_string()]);
+}
+
+#[tokio::test]
+async fn sixteen_concurrent_definitions_of_one_name_create_exactly_one_role() {
+    let app = Arc::new(TestApp::start().await);
+    notes_catalogue(&app).await;
+    let owner = app.signed_in(&email("owner")).await;
+    let org = create_org(&app, &owner.access_token, "Hospital").await;
+    let barrier = Arc::new(tokio::sync::Barrier::new(16));
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let (app, barrier) = (app.clone(), barrier.clone());
+            let (token, org) = (owner.access_token.clone(), org.clone());
+            tokio::spawn(async move {
+                let mut request = role_request(&org, "assistant", OrgRole::Member, &[SIGN]);
+                request.description = format!("attempt {i}");
+                barrier.wait().await;
+                try_define_role(&app, &token, request).await
+            })
+        })
+        .collect();
+    let mut created = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => created += 1,
+            Err(e) => assert_eq!(
+                (e.code(), reason(&e).as_str()),
+                (Code::AlreadyExists, "ORG_ROLE_EXISTS"),
+                "{e:?}"
+            ),
+        }
+    }
+    assert_eq!(created, 1);
+    assert_eq!(
+        list_roles(&app, &owner.access_token, &org)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_permission_deleted_from_the_catalogue_grants_nothing_and_a_deleted_org_takes_its_roles()
+{
+    let app = TestApp::start().await;
+    let platform_admin = notes_catalogue(&app).await;
+    let owner = app.signed_in(&email("owner")).await;
+    let o = &owner.access_token;
+    let org = create_org(&app, o, "Hospital").await;
+    let assistant = member_signed_in(&app, o, &org, "assistant", OrgRole::Member).await;
+    let a = &assistant.access_token;
+    define_role(&app, o, &org, "assistant", OrgRole::Member, &[SIGN]).await;
+    assign(&app, o, &org, &uid(&assistant), "assistant")
+        .await
+        .unwrap();
+    assert_eq!(
+        decide(&app, a, SIGN, &org).await,
+        allowed("GRANTED_BY_CUSTOM_ROLE")
+    );
+
+    // Deleted from the catalogue: unknown, whatever the role lists; through Envoy too.
+    try_delete(&app, &platform_admin, SIGN)
+        .await
+        .expect("delete permission");
+    assert_eq!(
+        decide(&app, a, SIGN, &org).await,
+        denied("UNKNOWN_PERMISSION")
+    );
+    assert_eq!(
+        envoy_denied(&through_envoy(&app, a, SIGN, &org).await),
+        (7, 403, "UNKNOWN_PERMISSION".to_string())
+    );
+    // Defined again as a platform permission, the old listing grants nothing in the organization.
+    define(
+        &app,
+        &platform_admin,
+        DefinePermissionRequest {
+            name: SIGN.into(),
+            scope: PermissionScope::Platform as i32,
+            least_role: Role::Admin as i32,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        decide(&app, a, SIGN, &org).await,
+        denied("NOT_AN_ORG_PERMISSION")
+    );
+    assert_eq!(decide(&app, a, SIGN, "").await, denied("ROLE_TOO_LOW"));
+
+    // Deleting the organization deletes its roles.
+    let roles = app.db().await.collection::<Document>("org_roles");
+    assert_eq!(
+        roles
+            .count_documents(doc! { "org_id": &org })
+            .await
+            .unwrap(),
+        1
+    );
+    orgs(&app)
+        .delete_org(bearer(
+            DeleteOrgRequest {
+                org_id: org.clone(),
+            },
+            o,
+        ))
+        .await
+        .expect("delete org");
+    assert_eq!(
+        roles
+            .count_documents(doc! { "org_id": &org })
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(decide(&app, a, READ, &org).await, denied("NOT_A_MEMBER"));
+}
+
+#[tokio::test]
+async fn a_custom_role_permission_that_requires_mfa_still_needs_a_two_factor_session() {
+    let app = TestApp::start().await;
+    let platform_admin = notes_catalogue(&app).await;
+    let export = "notes.records.export";
+    define(
+        &app,
+        &platform_admin,
+        DefinePermissionRequest {
+            requires_mfa: true,
+            ..in_org(export, OrgRole::Admin)
+        },
+    )
+    .await;
+    // A user with an authenticator owns an organization, makes a second owner, who then gives
+    // them a custom role based on member.
+    let enrolled = crate::mfa::enrolled(&app, "mfa-assistant").await;
+    let e = &enrolled.session.access_token;
+    let org = create_org(&app, e, "Two factors").await;
+    let second = member_signed_in(&app, e, &org, "second-owner", OrgRole::Owner).await;
+    let s = &second.access_token;
+    define_role(&app, s, &org, "exporter", OrgRole::Member, &[export, SIGN]).await;
+    let member = assign(&app, s, &org, &enrolled.user_id, "exporter")
+        .await
+        .unwrap();
+    assert_eq!(member.role, OrgRole::Member as i32);
+
+    assert_eq!(
+        decide(&app, e, SIGN, &org).await,
+        allowed("GRANTED_BY_CUSTOM_ROLE")
+    );
+    assert_eq!(decide(&app, e, export, &org).await, denied("MFA_REQUIRED"));
+    let stepped = crate::mfa::step_up(&app, e, "", &enrolled.recovery_codes[0])
+        .await
+        .expect("step up");
+    assert_eq!(
+        decide(&app, &stepped.access_token, export, &org).await,
+        allowed("GRANTED_BY_CUSTOM_ROLE")
+    );
+    // A member without the role is refused for the role, not the factor.
+    let plain = member_signed_in(&app, s, &org, "plain", OrgRole::Member).await;
+    assert_eq!(
+        decide(&app, &plain.access_token, export, &org).await,
+        denied("ORG_ROLE_TOO_LOW")
+    );
+}
