@@ -10,7 +10,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/subtle"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -151,13 +150,15 @@ func main() {
 }
 
 // The browser's federated sign-in: GET /v1/federation/{provider}/authorize starts it and answers
-// 302 to the provider with a cookie holding the flow's state (HttpOnly, SameSite=Lax, 10 minutes,
-// Secure over HTTPS); GET /v1/federation/callback, the redirect URI registered at the provider,
-// finishes it only for a request carrying that cookie with the same state. Without the binding,
-// an attacker could send a victim the callback URL of a sign-in the attacker started, and sign the
-// victim in as the attacker (login CSRF).
+// 302 to the provider, keeping the flow's secret in a cookie (__Host- prefixed: Secure, Path=/,
+// no Domain, so no sibling subdomain can plant one; HttpOnly; SameSite=Lax; 10 minutes). GET
+// /v1/federation/callback, the redirect URI registered at the provider, finishes it with the
+// secret from that cookie and never from the URL. keyward derives the flow's PKCE verifier from
+// the secret and refuses a state without its secret, so a callback URL is useless to anyone but
+// the browser that started the flow: not to someone who intercepted it, and not to a victim an
+// attacker sends the callback of the attacker's own sign-in (login CSRF).
 const (
-	federationCookie   = "keyward_federation_state"
+	federationCookie   = "__Host-keyward_federation"
 	federationPath     = "/v1/federation/"
 	federationMaxAge   = 600
 	federationCallback = "/v1/federation/callback"
@@ -188,7 +189,7 @@ func redirectBrowserStart(next http.Handler) http.Handler {
 		var started keywardv1.StartFederatedLoginResponse
 		if answer.status != http.StatusOK ||
 			marshaler.Unmarshal(answer.body.Bytes(), &started) != nil ||
-			started.AuthorizationUrl == "" || started.State == "" {
+			started.AuthorizationUrl == "" || started.FlowSecret == "" {
 			for k, v := range answer.header {
 				w.Header()[k] = v
 			}
@@ -196,14 +197,13 @@ func redirectBrowserStart(next http.Handler) http.Handler {
 			w.Write(answer.body.Bytes())
 			return
 		}
-		secure := r.TLS != nil || strings.EqualFold(r.Header.Get("X-Forwarded-Proto"), "https")
 		http.SetCookie(w, &http.Cookie{
 			Name:     federationCookie,
-			Value:    started.State,
-			Path:     federationPath,
+			Value:    started.FlowSecret,
+			Path:     "/",
 			MaxAge:   federationMaxAge,
 			HttpOnly: true,
-			Secure:   secure,
+			Secure:   true,
 			SameSite: http.SameSiteLaxMode,
 		})
 		w.Header().Set("Location", started.AuthorizationUrl)
@@ -212,23 +212,39 @@ func redirectBrowserStart(next http.Handler) http.Handler {
 	})
 }
 
+// bindFederationCallback gives the browser's callback its flow secret from the cookie only (a
+// flow_secret in the URL is dropped), and refuses a callback without the cookie. It matches every
+// path the router sends to the callback route, `/v1/federation/callback:...` included.
 func bindFederationCallback(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == federationCallback {
-			state := r.URL.Query().Get("state")
+		if !strings.HasPrefix(r.URL.Path, federationPath) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		query := r.URL.Query()
+		if _, given := query["flow_secret"]; given {
+			query.Del("flow_secret")
+		}
+		if strings.HasPrefix(r.URL.Path, federationCallback) {
+			if r.Method != http.MethodGet {
+				writeGatewayError(w, http.StatusMethodNotAllowed, codes.InvalidArgument,
+					"INVALID_ARGUMENT", "the callback is for browsers (GET); apps POST /v1/federation/finish")
+				return
+			}
 			cookie, err := r.Cookie(federationCookie)
-			if err != nil || state == "" ||
-				subtle.ConstantTimeCompare([]byte(cookie.Value), []byte(state)) != 1 {
+			if err != nil || cookie.Value == "" {
 				writeGatewayError(w, http.StatusUnauthorized, codes.Unauthenticated,
 					"FEDERATION_STATE_INVALID",
 					"this sign-in was not started in this browser (or its cookie expired); start again")
 				return
 			}
+			query.Set("flow_secret", cookie.Value)
 			// Used once, whatever keyward answers.
-			http.SetCookie(w, &http.Cookie{Name: federationCookie, Value: "", Path: federationPath,
-				MaxAge: -1, HttpOnly: true, SameSite: http.SameSiteLaxMode})
+			http.SetCookie(w, &http.Cookie{Name: federationCookie, Value: "", Path: "/",
+				MaxAge: -1, HttpOnly: true, Secure: true, SameSite: http.SameSiteLaxMode})
 			w.Header().Set("Cache-Control", "no-store")
 		}
+		r.URL.RawQuery = query.Encode()
 		next.ServeHTTP(w, r)
 	})
 }

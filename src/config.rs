@@ -402,6 +402,14 @@ impl OidcProvider {
             return Some(format!("unknown preset `{preset}` (known: google)"));
         }
         let resolved = self.resolved();
+        if self.preset.as_deref() == Some("google")
+            && self.issuer.as_deref().is_some_and(|i| i != GOOGLE_ISSUER)
+        {
+            return Some(format!(
+                "the google preset trusts Google's email_verified and needs issuer {GOOGLE_ISSUER}; \
+                 for another issuer leave preset unset"
+            ));
+        }
         if resolved.issuer.is_empty() {
             return Some("issuer is required (or preset = \"google\")".into());
         }

@@ -146,6 +146,8 @@ pub enum Error {
         "this is the account's last way to sign in; set a password or link another provider first"
     )]
     LastSignInMethod,
+    #[error("the account has the most linked identities it may have; unlink one first")]
+    TooManyIdentities,
     #[error("the page token is not valid for this request")]
     PageTokenInvalid,
     #[error("keyward cannot reach its database yet; try again shortly")]
@@ -231,6 +233,7 @@ impl Error {
             Error::IdentityAlreadyLinked => (Code::AlreadyExists, "IDENTITY_ALREADY_LINKED"),
             Error::IdentityNotFound => (Code::NotFound, "IDENTITY_NOT_FOUND"),
             Error::LastSignInMethod => (Code::FailedPrecondition, "LAST_SIGN_IN_METHOD"),
+            Error::TooManyIdentities => (Code::FailedPrecondition, "TOO_MANY_IDENTITIES"),
             Error::PageTokenInvalid => (Code::InvalidArgument, "PAGE_TOKEN_INVALID"),
             Error::NotReady => (Code::Unavailable, "NOT_READY"),
             Error::Overloaded => (Code::Unavailable, "OVERLOADED"),

@@ -72,6 +72,8 @@ pub struct VerifiedIdentity {
     /// The provider's `email_verified` (false when absent).
     pub email_verified: bool,
     pub name: Option<String>,
+    /// Google's `hd`: the Workspace domain of the account, if it is one.
+    pub hosted_domain: Option<String>,
 }
 
 /// A provider's settings after presets and secret files are applied.
@@ -84,14 +86,26 @@ pub struct Provider {
     scopes: Vec<String>,
     pub redirect_uris: Vec<String>,
     pub trust_email_verified: bool,
-    cache: tokio::sync::Mutex<Option<Cached>>,
+    /// The google preset: Google vouches only for its own and Workspace addresses.
+    pub google: bool,
+    cache: std::sync::Mutex<Cache>,
 }
 
-struct Cached {
-    metadata: Arc<CoreProviderMetadata>,
-    fetched: Instant,
+/// What is known of a provider's discovery document and keys. The lock guarding it is never held
+/// across a request to the provider: one slow provider must not queue every call behind it.
+#[derive(Default)]
+struct Cache {
+    metadata: Option<Arc<CoreProviderMetadata>>,
+    fetched: Option<Instant>,
+    /// A fetch is under way; others use the copy they have (if any) meanwhile.
+    fetching: bool,
+    /// The last failed fetch: no new attempt for [`RETRY_AFTER_FAILURE`].
+    failed: Option<Instant>,
     keys_refreshed: Option<Instant>,
 }
+
+/// Least time between two discovery attempts after one failed.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
 
 /// Every configured provider, and the HTTP client they are reached with.
 pub struct Providers {
@@ -160,39 +174,55 @@ impl Provider {
             scopes: resolved.scopes,
             redirect_uris: p.redirect_uris.clone(),
             trust_email_verified: resolved.trust_email_verified,
-            cache: tokio::sync::Mutex::new(None),
+            google: p.preset.as_deref() == Some("google"),
+            cache: std::sync::Mutex::new(Cache::default()),
         })
     }
 
-    /// The provider's discovery document and keys, fetched when missing or older than an hour
-    /// (a stale copy serves while the provider is down).
+    /// The provider's discovery document and keys, fetched when missing or older than an hour.
+    /// While a fetch is under way, or for a few seconds after one failed, callers get the copy
+    /// there is (however old) or, with none, PROVIDER_UNAVAILABLE at once.
     async fn metadata(
         &self,
         http: &openidconnect::reqwest::Client,
     ) -> Result<Arc<CoreProviderMetadata>, OidcError> {
-        let mut cache = self.cache.lock().await;
-        if let Some(cached) = cache.as_ref() {
-            if cached.fetched.elapsed() < METADATA_TTL {
-                return Ok(cached.metadata.clone());
+        {
+            let mut cache = self.cache.lock().expect("cache lock");
+            let fresh = cache.fetched.is_some_and(|t| t.elapsed() < METADATA_TTL);
+            let backing_off = cache
+                .failed
+                .is_some_and(|t| t.elapsed() < RETRY_AFTER_FAILURE);
+            match cache.metadata.clone() {
+                Some(m) if fresh || cache.fetching || backing_off => return Ok(m),
+                None if backing_off => {
+                    return Err(OidcError::Unavailable(
+                        "discovery failed moments ago".into(),
+                    ))
+                }
+                _ => cache.fetching = true,
             }
         }
-        match self.discover(http).await {
+        let fetched = self.discover(http).await;
+        let mut cache = self.cache.lock().expect("cache lock");
+        cache.fetching = false;
+        match fetched {
             Ok(metadata) => {
                 let metadata = Arc::new(metadata);
-                *cache = Some(Cached {
-                    metadata: metadata.clone(),
-                    fetched: Instant::now(),
-                    keys_refreshed: None,
-                });
+                cache.metadata = Some(metadata.clone());
+                cache.fetched = Some(Instant::now());
+                cache.failed = None;
                 Ok(metadata)
             }
-            Err(e) => match cache.as_ref() {
-                Some(stale) => {
-                    tracing::warn!(provider = %self.id, error = %e, "provider discovery failed; using the cached document");
-                    Ok(stale.metadata.clone())
+            Err(e) => {
+                cache.failed = Some(Instant::now());
+                match cache.metadata.clone() {
+                    Some(stale) => {
+                        tracing::warn!(provider = %self.id, error = %e, "provider discovery failed; using the cached document");
+                        Ok(stale)
+                    }
+                    None => Err(e),
                 }
-                None => Err(e),
-            },
+            }
         }
     }
 
@@ -213,24 +243,26 @@ impl Provider {
         &self,
         http: &openidconnect::reqwest::Client,
     ) -> Result<Option<Arc<CoreProviderMetadata>>, OidcError> {
-        let mut cache = self.cache.lock().await;
-        let Some(cached) = cache.as_mut() else {
-            return Ok(None);
+        let current = {
+            let mut cache = self.cache.lock().expect("cache lock");
+            let Some(current) = cache.metadata.clone() else {
+                return Ok(None);
+            };
+            if cache
+                .keys_refreshed
+                .is_some_and(|t| t.elapsed() < KEY_REFRESH_INTERVAL)
+            {
+                return Ok(None);
+            }
+            cache.keys_refreshed = Some(Instant::now());
+            current
         };
-        if cached
-            .keys_refreshed
-            .is_some_and(|t| t.elapsed() < KEY_REFRESH_INTERVAL)
-        {
-            return Ok(None);
-        }
-        cached.keys_refreshed = Some(Instant::now());
-        let keys = JsonWebKeySet::fetch_async(cached.metadata.jwks_uri(), http)
+        let keys = JsonWebKeySet::fetch_async(current.jwks_uri(), http)
             .await
             .map_err(|e| OidcError::Unavailable(format!("keys: {}", chain(&e))))?;
-        let mut metadata = (*cached.metadata).clone();
-        metadata = metadata.set_jwks(keys);
-        cached.metadata = Arc::new(metadata);
-        Ok(Some(cached.metadata.clone()))
+        let refreshed = Arc::new((*current).clone().set_jwks(keys));
+        self.cache.lock().expect("cache lock").metadata = Some(refreshed.clone());
+        Ok(Some(refreshed))
     }
 
     fn client(
@@ -374,6 +406,7 @@ impl Provider {
             _ => {}
         }
         Ok(VerifiedIdentity {
+            hosted_domain: payload_claim(id_token, "hd"),
             subject: claims.subject().to_string(),
             email: claims.email().map(|e| e.to_string()),
             email_verified: claims.email_verified().unwrap_or(false),
@@ -383,6 +416,19 @@ impl Provider {
                 .map(|n| n.to_string()),
         })
     }
+}
+
+/// A string claim the core claim set does not model, read from a token whose signature and
+/// claims were verified already.
+fn payload_claim(id_token: &CoreIdToken, name: &str) -> Option<String> {
+    use base64::Engine as _;
+    let compact = id_token.to_string();
+    let payload = compact.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    claims.get(name)?.as_str().map(str::to_string)
 }
 
 const UNKNOWN_KEY: &str = "no key of the provider matches the token";

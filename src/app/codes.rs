@@ -537,7 +537,8 @@ impl App {
     /// account now belongs to whoever reads that mailbox. Whoever created it (a self-registration
     /// or an organization admin's CreateMember) never proved the address, so nothing they set up
     /// survives: the password is dropped (the owner sets one with ResetPassword) and every
-    /// session ends. Returns the account as it is now; when a concurrent call claimed it first,
+    /// session ends; provider identities linked to it are unlinked. Returns the account as it is
+    /// now; when a concurrent call claimed it first,
     /// that call did the clean-up.
     pub(crate) async fn claim_account(
         &self,
@@ -565,6 +566,8 @@ impl App {
                 .ok_or(Error::CodeInvalid);
         };
         self.forget_requesters(&user.id).await?;
+        // Identities linked by whoever registered the address are theirs, not the owner's.
+        self.store.identities.remove_user(&user.id).await?;
         let ended = self
             .store
             .sessions

@@ -3,7 +3,8 @@
 //! identity may do here.
 //!
 //! Rules (see `proto/keyward/v1/federation_service.proto` for the contract):
-//! - a flow's state is used up by the first finish that presents it, whatever the outcome;
+//! - a flow's state is used up by the first finish that presents it with its flow secret,
+//!   whatever the outcome;
 //! - a linked identity signs into its account;
 //! - an unknown identity creates an account, or links to the account of its email, only when
 //!   the provider asserts the email verified and is trusted for that; an unverified account of
@@ -30,7 +31,7 @@ use crate::oidc::{OidcError, Provider, VerifiedIdentity};
 use crate::store::audit_events::Outcome;
 use crate::store::bson_time;
 use crate::store::federation_flows::{FlowDoc, FlowIntent};
-use crate::store::identities::{IdentityDoc, Linked};
+use crate::store::identities::{IdentityDoc, Linked, MAX_PER_USER};
 use crate::store::users::{UserDoc, UserStatus};
 
 /// How long a started flow may be finished.
@@ -43,6 +44,8 @@ pub struct Started {
     pub authorization_url: String,
     pub state: String,
     pub expires_at: DateTime<Utc>,
+    /// Kept by the client, never in a URL; the PKCE verifier is derived from it.
+    pub flow_secret: String,
 }
 
 /// What the provider sent back to the redirect URI.
@@ -53,6 +56,8 @@ pub struct Callback {
     pub error: String,
     pub error_description: String,
     pub iss: String,
+    /// `Started::flow_secret`.
+    pub flow_secret: String,
 }
 
 /// A finished federated sign-in.
@@ -97,9 +102,18 @@ impl App {
         who: &AccessClaims,
         provider: &str,
         redirect_uri: &str,
+        caller: &Caller,
     ) -> Result<Started> {
+        self.throttle_address(
+            caller,
+            "federation",
+            self.config.login_attempts_per_address_per_minute,
+            MINUTE,
+        )
+        .await?;
         self.acting(who).await?;
         self.require_recent_sign_in(who)?;
+        self.require_verified_email(&who.user_id).await?;
         let provider = self.provider_and_redirect(provider, redirect_uri)?;
         self.start_flow(
             provider,
@@ -108,6 +122,16 @@ impl App {
             Some(who.user_id.clone()),
         )
         .await
+    }
+
+    /// Linking needs a proven mailbox: whoever proves an unverified account's address later takes
+    /// the account over, and must not find someone else's identity linked to it.
+    async fn require_verified_email(&self, user_id: &str) -> Result<()> {
+        match self.store.users.find_by_id(user_id).await? {
+            Some(u) if u.email_verified => Ok(()),
+            Some(_) => Err(Error::EmailNotVerified),
+            None => Err(Error::SessionRevoked),
+        }
     }
 
     fn provider_and_redirect(&self, provider: &str, redirect_uri: &str) -> Result<&Provider> {
@@ -142,13 +166,14 @@ impl App {
         user_id: Option<String>,
     ) -> Result<Started> {
         let state = FlowKeys::new_state();
+        let flow_secret = FlowKeys::new_flow_secret();
         let url = provider
             .authorization_url(
                 self.providers.http(),
                 redirect_uri,
                 &state,
                 &self.flow_keys.nonce(&state),
-                &self.flow_keys.pkce_verifier(&state),
+                &self.flow_keys.pkce_verifier(&flow_secret),
             )
             .await
             .map_err(|e| provider_failure(&provider.id, e))?;
@@ -157,7 +182,8 @@ impl App {
         self.store
             .federation_flows
             .insert(&FlowDoc {
-                state_hash: FlowKeys::state_hash(&state),
+                state_hash: FlowKeys::hash(&state),
+                secret_hash: FlowKeys::hash(&flow_secret),
                 provider: provider.id.clone(),
                 redirect_uri: redirect_uri.to_string(),
                 intent,
@@ -170,6 +196,7 @@ impl App {
             authorization_url: url,
             state,
             expires_at,
+            flow_secret,
         })
     }
 
@@ -227,7 +254,11 @@ impl App {
             .email
             .as_deref()
             .and_then(|e| crate::domain::email::normalize(e).ok());
-        let vouched = identity.email_verified && provider.trust_email_verified;
+        let vouched = identity.email_verified
+            && provider.trust_email_verified
+            && email.as_deref().is_some_and(|e| {
+                !provider.google || federation::google_vouches(e, identity.hosted_domain.as_deref())
+            });
         let Some(email) = email.filter(|_| vouched) else {
             self.audit(
                 AuditRecord::new("federated_login", Outcome::Failure, caller)
@@ -252,7 +283,23 @@ impl App {
             Some(user) if !user.email_verified => {
                 (self.claim_account(&user, "oidc", caller).await?, false)
             }
-            Some(user) => (user, false),
+            Some(user) => {
+                // The account has another identity at this provider: a second one with the same
+                // address is more likely a recycled mailbox than the same person.
+                let others = self.store.identities.of_user(&user.id).await?;
+                if others.iter().any(|l| l.provider == provider.id) {
+                    self.audit(
+                        AuditRecord::new("federated_login", Outcome::Failure, caller)
+                            .user(&user.id)
+                            .detail("provider", provider.id.as_str())
+                            .detail("subject_hash", subject_hash.as_str())
+                            .detail("reason", "other_identity_at_provider"),
+                    )
+                    .await;
+                    return Err(Error::FederatedEmailUnverified);
+                }
+                (user, false)
+            }
             None => {
                 let name = federation::display_name_from_claim(identity.name.as_deref());
                 let name: String = name.chars().take(MAX_DISPLAY_NAME).collect();
@@ -271,6 +318,10 @@ impl App {
                 .detail("by", if created { "sign_up" } else { "email" }),
         )
         .await;
+        if !created {
+            self.notify_identity_changed(&user, provider, "linked")
+                .await;
+        }
         Ok((user, link, created))
     }
 
@@ -291,11 +342,24 @@ impl App {
             linked_at: now,
             last_used_at: Some(now),
         };
-        match self.store.identities.link(&doc).await? {
-            Linked::Created(doc) => Ok(doc),
-            Linked::Exists(doc) if doc.user_id == user_id => Ok(doc),
-            Linked::Exists(_) => Err(Error::IdentityAlreadyLinked),
+        if self.store.identities.count_of_user(user_id).await? >= MAX_PER_USER {
+            return Err(Error::TooManyIdentities);
         }
+        for _ in 0..2 {
+            match self.store.identities.link(&doc).await? {
+                Linked::Created(doc) => return Ok(doc),
+                Linked::Exists(doc) if doc.user_id == user_id => return Ok(doc),
+                Linked::Exists(other) => {
+                    let owner = self.store.users.find_by_id(&other.user_id).await?;
+                    if owner.is_some_and(|u| u.status != UserStatus::Deleted) {
+                        return Err(Error::IdentityAlreadyLinked);
+                    }
+                    // Left behind by a deleted account: the identity is free again.
+                    self.store.identities.remove_user(&other.user_id).await?;
+                }
+            }
+        }
+        Err(Error::IdentityAlreadyLinked)
     }
 
     async fn refused(
@@ -332,6 +396,9 @@ impl App {
             return Err(self
                 .refused_by_id(&provider, &subject_hash, &user.id, caller)
                 .await);
+        }
+        if self.config.require_verified_email && !user.email_verified {
+            return Err(Error::EmailNotVerified);
         }
         let now = self.now();
         self.store
@@ -410,6 +477,7 @@ impl App {
         caller: &Caller,
     ) -> Result<IdentityDoc> {
         self.acting(who).await?;
+        self.require_verified_email(&who.user_id).await?;
         let (provider, identity) = self
             .verified_callback(callback, FlowIntent::Link, Some(&who.user_id), caller)
             .await?;
@@ -432,7 +500,30 @@ impl App {
             .detail("by", "link"),
         )
         .await;
+        if linked.is_ok() {
+            if let Some(user) = self.store.users.find_by_id(&who.user_id).await? {
+                self.notify_identity_changed(&user, provider, "linked")
+                    .await;
+            }
+        }
         linked
+    }
+
+    /// Tells the user a way into their account was added or removed, so that one they did not
+    /// add does not go unnoticed.
+    async fn notify_identity_changed(&self, user: &UserDoc, provider: &Provider, change: &str) {
+        let context = minijinja::context! {
+            email => user.email,
+            display_name => user.display_name,
+            provider => provider.display_name,
+            change => change,
+        };
+        if let Err(e) = self
+            .queue_mail("identity_changed", &user.email, &user.display_name, context)
+            .await
+        {
+            tracing::error!(user_id = %user.id, error = %e, "could not queue the identity notice");
+        }
     }
 
     /// The caller's linked identities, oldest first.
@@ -493,6 +584,9 @@ impl App {
             self.store.identities.link(&link).await?;
             return Err(Error::LastSignInMethod);
         }
+        if let (Some(user), Some(p)) = (user.as_ref(), self.providers.get(provider)) {
+            self.notify_identity_changed(user, p, "unlinked").await;
+        }
         self.audit(
             AuditRecord::new("identity_unlink", Outcome::Success, caller)
                 .user(&who.user_id)
@@ -523,6 +617,7 @@ impl App {
             ("error", &callback.error),
             ("error_description", &callback.error_description),
             ("iss", &callback.iss),
+            ("flow_secret", &callback.flow_secret),
         ] {
             if value.len() > MAX_CALLBACK_FIELD {
                 violations.push(FieldViolation::new(
@@ -537,6 +632,12 @@ impl App {
         if callback.code.is_empty() && callback.error.is_empty() {
             violations.push(FieldViolation::new("code", "is required (or error)"));
         }
+        if callback.flow_secret.is_empty() {
+            violations.push(FieldViolation::new(
+                "flow_secret",
+                "is required (the one the start of this sign-in returned)",
+            ));
+        }
         if !violations.is_empty() {
             return Err(Error::InvalidArgument(violations));
         }
@@ -544,7 +645,8 @@ impl App {
             .store
             .federation_flows
             .take(
-                &FlowKeys::state_hash(&callback.state),
+                &FlowKeys::hash(&callback.state),
+                &FlowKeys::hash(&callback.flow_secret),
                 intent,
                 user_id,
                 self.now(),
@@ -600,7 +702,7 @@ impl App {
                 self.providers.http(),
                 &flow.redirect_uri,
                 &callback.code,
-                &self.flow_keys.pkce_verifier(&state),
+                &self.flow_keys.pkce_verifier(&callback.flow_secret),
                 |nonce| self.flow_keys.nonce_matches(&state, nonce),
             )
             .await;

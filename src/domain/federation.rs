@@ -1,9 +1,12 @@
 //! Rules of federated sign-in (OpenID Connect) that need no network and no database: the
 //! secrets of a flow, the checks of provider settings and of what a provider claims.
 //!
-//! A flow's `state` is 256 random bits handed to the browser. Only its hash is stored; the PKCE
-//! verifier and the nonce are derived from it with a server key (HMAC-SHA-256), so a copy of the
-//! database cannot finish a flow, and nothing but the state has to travel.
+//! A flow has two random 256-bit values: the `state`, which travels through the browser to the
+//! provider and back, and the flow secret, which the client keeps and never puts in a URL. Only
+//! their hashes are stored. The PKCE verifier is derived from the flow secret and the nonce from
+//! the state, each with a server key (HMAC-SHA-256): a copy of the database cannot finish a flow,
+//! and neither can whoever intercepts the callback URL (it carries the state and the code, never
+//! the flow secret).
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -34,9 +37,14 @@ impl FlowKeys {
         new_secret("")
     }
 
-    /// The stored form of a state.
-    pub fn state_hash(state: &str) -> String {
-        hex::encode(Sha256::digest(state.as_bytes()))
+    /// A new flow secret: 256 random bits, URL-safe.
+    pub fn new_flow_secret() -> String {
+        new_secret("")
+    }
+
+    /// The stored form of a state or a flow secret.
+    pub fn hash(value: &str) -> String {
+        hex::encode(Sha256::digest(value.as_bytes()))
     }
 
     fn derive(&self, label: &str, state: &str) -> String {
@@ -47,9 +55,9 @@ impl FlowKeys {
         URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
     }
 
-    /// The PKCE code verifier of the flow (43 URL-safe characters, RFC 7636).
-    pub fn pkce_verifier(&self, state: &str) -> String {
-        self.derive("pkce", state)
+    /// The PKCE code verifier of the flow with this secret (43 URL-safe characters, RFC 7636).
+    pub fn pkce_verifier(&self, flow_secret: &str) -> String {
+        self.derive("pkce", flow_secret)
     }
 
     /// The nonce of the flow.
@@ -115,8 +123,9 @@ pub fn allowed_redirect<'a>(allowed: &'a [String], given: &str) -> Option<&'a st
     allowed.iter().map(String::as_str).find(|a| *a == given)
 }
 
-/// A display name from a provider's `name` claim: control characters dropped, spaces
-/// collapsed, at most [`MAX_NAME_FROM_PROVIDER`] characters.
+/// A display name from a provider's `name` claim: control and format characters (including
+/// bidirectional overrides) dropped, spaces collapsed, at most [`MAX_NAME_FROM_PROVIDER`]
+/// characters.
 pub fn display_name_from_claim(name: Option<&str>) -> String {
     let Some(name) = name else {
         return String::new();
@@ -126,9 +135,28 @@ pub fn display_name_from_claim(name: Option<&str>) -> String {
         .collect::<Vec<_>>()
         .join(" ")
         .chars()
-        .filter(|c| !c.is_control())
+        .filter(|c| !c.is_control() && !is_format(*c))
         .take(MAX_NAME_FROM_PROVIDER)
         .collect()
+}
+
+/// Invisible formatting characters that can disguise a name: zero-width ones, bidirectional
+/// marks, embeddings, overrides and isolates, the byte-order mark.
+fn is_format(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}' | '\u{061C}')
+}
+
+/// Whether Google vouches for `email` in an ID token whose `email_verified` is true: Google is
+/// authoritative only for its own addresses (`gmail.com`, `googlemail.com`) and for Workspace
+/// accounts, whose token names their domain in `hd`. A consumer Google account made on another
+/// address keeps `email_verified` after that mailbox changes hands.
+pub fn google_vouches(email: &str, hosted_domain: Option<&str>) -> bool {
+    let Some((_, domain)) = email.rsplit_once('@') else {
+        return false;
+    };
+    let domain = domain.to_ascii_lowercase();
+    matches!(domain.as_str(), "gmail.com" | "googlemail.com")
+        || hosted_domain.is_some_and(|hd| hd.eq_ignore_ascii_case(&domain))
 }
 
 /// What an audit event keeps of a provider subject: a short hash, so the log links events of one
@@ -161,7 +189,8 @@ mod tests {
         assert_ne!(verifier, keys.pkce_verifier(&FlowKeys::new_state()));
         assert!(keys.nonce_matches(&state, &keys.nonce(&state)));
         assert!(!keys.nonce_matches(&state, "x"));
-        assert_ne!(FlowKeys::state_hash(&state), state);
+        assert_ne!(FlowKeys::hash(&state), state);
+        assert_eq!(FlowKeys::new_flow_secret().len(), 43);
     }
 
     #[test]
@@ -216,6 +245,23 @@ mod tests {
                 .chars()
                 .count(),
             MAX_NAME_FROM_PROVIDER
+        );
+    }
+
+    #[test]
+    fn google_vouches_only_for_its_own_and_workspace_domains() {
+        assert!(google_vouches("ada@gmail.com", None));
+        assert!(google_vouches("ada@corp.example", Some("corp.example")));
+        assert!(!google_vouches("ada@corp.example", None));
+        assert!(!google_vouches("ada@corp.example", Some("other.example")));
+        assert!(!google_vouches("no-at-sign", None));
+    }
+
+    #[test]
+    fn invisible_characters_are_dropped_from_names() {
+        assert_eq!(
+            display_name_from_claim(Some("Ada\u{202E}ecalevol\u{200B}")),
+            "Adaecalevol"
         );
     }
 

@@ -16,11 +16,12 @@ pub struct Federation {
     pub app: Arc<App>,
 }
 
-fn started(s: Started) -> (String, String, Option<prost_types::Timestamp>) {
+fn started(s: Started) -> (String, String, Option<prost_types::Timestamp>, String) {
     (
         s.authorization_url,
         s.state,
         convert::timestamp(s.expires_at),
+        s.flow_secret,
     )
 }
 
@@ -52,11 +53,12 @@ impl FederationService for Federation {
             .app
             .start_federated_login(&r.provider, &r.redirect_uri, &caller)
             .await?;
-        let (authorization_url, state, expires_at) = started(s);
+        let (authorization_url, state, expires_at, flow_secret) = started(s);
         Ok(Response::new(StartFederatedLoginResponse {
             authorization_url,
             state,
             expires_at,
+            flow_secret,
         }))
     }
 
@@ -74,6 +76,7 @@ impl FederationService for Federation {
             error: r.error,
             error_description: r.error_description,
             iss: r.iss,
+            flow_secret: r.flow_secret,
         };
         let done = self.app.finish_federated_login(&callback, &caller).await?;
         Ok(Response::new(FinishFederatedLoginResponse {
@@ -89,16 +92,18 @@ impl FederationService for Federation {
         request: Request<StartLinkIdentityRequest>,
     ) -> Result<Response<StartLinkIdentityResponse>, Status> {
         let who = super::signed_in(&self.app, &request).await?;
+        let caller = caller(&request, &self.app.proxy_trust);
         let r = request.into_inner();
         let s = self
             .app
-            .start_link_identity(&who, &r.provider, &r.redirect_uri)
+            .start_link_identity(&who, &r.provider, &r.redirect_uri, &caller)
             .await?;
-        let (authorization_url, state, expires_at) = started(s);
+        let (authorization_url, state, expires_at, flow_secret) = started(s);
         Ok(Response::new(StartLinkIdentityResponse {
             authorization_url,
             state,
             expires_at,
+            flow_secret,
         }))
     }
 
@@ -116,6 +121,7 @@ impl FederationService for Federation {
             error: r.error,
             error_description: r.error_description,
             iss: r.iss,
+            flow_secret: r.flow_secret,
         };
         let identity = self
             .app

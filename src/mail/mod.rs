@@ -50,6 +50,9 @@ const BUILTIN: &[(&str, &str)] = builtin!(
     "mfa_changed.subject.txt",
     "mfa_changed.txt",
     "mfa_changed.html",
+    "identity_changed.subject.txt",
+    "identity_changed.txt",
+    "identity_changed.html",
 );
 
 /// One message, ready to send.

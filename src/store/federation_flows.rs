@@ -1,7 +1,8 @@
 //! `federation_flows`: sign-ins (and identity links) started with a provider and not yet
-//! finished. The id is the SHA-256 of the `state` handed to the browser, never the state itself;
-//! the PKCE verifier and the nonce are derived from the state with a server key (see
-//! `domain::federation`), so this collection holds nothing a reader could finish a flow with. A
+//! finished. The id is the SHA-256 of the `state` handed to the browser, never the state itself,
+//! and the flow secret is kept only as its SHA-256; the PKCE verifier and the nonce are derived
+//! with a server key (see `domain::federation`), so this collection holds nothing a reader could
+//! finish a flow with. A
 //! TTL index removes flows after they expire; finishing deletes the flow in one operation, so of
 //! any number of concurrent finishes at most one gets it.
 
@@ -30,6 +31,8 @@ pub enum FlowIntent {
 pub struct FlowDoc {
     #[serde(rename = "_id")]
     pub state_hash: String,
+    /// SHA-256 of the flow secret the client keeps.
+    pub secret_hash: String,
     pub provider: String,
     pub redirect_uri: String,
     pub intent: FlowIntent,
@@ -57,11 +60,12 @@ impl FederationFlows {
         self.0.insert_one(flow).await.map(|_| ())
     }
 
-    /// Removes and returns the live flow with this state hash and intent (and, for a link, this
-    /// user); `Some` for exactly one caller. Any other flow is left alone.
+    /// Removes and returns the live flow with this state hash, secret hash and intent (and, for a
+    /// link, this user); `Some` for exactly one caller. Any other flow is left alone.
     pub async fn take(
         &self,
         state_hash: &str,
+        secret_hash: &str,
         intent: FlowIntent,
         user_id: Option<&str>,
         now: DateTime<Utc>,
@@ -69,6 +73,7 @@ impl FederationFlows {
         let intent = mongodb::bson::to_bson(&intent).expect("an enum serializes");
         let mut filter = doc! {
             "_id": state_hash,
+            "secret_hash": secret_hash,
             "intent": intent,
             "expires_at": { "$gt": bson_time(now) },
         };

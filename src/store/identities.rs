@@ -82,7 +82,7 @@ impl Identities {
         self.0
             .find(doc! { "user_id": user_id })
             .sort(doc! { "linked_at": 1, "_id": 1 })
-            .limit(MAX_PER_USER as i64)
+            .limit(MAX_PER_USER as i64 + 1)
             .await?
             .try_collect()
             .await

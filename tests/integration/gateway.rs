@@ -693,13 +693,15 @@ async fn rest_browser_federated_sign_in_is_bound_to_the_browser() {
     );
     let cookie = r.header("set-cookie").expect("a cookie").to_string();
     for part in [
-        "keyward_federation_state=",
+        "__Host-keyward_federation=",
         "HttpOnly",
+        "Secure",
         "SameSite=Lax",
-        "Path=/v1/federation/",
+        "Path=/;",
     ] {
         assert!(cookie.contains(part), "{cookie}");
     }
+    assert!(!cookie.contains("Domain"), "{cookie}");
     let cookie = cookie.split(';').next().unwrap().to_string();
 
     let email = email("rest-federated");
@@ -708,15 +710,26 @@ async fn rest_browser_federated_sign_in_is_bound_to_the_browser() {
         "/v1/federation/callback?state={}&code={}&scope=openid+email&authuser=0",
         back.state, back.code
     );
-    // Another browser (no cookie, or its own flow's cookie) opening the victim's callback URL.
-    for headers in [
-        vec![],
-        vec![("Cookie", "keyward_federation_state=someone-elses-state")],
+    // Another browser opening the callback URL: without the cookie, with its own flow's
+    // cookie, with a flow secret smuggled into the URL, or on a path variant the router also
+    // sends to the callback route.
+    let with_secret = format!("{query}&flow_secret={}", "x".repeat(43));
+    let variant = query.replacen("/callback?", "/callback:?", 1);
+    for (path, headers) in [
+        (&query, vec![]),
+        (
+            &query,
+            vec![("Cookie", "__Host-keyward_federation=someone-elses-secret")],
+        ),
+        (&with_secret, vec![]),
+        (&variant, vec![]),
     ] {
-        let r = gw.get(&query, &headers).await;
-        assert_eq!(r.status, 401, "{r:?}");
+        let r = gw.get(path, &headers).await;
+        assert_eq!(r.status, 401, "{path} {headers:?}: {r:?}");
         assert_eq!(r.reason(), "FEDERATION_STATE_INVALID");
     }
+    let r = gw.post(&query, json!({}), &[("Cookie", &cookie)]).await;
+    assert_eq!(r.status, 405, "{r:?}");
     // The browser that started it: signed in, with the provider's extra parameters ignored.
     let r = gw.get(&query, &[("Cookie", &cookie)]).await;
     assert_eq!(r.status, 200, "{r:?}");
