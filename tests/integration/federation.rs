@@ -85,7 +85,11 @@ async fn start_at(
             redirect_uri: redirect_uri.into(),
         })
         .await
-        .map(|r| r.into_inner())
+        .map(|r| {
+            let started = r.into_inner();
+            remember_flow(&started.state, &started.flow_secret);
+            started
+        })
 }
 
 /// The authorization URL of a new sign-in at `provider`.
@@ -102,6 +106,20 @@ async fn finish(
 ) -> Result<FinishFederatedLoginResponse, Status> {
     federation(app)
         .finish_federated_login(callback.finish())
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// FinishFederatedLogin with `flow_secret` instead of the one its state's start returned.
+async fn finish_with_secret(
+    app: &TestApp,
+    callback: &Callback,
+    flow_secret: &str,
+) -> Result<FinishFederatedLoginResponse, Status> {
+    let mut request = callback.finish();
+    request.flow_secret = flow_secret.into();
+    federation(app)
+        .finish_federated_login(request)
         .await
         .map(|r| r.into_inner())
 }
@@ -175,11 +193,13 @@ async fn start_link(app: &TestApp, token: &str, provider: &str) -> StartLinkIden
         provider: provider.into(),
         redirect_uri: REDIRECT_URI.into(),
     };
-    federation(app)
+    let started = federation(app)
         .start_link_identity(bearer(request, token))
         .await
         .expect("start linking")
-        .into_inner()
+        .into_inner();
+    remember_flow(&started.state, &started.flow_secret);
+    started
 }
 
 async fn finish_link(
@@ -424,7 +444,7 @@ async fn a_redirect_uri_must_be_one_of_the_allowed_exactly() {
         );
     }
     // Linking checks it the same way.
-    let pair = app.signed_in(&email("fed-link-redirect")).await;
+    let pair = verified_account(&app, &email("fed-link-redirect")).await;
     let status = federation(&app)
         .start_link_identity(bearer(
             StartLinkIdentityRequest {
@@ -560,8 +580,9 @@ async fn a_state_works_once_and_a_made_up_one_never() {
     // A state keyward never handed out, with a real code from the provider.
     let url = authorization_url(&app, REAL).await;
     let mut forged = sign_in_at_real(&url, &login).await;
+    let secret = flow_secret_for(&forged.state);
     forged.state = "bm90LWEtc3RhdGUta2V5d2FyZC1oYW5kZWQtb3V0LWV2ZXI".into();
-    state_invalid(finish(&app, &forged).await);
+    state_invalid(finish_with_secret(&app, &forged, &secret).await);
     // The state of a flow keyward started, with the code of another flow.
     let other = authorization_url(&app, REAL).await;
     let mut swapped = sign_in_at_real(&other, &login).await;
@@ -904,9 +925,37 @@ async fn a_claimed_account_keeps_none_of_the_registrants_identities() {
     let squatter = app.signed_in(&address).await;
     let id = squatter.user.as_ref().unwrap().id.clone();
     let squatter_sub = subject("squatter");
-    link_hostile(&app, &squatter.access_token, &squatter_sub)
+    // keyward may refuse the link until the mailbox is proven; either way the identity must not
+    // end up on the account the owner claims.
+    let request = StartLinkIdentityRequest {
+        provider: HOSTILE.into(),
+        redirect_uri: REDIRECT_URI.into(),
+    };
+    match federation(&app)
+        .start_link_identity(bearer(request, &squatter.access_token))
         .await
-        .expect("the registrant links an identity");
+    {
+        Err(status) => assert_eq!(
+            (status.code(), reason(&status).as_str()),
+            (Code::FailedPrecondition, "EMAIL_NOT_VERIFIED"),
+            "{status:?}"
+        ),
+        Ok(started) => {
+            let started = started.into_inner();
+            remember_flow(&started.state, &started.flow_secret);
+            let callback = callback_from_hostile(
+                &started.authorization_url,
+                Scenario::Good,
+                &squatter_sub,
+                &email("sq"),
+                false,
+            )
+            .await;
+            finish_link(&app, &squatter.access_token, &callback)
+                .await
+                .expect("the registrant links an identity");
+        }
+    }
 
     let owner = sign_in_real(&app, &address)
         .await
@@ -1095,7 +1144,7 @@ async fn flow_secrets_and_subjects_are_not_kept_in_the_clear() {
 async fn a_signed_in_user_links_an_identity_and_then_signs_in_with_it() {
     let app = app().await;
     let address = email("fed-linker");
-    let pair = app.signed_in(&address).await;
+    let pair = verified_account(&app, &address).await;
     let id = pair.user.as_ref().unwrap().id.clone();
     let sub = subject("linked");
 
@@ -1159,8 +1208,8 @@ async fn a_signed_in_user_links_an_identity_and_then_signs_in_with_it() {
 #[tokio::test]
 async fn a_link_state_belongs_to_its_user_and_to_linking() {
     let app = app().await;
-    let alice = app.signed_in(&email("fed-alice")).await;
-    let mallory = app.signed_in(&email("fed-mallory")).await;
+    let alice = verified_account(&app, &email("fed-alice")).await;
+    let mallory = verified_account(&app, &email("fed-mallory")).await;
 
     // Mallory finishes Alice's link.
     let url = start_link(&app, &alice.access_token, HOSTILE)
@@ -1196,7 +1245,7 @@ async fn an_identity_linked_to_another_account_cannot_be_linked_again() {
     let created = sign_in_hostile(&app, Scenario::Good, &sub, &email("fed-first"), true)
         .await
         .expect("first sign-in");
-    let pair = app.signed_in(&email("fed-second")).await;
+    let pair = verified_account(&app, &email("fed-second")).await;
     refused(
         link_hostile(&app, &pair.access_token, &sub).await,
         Code::AlreadyExists,
@@ -1226,7 +1275,7 @@ async fn unlinking_never_removes_the_last_way_in() {
     assert_eq!(identities(&app, &token).await.len(), 1);
 
     // A password account can drop its identity, and then that identity is a stranger.
-    let pair = app.signed_in(&email("fed-password")).await;
+    let pair = verified_account(&app, &email("fed-password")).await;
     let linked = subject("linked");
     link_hostile(&app, &pair.access_token, &linked)
         .await
@@ -1251,4 +1300,63 @@ async fn unlinking_never_removes_the_last_way_in() {
         Code::NotFound,
         "IDENTITY_NOT_FOUND",
     );
+}
+
+/// The flow secret stays with the client that started: a callback URL alone (from a log, a
+/// history entry, another app on the redirect URI) finishes nothing, and does not use the flow
+/// up for its owner.
+#[tokio::test]
+async fn a_callback_without_its_flow_secret_finishes_nothing() {
+    let app = app().await;
+    let started = start(&app, HOSTILE).await.expect("start");
+    assert!(started.flow_secret.len() >= 22, "{started:?}");
+    assert!(
+        !started.authorization_url.contains(&started.flow_secret),
+        "the flow secret travels in the URL"
+    );
+    let callback = callback_from_hostile(
+        &started.authorization_url,
+        Scenario::Good,
+        &subject("intercepted"),
+        &email("fed-intercepted"),
+        true,
+    )
+    .await;
+    let status = refused(
+        finish_with_secret(&app, &callback, "").await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert!(
+        violations(&status).iter().any(|(f, _)| f == "flow_secret"),
+        "{status:?}"
+    );
+    let other = start(&app, HOSTILE).await.unwrap().flow_secret;
+    state_invalid(finish_with_secret(&app, &callback, &other).await);
+    state_invalid(finish_with_secret(&app, &callback, &"A".repeat(43)).await);
+    assert_eq!(account_count(&app).await, 0);
+
+    let answer = finish_with_secret(&app, &callback, &started.flow_secret).await;
+    assert!(answer.expect("the owner finishes").account_created);
+    state_invalid(finish_with_secret(&app, &callback, &started.flow_secret).await);
+}
+
+#[tokio::test]
+async fn an_account_links_at_most_twenty_identities() {
+    let app = app_with(vec![hostile_provider(HOSTILE)], |c| {
+        c.login_attempts_per_address_per_minute = 0
+    })
+    .await;
+    let pair = verified_account(&app, &email("fed-collector")).await;
+    for i in 0..20 {
+        link_hostile(&app, &pair.access_token, &subject(&format!("n{i}")))
+            .await
+            .unwrap_or_else(|s| panic!("link {i}: {s:?}"));
+    }
+    refused(
+        link_hostile(&app, &pair.access_token, &subject("n20")).await,
+        Code::FailedPrecondition,
+        "TOO_MANY_IDENTITIES",
+    );
+    assert_eq!(identities(&app, &pair.access_token).await.len(), 20);
 }

@@ -146,6 +146,32 @@ pub struct Callback {
     pub iss: String,
 }
 
+/// The flow secrets the tests' client keeps, by state, as an app keeps each sign-in's secret
+/// beside it (in memory or a cookie) while the browser is away at the provider.
+fn flow_secrets() -> &'static std::sync::Mutex<std::collections::HashMap<String, String>> {
+    static SECRETS: OnceLock<std::sync::Mutex<std::collections::HashMap<String, String>>> =
+        OnceLock::new();
+    SECRETS.get_or_init(Default::default)
+}
+
+/// Keeps the flow secret a start returned for `state`.
+pub fn remember_flow(state: &str, flow_secret: &str) {
+    flow_secrets()
+        .lock()
+        .unwrap()
+        .insert(state.to_string(), flow_secret.to_string());
+}
+
+/// The flow secret kept for `state` (empty if none was).
+pub fn flow_secret_for(state: &str) -> String {
+    flow_secrets()
+        .lock()
+        .unwrap()
+        .get(state)
+        .cloned()
+        .unwrap_or_default()
+}
+
 impl Callback {
     /// Reads the query of the redirect to [`REDIRECT_URI`].
     pub fn parse(location: &str) -> Self {
@@ -181,6 +207,7 @@ impl Callback {
             error: self.error.clone(),
             error_description: self.error_description.clone(),
             iss: self.iss.clone(),
+            flow_secret: flow_secret_for(&self.state),
         }
     }
 
@@ -192,6 +219,7 @@ impl Callback {
             error: self.error.clone(),
             error_description: self.error_description.clone(),
             iss: self.iss.clone(),
+            flow_secret: flow_secret_for(&self.state),
         }
     }
 }
