@@ -287,7 +287,10 @@ impl App {
                 // The account has another identity at this provider: a second one with the same
                 // address is more likely a recycled mailbox than the same person.
                 let others = self.store.identities.of_user(&user.id).await?;
-                if others.iter().any(|l| l.provider == provider.id) {
+                if others
+                    .iter()
+                    .any(|l| l.provider == provider.id && l.subject != identity.subject)
+                {
                     self.audit(
                         AuditRecord::new("federated_login", Outcome::Failure, caller)
                             .user(&user.id)
