@@ -30,6 +30,11 @@
 //!   9. ListUsers                     — with 100,000 accounts stored: an admin walks 200
 //!                                      keyset pages of 50, then 200 pages filtered by email
 //!                                      prefix; page latency p50/p99 (one caller)
+//!   10. Federated sign-in finish     — FinishFederatedLogin with the test OpenID Connect provider
+//!                                      (tests/oidc, node) on loopback, 8 workers: code
+//!                                      exchange, ID token checks, session; p50/p99 of the
+//!                                      finish alone (the start and the browser's visit are not
+//!                                      timed)
 //! Then keyward's peak RSS (VmHWM).
 
 use std::process::Command;
@@ -39,6 +44,9 @@ use std::time::{Duration, Instant};
 
 #[path = "../tests/support/local_servers.rs"]
 mod local_servers;
+#[path = "../tests/support/oidc_providers.rs"]
+#[allow(dead_code)]
+mod oidc_providers;
 #[path = "../tests/support/smtp_sink.rs"]
 #[allow(dead_code)]
 mod smtp_sink;
@@ -149,6 +157,113 @@ where
         elapsed,
         p50: pct(0.50),
         p99: pct(0.99),
+    }
+}
+
+const FED_CLIENT: &str = "keyward-bench";
+const FED_SECRET: &str = "keyward-bench-secret-0123456789abcdef";
+const FED_REDIRECT: &str = "https://app.example.test/callback";
+
+/// Phase 10: federated sign-ins at the hostile test provider's well-behaved path (`scenario=good`),
+/// 8 workers, each cycling over 4 identities (the first round creates the accounts, the rest sign
+/// in). Only FinishFederatedLogin is timed.
+async fn federated_finish(
+    channels: Arc<Vec<tonic::transport::Channel>>,
+    duration: Duration,
+) -> Stats {
+    use keyward::grpc::pb::federation_service_client::FederationServiceClient;
+    use keyward::grpc::pb::{FinishFederatedLoginRequest, StartFederatedLoginRequest};
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("http client");
+    let start = Instant::now();
+    let deadline = start + duration;
+    let tasks: Vec<_> = (0..8)
+        .map(|w| {
+            let (http, channel) = (http.clone(), channels[w % channels.len()].clone());
+            tokio::spawn(async move {
+                let mut fed = FederationServiceClient::new(channel);
+                let (mut lat, mut errors) = (Vec::new(), 0usize);
+                let mut i = 0;
+                while Instant::now() < deadline {
+                    i += 1;
+                    let who = format!("bench-fed-{w}-{}@example.com", i % 4);
+                    let Ok(started) = fed
+                        .start_federated_login(StartFederatedLoginRequest {
+                            provider: "bench".into(),
+                            redirect_uri: FED_REDIRECT.into(),
+                        })
+                        .await
+                    else {
+                        errors += 1;
+                        continue;
+                    };
+                    let started = started.into_inner();
+                    let mut url = reqwest::Url::parse(&started.authorization_url).unwrap();
+                    url.query_pairs_mut().extend_pairs([
+                        ("scenario", "good"),
+                        ("sub", who.as_str()),
+                        ("email", who.as_str()),
+                        ("email_verified", "true"),
+                    ]);
+                    let location = match http.get(url).send().await {
+                        Ok(r) => r
+                            .headers()
+                            .get("location")
+                            .and_then(|l| l.to_str().ok())
+                            .unwrap_or_default()
+                            .to_string(),
+                        Err(_) => String::new(),
+                    };
+                    let Ok(back) = reqwest::Url::parse(&location) else {
+                        errors += 1;
+                        continue;
+                    };
+                    let param = |k: &str| {
+                        back.query_pairs()
+                            .find(|(n, _)| n == k)
+                            .map(|(_, v)| v.into_owned())
+                            .unwrap_or_default()
+                    };
+                    let t = Instant::now();
+                    let finished = fed
+                        .finish_federated_login(FinishFederatedLoginRequest {
+                            state: param("state"),
+                            code: param("code"),
+                            flow_secret: started.flow_secret,
+                            ..Default::default()
+                        })
+                        .await;
+                    match finished {
+                        Ok(r)
+                            if r.get_ref()
+                                .tokens
+                                .as_ref()
+                                .is_some_and(|t| !t.access_token.is_empty()) =>
+                        {
+                            lat.push(t.elapsed())
+                        }
+                        _ => errors += 1,
+                    }
+                }
+                (lat, errors)
+            })
+        })
+        .collect();
+    let (mut all, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        let (lat, e) = t.await.unwrap();
+        all.extend(lat);
+        errors += e;
+    }
+    all.sort();
+    Stats {
+        count: all.len(),
+        errors,
+        elapsed: start.elapsed(),
+        p50: percentile(&all, 0.50),
+        p99: percentile(&all, 0.99),
     }
 }
 
@@ -336,6 +451,29 @@ async fn main() {
     let _ = std::fs::remove_dir_all(&dir);
     let (mut mongo, uri) = local_servers::start_secantus(&dir.join("mongo"), |_| {});
     let sink = smtp_sink::SmtpSink::start(&dir.join("smtp"), |_| {});
+    let _ = std::fs::create_dir_all(&dir);
+    let providers = oidc_providers::start_oidc_providers(
+        FED_CLIENT,
+        FED_SECRET,
+        FED_REDIRECT,
+        &dir.join("oidc.log"),
+        |_| {},
+    );
+    let federation_env = match &providers {
+        Ok((_, issuers)) => serde_json::json!([{
+            "id": "bench",
+            "issuer": issuers.hostile,
+            "client_id": FED_CLIENT,
+            "client_secret": FED_SECRET,
+            "redirect_uris": [FED_REDIRECT],
+            "trust_email_verified": true,
+        }])
+        .to_string(),
+        Err(e) => {
+            eprintln!("no federated sign-in phase: {e}");
+            String::new()
+        }
+    };
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -364,6 +502,7 @@ async fn main() {
         .env("KEYWARD_CODE_SENDS_PER_HOUR", "1000000")
         .env("KEYWARD_CODE_REQUESTS_PER_ADDRESS_PER_MINUTE", "0")
         .env("KEYWARD_PASSWORDLESS_SIGNUP", "true")
+        .env("KEYWARD_OIDC_PROVIDERS", &federation_env)
         .spawn()
         .expect("keyward binary");
     let pid = keyward.id();
@@ -814,6 +953,15 @@ async fn main() {
         walk_user_pages(&mut admin_client, &access[0], "seed-1", 200).await;
     let floor = database_floor(&uri, 20).await;
 
+    let federated = match &providers {
+        Ok(_) => Some(federated_finish(Arc::clone(&channels), phase).await),
+        Err(_) => None,
+    };
+    if let Ok((mut provider, _)) = providers {
+        let _ = provider.kill();
+        let _ = provider.wait();
+    }
+
     let rss = peak_rss_mib(pid);
     let _ = Command::new("kill")
         .arg("-TERM")
@@ -851,6 +999,9 @@ async fn main() {
     row("Login (flood)", &logins);
     row("Refresh", &refresh);
     row("SendCode (outbox write)", &send_codes);
+    if let Some(federated) = &federated {
+        row("Federated finish (8 workers)", federated);
+    }
     println!(
         "| {:<34} | {:>10.0} | {:>8} | {:>8} | {:>6} |",
         format!("raw argon2id, {hash_workers} threads"),

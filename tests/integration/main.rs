@@ -4,6 +4,8 @@
 mod harness;
 #[path = "../support/local_servers.rs"]
 mod local_servers;
+#[path = "../support/oidc_providers.rs"]
+mod oidc_providers;
 #[path = "../support/smtp_sink.rs"]
 mod smtp_sink;
 

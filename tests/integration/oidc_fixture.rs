@@ -13,8 +13,6 @@
 //! Both trust one client, [`CLIENT_ID`], whose only redirect URI is [`REDIRECT_URI`]. Nothing
 //! listens there: the helpers stop at the provider's redirect to it and read its query.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -32,14 +30,7 @@ pub const CLIENT_SECRET: &str = "keyward-test-secret-0123456789abcdef";
 /// Its one registered redirect URI.
 pub const REDIRECT_URI: &str = "https://app.example.test/callback";
 
-/// Where the providers listen.
-#[derive(Debug)]
-pub struct Issuers {
-    /// The certified provider's issuer.
-    pub real: String,
-    /// The hostile provider's issuer.
-    pub hostile: String,
-}
+pub use crate::oidc_providers::Issuers;
 
 /// The providers of this test process, started on first use.
 pub fn issuers() -> &'static Issuers {
@@ -47,56 +38,36 @@ pub fn issuers() -> &'static Issuers {
     ISSUERS.get_or_init(start)
 }
 
-/// Starts `node provider.mjs` from a thread that lives as long as the process (the child dies
-/// with that thread, see `kill_with_parent`) and reads the JSON line it prints once listening.
+/// Starts the providers from a thread that lives as long as the process (the child dies with
+/// that thread, see `kill_with_parent`).
 fn start() -> Issuers {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc");
-    assert!(
-        dir.join("node_modules/oidc-provider").is_dir(),
-        "tests/oidc/node_modules is missing: run scripts/setup.sh (npm ci in tests/oidc)"
-    );
     let log = std::env::temp_dir().join(format!("keyward-test-oidc-{}.log", std::process::id()));
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let mut cmd = Command::new("node");
-        cmd.arg("provider.mjs")
-            .current_dir(&dir)
-            .env("OIDC_CLIENT_ID", CLIENT_ID)
-            .env("OIDC_CLIENT_SECRET", CLIENT_SECRET)
-            .env("OIDC_REDIRECT_URI", REDIRECT_URI)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap());
-        kill_with_parent(&mut cmd);
-        let mut child = cmd
-            .spawn()
-            .expect("cannot start node; run scripts/setup.sh to install it");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = lines.next().and_then(Result::ok).unwrap_or_default();
-        let _ = tx.send(first);
-        // Keep reading so the child never blocks on a full pipe, and keep this thread (the
-        // child's parent) alive.
-        for _ in lines.by_ref() {}
-        let _ = child.wait();
-        loop {
-            std::thread::park();
+        let started = crate::oidc_providers::start_oidc_providers(
+            CLIENT_ID,
+            CLIENT_SECRET,
+            REDIRECT_URI,
+            &log,
+            kill_with_parent,
+        );
+        match started {
+            Ok((mut child, issuers)) => {
+                let _ = tx.send(Ok(issuers));
+                // Keep this thread (the child's parent) alive.
+                let _ = child.wait();
+                loop {
+                    std::thread::park();
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+            }
         }
     });
-    let line = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the OpenID Connect providers did not start");
-    let started: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|_| {
-        let log =
-            std::env::temp_dir().join(format!("keyward-test-oidc-{}.log", std::process::id()));
-        panic!(
-            "provider.mjs did not print its issuers ({line:?}); its log:\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        )
-    });
-    Issuers {
-        real: started["real"].as_str().unwrap().to_string(),
-        hostile: started["hostile"].as_str().unwrap().to_string(),
-    }
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("the OpenID Connect providers did not start")
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// keyward's settings for a provider `id` at `issuer`, with the test client, trusted for
