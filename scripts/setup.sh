@@ -8,6 +8,7 @@
 #   - schemathesis: the REST fuzzer of tests/integration/rest_fuzz.rs, pinned, into target/tools
 #   - node and npm (Debian's), and tests/oidc's pinned packages: the OpenID Connect providers the
 #     federation tests sign in at
+#   - chromium (Debian's): the real browser, headless, of the browser sign-in test
 # Each step is skipped when its tool is already there.
 set -euo pipefail
 
@@ -20,6 +21,8 @@ if ! command -v secantusd-rs >/dev/null 2>&1; then
 fi
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
+# The real browser of the browser sign-in test (tests/integration/browser.rs), run headless.
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_apt[*]}"

@@ -65,8 +65,13 @@ impl Gateway {
     /// Starts the gateway on a free loopback port and waits until it answers `/healthz`.
     /// Spawned from the test's own thread, so it dies with the test process at the latest.
     pub(crate) async fn start(app: &TestApp) -> Self {
+        Self::start_on(app, free_port()).await
+    }
+
+    /// As [`Gateway::start`], on `port` (for a provider that must know the callback's address
+    /// before the gateway starts).
+    pub(crate) async fn start_on(app: &TestApp, port: u16) -> Self {
         let binary = gateway_binary();
-        let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let mut cmd = Command::new(binary);
         cmd.arg("--listen")

@@ -12,6 +12,7 @@ mod smtp_sink;
 mod account_claim;
 mod accounts;
 mod bad_input;
+mod browser;
 mod cli;
 mod client_address;
 mod crash;

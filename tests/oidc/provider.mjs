@@ -244,7 +244,8 @@ async function startHostile() {
         code_challenge: q.get('code_challenge'),
         code_challenge_method: q.get('code_challenge_method'),
         sub: q.get('sub') || 'hostile-subject',
-        email: q.get('email'),
+        // A browser follows keyward's URL as it is: OIDC_DEFAULT_EMAIL stands in for `email`.
+        email: q.get('email') ?? process.env.OIDC_DEFAULT_EMAIL ?? null,
         email_verified: q.get('email_verified') !== 'false',
         salt: b64url(randomBytes(8)),
       };
