@@ -36,6 +36,9 @@ pub const SERVICES: &[&str] = &[
     "envoy.service.auth.v3.Authorization",
 ];
 
+/// The grpc.health.v1 service name a liveness probe asks for: SERVING while the process runs.
+pub const LIVENESS_SERVICE: &str = "keyward.liveness";
+
 async fn set_all(health: &HealthReporter, serving: bool) {
     let status = if serving {
         tonic_health::ServingStatus::Serving
@@ -184,6 +187,12 @@ pub async fn serve(
     codec::set_max_message_bytes(config.max_message_bytes);
     let (health, health_service) = tonic_health::server::health_reporter();
     set_all(&health, false).await;
+    // Liveness: SERVING for as long as the process answers, whatever the database does. A
+    // liveness probe must not follow a database outage (it would restart every replica at once);
+    // readiness (`""` and the services) does.
+    health
+        .set_service_status(LIVENESS_SERVICE, tonic_health::ServingStatus::Serving)
+        .await;
 
     // Health follows the database: SERVING once MongoDB answers and every index exists,
     // NOT_SERVING while it stops answering later, SERVING again when it is back.

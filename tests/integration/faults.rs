@@ -123,6 +123,16 @@ async fn losing_the_database_turns_health_not_serving_fails_fast_and_recovers_wi
         "NOT_SERVING after {noticed:?}"
     );
 
+    // Liveness does not follow the database: a probe on it must not restart every replica.
+    let liveness = app
+        .health()
+        .check(HealthCheckRequest {
+            service: keyward::server::LIVENESS_SERVICE.into(),
+        })
+        .await
+        .map(|r| r.into_inner().status);
+    assert_eq!(liveness.ok(), Some(1), "liveness is SERVING during the outage");
+
     // While it is gone every call fails at once, with UNAVAILABLE and a stable reason.
     let started = Instant::now();
     let status = app
