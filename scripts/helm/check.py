@@ -23,11 +23,12 @@ from helm_python.chart import Chart, lint
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CHART = os.path.join(ROOT, "helm", "keyward")
 KUBE_VERSION = "v1.30.0"
-# Settings the chart sets outside `config` (grpc_addr from ports.grpc, the secrets by reference).
-CHART_SET_KEYS = {"grpc_addr", "signing_key", "mongodb_uri", "smtp_url", "code_secret"}
-# Settings the chart never sets: dev mode does not run in a cluster; the signing key comes from
-# a Secret as an environment value, not as a file.
-NEVER_SET = {"dev", "data_dir", "signing_key_file"}
+# Settings the chart sets outside `config` (grpc_addr from ports.grpc, the secrets by reference,
+# the signing key as a file mounted from its Secret).
+CHART_SET_KEYS = {"grpc_addr", "signing_key_file", "mongodb_uri", "smtp_url", "code_secret"}
+# Settings the chart never sets: dev mode does not run in a cluster; the signing key is never an
+# environment value (keyward refuses it beside signing_key_file).
+NEVER_SET = {"dev", "data_dir", "signing_key"}
 
 
 def config_keys():
@@ -112,16 +113,31 @@ def check_file(path, defaults, validator, keys):
     return problems
 
 
+def pod_spec(doc):
+    """The pod spec of a rendered workload (Deployment, Job, Pod), or None."""
+    if doc["kind"] == "Pod":
+        return doc.get("spec") or {}
+    if doc["kind"] in ("Deployment", "Job"):
+        return ((doc.get("spec") or {}).get("template") or {}).get("spec") or {}
+    return None
+
+
 def unknown_settings(doc, keys, name):
-    """KEYWARD_* names in a rendered object that keyward would reject at start-up."""
+    """KEYWARD_* names in a rendered object that keyward would reject at start-up, or that the
+    chart must never set."""
     names = []
     if doc["kind"] == "ConfigMap":
         names = list((doc.get("data") or {}).keys())
-    elif doc["kind"] == "Deployment":
-        for container in doc["spec"]["template"]["spec"]["containers"]:
+    spec = pod_spec(doc)
+    if spec is not None:
+        for container in (spec.get("containers") or []) + (spec.get("initContainers") or []):
             names += [e["name"] for e in container.get("env") or []]
-    bad = [n for n in names if n.startswith("KEYWARD_") and n[len("KEYWARD_"):].lower() not in keys]
-    return [f"helm template: {name} sets {n}, which is not a setting in src/config.rs" for n in bad]
+    settings = {n: n[len("KEYWARD_"):].lower() for n in names if n.startswith("KEYWARD_")}
+    bad = [f"helm template: {name} sets {n}, which is not a setting in src/config.rs"
+           for n, key in settings.items() if key not in keys]
+    bad += [f"helm template: {name} sets {n}, which the chart never sets"
+            for n, key in settings.items() if key in NEVER_SET]
+    return bad
 
 
 def main():

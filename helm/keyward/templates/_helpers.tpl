@@ -61,3 +61,46 @@ verification_keys), numbers as integers (values arrive as floats), everything el
 {{- toString . }}
 {{- end }}
 {{- end }}
+
+{{/* Where the signing-key Secret is mounted; KEYWARD_SIGNING_KEY_FILE names the file in it. */}}
+{{- define "keyward.signingKeyDir" -}}
+/etc/keyward/signing-key
+{{- end }}
+
+{{/*
+The keyward container's secret settings: the signing key as a file (see keyward.signingKeyVolume)
+and the other secrets as environment values from secretKeyRefs. An entry whose name is "" is left
+out.
+*/}}
+{{- define "keyward.secretEnv" -}}
+- name: KEYWARD_SIGNING_KEY_FILE
+  value: {{ printf "%s/signing_key" (include "keyward.signingKeyDir" .) | quote }}
+{{- $secrets := .Values.secrets }}
+{{- range $setting, $ref := dict "MONGODB_URI" $secrets.mongodbUri "SMTP_URL" $secrets.smtpUrl "CODE_SECRET" $secrets.codeSecret }}
+{{- if and $ref $ref.name }}
+- name: KEYWARD_{{ $setting }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $ref.name }}
+      key: {{ $ref.key }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The signing-key Secret as a read-only volume holding one file, signing_key. */}}
+{{- define "keyward.signingKeyVolume" -}}
+- name: signing-key
+  secret:
+    secretName: {{ .Values.secrets.signingKey.name }}
+    items:
+      - key: {{ .Values.secrets.signingKey.key }}
+        path: signing_key
+    # Owner and group only; the group is podSecurityContext.fsGroup.
+    defaultMode: 0440
+{{- end }}
+
+{{- define "keyward.signingKeyMount" -}}
+- name: signing-key
+  mountPath: {{ include "keyward.signingKeyDir" . }}
+  readOnly: true
+{{- end }}
