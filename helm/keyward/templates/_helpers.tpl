@@ -44,7 +44,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{/* "repository:tag" of an image block; the tag defaults to the chart's appVersion. */}}
 {{- define "keyward.image" -}}
 {{- $image := index . 0 }}
-{{- $root := index . 1 }}
+{{- $root := index . 1 -}}
 {{- printf "%s:%s" $image.repository (default $root.Chart.AppVersion $image.tag) }}
 {{- end }}
 
@@ -103,4 +103,20 @@ out.
 - name: signing-key
   mountPath: {{ include "keyward.signingKeyDir" . }}
   readOnly: true
+{{- end }}
+
+{{/*
+Labels of the hook pods (migrate Job, helm test): the release and a component, but not
+app.kubernetes.io/name, so the Service, the PodDisruptionBudget and the NetworkPolicy, which
+select keyward's pods by name and instance, never count them. Takes (list component root).
+*/}}
+{{- define "keyward.hookLabels" -}}
+{{- $component := index . 0 }}
+{{- $root := index . 1 -}}
+helm.sh/chart: {{ include "keyward.chart" $root }}
+app.kubernetes.io/instance: {{ $root.Release.Name }}
+app.kubernetes.io/component: {{ $component }}
+app.kubernetes.io/part-of: {{ include "keyward.name" $root }}
+app.kubernetes.io/version: {{ $root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ $root.Release.Service }}
 {{- end }}
