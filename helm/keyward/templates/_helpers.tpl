@@ -120,3 +120,16 @@ app.kubernetes.io/part-of: {{ include "keyward.name" $root }}
 app.kubernetes.io/version: {{ $root.Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ $root.Release.Service }}
 {{- end }}
+
+{{/*
+keyward's settings from `config` as inline environment values, for pods that run before the
+ConfigMap exists (the pre-install migrate Job).
+*/}}
+{{- define "keyward.configEnv" -}}
+{{- range $key, $value := .Values.config }}
+{{- if not (kindIs "invalid" $value) }}
+- name: KEYWARD_{{ upper $key }}
+  value: {{ include "keyward.envValue" $value | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
