@@ -6,7 +6,9 @@
 #     in the helm-python-sdk wheel (no helm binary is needed or installed); the rendered output
 #     must parse as YAML, and every KEYWARD_* variable it sets must be a key of src/config.rs;
 #   - yamllint (scripts/helm/yamllint.yaml) on Chart.yaml, the values files, deploy/**/*.yaml and
-#     gateway/*.yaml.
+#     gateway/*.yaml;
+#   - helm/keyward/README.md's values table must be what scripts/helm/values_readme.py writes
+#     from values.yaml's `# --` descriptions (every value needs one).
 # Installs its Python packages once, pinned, into target/tools/helm-check (pip --target, so
 # Debian's system Python stays untouched); installs python3-pip with apt if pip is missing.
 #
@@ -50,6 +52,13 @@ if python3 -m yamllint -c scripts/helm/yamllint.yaml -f parsable "${yaml_files[@
   echo "check-helm: ok  yamllint: ${#yaml_files[@]} files"
 else
   echo "check-helm: FAIL yamllint (rules: scripts/helm/yamllint.yaml)"
+  status=1
+fi
+
+if python3 scripts/helm/values_readme.py --check; then
+  echo "check-helm: ok  helm/keyward/README.md values table is up to date"
+else
+  echo "check-helm: FAIL helm/keyward/README.md (run: PYTHONPATH=target/tools/helm-check python3 scripts/helm/values_readme.py)"
   status=1
 fi
 
