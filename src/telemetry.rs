@@ -144,7 +144,7 @@ fn record_status(span: &tracing::Span, code: i32) {
 /// `grpc-status: 0` in its trailers, which this does not wait for: HTTP 200 without
 /// `grpc-status` counts as OK. (A failure while the body is being sent, which keyward's unary
 /// RPCs do not have, would therefore be reported as OK.)
-fn grpc_status<B>(response: &http::Response<B>) -> Option<i32> {
+pub(crate) fn grpc_status<B>(response: &http::Response<B>) -> Option<i32> {
     match response.headers().get("grpc-status") {
         Some(value) => value.to_str().ok()?.parse().ok(),
         None if response.status() == http::StatusCode::OK => Some(0),

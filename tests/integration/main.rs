@@ -21,6 +21,7 @@ mod gateway;
 mod gateway_hardening;
 mod grpcurl;
 mod lockout;
+mod metrics;
 mod mfa;
 mod oidc_fixture;
 mod one_time_codes;
