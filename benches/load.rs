@@ -488,6 +488,7 @@ async fn main() {
         .env("KEYWARD_MONGODB_URI", &uri)
         .env("KEYWARD_SIGNING_KEY", &secret)
         .env("KEYWARD_GRPC_ADDR", format!("127.0.0.1:{port}"))
+        .env("KEYWARD_METRICS_ADDR", "127.0.0.1:0")
         .env("KEYWARD_LOG_LEVEL", "warn")
         // The bench logs in from one address on purpose; lockout stays on (its shared attempt
         // counter is part of every login's cost).

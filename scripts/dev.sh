@@ -8,6 +8,7 @@ scripts/setup.sh
 source scripts/tool-path.sh
 
 export KEYWARD_GRPC_ADDR="${KEYWARD_GRPC_ADDR:-127.0.0.1:50051}"
+export KEYWARD_METRICS_ADDR="${KEYWARD_METRICS_ADDR-127.0.0.1:9090}"
 mkdir -p .keyward-dev
 if [ -z "${KEYWARD_MONGODB_URI:-}" ]; then
   mongo_port="${KEYWARD_DEV_MONGO_PORT:-27018}"
@@ -24,7 +25,7 @@ addr="$KEYWARD_GRPC_ADDR"
 data_dir="${KEYWARD_DATA_DIR:-.keyward-dev}"
 case "$data_dir" in /*) ;; *) data_dir="$PWD/$data_dir" ;; esac
 echo
-echo "keyward (dev mode) on $addr. Try, in another shell:"
+echo "keyward (dev mode) on $addr${KEYWARD_METRICS_ADDR:+ (metrics: http://$KEYWARD_METRICS_ADDR/metrics)}. Try, in another shell:"
 scripts/dev-walkthrough.sh "$addr" "$data_dir/mail" | sed 's/^/  /'
 echo "(grpcurl was installed by scripts/setup.sh; if your shell does not find it: source $PWD/scripts/tool-path.sh)"
 echo

@@ -55,6 +55,10 @@ pub struct Config {
     /// sidecar connects from 127.0.0.6 on behalf of any caller in the mesh).
     #[serde(deserialize_with = "net_list")]
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Address of the Prometheus endpoint (`/metrics`), off the gRPC port. Empty: no endpoint
+    /// and no metrics kept.
+    #[serde(deserialize_with = "optional_addr")]
+    pub metrics_addr: Option<SocketAddr>,
 
     // --- storage ---
     /// MongoDB connection string (any MongoDB-compatible server).
@@ -218,6 +222,7 @@ impl Default for Config {
                 "127.0.0.1/32".parse().expect("static network"),
                 "::1/128".parse().expect("static network"),
             ],
+            metrics_addr: Some("0.0.0.0:9090".parse().expect("static address")),
             mongodb_uri: None,
             mongodb_database: "keyward".into(),
             dev: false,
@@ -310,6 +315,17 @@ fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
             .collect(),
         List::Many(v) => v,
     })
+}
+
+/// An address, or nothing for an empty value (the way a setting is turned off).
+fn optional_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(d)?;
+    match text.trim() {
+        "" => Ok(None),
+        addr => addr.parse().map(Some).map_err(|_| {
+            serde::de::Error::custom(format!("`{addr}` is not an address such as 0.0.0.0:9090"))
+        }),
+    }
 }
 
 /// One OpenID Connect provider keyward signs people in with.
@@ -611,6 +627,12 @@ impl Config {
         if self.trusted_proxy_hops > 10 {
             return bad("trusted_proxy_hops", "must be between 0 and 10");
         }
+        if self
+            .metrics_addr
+            .is_some_and(|m| m == self.grpc_addr && m.port() != 0)
+        {
+            return bad("metrics_addr", "must differ from grpc_addr");
+        }
         if self.concurrency_per_connection == 0 {
             return bad("concurrency_per_connection", "must be at least 1");
         }
@@ -714,6 +736,7 @@ pub const SETTINGS: &[(&str, Option<&str>, &str)] = &[
     ("ext_authz_cookie", None, "cookie carrying the access token for ext_authz when a request has no `Authorization: Bearer` header"),
     ("trusted_proxy_hops", Some("0"), "proxies in front of keyward that append to `x-forwarded-for` (REST sidecar = 1, ingress + sidecar = 2); 0: the TCP peer is the client"),
     ("trusted_proxies", Some("127.0.0.1/32,::1/128"), "networks whose connections may carry `x-forwarded-for` at all (not all of 127.0.0.0/8: a mesh sidecar such as Istio's connects from 127.0.0.6)"),
+    ("metrics_addr", Some("0.0.0.0:9090"), "Prometheus endpoint (`/metrics`, see Metrics), off the gRPC port; empty: none"),
     ("mongodb_uri", None, "any MongoDB-compatible server; required"),
     ("mongodb_database", Some("keyward"), "database name"),
     ("dev", Some("false"), "development mode: a generated signing key in `data_dir`, mail to the log"),
@@ -943,6 +966,26 @@ mod tests {
         assert!(err.0.contains("KEYWARD_PASSWORD_MIN_LENGTH"), "{err}");
         let err = Config::load(None, &env(&[("KEYWARD_DEV", "yes")])).unwrap_err();
         assert!(err.0.contains("KEYWARD_MONGODB_URI"), "{err}");
+    }
+
+    #[test]
+    fn metrics_addr_is_an_address_or_empty_for_none() {
+        let dev = ("KEYWARD_DEV", "1");
+        let c = Config::load(None, &env(&[URI, dev])).unwrap();
+        assert_eq!(c.metrics_addr, Some("0.0.0.0:9090".parse().unwrap()));
+        let c = Config::load(None, &env(&[URI, dev, ("KEYWARD_METRICS_ADDR", "")])).unwrap();
+        assert_eq!(c.metrics_addr, None);
+        let c = Config::load(
+            None,
+            &env(&[URI, dev, ("KEYWARD_METRICS_ADDR", "127.0.0.1:9464")]),
+        )
+        .unwrap();
+        assert_eq!(c.metrics_addr, Some("127.0.0.1:9464".parse().unwrap()));
+        for bad in ["9090", "localhost:9090", "0.0.0.0:50051"] {
+            let err =
+                Config::load(None, &env(&[URI, dev, ("KEYWARD_METRICS_ADDR", bad)])).unwrap_err();
+            assert!(err.0.contains("KEYWARD_METRICS_ADDR"), "{bad}: {err}");
+        }
     }
 
     #[test]

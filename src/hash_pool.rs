@@ -60,16 +60,23 @@ impl HashPool {
                 .name(format!("keyward-hash-{i}"))
                 .spawn(move || {
                     lower_priority();
+                    crate::metrics::hash_workers(1.0);
                     loop {
                         let job = match jobs.lock() {
                             Ok(rx) => rx.recv(),
-                            Err(_) => return,
+                            Err(_) => break,
                         };
                         match job {
-                            Ok(job) => job(),
-                            Err(_) => return,
+                            Ok(job) => {
+                                crate::metrics::hash_job_dequeued();
+                                let started = std::time::Instant::now();
+                                job();
+                                crate::metrics::hash_job_done(started.elapsed());
+                            }
+                            Err(_) => break,
                         }
                     }
+                    crate::metrics::hash_workers(-1.0);
                 })
                 .expect("spawning a hashing thread");
         }
@@ -88,9 +95,18 @@ impl HashPool {
                 let _ = tx.send(f());
             }
         });
-        self.queue.try_send(job).map_err(|e| match e {
-            mpsc::TrySendError::Full(_) => PoolError::Busy,
-            mpsc::TrySendError::Disconnected(_) => PoolError::Gone,
+        // Counted as queued before it is sent, so a worker taking it at once never takes the
+        // gauge below zero.
+        crate::metrics::hash_job_queued();
+        self.queue.try_send(job).map_err(|e| {
+            crate::metrics::hash_job_dequeued();
+            match e {
+                mpsc::TrySendError::Full(_) => {
+                    crate::metrics::hash_job_refused();
+                    PoolError::Busy
+                }
+                mpsc::TrySendError::Disconnected(_) => PoolError::Gone,
+            }
         })?;
         rx.await.map_err(|_| PoolError::Gone)
     }

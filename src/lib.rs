@@ -2,10 +2,13 @@
 //!
 //! # Layout
 //! - [`config`]: settings from a TOML file and `KEYWARD_*` environment, validated at start.
-//! - [`telemetry`]: logs (text/JSON), OTLP traces, one span per RPC joined to the caller's trace
-//!   (status code, user id).
+//! - [`telemetry`]: logs (text/JSON, the latter with the `trace_id`/`span_id` of an active
+//!   trace), OTLP traces, one span per RPC joined to the caller's trace (status code, user id).
+//! - [`metrics`]: Prometheus metrics — every name and label, the process-wide recorder, the
+//!   `/metrics` endpoint on `metrics_addr`, the RPC-counting layer, and one typed helper per
+//!   thing counted (logins, ext_authz decisions, codes, mail, hash pool, caches, MongoDB).
 //! - [`server`]: the tonic server — limits, health that follows the database, reflection,
-//!   services, graceful shutdown.
+//!   services, the metrics endpoint beside them, graceful shutdown.
 //! - [`grpc`]: thin adapters, one file per service (`auth.rs`, `otp.rs`, `org.rs`, `users.rs`,
 //!   `mfa.rs`, `permissions.rs`, `service_accounts.rs`, `federation.rs`, and Envoy's
 //!   `ext_authz.rs`), who is
@@ -32,7 +35,8 @@
 //! - [`hash_pool`]: the bounded, low-priority thread pool that runs argon2id.
 //! - [`error`]: the one mapping from domain errors to gRPC status + ErrorInfo/BadRequest/RetryInfo.
 //!
-//! Entry points: [`run`] serves until a shutdown future resolves (tests pass their own);
+//! Entry points: [`run`] serves until a shutdown future resolves (tests pass their own;
+//! [`run_with_metrics`] also takes the metrics listener);
 //! [`build_app`] wires config -> keys + store -> [`app::App`] for the CLI commands.
 
 pub mod app;
@@ -42,6 +46,7 @@ pub mod error;
 pub mod grpc;
 pub mod hash_pool;
 pub mod mail;
+pub mod metrics;
 pub mod oidc;
 pub mod server;
 pub mod store;
@@ -59,19 +64,43 @@ use crate::config::Config;
 use crate::domain::tokens::{generate_key, KeyRing};
 use crate::store::Store;
 
-/// Serves keyward on `listener` until `shutdown` resolves, then drains and returns.
+/// Serves keyward on `listener` until `shutdown` resolves, then drains and returns. The metrics
+/// endpoint, if `metrics_addr` is set, listens there.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    let metrics_listener = match config.metrics_addr {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding metrics_addr {addr}"))?,
+        ),
+        None => None,
+    };
+    run_with_metrics(config, listener, metrics_listener, shutdown).await
+}
+
+/// [`run`] with the metrics endpoint on `metrics_listener` (`None`: no endpoint, and no metrics
+/// kept unless another instance in this process keeps them) instead of `metrics_addr`.
+pub async fn run_with_metrics(
+    config: Config,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    if metrics_listener.is_some() {
+        // Before the app is built, so what it records at start (its hashing threads) is kept.
+        crate::metrics::install();
+    }
     let transport = mail::Transport::for_config(&config)?;
     // A catalogue file that does not read stops the start, before anything is served.
     if let Some(path) = &config.permissions_file {
         app::permissions::load_permission_file(path)?;
     }
     let app = build_app(config).await?;
-    server::serve(app, transport, listener, shutdown).await
+    server::serve(app, transport, listener, metrics_listener, shutdown).await
 }
 
 /// Builds the application from a validated config (keys, store, caches, hash pool).

@@ -1,5 +1,6 @@
-//! Builds the gRPC server: limits, per-RPC spans, health, reflection and the keyward services,
-//! then serves until `shutdown` resolves and in-flight calls have drained.
+//! Builds the gRPC server: limits, per-RPC spans and metrics, health, reflection and the keyward
+//! services, with the Prometheus endpoint on a listener of its own, then serves until `shutdown`
+//! resolves and in-flight calls have drained.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -106,6 +107,28 @@ async fn apply_permission_file(app: &App) {
     }
 }
 
+/// How often the mail outbox's gauges are refreshed (one count and one indexed read).
+const OUTBOX_GAUGES_EVERY: Duration = Duration::from_secs(5);
+
+/// Keeps the mail outbox's depth and oldest age current for `/metrics`, while the database is
+/// ready (a failure leaves the last values and is logged at debug level).
+async fn watch_outbox(app: Arc<App>) {
+    loop {
+        tokio::time::sleep(OUTBOX_GAUGES_EVERY).await;
+        if app.ensure_ready().is_err() {
+            continue;
+        }
+        let now = app.now();
+        let looked =
+            tokio::time::timeout(DATABASE_CHECK_TIMEOUT, app.store.mail_outbox.backlog(now)).await;
+        match looked {
+            Ok(Ok((pending, oldest))) => crate::metrics::mail_outbox(pending, oldest),
+            Ok(Err(e)) => tracing::debug!(error = %e, "could not measure the mail outbox"),
+            Err(_) => tracing::debug!("measuring the mail outbox timed out"),
+        }
+    }
+}
+
 /// Keeps health and `App::ensure_ready` in step with the database, for the life of the server.
 /// While the database is gone, calls fail at once with UNAVAILABLE/NOT_READY instead of each
 /// waiting for the driver's server selection, and load balancers stop sending traffic here.
@@ -181,6 +204,7 @@ pub async fn serve(
     app: Arc<App>,
     mail_transport: crate::mail::Transport,
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let config = &app.config;
@@ -202,6 +226,14 @@ pub async fn serve(
     // Mail delivery runs beside the server; queued mail survives a stop and is picked up by the
     // next replica to run.
     let mail_workers = crate::app::mail::spawn_workers(Arc::clone(&app), Arc::new(mail_transport));
+
+    // The Prometheus endpoint and the outbox gauges, when metrics are on.
+    let mut metrics_tasks = Vec::new();
+    if let Some(metrics_listener) = metrics_listener {
+        tracing::info!(addr = %metrics_listener.local_addr()?, "metrics at /metrics");
+        metrics_tasks.push(tokio::spawn(crate::metrics::serve(metrics_listener)));
+        metrics_tasks.push(tokio::spawn(watch_outbox(Arc::clone(&app))));
+    }
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -262,6 +294,8 @@ pub async fn serve(
         .trace_fn(crate::telemetry::rpc_span)
         // Runs inside the span above: records the status code and scopes `enduser.id`.
         .layer(crate::telemetry::RpcOutcomeLayer)
+        // Counts and times every RPC by service, method and status code.
+        .layer(crate::metrics::RpcMetricsLayer)
         .layer(codec::MessageLimitLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -291,10 +325,10 @@ pub async fn serve(
     // (the driver panics then).
     ready_task.abort();
     let _ = ready_task.await;
-    for worker in &mail_workers {
+    for worker in mail_workers.iter().chain(&metrics_tasks) {
         worker.abort();
     }
-    for worker in mail_workers {
+    for worker in mail_workers.into_iter().chain(metrics_tasks) {
         let _ = worker.await;
     }
     app.store.shutdown(Duration::from_secs(5)).await;

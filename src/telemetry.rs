@@ -5,6 +5,9 @@
 //! `rpc.system`/`rpc.service`/`rpc.method`, the gRPC status code ([`RpcOutcomeLayer`]) and, once
 //! a bearer or checked access token has been verified, `enduser.id` ([`record_user_id`]).
 //! Tokens, passwords, codes and emails are never recorded on it.
+//!
+//! JSON log lines written inside a traced span start with its `trace_id` and `span_id`
+//! ([`WithTraceIds`]), so a log line leads to its trace.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -62,12 +65,69 @@ pub fn init(
         .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("keyward")));
     let registry = tracing_subscriber::registry().with(filter).with(otel);
     match format {
-        LogFormat::Json => registry
-            .with(tracing_subscriber::fmt::layer().json().flatten_event(true))
-            .try_init()?,
+        LogFormat::Json => registry.with(json_layer(std::io::stdout)).try_init()?,
         LogFormat::Text => registry.with(tracing_subscriber::fmt::layer()).try_init()?,
     }
     Ok(TelemetryGuard(provider))
+}
+
+/// The JSON log layer: one flat object per event, with the trace's ids when there is one.
+fn json_layer<S, W>(writer: W) -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt::layer()
+        .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+        .event_format(WithTraceIds(
+            tracing_subscriber::fmt::format().json().flatten_event(true),
+        ))
+        .with_writer(writer)
+}
+
+/// A JSON event format that puts `"trace_id"` and `"span_id"` (W3C hex, as trace backends
+/// show them) first in each line written inside a span that OpenTelemetry traces: the ids of
+/// the innermost such span. Lines outside any traced span (or with no trace exporter
+/// configured) are written as the inner format writes them.
+pub struct WithTraceIds<F>(pub F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for WithTraceIds<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let ids = ctx.event_scope().and_then(|mut scope| {
+            scope.find_map(|span| {
+                let extensions = span.extensions();
+                let data = extensions.get::<tracing_opentelemetry::OtelData>()?;
+                let (trace_id, span_id) = (data.trace_id()?, data.span_id()?);
+                (trace_id != opentelemetry::TraceId::INVALID).then_some((trace_id, span_id))
+            })
+        });
+        let Some((trace_id, span_id)) = ids else {
+            return self.0.format_event(ctx, writer, event);
+        };
+        let mut line = String::new();
+        self.0.format_event(
+            ctx,
+            tracing_subscriber::fmt::format::Writer::new(&mut line),
+            event,
+        )?;
+        match line.strip_prefix('{') {
+            Some(rest) => write!(
+                writer,
+                "{{\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\",{rest}"
+            ),
+            None => writer.write_str(&line),
+        }
+    }
 }
 
 struct HeaderExtractor<'a>(&'a http::HeaderMap);
@@ -144,7 +204,7 @@ fn record_status(span: &tracing::Span, code: i32) {
 /// `grpc-status: 0` in its trailers, which this does not wait for: HTTP 200 without
 /// `grpc-status` counts as OK. (A failure while the body is being sent, which keyward's unary
 /// RPCs do not have, would therefore be reported as OK.)
-fn grpc_status<B>(response: &http::Response<B>) -> Option<i32> {
+pub(crate) fn grpc_status<B>(response: &http::Response<B>) -> Option<i32> {
     match response.headers().get("grpc-status") {
         Some(value) => value.to_str().ok()?.parse().ok(),
         None if response.status() == http::StatusCode::OK => Some(0),
@@ -212,5 +272,86 @@ impl Drop for Unanswered {
         if let Some(span) = self.0.take() {
             record_status(&span, tonic::Code::Cancelled as i32);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::TraceContextExt;
+    use std::sync::{Arc, Mutex};
+
+    /// Log lines written to memory.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Lines {
+        fn json(&self) -> Vec<serde_json::Value> {
+            String::from_utf8(self.0.lock().unwrap().clone())
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+                .collect()
+        }
+    }
+
+    #[test]
+    fn json_lines_inside_a_trace_carry_its_ids() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
+            .with(json_layer(move || writer.clone()));
+        let (trace_id, span_id) = tracing::subscriber::with_default(subscriber, || {
+            tracing::info!("outside");
+            let span = tracing::info_span!("rpc", rpc.method = "Login");
+            let _entered = span.enter();
+            tracing::info!(answer = 42, "inside");
+            let inner = tracing::info_span!("inner");
+            inner.in_scope(|| tracing::info!("deeper"));
+            let context = span.context();
+            let ids = context.span().span_context().clone();
+            (ids.trace_id().to_string(), ids.span_id().to_string())
+        });
+        let logged = lines.json();
+        assert_eq!(logged.len(), 3, "{logged:?}");
+        assert!(logged[0].get("trace_id").is_none(), "{}", logged[0]);
+        assert_eq!(logged[0]["message"], "outside");
+        assert_eq!(logged[1]["trace_id"], trace_id.as_str());
+        assert_eq!(logged[1]["span_id"], span_id.as_str());
+        assert_eq!(logged[1]["answer"], 42);
+        assert_eq!(logged[1]["span"]["rpc.method"], "Login");
+        // The innermost span's own id, in the same trace.
+        assert_eq!(logged[2]["trace_id"], trace_id.as_str());
+        assert_ne!(logged[2]["span_id"], span_id.as_str());
+        assert_eq!(trace_id.len(), 32);
+        assert_eq!(span_id.len(), 16);
+    }
+
+    #[test]
+    fn json_lines_without_a_tracer_are_unchanged() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::registry().with(json_layer(move || writer.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("rpc");
+            let _entered = span.enter();
+            tracing::info!("inside");
+        });
+        let logged = lines.json();
+        assert_eq!(logged.len(), 1);
+        assert!(logged[0].get("trace_id").is_none(), "{}", logged[0]);
+        assert_eq!(logged[0]["message"], "inside");
     }
 }

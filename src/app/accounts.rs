@@ -179,6 +179,18 @@ impl App {
     /// verify, a failure count, an audit event) and give the same answer. Account state
     /// (disabled) is told only after a correct password.
     pub async fn login(&self, raw_email: &str, plain: &str, caller: &Caller) -> Result<SignIn> {
+        let result = self.password_login(raw_email, plain, caller).await;
+        let asks_second_factor = result.as_ref().map(SignIn::asks_second_factor);
+        crate::metrics::login(crate::metrics::LoginMethod::Password, asks_second_factor);
+        result
+    }
+
+    async fn password_login(
+        &self,
+        raw_email: &str,
+        plain: &str,
+        caller: &Caller,
+    ) -> Result<SignIn> {
         let mut violations = Vec::new();
         let email = email::normalize(raw_email)
             .map_err(|why| violations.push(FieldViolation::new("email", why)))
@@ -438,6 +450,7 @@ impl App {
         }
         self.audit(event).await;
         if let Some(delay) = attempt.lock {
+            crate::metrics::lockout_started(crate::metrics::Lockout::Password);
             tracing::warn!(
                 failures = attempt.count,
                 lock_seconds = delay.as_secs(),

@@ -117,9 +117,11 @@ impl App {
     pub async fn standing(&self, user_id: &str) -> Result<Option<Standing>> {
         if let Some((standing, at)) = self.access.users.get(user_id) {
             if at.elapsed() < self.access.ttl {
+                crate::metrics::cache(crate::metrics::Cache::AccessUser, true);
                 return Ok(standing);
             }
         }
+        crate::metrics::cache(crate::metrics::Cache::AccessUser, false);
         let generation = self.access.generation();
         let standing = self
             .store
@@ -150,9 +152,11 @@ impl App {
         let key = (org_id.to_string(), user_id.to_string());
         if let Some((place, at)) = self.access.memberships.get(&key) {
             if at.elapsed() < self.access.ttl {
+                crate::metrics::cache(crate::metrics::Cache::AccessMembership, true);
                 return Ok(place);
             }
         }
+        crate::metrics::cache(crate::metrics::Cache::AccessMembership, false);
         let generation = self.access.generation();
         let place = self
             .store
@@ -180,9 +184,11 @@ impl App {
     ) -> Result<Option<Arc<HashSet<String>>>> {
         if let Some((roles, at)) = self.access.custom_roles.get(org_id) {
             if at.elapsed() < self.access.ttl {
+                crate::metrics::cache(crate::metrics::Cache::AccessCustomRoles, true);
                 return Ok(roles.get(role_id).cloned());
             }
         }
+        crate::metrics::cache(crate::metrics::Cache::AccessCustomRoles, false);
         let generation = self.access.generation();
         let roles: CustomRoles = Arc::new(
             self.store
@@ -230,9 +236,11 @@ impl App {
     async fn cached_second_factor(&self, user_id: &str) -> Result<bool> {
         if let Some((enrolled, at)) = self.access.second_factors.get(user_id) {
             if at.elapsed() < self.access.ttl {
+                crate::metrics::cache(crate::metrics::Cache::AccessSecondFactor, true);
                 return Ok(enrolled);
             }
         }
+        crate::metrics::cache(crate::metrics::Cache::AccessSecondFactor, false);
         let generation = self.access.generation();
         let enrolled = self.has_second_factor(user_id).await?;
         if self.access.generation() == generation {
@@ -247,9 +255,11 @@ impl App {
     async fn org_requires_mfa(&self, org_id: &str) -> Result<bool> {
         if let Some((required, at)) = self.access.org_policies.get(org_id) {
             if at.elapsed() < self.access.ttl {
+                crate::metrics::cache(crate::metrics::Cache::AccessOrgPolicy, true);
                 return Ok(required);
             }
         }
+        crate::metrics::cache(crate::metrics::Cache::AccessOrgPolicy, false);
         let generation = self.access.generation();
         let required = self
             .store

@@ -109,6 +109,7 @@ impl App {
             .is_known_requester(user.as_ref().map_or("", |u| u.id.as_str()), caller)
             .await?;
         if let Err(e) = self.admit_send(&email, purpose, caller, known).await {
+            crate::metrics::code_request(purpose, crate::metrics::CodeRequest::RateLimited);
             self.audit(
                 AuditRecord::new("code_send", Outcome::Failure, caller)
                     .email(&email)
@@ -147,6 +148,14 @@ impl App {
                 .await?;
         }
         let eligible = eligible && !protected;
+        crate::metrics::code_request(
+            purpose,
+            if eligible {
+                crate::metrics::CodeRequest::Sent
+            } else {
+                crate::metrics::CodeRequest::Suppressed
+            },
+        );
         let mut event = AuditRecord::new("code_send", Outcome::Success, caller)
             .email(&email)
             .detail("purpose", purpose.as_str())
@@ -399,6 +408,7 @@ impl App {
             _ => false,
         };
         if !used {
+            crate::metrics::code_attempt_failed(purpose);
             if !known {
                 self.store
                     .rate_limits
@@ -457,6 +467,13 @@ impl App {
         code: &str,
         caller: &Caller,
     ) -> Result<SignIn> {
+        let result = self.code_login(raw_email, code, caller).await;
+        let asks_second_factor = result.as_ref().map(SignIn::asks_second_factor);
+        crate::metrics::login(crate::metrics::LoginMethod::EmailCode, asks_second_factor);
+        result
+    }
+
+    async fn code_login(&self, raw_email: &str, code: &str, caller: &Caller) -> Result<SignIn> {
         let email = email_and_code(raw_email, code)?;
         self.throttle_codes(caller).await?;
         self.use_code(&email, Purpose::Login, code, caller).await?;

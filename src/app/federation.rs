@@ -206,6 +206,17 @@ impl App {
         callback: &Callback,
         caller: &Caller,
     ) -> Result<FederatedSignIn> {
+        let result = self.federated_login(callback, caller).await;
+        let asks_second_factor = result.as_ref().map(|s| s.sign_in.asks_second_factor());
+        crate::metrics::login(crate::metrics::LoginMethod::Oidc, asks_second_factor);
+        result
+    }
+
+    async fn federated_login(
+        &self,
+        callback: &Callback,
+        caller: &Caller,
+    ) -> Result<FederatedSignIn> {
         let (provider, identity) = self
             .verified_callback(callback, FlowIntent::Login, None, caller)
             .await?;

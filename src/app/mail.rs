@@ -94,13 +94,16 @@ impl App {
             }),
         };
         let outbox = &self.store.mail_outbox;
+        use crate::metrics::{mail_delivery, MailDelivery};
         match outcome {
             Ok(()) => {
+                mail_delivery(MailDelivery::Sent);
                 outbox.mark_sent(&doc.id, owner, self.now()).await?;
                 self.audit_delivery(&doc, Outcome::Success, None).await;
             }
             Err(e) if e.permanent || self.too_old(&doc, now) => {
                 tracing::error!(mail_id = %doc.id, kind = %doc.kind, attempts = doc.attempts, error = %e, "giving up on mail");
+                mail_delivery(MailDelivery::Failed);
                 outbox.mark_failed(&doc.id, owner, &e.message).await?;
                 self.audit_delivery(&doc, Outcome::Failure, Some(&e.message))
                     .await;
@@ -113,6 +116,7 @@ impl App {
                 ));
                 tracing::warn!(mail_id = %doc.id, kind = %doc.kind, attempts = doc.attempts, retry_in_ms = wait.as_millis() as u64, error = %e, "mail delivery failed; will retry");
                 let next = self.now() + chrono::Duration::from_std(wait).unwrap_or_default();
+                mail_delivery(MailDelivery::Retry);
                 outbox.retry_at(&doc.id, owner, next, &e.message).await?;
             }
         }

@@ -38,6 +38,13 @@ pub enum SignIn {
     SecondFactor(Challenge),
 }
 
+impl SignIn {
+    /// Whether the answer is the second step rather than tokens.
+    pub fn asks_second_factor(&self) -> bool {
+        matches!(self, SignIn::SecondFactor(_))
+    }
+}
+
 /// The second step of a login, as handed to the client.
 #[derive(Debug, Clone)]
 pub struct Challenge {
@@ -193,6 +200,20 @@ impl App {
         proof: Proof,
         caller: &Caller,
     ) -> Result<IssuedTokens> {
+        let result = self.second_factor_login(challenge, proof, caller).await;
+        crate::metrics::login(
+            crate::metrics::LoginMethod::Mfa,
+            result.as_ref().map(|_| false),
+        );
+        result
+    }
+
+    async fn second_factor_login(
+        &self,
+        challenge: &str,
+        proof: Proof,
+        caller: &Caller,
+    ) -> Result<IssuedTokens> {
         if challenge.is_empty() {
             return Err(Error::invalid("challenge", "is required"));
         }
@@ -301,6 +322,7 @@ impl App {
                     .detail("consecutive_failures", attempt.count as i64);
                 if let Some(lock) = attempt.lock {
                     event = event.detail("lock_seconds", lock.as_secs() as i64);
+                    crate::metrics::lockout_started(crate::metrics::Lockout::SecondFactor);
                     tracing::warn!(
                         failures = attempt.count,
                         "second factor locked for an account after repeated failures"

@@ -115,12 +115,14 @@ impl App {
         let hash = hash_token(secret);
         if let Some((principal, at)) = self.key_cache.keys.get(&hash) {
             if at.elapsed() < self.key_cache.ttl {
+                crate::metrics::cache(crate::metrics::Cache::ApiKey, true);
                 // An expiry counts to the instant, as a token's does.
                 return principal
                     .filter(|p| p.expires_at > self.now())
                     .ok_or(Error::TokenInvalid);
             }
         }
+        crate::metrics::cache(crate::metrics::Cache::ApiKey, false);
         let generation = self.access_generation();
         let now = self.now();
         let principal = match self

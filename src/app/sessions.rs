@@ -60,13 +60,16 @@ impl SessionCache {
     }
 
     fn fresh_state(&self, session_id: &str) -> Option<bool> {
-        if self.revoked.get(session_id).is_some() {
-            return Some(false);
-        }
-        match self.states.get(session_id) {
-            Some((active, at)) if at.elapsed() < self.ttl => Some(active),
-            _ => None,
-        }
+        let fresh = if self.revoked.get(session_id).is_some() {
+            Some(false)
+        } else {
+            match self.states.get(session_id) {
+                Some((active, at)) if at.elapsed() < self.ttl => Some(active),
+                _ => None,
+            }
+        };
+        crate::metrics::cache(crate::metrics::Cache::SessionState, fresh.is_some());
+        fresh
     }
 }
 
@@ -213,6 +216,7 @@ impl App {
             .revoke(&session.id, None, "refresh_token_reused", now)
             .await?;
         self.revoke_sessions([session.id.as_str()]);
+        crate::metrics::refresh_reuse_detected();
         tracing::warn!(session_id = %session.id, user_id = %session.user_id, "refresh token reuse: session revoked");
         self.audit(
             AuditRecord::new("refresh_reuse", Outcome::Failure, caller)
@@ -234,7 +238,9 @@ impl App {
             return Err(Error::HumanOnly);
         }
         let now = self.now();
-        let claims = match self.sessions.verified.get(access_token) {
+        let cached = self.sessions.verified.get(access_token);
+        crate::metrics::cache(crate::metrics::Cache::SessionToken, cached.is_some());
+        let claims = match cached {
             Some(claims) if claims.expires_at > now => claims,
             Some(_) => return Err(Error::TokenInvalid),
             None => {

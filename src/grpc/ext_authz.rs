@@ -91,6 +91,21 @@ impl Authorization for ExtAuthz {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
+        let response = self.decide(request).await;
+        if let Ok(response) = &response {
+            let code = response.get_ref().status.as_ref().map_or(0, |s| s.code);
+            crate::metrics::ext_authz(crate::metrics::Decision::of_code(code));
+        }
+        response
+    }
+}
+
+impl ExtAuthz {
+    /// The answer to one check (every decision is an OK gRPC response; its status says which).
+    async fn decide(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
         let request = request.into_inner();
         let Some(token) = token_of(&request, self.app.config.ext_authz_cookie.as_deref()) else {
             return Ok(Response::new(deny(

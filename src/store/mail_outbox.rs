@@ -192,6 +192,28 @@ impl MailOutbox {
             .map(|_| ())
     }
 
+    /// Messages waiting for delivery (due now or later, for a retry) and how long the oldest
+    /// of them has waited (zero when none is waiting).
+    pub async fn backlog(&self, now: DateTime<Utc>) -> mongodb::error::Result<(u64, Duration)> {
+        let pending = doc! { "status": "pending" };
+        let count = self.0.count_documents(pending.clone()).await?;
+        if count == 0 {
+            return Ok((0, Duration::ZERO));
+        }
+        let oldest = self
+            .0
+            .clone_with_type::<mongodb::bson::Document>()
+            .find_one(pending)
+            .sort(doc! { "created_at": 1 })
+            .projection(doc! { "_id": 0, "created_at": 1 })
+            .await?
+            .and_then(|d| d.get_datetime("created_at").ok().copied())
+            .map_or(Duration::ZERO, |created| {
+                (now - created.to_chrono()).to_std().unwrap_or_default()
+            });
+        Ok((count, oldest))
+    }
+
     /// Gives up on a message (too old, or it can never be delivered) and drops its body.
     pub async fn mark_failed(
         &self,

@@ -96,6 +96,8 @@ impl Store {
         watch_options.min_pool_size = None;
         watch_options.server_selection_timeout = Some(Duration::from_secs(1));
         let watch = Client::with_options(watch_options)?.database(database);
+        // Command timings and failures for `/metrics` (the health pings above are not counted).
+        options.command_event_handler = Some(crate::metrics::mongodb_event_handler());
         let client = Client::with_options(options)?;
         Ok(Self::new(client.database(database), watch, audit_retention))
     }

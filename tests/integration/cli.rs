@@ -143,6 +143,7 @@ async fn the_dev_walkthrough_works_pasted_as_printed() {
         )
         .env("KEYWARD_MONGODB_DATABASE", &config.mongodb_database)
         .env("KEYWARD_GRPC_ADDR", &addr)
+        .env("KEYWARD_METRICS_ADDR", "127.0.0.1:0")
         .env("KEYWARD_DATA_DIR", &data_dir)
         .stdout(std::fs::File::create(&log_path).unwrap())
         .stderr(Stdio::inherit());

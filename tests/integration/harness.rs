@@ -102,6 +102,8 @@ pub fn replica_command(config: &Config) -> (Command, u16) {
             config.signing_key.as_deref().unwrap(),
         )
         .env("KEYWARD_GRPC_ADDR", format!("127.0.0.1:{port}"))
+        // Not the default 0.0.0.0:9090, which two replicas could not share.
+        .env("KEYWARD_METRICS_ADDR", "127.0.0.1:0")
         .env("KEYWARD_SMTP_URL", config.smtp_url.as_deref().unwrap())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::inherit());
@@ -126,7 +128,7 @@ pub async fn terminate(child: &mut std::process::Child) -> std::process::ExitSta
     }
 }
 
-/// A config for a test: fresh database, fresh signing key, loopback port 0.
+/// A config for a test: fresh database, fresh signing key, loopback port 0 (gRPC and metrics).
 pub fn test_config() -> Config {
     let (secret, _, _) = keyward::domain::tokens::generate_key();
     let env: BTreeMap<String, String> = [
@@ -137,6 +139,7 @@ pub fn test_config() -> Config {
         ),
         ("KEYWARD_SIGNING_KEY", secret),
         ("KEYWARD_GRPC_ADDR", "127.0.0.1:0".into()),
+        ("KEYWARD_METRICS_ADDR", "127.0.0.1:0".into()),
         ("KEYWARD_HASH_WORKERS", "2".into()),
         ("KEYWARD_SMTP_URL", shared_sink().url()),
         ("KEYWARD_MAIL_RETRY_BASE_DELAY", "100ms".into()),
@@ -153,6 +156,8 @@ pub fn test_config() -> Config {
 /// A running keyward.
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// Where `/metrics` answers (`None` when the config turned metrics off).
+    pub metrics_addr: Option<SocketAddr>,
     pub config: Config,
     channel: Channel,
     shutdown: Option<oneshot::Sender<()>>,
@@ -176,6 +181,12 @@ impl TestApp {
         let listener = std::net::TcpListener::bind(config.grpc_addr).unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
+        let metrics_listener = config.metrics_addr.map(|addr| {
+            let listener = std::net::TcpListener::bind(addr).unwrap();
+            listener.set_nonblocking(true).unwrap();
+            listener
+        });
+        let metrics_addr = metrics_listener.as_ref().map(|l| l.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();
         let server_config = config.clone();
         let server = std::thread::spawn(move || {
@@ -185,7 +196,10 @@ impl TestApp {
                 .build()?;
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener)?;
-                keyward::run(server_config, listener, async {
+                let metrics_listener = metrics_listener
+                    .map(tokio::net::TcpListener::from_std)
+                    .transpose()?;
+                keyward::run_with_metrics(server_config, listener, metrics_listener, async {
                     let _ = rx.await;
                 })
                 .await
@@ -194,6 +208,7 @@ impl TestApp {
         let channel = connect_serving(&addr.to_string()).await;
         let app = Self {
             addr,
+            metrics_addr,
             config,
             channel,
             shutdown: Some(tx),

@@ -24,6 +24,7 @@ mod gateway;
 mod gateway_hardening;
 mod grpcurl;
 mod lockout;
+mod metrics;
 mod mfa;
 mod oidc_fixture;
 mod one_time_codes;
