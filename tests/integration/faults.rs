@@ -131,7 +131,11 @@ async fn losing_the_database_turns_health_not_serving_fails_fast_and_recovers_wi
         })
         .await
         .map(|r| r.into_inner().status);
-    assert_eq!(liveness.ok(), Some(1), "liveness is SERVING during the outage");
+    assert_eq!(
+        liveness.ok(),
+        Some(1),
+        "liveness is SERVING during the outage"
+    );
 
     // While it is gone every call fails at once, with UNAVAILABLE and a stable reason.
     let started = Instant::now();
