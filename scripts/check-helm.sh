@@ -5,6 +5,8 @@
 #   - `helm lint --strict` and `helm template` per values file, through Helm's own Go SDK bundled
 #     in the helm-python-sdk wheel (no helm binary is needed or installed); the rendered output
 #     must parse as YAML, and every KEYWARD_* variable it sets must be a key of src/config.rs;
+#   - every rendered object against the Kubernetes API schemas of 1.30 (the chart's oldest) and
+#     1.37, strict (kubernetes-validate; CRD objects are named as unchecked);
 #   - yamllint (scripts/helm/yamllint.yaml) on Chart.yaml, the values files, deploy/**/*.yaml and
 #     gateway/*.yaml;
 #   - helm/keyward/README.md's values table must be what scripts/helm/values_readme.py writes
@@ -17,7 +19,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TOOLS="${KEYWARD_HELM_CHECK_DIR:-$PWD/target/tools/helm-check}"
-REQUIREMENTS=(helm-python-sdk==0.2.2 jsonschema==4.26.0 PyYAML==6.0.3 yamllint==1.38.0)
+REQUIREMENTS=(helm-python-sdk==0.2.2 jsonschema==4.26.0 PyYAML==6.0.3 yamllint==1.38.0
+  kubernetes-validate==1.37.0)
 
 if ! python3 -m pip --version >/dev/null 2>&1; then
   echo "check-helm: installing Debian package python3-pip"

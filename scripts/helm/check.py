@@ -7,7 +7,12 @@ For values.yaml, every helm/keyward/ci/*.yaml and any file given on the command 
   3. `helm template`, whose output must parse as YAML into Kubernetes objects,
 both through Helm's own Go SDK (the helm-python-sdk wheel bundles it as a library; no helm
 binary is involved). Every KEYWARD_* variable the chart can set must name a key of
-src/config.rs. Exits 1 on the first file with a problem reported, after checking them all.
+src/config.rs.
+  4. every rendered object is validated against the Kubernetes API's own schemas (the
+     kubernetes-validate package, strict: unknown fields are errors) for the oldest release the
+     chart supports and the newest the package knows; objects of CRDs (ServiceMonitor,
+     GRPCRoute) have no schema there and are named as unchecked.
+Exits 1 on the first file with a problem reported, after checking them all.
 """
 
 import glob
@@ -17,12 +22,17 @@ import re
 import sys
 
 import jsonschema
+import kubernetes_validate
 import yaml
 from helm_python.chart import Chart, lint
+from kubernetes_validate.utils import SchemaNotFoundError, ValidationError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CHART = os.path.join(ROOT, "helm", "keyward")
 KUBE_VERSION = "v1.30.0"
+# API schemas every rendered object must satisfy: the chart's oldest Kubernetes (Chart.yaml's
+# kubeVersion) and the newest release kubernetes-validate ships.
+API_VERSIONS = ("1.30.0", "1.37.0")
 # Settings the chart sets outside `config` (grpc_addr from ports.grpc, the secrets by reference,
 # the signing key as a file mounted from its Secret).
 CHART_SET_KEYS = {"grpc_addr", "signing_key_file", "mongodb_uri", "smtp_url", "code_secret"}
@@ -92,6 +102,7 @@ def check_file(path, defaults, validator, keys):
     except Exception as e:  # the SDK's HelmRenderError / HelmValuesError
         return [f"helm template: {e}"]
     kinds = []
+    unchecked = set()
     for name, text in sorted(manifests.items()):
         if name.endswith("NOTES.txt"):
             continue
@@ -106,10 +117,28 @@ def check_file(path, defaults, validator, keys):
                 continue
             kinds.append(doc["kind"])
             problems += unknown_settings(doc, keys, name)
+            problems += api_problems(doc, name, unchecked)
     if "Deployment" not in kinds:
         problems.append("helm template: no Deployment rendered")
     if not problems:
-        print(f"check-helm: ok  {shown(path)}: {', '.join(sorted(kinds))}")
+        note = f" (no API schema, not validated: {', '.join(sorted(unchecked))})" if unchecked else ""
+        print(f"check-helm: ok  {shown(path)}: {', '.join(sorted(kinds))}{note}")
+    return problems
+
+
+def api_problems(doc, name, unchecked):
+    """Where a rendered object breaks the Kubernetes API schemas of API_VERSIONS (strict)."""
+    problems = []
+    for version in API_VERSIONS:
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except SchemaNotFoundError:
+            unchecked.add(f"{doc['kind']} {doc['apiVersion']}")
+            return []
+        except ValidationError as e:
+            # The package's error carries the jsonschema error's fields.
+            where = ".".join(str(p) for p in e.absolute_path) or "(top level)"
+            problems.append(f"kubernetes {version} API: {name}: {doc['kind']} {where}: {e.message}")
     return problems
 
 
