@@ -33,9 +33,10 @@ KUBE_VERSION = "v1.30.0"
 # API schemas every rendered object must satisfy: the chart's oldest Kubernetes (Chart.yaml's
 # kubeVersion) and the newest release kubernetes-validate ships.
 API_VERSIONS = ("1.30.0", "1.37.0")
-# Settings the chart sets outside `config` (grpc_addr from ports.grpc, the secrets by reference,
-# the signing key as a file mounted from its Secret).
-CHART_SET_KEYS = {"grpc_addr", "signing_key_file", "mongodb_uri", "smtp_url", "code_secret"}
+# Settings the chart sets outside `config` (grpc_addr and metrics_addr from ports, the secrets by
+# reference, the signing key as a file mounted from its Secret).
+CHART_SET_KEYS = {"grpc_addr", "metrics_addr", "signing_key_file", "mongodb_uri", "smtp_url",
+                  "code_secret"}
 # Settings the chart never sets: dev mode does not run in a cluster; the signing key is never an
 # environment value (keyward refuses it beside signing_key_file).
 NEVER_SET = {"dev", "data_dir", "signing_key"}
