@@ -9,6 +9,8 @@
 #   - node and npm (Debian's), and tests/oidc's pinned packages: the OpenID Connect providers the
 #     federation tests sign in at
 #   - chromium (Debian's): the real browser, headless, of the browser sign-in test
+#   - prometheus (Debian's, with promtool): checks deploy/prometheus's rules and serves the
+#     queries of deploy/grafana's dashboard in the observability test
 # Each step is skipped when its tool is already there.
 set -euo pipefail
 
@@ -23,6 +25,8 @@ command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 # The real browser of the browser sign-in test (tests/integration/browser.rs), run headless.
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+# promtool and a real Prometheus for tests/integration/observability.rs (one package).
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_apt[*]}"
