@@ -26,6 +26,7 @@ mod grpcurl;
 mod lockout;
 mod metrics;
 mod mfa;
+mod observability;
 mod oidc_fixture;
 mod one_time_codes;
 mod org_roles;
