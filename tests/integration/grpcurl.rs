@@ -36,6 +36,7 @@ async fn grpcurl_lists_describes_checks_health_and_logs_in() {
             "keyward.v1.OrgService",
             "keyward.v1.UserService",
             "grpc.health.v1.Health",
+            "envoy.service.auth.v3.Authorization",
         ] {
             assert!(
                 list.lines().any(|l| l.trim() == service),
@@ -108,6 +109,29 @@ async fn grpcurl_lists_describes_checks_health_and_logs_in() {
         ]);
         assert!(ok, "{out}");
         assert_eq!(json(&out)["displayName"], "Grace");
+
+        // Envoy's Check, by hand, as an operator tries a sidecar's question (README's example).
+        let (ok, described) = grpcurl(&[
+            "-plaintext",
+            &addr,
+            "describe",
+            "envoy.service.auth.v3.Authorization",
+        ]);
+        assert!(ok && described.contains("rpc Check"), "{described}");
+        let check = format!(
+            r#"{{"attributes":{{"request":{{"http":{{"method":"GET","path":"/notes","headers":{{"authorization":"Bearer {access}"}}}}}}}}}}"#
+        );
+        let (ok, out) = grpcurl(&[
+            "-plaintext",
+            "-d",
+            &check,
+            &addr,
+            "envoy.service.auth.v3.Authorization/Check",
+        ]);
+        assert!(ok, "{out}");
+        let answer = json(&out);
+        assert!(answer["okResponse"].is_object(), "allowed: {out}");
+        assert!(out.contains("x-keyward-user-id"), "{out}");
 
         // A refusal shows grpcurl the status and the stable reason.
         let (ok, out) = grpcurl(&[
