@@ -16,6 +16,8 @@
 //!                                      token (16 keys)
 //!   2d. Authenticate again           — the VM's speed drifts within a run, so 2b and 2c are
 //!                                      compared with the mean of phases 2 and 2d
+//!   2e. Authenticate, metrics off    — a second keyward without `metrics_addr` (same database
+//!                                      and key), then the first again: the cost of metrics
 //!   3. raw argon2id                  — hashes/s on as many threads as keyward's hash pool
 //!   4. Login flood                   — logins/s, with an Authenticate probe running beside it
 //!   5. Refresh                       — rotations/s, each worker on its own session chain
@@ -482,30 +484,34 @@ async fn main() {
         .port();
     let (secret, _, _) = keyward::domain::tokens::generate_key();
     let hash_workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let mut keyward = Command::new(env!("CARGO_BIN_EXE_keyward"))
-        .arg("serve")
-        .env_clear()
-        .env("KEYWARD_MONGODB_URI", &uri)
-        .env("KEYWARD_SIGNING_KEY", &secret)
-        .env("KEYWARD_GRPC_ADDR", format!("127.0.0.1:{port}"))
-        .env("KEYWARD_METRICS_ADDR", "127.0.0.1:0")
-        .env("KEYWARD_LOG_LEVEL", "warn")
-        // The bench logs in from one address on purpose; lockout stays on (its shared attempt
-        // counter is part of every login's cost).
-        .env("KEYWARD_LOGIN_ATTEMPTS_PER_ADDRESS_PER_MINUTE", "0")
-        .env("KEYWARD_HASH_WORKERS", hash_workers.to_string())
-        .env("KEYWARD_SMTP_URL", sink.url())
-        // Accounts sign in right after registering; code limits would stop the SendCode phase
-        // after a few requests per address, and a new address gets a code only with
-        // passwordless sign-up on.
-        .env("KEYWARD_REQUIRE_VERIFIED_EMAIL", "false")
-        .env("KEYWARD_CODE_SEND_COOLDOWN", "0s")
-        .env("KEYWARD_CODE_SENDS_PER_HOUR", "1000000")
-        .env("KEYWARD_CODE_REQUESTS_PER_ADDRESS_PER_MINUTE", "0")
-        .env("KEYWARD_PASSWORDLESS_SIGNUP", "true")
-        .env("KEYWARD_OIDC_PROVIDERS", &federation_env)
-        .spawn()
-        .expect("keyward binary");
+    // `metrics_addr` empty: a keyward without metrics, for their cost.
+    let spawn_keyward = |port: u16, metrics_addr: &str| {
+        Command::new(env!("CARGO_BIN_EXE_keyward"))
+            .arg("serve")
+            .env_clear()
+            .env("KEYWARD_MONGODB_URI", &uri)
+            .env("KEYWARD_SIGNING_KEY", &secret)
+            .env("KEYWARD_GRPC_ADDR", format!("127.0.0.1:{port}"))
+            .env("KEYWARD_METRICS_ADDR", metrics_addr)
+            .env("KEYWARD_LOG_LEVEL", "warn")
+            // The bench logs in from one address on purpose; lockout stays on (its shared attempt
+            // counter is part of every login's cost).
+            .env("KEYWARD_LOGIN_ATTEMPTS_PER_ADDRESS_PER_MINUTE", "0")
+            .env("KEYWARD_HASH_WORKERS", hash_workers.to_string())
+            .env("KEYWARD_SMTP_URL", sink.url())
+            // Accounts sign in right after registering; code limits would stop the SendCode phase
+            // after a few requests per address, and a new address gets a code only with
+            // passwordless sign-up on.
+            .env("KEYWARD_REQUIRE_VERIFIED_EMAIL", "false")
+            .env("KEYWARD_CODE_SEND_COOLDOWN", "0s")
+            .env("KEYWARD_CODE_SENDS_PER_HOUR", "1000000")
+            .env("KEYWARD_CODE_REQUESTS_PER_ADDRESS_PER_MINUTE", "0")
+            .env("KEYWARD_PASSWORDLESS_SIGNUP", "true")
+            .env("KEYWARD_OIDC_PROVIDERS", &federation_env)
+            .spawn()
+            .expect("keyward binary")
+    };
+    let mut keyward = spawn_keyward(port, "127.0.0.1:0");
     let pid = keyward.id();
 
     let mut channels = Vec::new();
@@ -725,6 +731,38 @@ async fn main() {
     // compared with the mean of an Authenticate phase before and one after them.
     let authn_after = authenticate().await;
     let authn_mean_rate = (authn.rate() + authn_after.rate()) / 2.0;
+
+    // The cost of metrics: the same Authenticate load on a second keyward without them (same
+    // database and key), between two runs on the first.
+    let bare_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut bare = spawn_keyward(bare_port, "");
+    let mut bare_channels = Vec::new();
+    for _ in 0..CONNECTIONS {
+        bare_channels.push(local_servers::connect_serving(&format!("127.0.0.1:{bare_port}")).await);
+    }
+    let bare_channels = Arc::new(bare_channels);
+    let (ch, tokens) = (Arc::clone(&bare_channels), Arc::clone(&access));
+    let authn_bare = drive(CONCURRENCY, phase, move |w| {
+        let mut c = AuthServiceClient::new(ch[w % CONNECTIONS].clone());
+        let token = tokens[w].clone();
+        async move {
+            c.authenticate(AuthenticateRequest {
+                access_token: token,
+            })
+            .await
+            .is_ok()
+        }
+    })
+    .await;
+    let _ = bare.kill();
+    let _ = bare.wait();
+    drop(bare_channels);
+    let authn_metrics_again = authenticate().await;
+    let metrics_ratio = (authn_after.rate() + authn_metrics_again.rate()) / 2.0 / authn_bare.rate();
 
     // Raw argon2id on the same number of threads as keyward's pool, keyward idle.
     let raw_start = Instant::now();
@@ -993,6 +1031,8 @@ async fn main() {
     row("grpc.health.v1 Check (ceiling)", &check);
     row("Authenticate", &authn);
     row("Authenticate (again, after Authorize)", &authn_after);
+    row("Authenticate, metrics off", &authn_bare);
+    row("Authenticate, metrics on (again)", &authn_metrics_again);
     row("Envoy ext_authz Check", &ext_authz);
     row("Authorize (platform / org, 50:50)", &authz);
     row("Authorize (catalogue permission)", &authz_catalogue);
@@ -1089,6 +1129,11 @@ async fn main() {
         "  Authorize >= 80% of Authenticate (mean of both runs):       {:.0}%  {}",
         authz_share * 100.0,
         verdict(authz_share >= 0.80)
+    );
+    println!(
+        "  Authenticate with metrics >= 95% of without (runs around it): {:.0}%  {}",
+        metrics_ratio * 100.0,
+        verdict(metrics_ratio >= 0.95)
     );
     println!(
         "  Authorize, catalogue >= 80% of Authenticate (mean):         {:.0}%  {}",
