@@ -699,6 +699,22 @@ fn respond(
 /// Longest one scrape connection is kept (a slow or idle client is dropped).
 const CONNECTION_LIMIT: Duration = Duration::from_secs(30);
 
+/// How often histogram samples are folded into their buckets when nobody scrapes.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Folds recorded histogram samples into their buckets every [`UPKEEP_EVERY`] until the task is
+/// dropped. The exporter keeps samples until upkeep runs; a scrape runs it too, but without
+/// scrapes (no Prometheus yet, a long gap) the samples would pile up in memory.
+pub async fn upkeep() {
+    let handle = install();
+    let mut every = tokio::time::interval(UPKEEP_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        handle.run_upkeep();
+    }
+}
+
 /// Serves `/metrics` on `listener` until the task is dropped (HTTP/1.1, plain text).
 pub async fn serve(listener: TcpListener) {
     let handle = install();

@@ -232,6 +232,7 @@ pub async fn serve(
     if let Some(metrics_listener) = metrics_listener {
         tracing::info!(addr = %metrics_listener.local_addr()?, "metrics at /metrics");
         metrics_tasks.push(tokio::spawn(crate::metrics::serve(metrics_listener)));
+        metrics_tasks.push(tokio::spawn(crate::metrics::upkeep()));
         metrics_tasks.push(tokio::spawn(watch_outbox(Arc::clone(&app))));
     }
 
