@@ -502,42 +502,14 @@ impl App {
         // The owner of the mailbox is back in control: a password lockout (someone guessing)
         // is lifted, as a reset lifts it.
         self.store.rate_limits.clear(&lockout_key(&email)).await?;
-        if let Some(challenge) = self.second_step(&user, Factor::EmailCode, caller).await? {
-            return Ok(SignIn::SecondFactor(challenge));
-        }
-        let issued = self
-            .start_session(user, &[Factor::EmailCode], caller)
-            .await?;
-        // A disable or delete between our read and the session insert ended every session but
-        // could not see this one: look again now that it exists.
-        let current = self
-            .store
-            .users
-            .record_login(&issued.user.id, self.now())
-            .await?;
-        if current.is_none_or(|u| u.status != UserStatus::Active) {
-            self.store
-                .sessions
-                .revoke(&issued.session.id, None, "account_inactive", self.now())
-                .await?;
-            self.revoke_sessions([issued.session.id.as_str()]);
-            return Err(Error::CodeInvalid);
-        }
-        if let Some(second_step) = self
-            .enrolled_meanwhile(&issued, Factor::EmailCode, caller)
-            .await?
-        {
-            return Ok(second_step);
-        }
-        self.remember_requester(&issued.user, caller).await;
-        self.audit(
-            AuditRecord::new("login", Outcome::Success, caller)
-                .user(&issued.user.id)
-                .session(&issued.session.id)
-                .detail("method", "email_code"),
+        self.sign_in_after_first_factor(
+            user,
+            Factor::EmailCode,
+            Error::CodeInvalid,
+            mongodb::bson::doc! { "method": "email_code" },
+            caller,
         )
-        .await;
-        Ok(SignIn::Tokens(Box::new(issued)))
+        .await
     }
 
     /// The account of `email` unless it is deleted.

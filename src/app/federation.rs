@@ -419,50 +419,25 @@ impl App {
             .identities
             .record_use(&link.id, identity.email.as_deref().unwrap_or_default(), now)
             .await?;
-        let done = |sign_in| FederatedSignIn {
+        let sign_in = self
+            .sign_in_after_first_factor(
+                user,
+                Factor::Federated,
+                Error::AccountDisabled,
+                mongodb::bson::doc! {
+                    "method": "oidc",
+                    "provider": provider.as_str(),
+                    "subject_hash": subject_hash.as_str(),
+                    "account_created": created,
+                },
+                caller,
+            )
+            .await?;
+        Ok(FederatedSignIn {
             sign_in,
             account_created: created,
-            identity: link.clone(),
-        };
-        if let Some(challenge) = self.second_step(&user, Factor::Federated, caller).await? {
-            return Ok(done(SignIn::SecondFactor(challenge)));
-        }
-        let issued = self
-            .start_session(user, &[Factor::Federated], caller)
-            .await?;
-        // A disable or delete between our read and the session insert ended every session but
-        // could not see this one: look again now that it exists.
-        let current = self
-            .store
-            .users
-            .record_login(&issued.user.id, self.now())
-            .await?;
-        if current.is_none_or(|u| u.status != UserStatus::Active) {
-            self.store
-                .sessions
-                .revoke(&issued.session.id, None, "account_inactive", self.now())
-                .await?;
-            self.revoke_sessions([issued.session.id.as_str()]);
-            return Err(Error::AccountDisabled);
-        }
-        if let Some(second_step) = self
-            .enrolled_meanwhile(&issued, Factor::Federated, caller)
-            .await?
-        {
-            return Ok(done(second_step));
-        }
-        self.remember_requester(&issued.user, caller).await;
-        self.audit(
-            AuditRecord::new("login", Outcome::Success, caller)
-                .user(&issued.user.id)
-                .session(&issued.session.id)
-                .detail("method", "oidc")
-                .detail("provider", provider.as_str())
-                .detail("subject_hash", subject_hash.as_str())
-                .detail("account_created", created),
-        )
-        .await;
-        Ok(done(SignIn::Tokens(Box::new(issued))))
+            identity: link,
+        })
     }
 
     async fn refused_by_id(

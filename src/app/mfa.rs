@@ -183,6 +183,47 @@ impl App {
         }
     }
 
+    /// Signs in an active `user` whose first factor was right: the second step when the
+    /// account has one; else a new session, looked at again once stored (a disable or delete
+    /// between our read and the insert ended every session but could not see this one: then
+    /// the session ends and the answer is `inactive`), and an audited login with `details`.
+    pub(crate) async fn sign_in_after_first_factor(
+        &self,
+        user: UserDoc,
+        first: Factor,
+        inactive: Error,
+        details: mongodb::bson::Document,
+        caller: &Caller,
+    ) -> Result<SignIn> {
+        if let Some(challenge) = self.second_step(&user, first, caller).await? {
+            return Ok(SignIn::SecondFactor(challenge));
+        }
+        let issued = self.start_session(user, &[first], caller).await?;
+        let current = self
+            .store
+            .users
+            .record_login(&issued.user.id, self.now())
+            .await?;
+        if current.is_none_or(|u| u.status != UserStatus::Active) {
+            self.store
+                .sessions
+                .revoke(&issued.session.id, None, "account_inactive", self.now())
+                .await?;
+            self.revoke_sessions([issued.session.id.as_str()]);
+            return Err(inactive);
+        }
+        if let Some(second_step) = self.enrolled_meanwhile(&issued, first, caller).await? {
+            return Ok(second_step);
+        }
+        self.remember_requester(&issued.user, caller).await;
+        let mut record = AuditRecord::new("login", Outcome::Success, caller)
+            .user(&issued.user.id)
+            .session(&issued.session.id);
+        record.detail = details;
+        self.audit(record).await;
+        Ok(SignIn::Tokens(Box::new(issued)))
+    }
+
     /// Whether `user_id` has a confirmed second factor.
     pub async fn has_second_factor(&self, user_id: &str) -> Result<bool> {
         Ok(self
