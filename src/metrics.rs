@@ -14,10 +14,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::OnceLock;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -266,71 +263,33 @@ fn rpc_done(labels: (&'static str, &'static str), code: Option<i32>, elapsed: Du
     histogram!(RPC_DURATION, "service" => service, "method" => method).record(elapsed);
 }
 
-/// Tower layer (added with `Server::layer`, beside `telemetry::RpcOutcomeLayer`) that counts
-/// each RPC by service, method and status code and times it until its response headers.
-/// The code is read as the RPC span's is (`telemetry::grpc_status`: trailers-only failures carry
-/// it in the headers; a plain 200 is OK); a call dropped unanswered counts as CANCELLED.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RpcMetricsLayer;
-
-impl<S> tower::Layer<S> for RpcMetricsLayer {
-    type Service = RpcMetrics<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        RpcMetrics { inner }
-    }
-}
-
-/// See [`RpcMetricsLayer`].
-#[derive(Clone, Debug)]
-pub struct RpcMetrics<S> {
-    inner: S,
-}
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for RpcMetrics<S>
-where
-    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<S::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let pending = Pending {
-            labels: rpc_labels(request.uri().path()),
-            started: Instant::now(),
-            done: false,
-        };
-        let response = self.inner.call(request);
-        Box::pin(async move {
-            let result = response.await;
-            pending.answered(result.as_ref().ok().and_then(crate::telemetry::grpc_status));
-            result
-        })
-    }
-}
-
-/// An RPC under way; counted as CANCELLED if dropped before its answer.
-struct Pending {
+/// An RPC under way, started by `telemetry::RpcOutcomeLayer` (the one layer that sees each
+/// call's outcome): counted and timed by service, method and status code when answered, and as
+/// CANCELLED if dropped before its answer.
+pub struct RpcTimer {
     labels: (&'static str, &'static str),
     started: Instant,
     done: bool,
 }
 
-impl Pending {
-    fn answered(mut self, code: Option<i32>) {
+impl RpcTimer {
+    /// Starts timing the RPC of request path `path`.
+    pub fn start(path: &str) -> Self {
+        Self {
+            labels: rpc_labels(path),
+            started: Instant::now(),
+            done: false,
+        }
+    }
+
+    /// The RPC was answered with `code` (None: not a gRPC answer).
+    pub fn answered(mut self, code: Option<i32>) {
         self.done = true;
         rpc_done(self.labels, code, self.started.elapsed());
     }
 }
 
-impl Drop for Pending {
+impl Drop for RpcTimer {
     fn drop(&mut self) {
         if !self.done {
             let cancelled = Some(tonic::Code::Cancelled as i32);

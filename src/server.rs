@@ -295,10 +295,9 @@ pub async fn serve(
         .load_shed(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .trace_fn(crate::telemetry::rpc_span)
-        // Runs inside the span above: records the status code and scopes `enduser.id`.
+        // Runs inside the span above: records the status code, scopes `enduser.id`, and counts
+        // and times every RPC by service, method and status code.
         .layer(crate::telemetry::RpcOutcomeLayer)
-        // Counts and times every RPC by service, method and status code.
-        .layer(crate::metrics::RpcMetricsLayer)
         .layer(codec::MessageLimitLayer)
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -212,8 +212,8 @@ pub(crate) fn grpc_status<B>(response: &http::Response<B>) -> Option<i32> {
     }
 }
 
-/// Tower layer (added with `Server::layer`) that completes each RPC's span: the status code
-/// when the response is ready, CANCELLED when the call is dropped unanswered (the server's
+/// Tower layer (added with `Server::layer`) that completes each RPC's span and its metrics
+/// (`metrics::RpcTimer`): the status code when the response is ready, CANCELLED when the call is dropped unanswered (the server's
 /// request timeout, which tonic answers with CANCELLED, or the client going away), and the
 /// scope [`record_user_id`] writes into. Calls shed before they reach it (load shedding) keep a
 /// span without a status code.
@@ -249,6 +249,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        let timer = crate::metrics::RpcTimer::start(request.uri().path());
         let response = self.inner.call(request);
         Box::pin(async move {
             // tonic enters the RPC's span (`trace_fn`) whenever it polls this future.
@@ -256,9 +257,11 @@ where
             let mut unanswered = Unanswered(Some(span.clone()));
             let result = RPC_SPAN.scope(span.clone(), response).await;
             unanswered.0 = None;
-            if let Some(code) = result.as_ref().ok().and_then(grpc_status) {
+            let code = result.as_ref().ok().and_then(grpc_status);
+            if let Some(code) = code {
                 record_status(&span, code);
             }
+            timer.answered(code);
             result
         })
     }
