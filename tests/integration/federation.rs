@@ -1360,3 +1360,42 @@ async fn an_account_links_at_most_twenty_identities() {
     );
     assert_eq!(identities(&app, &pair.access_token).await.len(), 20);
 }
+
+/// Oversized callback fields are bad input, named field by field, and use nothing up: the
+/// owner's flow still finishes afterwards.
+#[tokio::test]
+async fn oversized_callback_fields_are_refused_without_using_the_flow() {
+    let app = app().await;
+    let started = start(&app, HOSTILE).await.expect("start");
+    let callback = callback_from_hostile(
+        &started.authorization_url,
+        Scenario::Good,
+        &subject("oversized"),
+        &email("fed-oversized"),
+        true,
+    )
+    .await;
+    let huge = "x".repeat(64 * 1024 - 1024);
+    for field in ["state", "code", "error_description", "iss", "flow_secret"] {
+        let mut request = callback.finish();
+        request.flow_secret = started.flow_secret.clone();
+        match field {
+            "state" => request.state = huge.clone(),
+            "code" => request.code = huge.clone(),
+            "error_description" => request.error_description = huge.clone(),
+            "iss" => request.iss = huge.clone(),
+            _ => request.flow_secret = huge.clone(),
+        }
+        let status = federation(&app)
+            .finish_federated_login(request)
+            .await
+            .expect_err("an oversized field");
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
+        assert!(
+            violations(&status).iter().any(|(f, _)| f == field),
+            "{field}: {status:?}"
+        );
+    }
+    let answer = finish_with_secret(&app, &callback, &started.flow_secret).await;
+    assert!(answer.expect("the owner finishes").account_created);
+}
