@@ -659,8 +659,8 @@ impl Config {
             );
         }
         if let Some(url) = &self.smtp_url {
-            if !(url.starts_with("smtp://") || url.starts_with("smtps://")) {
-                return bad("smtp_url", "must be an smtp:// or smtps:// URL");
+            if let Err(why) = crate::mail::check_smtp_url(url) {
+                return bad("smtp_url", &why);
             }
         }
         if crate::mail::mailbox_from(&self.mail_from).is_err() {
@@ -703,6 +703,20 @@ impl Config {
             threshold: self.lockout_threshold,
             base_delay: self.lockout_base_delay,
             max_delay: self.lockout_max_delay,
+        }
+    }
+
+    /// Where mail goes: the SMTP server, or in dev mode without one the log and the dev mailbox
+    /// in `data_dir`. Serving without SMTP outside dev mode is refused here.
+    pub fn mail_outlet(&self) -> Result<crate::mail::Outlet, ConfigError> {
+        match &self.smtp_url {
+            Some(url) => Ok(crate::mail::Outlet::Smtp { url: url.clone() }),
+            None if self.dev => Ok(crate::mail::Outlet::DevLog {
+                mailbox: self.data_dir.join("mail"),
+            }),
+            None => Err(ConfigError(
+                "no SMTP server configured: set KEYWARD_SMTP_URL (e.g. smtp://mail:587?tls=required) or run with --dev".into(),
+            )),
         }
     }
 
@@ -1005,5 +1019,38 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.verification_keys.len(), 2);
+    }
+
+    #[test]
+    fn mail_goes_to_smtp_or_in_dev_mode_to_the_log_and_production_without_smtp_is_refused() {
+        let (secret, _, _) = crate::domain::tokens::generate_key();
+        let key = ("KEYWARD_SIGNING_KEY", secret.as_str());
+        let production = Config::load(None, &env(&[URI, key])).unwrap();
+        let err = production.mail_outlet().unwrap_err();
+        assert!(err.0.contains("KEYWARD_SMTP_URL"), "{err}");
+
+        let dev = Config::load(None, &env(&[URI, ("KEYWARD_DEV", "1")])).unwrap();
+        assert_eq!(
+            dev.mail_outlet().unwrap(),
+            crate::mail::Outlet::DevLog {
+                mailbox: dev.data_dir.join("mail")
+            }
+        );
+
+        let url = "smtp://mail.example:587?tls=required";
+        let smtp = Config::load(None, &env(&[URI, key, ("KEYWARD_SMTP_URL", url)])).unwrap();
+        assert_eq!(
+            smtp.mail_outlet().unwrap(),
+            crate::mail::Outlet::Smtp { url: url.into() }
+        );
+        // Refused when the settings are read, not at the first mail.
+        for bad in [
+            "mail.example:25",
+            "http://mail.example",
+            "smtp://mail.example?tls=maybe",
+        ] {
+            let err = Config::load(None, &env(&[URI, key, ("KEYWARD_SMTP_URL", bad)])).unwrap_err();
+            assert!(err.0.contains("KEYWARD_SMTP_URL"), "{bad}: {err}");
+        }
     }
 }

@@ -94,13 +94,22 @@ pub async fn run_with_metrics(
         // Before the app is built, so what it records at start (its hashing threads) is kept.
         crate::metrics::install();
     }
-    let transport = mail::Transport::for_config(&config)?;
-    // A catalogue file that does not read stops the start, before anything is served.
+    let transport = preflight(&config)?;
+    let app = build_app(config).await?;
+    server::serve(app, transport, listener, metrics_listener, shutdown).await
+}
+
+/// Every reason to refuse to serve, checked before anything listens or connects: the settings
+/// ([`Config::validate`]), where mail goes ([`Config::mail_outlet`]: SMTP, or the log only in dev
+/// mode) and the permission catalogue file. Returns the mail transport the settings chose.
+fn preflight(config: &Config) -> anyhow::Result<mail::Transport> {
+    let refused = |e: config::ConfigError| anyhow::anyhow!("configuration error: {e}");
+    config.validate().map_err(refused)?;
+    let transport = mail::Transport::for_outlet(&config.mail_outlet().map_err(refused)?)?;
     if let Some(path) = &config.permissions_file {
         app::permissions::load_permission_file(path)?;
     }
-    let app = build_app(config).await?;
-    server::serve(app, transport, listener, metrics_listener, shutdown).await
+    Ok(transport)
 }
 
 /// Builds the application from a validated config (keys, store, caches, hash pool).

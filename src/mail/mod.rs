@@ -179,6 +179,23 @@ pub enum Transport {
     Log { mailbox: std::path::PathBuf },
 }
 
+/// Where the settings send mail: an SMTP server, or (dev mode only) the log and a dev mailbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outlet {
+    Smtp { url: String },
+    DevLog { mailbox: std::path::PathBuf },
+}
+
+/// Whether `url` is an SMTP URL lettre can use (`smtp://` or `smtps://`, options included).
+pub fn check_smtp_url(url: &str) -> Result<(), String> {
+    if !(url.starts_with("smtp://") || url.starts_with("smtps://")) {
+        return Err("must be an smtp:// or smtps:// URL".into());
+    }
+    AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 /// Longest wait on the SMTP server for one message.
 pub const SMTP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -192,21 +209,20 @@ impl Transport {
         Ok(Transport::Smtp(transport))
     }
 
-    /// The transport `config` asks for: SMTP, or the log in dev mode without an SMTP server.
-    pub fn for_config(config: &crate::config::Config) -> anyhow::Result<Self> {
-        match &config.smtp_url {
-            Some(url) => Self::smtp(url),
-            None if config.dev => {
-                let mailbox = config.data_dir.join("mail");
+    /// The transport for the outlet the settings chose (see `Config::mail_outlet`, where a
+    /// production start without SMTP is refused).
+    pub fn for_outlet(outlet: &Outlet) -> anyhow::Result<Self> {
+        match outlet {
+            Outlet::Smtp { url } => Self::smtp(url),
+            Outlet::DevLog { mailbox } => {
                 tracing::warn!(
                     mailbox = %mailbox.display(),
                     "DEV MODE: no KEYWARD_SMTP_URL; mail, codes included, goes to the log and the dev mailbox"
                 );
-                Ok(Transport::Log { mailbox })
+                Ok(Transport::Log {
+                    mailbox: mailbox.clone(),
+                })
             }
-            None => anyhow::bail!(
-                "no SMTP server configured: set KEYWARD_SMTP_URL (e.g. smtp://mail:587?tls=required) or run with --dev"
-            ),
         }
     }
 
