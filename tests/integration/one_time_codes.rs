@@ -63,7 +63,7 @@ async fn login_with_code(
             code: code.into(),
         })
         .await
-        .map(|r| r.into_inner())
+        .map(|r| r.into_inner().tokens.expect("tokens"))
 }
 
 async fn reset(
