@@ -593,7 +593,8 @@ async fn grpcurl_sends_and_verifies_a_code_in_json() {
     .unwrap();
     assert!(ok, "{out}");
     let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(answer["expiresIn"], "600", "{out}");
+    // Seconds are int32 in the contract: a JSON number, not an int64's string.
+    assert_eq!(answer["expiresIn"], 600, "{out}");
     let (ok, out) = run(
         "keyward.v1.OtpService/VerifyEmail",
         format!(r#"{{"email":"{email}","code":"{code}"}}"#),
