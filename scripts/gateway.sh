@@ -209,6 +209,20 @@ PARAMETERS = {
     ("query", "user_id"): ID_OR_EMPTY, ("query", "page_size"): PAGE_SIZE,
     ("query", "email_prefix"): {"maxLength": 254},
 }
+# The fields the protos mark `(google.api.field_behavior) = REQUIRED`, by message: a `required`
+# list above may name only those (the plugin cannot read the annotation itself).
+import glob, re
+REQUIRED = {}
+for proto in glob.glob("proto/keyward/v1/*.proto"):
+    message = None
+    for line in open(proto):
+        m = re.match(r"message (\w+) \{", line)
+        if m:
+            message = m.group(1)
+        m = re.match(r"\s*(?:optional |repeated )?[\w.]+ (\w+) = \d+ "
+                     r"\[\(google\.api\.field_behavior\) = REQUIRED\];", line)
+        if m and message:
+            REQUIRED.setdefault(message, set()).add(m.group(1))
 for name, rules in FIELDS.items():
     schema = doc["definitions"].get(name)
     if schema is None:
@@ -219,6 +233,9 @@ for name, rules in FIELDS.items():
             missing = [f for f in keywords if f not in props]
             if missing:
                 sys.exit(f"constraints: {name} has no {missing}")
+            unmarked = [f for f in keywords if f not in REQUIRED.get(name[len("v1"):], set())]
+            if unmarked:
+                sys.exit(f"constraints: {name}: {unmarked} not REQUIRED in the protos")
             schema["required"] = keywords
         elif field not in props:
             sys.exit(f"constraints: {name} has no {field}")
