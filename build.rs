@@ -1,6 +1,7 @@
 //! Compiles `proto/keyward/v1/*.proto` into tonic servers and clients, and writes the
 //! file descriptor set that the reflection service serves (so grpcurl needs no .proto files).
-//! `protoc` comes from the `protoc-bin-vendored` crate unless `PROTOC` names one.
+//! `protoc` comes from the `protoc-bin-vendored` crate unless `PROTOC` names one; the Google API
+//! protos the files import (`google/api/field_behavior.proto`) are vendored in `proto/vendor/`.
 
 use std::path::PathBuf;
 
@@ -27,7 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Decode failures (bad UTF-8, oversized messages) become INVALID_ARGUMENT with field
         // violations instead of tonic's INTERNAL.
         .codec_path("crate::grpc::codec::KeywardCodec")
-        .compile_protos(&protos, &["proto"])?;
+        .compile_protos(&protos, &["proto", "proto/vendor"])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

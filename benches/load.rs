@@ -541,7 +541,9 @@ async fn main() {
             })
             .await
             .unwrap()
-            .into_inner();
+            .into_inner()
+            .tokens
+            .expect("bench users have no second factor");
         sessions.push(pair);
     }
     let access: Arc<Vec<String>> =
@@ -851,7 +853,7 @@ async fn main() {
                 .await
             {
                 Ok(r) => {
-                    *token = r.into_inner().refresh_token;
+                    *token = r.into_inner().tokens.expect("tokens").refresh_token;
                     true
                 }
                 Err(_) => false,

@@ -13,6 +13,6 @@ grpcurl -plaintext $addr grpc.health.v1.Health/Check
 grpcurl -plaintext -d '{"email":"ada@example.com","password":"correct horse battery staple","display_name":"Ada"}' $addr keyward.v1.AuthService/Register
 # dev mode writes each mail to $mailbox (and a "DEV MAIL" line to keyward's log): the code is in ada@example.com.code
 until [ -s '$mailbox/ada@example.com.code' ]; do sleep 0.2; done; grpcurl -plaintext -d "{\"email\":\"ada@example.com\",\"code\":\"\$(cat '$mailbox/ada@example.com.code')\"}" $addr keyward.v1.OtpService/VerifyEmail
-TOKEN=\$(grpcurl -plaintext -d '{"email":"ada@example.com","password":"correct horse battery staple"}' $addr keyward.v1.AuthService/Login | python3 -c 'import json,sys; print(json.load(sys.stdin)["accessToken"])')
+TOKEN=\$(grpcurl -plaintext -d '{"email":"ada@example.com","password":"correct horse battery staple"}' $addr keyward.v1.AuthService/Login | python3 -c 'import json,sys; print(json.load(sys.stdin)["tokens"]["accessToken"])')
 grpcurl -plaintext -d "{\"access_token\":\"\$TOKEN\"}" $addr keyward.v1.AuthService/Authenticate
 TXT

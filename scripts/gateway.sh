@@ -20,7 +20,7 @@ OUT="$ROOT/target/gateway"
 CONFIG="$ROOT/gateway/keyward.yaml"
 OPENAPI="$ROOT/gateway/openapi/keyward.swagger.json"
 GOPATH_DIR="$OUT/gopath"
-# The Go import path of the generated code; gateway/main.go imports it.
+# The Go import path of the generated code (the protos' go_package); gateway/main.go imports it.
 GEN_IMPORT="keyward/gen/keywardv1"
 # Debian's timestamp.proto names the newer protobuf module's package as its go_package; the Go
 # protobuf Debian ships with grpc-gateway v1 is golang/protobuf 1.3, which has it here.
@@ -50,19 +50,26 @@ install_packages() {
     "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
-# The protos as Debian's plugins can read them, in $OUT/proto. Two mechanical rewrites of a copy:
-#  - proto3 `optional` fields become the one-field oneof `_name` that `optional` stands for (the
-#    same wire format and presence, so "unset" and "empty" stay apart through REST);
-#    protoc-gen-go 1.3 predates `optional` and protoc refuses to hand it such files. The field's
-#    comment moves inside the oneof so the OpenAPI file keeps it;
-#  - each file gets a go_package, so the generated Go code has an import path.
+# The protos as Debian's plugins can read them, in $OUT/proto. One mechanical rewrite of a copy:
+# proto3 `optional` fields become the one-field oneof `_name` that `optional` stands for (the
+# same wire format and presence, so "unset" and "empty" stay apart through REST);
+# protoc-gen-go 1.3 predates `optional` and protoc refuses to hand it such files. The field's
+# comment moves inside the oneof so the OpenAPI file keeps it. (The Go import path is the
+# protos' own go_package, $GEN_IMPORT.)
 stage_protos() {
+  local f
+  for f in proto/keyward/v1/*.proto; do
+    grep -qF "option go_package = \"$GEN_IMPORT;keywardv1\";" "$f" || {
+      say "$f: go_package must be \"$GEN_IMPORT;keywardv1\" (gateway/main.go imports it)"
+      return 1
+    }
+  done
   rm -rf "$OUT/proto"
   mkdir -p "$OUT/proto"
   cp -r proto/. "$OUT/proto/"
-  python3 - "$GEN_IMPORT" "$OUT"/proto/keyward/v1/*.proto <<'PY'
+  python3 - "$OUT"/proto/keyward/v1/*.proto <<'PY'
 import re, sys
-go_package, files = sys.argv[1], sys.argv[2:]
+files = sys.argv[1:]
 optional = re.compile(r"^(\s*)optional\s+([\w.]+)\s+(\w+)\s*=\s*(\d+)\s*;(.*)$")
 for path in files:
     out = []
@@ -79,8 +86,6 @@ for path in files:
             out.append(f"{indent}}}")
         else:
             out.append(line)
-            if line.strip() == "package keyward.v1;":
-                out.append(f'option go_package = "{go_package};keywardv1";')
     open(path, "w").write("\n".join(out))
 PY
 }
@@ -119,7 +124,7 @@ generate_openapi() {
   rm -rf "$dir"
   mkdir -p "$dir/parts"
   # shellcheck disable=SC2046
-  protoc -I "$OUT/proto" -I /usr/include \
+  protoc -I "$OUT/proto" -I "$OUT/proto/vendor" -I /usr/include \
     --swagger_out=logtostderr=true,grpc_api_configuration="$CONFIG":"$dir/parts" \
     $(proto_files)
   # Then what the plugin cannot take from the YAML: a title, the bearer header and the gateway's
@@ -143,10 +148,11 @@ for part_path in sys.argv[1:]:
 
 # What keyward enforces on requests, written into the schema so that clients, and fuzzers that
 # generate requests from this file (schemathesis, scripts/schemathesis.sh), get past input
-# validation. It is here rather than as options in the protos because Debian's
-# protoc-gen-swagger (grpc-gateway 1.6.4) ignores google.api.field_behavior, its own
-# openapiv2_field option has no `format`, and importing either would make keyward's Rust build
-# (vendored protoc, include path `proto/`) need proto files that only a Debian Go package ships.
+# validation. It is here rather than taken from the protos because Debian's protoc-gen-swagger
+# (grpc-gateway 1.6.4) ignores google.api.field_behavior (support came in 1.14): the `required`
+# lists below repeat the protos' REQUIRED annotations for body fields (path parameters are
+# required by the path itself). Its own openapiv2_field option has no `format`, and importing it
+# would make keyward's Rust build need a proto file that only a Debian Go package ships.
 # The numbers are keyward's (src/app, src/domain) at its default configuration:
 # password_max_length 128, password_min_length 8.
 # `required`: the fields keyward refuses a call without (an empty string counts as missing).
@@ -203,6 +209,20 @@ PARAMETERS = {
     ("query", "user_id"): ID_OR_EMPTY, ("query", "page_size"): PAGE_SIZE,
     ("query", "email_prefix"): {"maxLength": 254},
 }
+# The fields the protos mark `(google.api.field_behavior) = REQUIRED`, by message: a `required`
+# list above may name only those (the plugin cannot read the annotation itself).
+import glob, re
+REQUIRED = {}
+for proto in glob.glob("proto/keyward/v1/*.proto"):
+    message = None
+    for line in open(proto):
+        m = re.match(r"message (\w+) \{", line)
+        if m:
+            message = m.group(1)
+        m = re.match(r"\s*(?:optional |repeated )?[\w.]+ (\w+) = \d+ "
+                     r"\[\(google\.api\.field_behavior\) = REQUIRED\];", line)
+        if m and message:
+            REQUIRED.setdefault(message, set()).add(m.group(1))
 for name, rules in FIELDS.items():
     schema = doc["definitions"].get(name)
     if schema is None:
@@ -213,6 +233,9 @@ for name, rules in FIELDS.items():
             missing = [f for f in keywords if f not in props]
             if missing:
                 sys.exit(f"constraints: {name} has no {missing}")
+            unmarked = [f for f in keywords if f not in REQUIRED.get(name[len("v1"):], set())]
+            if unmarked:
+                sys.exit(f"constraints: {name}: {unmarked} not REQUIRED in the protos")
             schema["required"] = keywords
         elif field not in props:
             sys.exit(f"constraints: {name} has no {field}")
@@ -279,7 +302,7 @@ PY
 
 inputs_digest() {
   {
-    sha256sum "$0" gateway/main.go "$CONFIG" proto/keyward/v1/*.proto
+    sha256sum "$0" gateway/main.go "$CONFIG" proto/keyward/v1/*.proto proto/vendor/google/api/*.proto
     go version
     dpkg-query -W "${PACKAGES[@]}"
   } | sha256sum | cut -d' ' -f1
@@ -299,7 +322,7 @@ cmd_build() {
   rm -rf "$GOPATH_DIR"
   mkdir -p "$GOPATH_DIR/src/keyward/gateway"
   # shellcheck disable=SC2046
-  protoc -I "$OUT/proto" -I /usr/include \
+  protoc -I "$OUT/proto" -I "$OUT/proto/vendor" -I /usr/include \
     --go_out=plugins=grpc,"$WKT_MAP":"$GOPATH_DIR/src" \
     --grpc-gateway_out=logtostderr=true,"$WKT_MAP",grpc_api_configuration="$CONFIG":"$GOPATH_DIR/src" \
     $(proto_files)

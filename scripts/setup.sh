@@ -8,6 +8,8 @@
 #   - schemathesis: the REST fuzzer of tests/integration/rest_fuzz.rs, pinned, into target/tools
 #   - node and npm (Debian's), and tests/oidc's pinned packages: the OpenID Connect providers the
 #     federation tests sign in at
+#   - buf, pinned in scripts/buf/ (npm): lint, format and breaking checks of proto/
+#     (scripts/check-proto.sh)
 #   - chromium (Debian's): the real browser, headless, of the browser sign-in test
 #   - prometheus (Debian's, with promtool): checks deploy/prometheus's rules and serves the
 #     queries of deploy/grafana's dashboard in the observability test
@@ -62,6 +64,14 @@ if [ ! -d "$oidc_dir/node_modules" ] || [ "$oidc_dir/package-lock.json" -nt "$oi
   echo "setup: installing the test OpenID Connect provider's packages (npm ci in tests/oidc)"
   (cd "$oidc_dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
   touch "$oidc_dir/node_modules"
+fi
+
+# buf, as locked in scripts/buf/, for scripts/check-proto.sh.
+buf_dir="$(dirname "$0")/buf"
+if [ ! -d "$buf_dir/node_modules" ] || [ "$buf_dir/package-lock.json" -nt "$buf_dir/node_modules" ]; then
+  echo "setup: installing buf (npm ci in scripts/buf)"
+  (cd "$buf_dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  touch "$buf_dir/node_modules"
 fi
 
 # The REST fuzzer (scripts/schemathesis.sh installs it once, pinned, into target/tools/).

@@ -62,26 +62,35 @@ impl AuthService for Auth {
     }
 
     #[instrument(skip(self, request))]
-    async fn login(&self, request: Request<LoginRequest>) -> Result<Response<TokenPair>, Status> {
+    async fn login(
+        &self,
+        request: Request<LoginRequest>,
+    ) -> Result<Response<LoginResponse>, Status> {
         self.app.ensure_ready()?;
         let caller = self.caller(&request);
         let r = request.into_inner();
         let signed_in = self.app.login(&r.email, &r.password, &caller).await?;
-        Ok(Response::new(convert::sign_in(signed_in, self.app.now())))
+        let answer = convert::sign_in(signed_in, self.app.now());
+        Ok(Response::new(LoginResponse {
+            tokens: answer.tokens,
+            mfa_challenge: answer.mfa_challenge,
+        }))
     }
 
     #[instrument(skip(self, request))]
     async fn refresh(
         &self,
         request: Request<RefreshRequest>,
-    ) -> Result<Response<TokenPair>, Status> {
+    ) -> Result<Response<RefreshResponse>, Status> {
         self.app.ensure_ready()?;
         let caller = self.caller(&request);
         let issued = self
             .app
             .refresh(&request.into_inner().refresh_token, &caller)
             .await?;
-        Ok(Response::new(convert::token_pair(issued, self.app.now())))
+        Ok(Response::new(RefreshResponse {
+            tokens: Some(convert::token_pair(issued, self.app.now())),
+        }))
     }
 
     #[instrument(skip(self, request))]
@@ -190,10 +199,15 @@ impl AuthService for Auth {
     }
 
     #[instrument(skip(self, request))]
-    async fn get_me(&self, request: Request<GetMeRequest>) -> Result<Response<User>, Status> {
+    async fn get_me(
+        &self,
+        request: Request<GetMeRequest>,
+    ) -> Result<Response<GetMeResponse>, Status> {
         let who = super::signed_in(&self.app, &request).await?;
         let user = self.app.me(&who).await?;
-        Ok(Response::new(convert::user(&user)))
+        Ok(Response::new(GetMeResponse {
+            user: Some(convert::user(&user)),
+        }))
     }
 
     #[instrument(skip(self, request))]

@@ -53,7 +53,7 @@ pub fn user(u: &UserDoc) -> pb::User {
 
 pub fn token_pair(t: IssuedTokens, now: DateTime<Utc>) -> pb::TokenPair {
     pb::TokenPair {
-        expires_in: (t.access_token_expires_at - now).num_seconds().max(0),
+        expires_in: seconds((t.access_token_expires_at - now).num_seconds()),
         access_token_expires_at: timestamp(t.access_token_expires_at),
         refresh_token_expires_at: bson_ts(t.session.expires_at),
         session_id: t.session.id.clone(),
@@ -61,8 +61,13 @@ pub fn token_pair(t: IssuedTokens, now: DateTime<Utc>) -> pb::TokenPair {
         token_type: "Bearer".into(),
         access_token: t.access_token,
         refresh_token: t.refresh_token,
-        mfa_challenge: None,
     }
+}
+
+/// A duration in whole seconds as the API's `int32` (a JSON number): negative becomes 0, and
+/// anything beyond `i32::MAX` (68 years) saturates.
+pub fn seconds(s: i64) -> i32 {
+    i32::try_from(s.max(0)).unwrap_or(i32::MAX)
 }
 
 /// An identity linked to an account.
@@ -76,17 +81,27 @@ pub fn linked_identity(i: &crate::store::identities::IdentityDoc) -> pb::LinkedI
     }
 }
 
-/// Login's answer: tokens, or only the challenge of the second step.
-pub fn sign_in(s: SignIn, now: DateTime<Utc>) -> pb::TokenPair {
+/// The two fields every sign-in response (Login, LoginWithCode, FinishFederatedLogin) answers
+/// with: exactly one is set.
+pub struct SignInAnswer {
+    pub tokens: Option<pb::TokenPair>,
+    pub mfa_challenge: Option<pb::MfaChallenge>,
+}
+
+/// A sign-in's answer: tokens, or only the challenge of the second step.
+pub fn sign_in(s: SignIn, now: DateTime<Utc>) -> SignInAnswer {
     match s {
-        SignIn::Tokens(issued) => token_pair(*issued, now),
-        SignIn::SecondFactor(c) => pb::TokenPair {
+        SignIn::Tokens(issued) => SignInAnswer {
+            tokens: Some(token_pair(*issued, now)),
+            mfa_challenge: None,
+        },
+        SignIn::SecondFactor(c) => SignInAnswer {
+            tokens: None,
             mfa_challenge: Some(pb::MfaChallenge {
                 challenge: c.challenge,
                 expires_at: timestamp(c.expires_at),
                 methods: CHALLENGE_METHODS.iter().map(|m| m.to_string()).collect(),
             }),
-            ..Default::default()
         },
     }
 }

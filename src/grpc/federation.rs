@@ -79,8 +79,10 @@ impl FederationService for Federation {
             flow_secret: r.flow_secret,
         };
         let done = self.app.finish_federated_login(&callback, &caller).await?;
+        let answer = convert::sign_in(done.sign_in, self.app.now());
         Ok(Response::new(FinishFederatedLoginResponse {
-            tokens: Some(convert::sign_in(done.sign_in, self.app.now())),
+            tokens: answer.tokens,
+            mfa_challenge: answer.mfa_challenge,
             account_created: done.account_created,
             identity: Some(convert::linked_identity(&done.identity)),
         }))

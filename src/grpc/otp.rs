@@ -42,8 +42,8 @@ impl OtpService for Otp {
         let purpose = purpose(r.purpose)?;
         let sent = self.app.send_code(&r.email, purpose, &caller).await?;
         Ok(Response::new(SendCodeResponse {
-            retry_after_seconds: sent.retry_after.as_secs() as i64,
-            expires_in: sent.expires_in.as_secs() as i64,
+            retry_after_seconds: convert::seconds(sent.retry_after.as_secs() as i64),
+            expires_in: convert::seconds(sent.expires_in.as_secs() as i64),
         }))
     }
 
@@ -65,12 +65,16 @@ impl OtpService for Otp {
     async fn login_with_code(
         &self,
         request: Request<LoginWithCodeRequest>,
-    ) -> Result<Response<TokenPair>, Status> {
+    ) -> Result<Response<LoginWithCodeResponse>, Status> {
         self.app.ensure_ready()?;
         let caller = caller(&request, &self.app.proxy_trust);
         let r = request.into_inner();
         let signed_in = self.app.login_with_code(&r.email, &r.code, &caller).await?;
-        Ok(Response::new(convert::sign_in(signed_in, self.app.now())))
+        let answer = convert::sign_in(signed_in, self.app.now());
+        Ok(Response::new(LoginWithCodeResponse {
+            tokens: answer.tokens,
+            mfa_challenge: answer.mfa_challenge,
+        }))
     }
 
     #[instrument(skip(self, request))]

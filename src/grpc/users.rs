@@ -118,20 +118,25 @@ impl UserService for Users {
     }
 
     #[instrument(skip(self, request))]
-    async fn get_user(&self, request: Request<GetUserRequest>) -> Result<Response<User>, Status> {
+    async fn get_user(
+        &self,
+        request: Request<GetUserRequest>,
+    ) -> Result<Response<GetUserResponse>, Status> {
         let who = super::signed_in(&self.app, &request).await?;
         let user = self
             .app
             .get_user(&who, &request.into_inner().user_id)
             .await?;
-        Ok(Response::new(convert::user(&user)))
+        Ok(Response::new(GetUserResponse {
+            user: Some(convert::user(&user)),
+        }))
     }
 
     #[instrument(skip(self, request))]
     async fn update_user(
         &self,
         request: Request<UpdateUserRequest>,
-    ) -> Result<Response<User>, Status> {
+    ) -> Result<Response<UpdateUserResponse>, Status> {
         let who = super::signed_in(&self.app, &request).await?;
         let caller = caller(&request, &self.app.proxy_trust);
         let r = request.into_inner();
@@ -144,14 +149,16 @@ impl UserService for Users {
             .app
             .update_user(&who, &r.user_id, changes, &caller)
             .await?;
-        Ok(Response::new(convert::user(&user)))
+        Ok(Response::new(UpdateUserResponse {
+            user: Some(convert::user(&user)),
+        }))
     }
 
     #[instrument(skip(self, request))]
     async fn set_user_role(
         &self,
         request: Request<SetUserRoleRequest>,
-    ) -> Result<Response<User>, Status> {
+    ) -> Result<Response<SetUserRoleResponse>, Status> {
         let who = super::signed_in(&self.app, &request).await?;
         let caller = caller(&request, &self.app.proxy_trust);
         let r = request.into_inner();
@@ -161,7 +168,9 @@ impl UserService for Users {
             .app
             .set_user_role(&who, &r.user_id, role, &caller)
             .await?;
-        Ok(Response::new(convert::user(&user)))
+        Ok(Response::new(SetUserRoleResponse {
+            user: Some(convert::user(&user)),
+        }))
     }
 
     #[instrument(skip(self, request))]
@@ -186,14 +195,16 @@ impl UserService for Users {
     async fn enable_user(
         &self,
         request: Request<EnableUserRequest>,
-    ) -> Result<Response<User>, Status> {
+    ) -> Result<Response<EnableUserResponse>, Status> {
         let who = super::signed_in(&self.app, &request).await?;
         let caller = caller(&request, &self.app.proxy_trust);
         let user = self
             .app
             .enable_user(&who, &request.into_inner().user_id, &caller)
             .await?;
-        Ok(Response::new(convert::user(&user)))
+        Ok(Response::new(EnableUserResponse {
+            user: Some(convert::user(&user)),
+        }))
     }
 
     #[instrument(skip(self, request))]

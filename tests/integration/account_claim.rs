@@ -38,7 +38,7 @@ async fn login_with_code(
             code: code.into(),
         })
         .await
-        .map(|r| r.into_inner())
+        .map(|r| r.into_inner().tokens.expect("tokens"))
 }
 
 async fn refresh(app: &TestApp, refresh_token: &str) -> Result<TokenPair, tonic::Status> {
@@ -47,7 +47,7 @@ async fn refresh(app: &TestApp, refresh_token: &str) -> Result<TokenPair, tonic:
             refresh_token: refresh_token.into(),
         })
         .await
-        .map(|r| r.into_inner())
+        .map(|r| r.into_inner().tokens.expect("tokens"))
 }
 
 /// The attacker's tokens are dead and their password opens nothing.
@@ -324,7 +324,7 @@ async fn concurrent_code_sign_ins_racing_a_password_login_leave_no_planted_sessi
                         password: PASSWORD.into(),
                     })
                     .await
-                    .map(|r| r.into_inner())
+                    .map(|r| r.into_inner().tokens.expect("tokens"))
             })
         })
         .collect();

@@ -63,7 +63,9 @@ async fn register_login_authenticate_and_get_me() {
         .get_me(bearer(GetMeRequest {}, &pair.access_token))
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+        .user
+        .expect("user");
     assert_eq!(me.display_name, "Alice");
     assert!(me.last_login_at.is_some());
     let err = app.auth().get_me(GetMeRequest {}).await.unwrap_err();
@@ -392,6 +394,8 @@ async fn login_returns_a_token_for_the_right_account_only() {
         })
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+        .tokens
+        .expect("tokens");
     assert_eq!(pair.user.unwrap().email, b);
 }

@@ -29,7 +29,10 @@ async fn session_address(gw: &Gateway, headers: &[(&str, &str)]) -> String {
         .post("/v1/auth/login", credentials(&who, PASSWORD), headers)
         .await;
     assert_eq!(login.status, 200, "{login:?}");
-    let bearer = format!("Bearer {}", login.body["access_token"].as_str().unwrap());
+    let bearer = format!(
+        "Bearer {}",
+        login.body["tokens"]["access_token"].as_str().unwrap()
+    );
     let r = gw
         .get("/v1/auth/sessions", &[("Authorization", &bearer)])
         .await;

@@ -241,7 +241,8 @@ async fn flood(
             match auth.login(login).await {
                 Ok(pair) => {
                     ok("Login");
-                    held.refresh_token = Some(pair.into_inner().refresh_token);
+                    held.refresh_token =
+                        Some(pair.into_inner().tokens.expect("tokens").refresh_token);
                     held.refresh_in_flight = false;
                 }
                 Err(e) if flood_over(&killed, &ledger, "Login", &e) => break,
@@ -256,7 +257,8 @@ async fn flood(
             match auth.refresh(RefreshRequest { refresh_token }).await {
                 Ok(pair) => {
                     ok("Refresh");
-                    held.refresh_token = Some(pair.into_inner().refresh_token);
+                    held.refresh_token =
+                        Some(pair.into_inner().tokens.expect("tokens").refresh_token);
                     held.refresh_in_flight = false;
                 }
                 Err(e) if flood_over(&killed, &ledger, "Refresh", &e) => return held,
@@ -946,7 +948,7 @@ async fn registered_accounts_are_whole(ledger: &Ledger, channel: &Channel) -> Ve
                 password: PASSWORD.into(),
             };
             let pair = match auth.login(login).await {
-                Ok(pair) => pair.into_inner(),
+                Ok(pair) => pair.into_inner().tokens.expect("tokens"),
                 Err(e) => {
                     return Some(format!(
                         "{email} registered before the kill cannot log in: {:?} {}",
@@ -1072,7 +1074,7 @@ async fn cut_off_registers_retried(held: &[Held], channel: &Channel) -> Vec<Stri
                     password: PASSWORD.into(),
                 };
                 let pair = match auth.login(login).await {
-                    Ok(pair) => pair.into_inner(),
+                    Ok(pair) => pair.into_inner().tokens.expect("tokens"),
                     Err(e) => {
                         failures.push(format!(
                             "Register of {email} was cut off by the kill; retried it answers \

@@ -194,7 +194,9 @@ async fn losing_the_database_turns_health_not_serving_fails_fast_and_recovers_wi
         })
         .await
         .expect("the refresh token survived the outage")
-        .into_inner();
+        .into_inner()
+        .tokens
+        .expect("tokens");
     app.authenticate(&rotated.access_token).await.unwrap();
     sink.resume(kill_with_parent);
     let mail = sink.wait_for(&who, 1, Duration::from_secs(30)).await;

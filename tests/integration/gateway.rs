@@ -237,19 +237,44 @@ async fn rest_register_login_me_refresh_and_logout() {
     assert_eq!(r.body["pending_verification"], true);
     assert_eq!(r.body["user"]["role"], "ROLE_USER");
 
+    // Durations are JSON numbers of seconds, not the strings an int64 would be. (Another address:
+    // the registration just sent this one a code, and its cool-down has begun.)
+    let r = gw
+        .post(
+            "/v1/otp/send",
+            json!({ "email": crate::harness::email("rest-code"), "purpose": "CODE_PURPOSE_LOGIN" }),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        r.body["retry_after_seconds"]
+            .as_u64()
+            .is_some_and(|s| s > 0)
+            && r.body["expires_in"].as_u64().is_some_and(|s| s > 0),
+        "{r:?}"
+    );
+
     let r = gw
         .post("/v1/auth/login", credentials(&email, PASSWORD), &[])
         .await;
     assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(r.body["token_type"], "Bearer");
-    let access = r.body["access_token"].as_str().unwrap().to_string();
-    let refresh = r.body["refresh_token"].as_str().unwrap().to_string();
+    assert!(r.body["mfa_challenge"].is_null(), "{r:?}");
+    let tokens = &r.body["tokens"];
+    assert_eq!(tokens["token_type"], "Bearer");
+    // A JSON number of seconds, as OAuth 2.0's expires_in (not an int64 string).
+    let expires_in = tokens["expires_in"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("expires_in is not a number: {r:?}"));
+    assert!((1..=900).contains(&expires_in), "{r:?}");
+    let access = tokens["access_token"].as_str().unwrap().to_string();
+    let refresh = tokens["refresh_token"].as_str().unwrap().to_string();
 
     // The HTTP Authorization header reaches keyward as `authorization` metadata.
     let bearer = format!("Bearer {access}");
     let r = gw.get("/v1/auth/me", &[("Authorization", &bearer)]).await;
     assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(r.body["email"], email.as_str());
+    assert_eq!(r.body["user"]["email"], email.as_str());
 
     let r = gw.get("/v1/auth/me", &[]).await;
     assert_eq!(r.status, 401, "{r:?}");
@@ -273,8 +298,11 @@ async fn rest_register_login_me_refresh_and_logout() {
         )
         .await;
     assert_eq!(r.status, 200, "{r:?}");
-    let new_access = r.body["access_token"].as_str().unwrap().to_string();
-    assert_ne!(r.body["refresh_token"], refresh.as_str());
+    let new_access = r.body["tokens"]["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(r.body["tokens"]["refresh_token"], refresh.as_str());
     let new_bearer = format!("Bearer {new_access}");
     let r = gw
         .get("/v1/auth/me", &[("Authorization", &new_bearer)])
@@ -407,7 +435,10 @@ async fn rest_rate_limit_answers_429_with_retry_after_and_ignores_forged_forward
         )
         .await;
     assert_eq!(login.status, 200, "{login:?}");
-    let bearer = format!("Bearer {}", login.body["access_token"].as_str().unwrap());
+    let bearer = format!(
+        "Bearer {}",
+        login.body["tokens"]["access_token"].as_str().unwrap()
+    );
     let r = gw
         .get("/v1/auth/sessions", &[("Authorization", &bearer)])
         .await;
@@ -461,7 +492,10 @@ async fn rest_signed_in(gw: &Gateway, email: &str) -> (String, String) {
     assert_eq!(r.status, 200, "{r:?}");
     (
         id,
-        format!("Bearer {}", r.body["access_token"].as_str().unwrap()),
+        format!(
+            "Bearer {}",
+            r.body["tokens"]["access_token"].as_str().unwrap()
+        ),
     )
 }
 
@@ -486,7 +520,10 @@ async fn rest_admin_routes_fill_path_query_and_optional_fields() {
         .post("/v1/auth/login", credentials(&admin_email, PASSWORD), &[])
         .await;
     assert_eq!(login.status, 200, "{login:?}");
-    let admin = format!("Bearer {}", login.body["access_token"].as_str().unwrap());
+    let admin = format!(
+        "Bearer {}",
+        login.body["tokens"]["access_token"].as_str().unwrap()
+    );
     let user_email = email("rest-user");
     let (user_id, user) = rest_signed_in(&gw, &user_email).await;
 
@@ -501,7 +538,7 @@ async fn rest_admin_routes_fill_path_query_and_optional_fields() {
         )
         .await;
     assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(r.body["email"], user_email.as_str());
+    assert_eq!(r.body["user"]["email"], user_email.as_str());
 
     let prefix = &user_email[..user_email.find('@').unwrap()];
     let r = gw
@@ -540,8 +577,8 @@ async fn rest_admin_routes_fill_path_query_and_optional_fields() {
         )
         .await;
     assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(r.body["display_name"], "Grace");
-    assert_eq!(r.body["email"], user_email.as_str());
+    assert_eq!(r.body["user"]["display_name"], "Grace");
+    assert_eq!(r.body["user"]["email"], user_email.as_str());
 
     let r = gw
         .post(
@@ -626,8 +663,8 @@ async fn rest_second_factor_enrolment_and_two_step_login() {
         .post("/v1/auth/login", credentials(&email, PASSWORD), &[])
         .await;
     assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(r.body["access_token"], "", "{r:?}");
-    assert_eq!(r.body["refresh_token"], "", "{r:?}");
+    // Only the challenge: no tokens before the second factor.
+    assert!(r.body["tokens"].is_null(), "{r:?}");
     let challenge = r.body["mfa_challenge"]["challenge"]
         .as_str()
         .unwrap()

@@ -137,7 +137,10 @@ async fn rest_sign_in(gw: &Gateway, email: &str, headers: &[(&str, &str)]) -> St
         .post("/v1/auth/login", credentials(email, PASSWORD), headers)
         .await;
     assert_eq!(r.status, 200, "{r:?}");
-    format!("Bearer {}", r.body["access_token"].as_str().unwrap())
+    format!(
+        "Bearer {}",
+        r.body["tokens"]["access_token"].as_str().unwrap()
+    )
 }
 
 /// The session keyward recorded for `bearer` (the only one of its user).

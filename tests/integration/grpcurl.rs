@@ -47,12 +47,26 @@ async fn grpcurl_lists_describes_checks_health_and_logs_in() {
         assert!(ok, "{described}");
         assert!(
             described.contains(
-                "rpc Login ( .keyward.v1.LoginRequest ) returns ( .keyward.v1.TokenPair );"
+                "rpc Login ( .keyward.v1.LoginRequest ) returns ( .keyward.v1.LoginResponse );"
             ),
+            "{described}"
+        );
+        let (ok, described) =
+            grpcurl(&["-plaintext", &addr, "describe", "keyward.v1.LoginResponse"]);
+        assert!(
+            ok && described.contains(".keyward.v1.TokenPair tokens = 1;")
+                && described.contains(".keyward.v1.MfaChallenge mfa_challenge = 2;"),
             "{described}"
         );
         let (ok, described) = grpcurl(&["-plaintext", &addr, "describe", "keyward.v1.TokenPair"]);
         assert!(ok && described.contains("refresh_token"), "{described}");
+        // The field_behavior annotations come with the descriptors (their vendored proto too).
+        let (ok, described) =
+            grpcurl(&["-plaintext", &addr, "describe", "keyward.v1.LoginRequest"]);
+        assert!(
+            ok && described.contains("(.google.api.field_behavior) = REQUIRED"),
+            "{described}"
+        );
 
         let (ok, health) = grpcurl(&[
             "-plaintext",
@@ -85,7 +99,7 @@ async fn grpcurl_lists_describes_checks_health_and_logs_in() {
             "keyward.v1.AuthService/Login",
         ]);
         assert!(ok, "{out}");
-        let pair = json(&out);
+        let pair = &json(&out)["tokens"];
         let access = pair["accessToken"].as_str().unwrap().to_string();
         assert!(pair["refreshToken"].as_str().unwrap().starts_with("kwr_"));
 
@@ -108,7 +122,7 @@ async fn grpcurl_lists_describes_checks_health_and_logs_in() {
             "keyward.v1.AuthService/GetMe",
         ]);
         assert!(ok, "{out}");
-        assert_eq!(json(&out)["displayName"], "Grace");
+        assert_eq!(json(&out)["user"]["displayName"], "Grace");
 
         // Envoy's Check, by hand, as an operator tries a sidecar's question (README's example).
         let (ok, described) = grpcurl(&[

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use keyward::config::Config;
 use keyward::grpc::pb::auth_service_client::AuthServiceClient;
-use keyward::grpc::pb::{LoginRequest, RegisterRequest, RegisterResponse, TokenPair};
+use keyward::grpc::pb::{
+    LoginRequest, LoginResponse, RegisterRequest, RegisterResponse, TokenPair,
+};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
@@ -300,7 +302,22 @@ impl TestApp {
         self.login(email, PASSWORD).await.expect("login")
     }
 
+    /// Logs in an account without a second factor: its tokens.
     pub async fn login(&self, email: &str, password: &str) -> Result<TokenPair, tonic::Status> {
+        let answer = self.login_response(email, password).await?;
+        assert!(
+            answer.mfa_challenge.is_none(),
+            "login answered an mfa_challenge"
+        );
+        Ok(answer.tokens.expect("login answered no tokens"))
+    }
+
+    /// Logs in, keeping keyward's whole answer (`tokens` or `mfa_challenge`).
+    pub async fn login_response(
+        &self,
+        email: &str,
+        password: &str,
+    ) -> Result<LoginResponse, tonic::Status> {
         self.auth()
             .login(LoginRequest {
                 email: email.into(),

@@ -216,7 +216,7 @@ async fn password_login_from(
     app.auth()
         .login(from(address, request))
         .await
-        .map(|r| r.into_inner())
+        .map(|r| r.into_inner().tokens.expect("tokens"))
 }
 
 /// A LOGIN code request for `email` from a client at `address`: Ok, or the refusal's reason.
@@ -246,7 +246,7 @@ async fn code_login_from(
     OtpServiceClient::new(app.channel())
         .login_with_code(from(address, request))
         .await
-        .map(|r| r.into_inner())
+        .map(|r| r.into_inner().tokens.expect("tokens"))
 }
 
 /// Verifies `email` with the code of its registration mail (message 1).

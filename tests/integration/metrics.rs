@@ -322,7 +322,9 @@ async fn a_scripted_mix_of_calls_moves_each_counter_by_what_it_did() {
         .login(login(PASSWORD))
         .await
         .expect("login")
-        .into_inner();
+        .into_inner()
+        .tokens
+        .expect("tokens");
     for _ in 0..2 {
         auth.authenticate(AuthenticateRequest {
             access_token: pair.access_token.clone(),

@@ -320,7 +320,7 @@ async fn refresh(app: &TestApp, refresh_token: &str) -> Result<TokenPair, Status
             refresh_token: refresh_token.into(),
         })
         .await
-        .map(|r| r.into_inner())
+        .map(|r| r.into_inner().tokens.expect("tokens"))
 }
 
 async fn session_count(app: &TestApp, token: &str) -> usize {
@@ -442,18 +442,19 @@ pub(crate) async fn enrolled(app: &TestApp, tag: &str) -> Enrolled {
 
 /// Logs `email` in with the password and returns the challenge the login answered with.
 async fn challenge(app: &TestApp, email: &str) -> String {
-    let pair = app.login(email, PASSWORD).await.expect("login");
+    let answer = app.login_response(email, PASSWORD).await.expect("login");
     assert!(
-        pair.access_token.is_empty() && pair.refresh_token.is_empty(),
-        "no tokens before the second factor: {pair:?}"
+        answer.tokens.is_none(),
+        "no tokens before the second factor: {answer:?}"
     );
-    pair.mfa_challenge.expect("an MFA challenge").challenge
+    answer.mfa_challenge.expect("an MFA challenge").challenge
 }
 
 /// Asserts that a login of `email` gives tokens at once, without a challenge.
 async fn assert_logs_in_with_one_factor(app: &TestApp, email: &str) -> TokenPair {
-    let pair = app.login(email, PASSWORD).await.expect("login");
-    assert!(pair.mfa_challenge.is_none(), "{pair:?}");
+    let answer = app.login_response(email, PASSWORD).await.expect("login");
+    assert!(answer.mfa_challenge.is_none(), "{answer:?}");
+    let pair = answer.tokens.expect("tokens");
     assert!(!pair.access_token.is_empty() && !pair.refresh_token.is_empty());
     pair
 }
@@ -638,12 +639,12 @@ async fn with_an_authenticator_a_password_login_needs_a_code_and_the_session_rec
     assert!(listed.totp_enrolled && listed.totp_enrolled_at.is_some());
     assert_eq!(listed.recovery_codes_remaining, 10);
 
-    let pair = app.login(&user.email, PASSWORD).await.unwrap();
+    let answer = app.login_response(&user.email, PASSWORD).await.unwrap();
     assert!(
-        pair.access_token.is_empty() && pair.refresh_token.is_empty() && pair.session_id.is_empty(),
-        "no tokens before the second factor: {pair:?}"
+        answer.tokens.is_none(),
+        "no tokens before the second factor: {answer:?}"
     );
-    let ch = pair.mfa_challenge.expect("a challenge");
+    let ch = answer.mfa_challenge.expect("a challenge");
     assert_eq!(ch.methods, ["totp", "recovery_code"]);
     let expires_in = ch.expires_at.unwrap().seconds - unix_now() as i64;
     assert!((1..=330).contains(&expires_in), "{expires_in}");
@@ -652,7 +653,6 @@ async fn with_an_authenticator_a_password_login_needs_a_code_and_the_session_rec
         .await
         .unwrap();
     assert!(!tokens.access_token.is_empty() && !tokens.refresh_token.is_empty());
-    assert!(tokens.mfa_challenge.is_none());
     assert_eq!(tokens.user.as_ref().unwrap().id, user.user_id);
     let p = principal(&app, &tokens.access_token).await;
     assert_eq!(p.amr, ["pwd", "totp"]);
@@ -702,10 +702,7 @@ async fn a_sign_in_by_emailed_code_also_asks_for_the_second_factor() {
         .await
         .unwrap()
         .into_inner();
-    assert!(
-        pair.access_token.is_empty() && pair.refresh_token.is_empty(),
-        "{pair:?}"
-    );
+    assert!(pair.tokens.is_none(), "{pair:?}");
     let ch = pair.mfa_challenge.expect("a challenge").challenge;
     let tokens = complete_totp(&app, &ch, &user.totp.fresh_code().await)
         .await
@@ -843,10 +840,10 @@ async fn knowing_the_password_gives_no_unlimited_guesses_at_the_code() {
             "attempt {attempt}: {status:?}"
         );
     }
-    let locked = match app.login(&user.email, PASSWORD).await {
+    let locked = match app.login_response(&user.email, PASSWORD).await {
         Err(status) => status,
-        Ok(pair) => {
-            let ch = pair.mfa_challenge.expect("a challenge").challenge;
+        Ok(answer) => {
+            let ch = answer.mfa_challenge.expect("a challenge").challenge;
             complete_totp(&app, &ch, &user.totp.fresh_code().await)
                 .await
                 .expect_err("three wrong codes in a row lock the account, whatever the password")

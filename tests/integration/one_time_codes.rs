@@ -63,7 +63,7 @@ async fn login_with_code(
             code: code.into(),
         })
         .await
-        .map(|r| r.into_inner())
+        .map(|r| r.into_inner().tokens.expect("tokens"))
 }
 
 async fn reset(
@@ -593,7 +593,8 @@ async fn grpcurl_sends_and_verifies_a_code_in_json() {
     .unwrap();
     assert!(ok, "{out}");
     let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(answer["expiresIn"], "600", "{out}");
+    // Seconds are int32 in the contract: a JSON number, not an int64's string.
+    assert_eq!(answer["expiresIn"], 600, "{out}");
     let (ok, out) = run(
         "keyward.v1.OtpService/VerifyEmail",
         format!(r#"{{"email":"{email}","code":"{code}"}}"#),

@@ -13,7 +13,7 @@ async fn refresh(app: &TestApp, token: &str) -> Result<TokenPair, tonic::Status>
             refresh_token: token.into(),
         })
         .await
-        .map(|r| r.into_inner())
+        .map(|r| r.into_inner().tokens.expect("tokens"))
 }
 
 #[tokio::test]
@@ -122,7 +122,7 @@ async fn sixteen_concurrent_refreshes_with_one_token_yield_exactly_one_pair() {
                     refresh_token: token,
                 })
                 .await
-                .map(|r| r.into_inner())
+                .map(|r| r.into_inner().tokens.expect("tokens"))
         }
     }))
     .await;

@@ -141,7 +141,7 @@ fn config(bindings: &[(&str, &[&str])]) -> String {
 }
 
 fn bearer_of(r: &Response) -> String {
-    r.body["access_token"]
+    r.body["tokens"]["access_token"]
         .as_str()
         .unwrap_or_else(|| panic!("no access_token: {r:?}"))
         .to_string()
@@ -260,7 +260,7 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
         "register",
     );
     let second_login = login(&gw, &user_email).await;
-    let session = second_login.body["session_id"]
+    let session = second_login.body["tokens"]["session_id"]
         .as_str()
         .unwrap()
         .to_string();

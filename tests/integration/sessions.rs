@@ -71,7 +71,14 @@ async fn sessions_list_devices_and_can_be_revoked_by_their_owner_only() {
     login
         .metadata_mut()
         .insert("user-agent", "Phone/1.0".parse().unwrap());
-    let phone = app.auth().login(login).await.unwrap().into_inner();
+    let phone = app
+        .auth()
+        .login(login)
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens
+        .expect("tokens");
     let laptop = app.login(&email, PASSWORD).await.unwrap();
 
     let list = app

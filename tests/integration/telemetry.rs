@@ -163,7 +163,9 @@ async fn each_rpc_is_exported_as_a_span_joined_to_the_callers_trace() {
         ))
         .await
         .expect("login")
-        .into_inner();
+        .into_inner()
+        .tokens
+        .expect("tokens");
     let me = auth
         .get_me(traced(
             bearer(GetMeRequest {}, &pair.access_token),
@@ -171,7 +173,9 @@ async fn each_rpc_is_exported_as_a_span_joined_to_the_callers_trace() {
         ))
         .await
         .expect("get_me")
-        .into_inner();
+        .into_inner()
+        .user
+        .expect("user");
     assert_eq!(me.id, user_id);
     auth.authenticate(traced(
         tonic::Request::new(AuthenticateRequest {

@@ -55,7 +55,7 @@ async fn set_role(
             token,
         ))
         .await
-        .map(|r| r.into_inner())
+        .map(|r| r.into_inner().user.expect("user"))
 }
 
 fn assert_denied(result: Result<impl std::fmt::Debug, tonic::Status>, expected: &str) {
@@ -360,7 +360,9 @@ async fn disable_enable_and_delete_act_at_once() {
         ))
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+        .user
+        .expect("user");
     assert_eq!(enabled.status, UserStatus::Active as i32);
     assert!(
         app.authenticate(&pair.access_token).await.is_err(),
@@ -394,7 +396,9 @@ async fn disable_enable_and_delete_act_at_once() {
         ))
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+        .user
+        .expect("user");
     assert_eq!(gone.status, UserStatus::Deleted as i32);
     assert_denied(
         users(&app)
@@ -464,7 +468,7 @@ async fn update_user_checks_fields_and_unverifies_a_new_email() {
             client
                 .update_user(bearer(changes, &token))
                 .await
-                .map(|r| r.into_inner())
+                .map(|r| r.into_inner().user.expect("user"))
         }
     };
     let new_email = email("renamed");
