@@ -13,3 +13,4 @@ pub mod permissions;
 pub mod roles;
 pub mod secrets;
 pub mod tokens;
+pub mod validation;
