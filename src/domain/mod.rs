@@ -7,6 +7,7 @@ pub mod federation;
 pub mod lockout;
 pub mod mfa;
 pub mod org_roles;
+pub mod orgs;
 pub mod paging;
 pub mod password;
 pub mod permissions;

@@ -86,6 +86,10 @@ impl Violations {
         self.text(field, value, MAX_DISPLAY_NAME);
     }
 
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
