@@ -1,6 +1,7 @@
 //! Accounts and passwords: registration, password login with lockout and throttling, password
 //! change, and the signed-in user's own account.
 
+use crate::domain::audit::AuditAction;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -164,7 +165,7 @@ impl App {
         match self.store.users.insert(&user).await? {
             Inserted::Created => {
                 self.audit(
-                    AuditRecord::new("register", Outcome::Success, caller)
+                    AuditRecord::new(AuditAction::Register, Outcome::Success, caller)
                         .user(&user.id)
                         .email(&user.email),
                 )
@@ -222,7 +223,7 @@ impl App {
             Ok(attempt) => attempt,
             Err(e) => {
                 self.audit(
-                    AuditRecord::new("login", Outcome::Failure, caller)
+                    AuditRecord::new(AuditAction::Login, Outcome::Failure, caller)
                         .email(&email)
                         .detail("reason", "account_locked"),
                 )
@@ -268,7 +269,7 @@ impl App {
         }
         if user.status == UserStatus::Disabled {
             self.audit(
-                AuditRecord::new("login", Outcome::Failure, caller)
+                AuditRecord::new(AuditAction::Login, Outcome::Failure, caller)
                     .user(&user.id)
                     .detail("reason", "account_disabled"),
             )
@@ -277,7 +278,7 @@ impl App {
         }
         if self.config.require_verified_email && !user.email_verified {
             self.audit(
-                AuditRecord::new("login", Outcome::Failure, caller)
+                AuditRecord::new(AuditAction::Login, Outcome::Failure, caller)
                     .user(&user.id)
                     .detail("reason", "email_not_verified"),
             )
@@ -317,7 +318,7 @@ impl App {
         }
         self.remember_requester(&issued.user, caller).await;
         self.audit(
-            AuditRecord::new("login", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::Login, Outcome::Success, caller)
                 .user(&issued.user.id)
                 .session(&issued.session.id)
                 .detail("method", "password"),
@@ -441,7 +442,7 @@ impl App {
         email: &str,
         caller: &Caller,
     ) {
-        let mut event = AuditRecord::new("login", Outcome::Failure, caller)
+        let mut event = AuditRecord::new(AuditAction::Login, Outcome::Failure, caller)
             .email(email)
             .detail("reason", "invalid_credentials")
             .detail("consecutive_failures", attempt.count as i64);
@@ -456,7 +457,7 @@ impl App {
                 lock_seconds = delay.as_secs(),
                 "login locked for an email after repeated failures"
             );
-            let mut event = AuditRecord::new("lockout", Outcome::Failure, caller)
+            let mut event = AuditRecord::new(AuditAction::Lockout, Outcome::Failure, caller)
                 .email(email)
                 .detail("lock_seconds", delay.as_secs() as i64);
             if let Some(id) = user_id {
@@ -538,7 +539,7 @@ impl App {
         self.revoke_sessions(ended.iter().map(String::as_str));
         self.notify_password_changed(&user, ended.len()).await;
         self.audit(
-            AuditRecord::new("password_change", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::PasswordChange, Outcome::Success, caller)
                 .user(&user.id)
                 .session(&who.session_id)
                 .detail("sessions_ended", ended.len() as i64),

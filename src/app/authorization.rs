@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use super::App;
 use crate::domain::org_roles::decide_with_custom_role;
-use crate::domain::permissions::{decide_scope, is_known, Decision, OrgRole, OrgStanding};
+use crate::domain::permissions::{
+    decide, decide_scope, is_known, Decision, OrgRole, OrgStanding, Permission,
+};
 use crate::domain::roles::Role;
 use crate::domain::secrets::is_id;
 use crate::domain::tokens::{AccessClaims, ServiceAccountGrant};
@@ -517,13 +519,13 @@ impl App {
     }
 
     /// Fails with PERMISSION_DENIED unless `who` holds the platform `permission` now.
-    pub async fn require(&self, who: &AccessClaims, permission: &str) -> Result<Standing> {
+    pub async fn require(&self, who: &AccessClaims, permission: Permission) -> Result<Standing> {
         let standing = self.acting(who).await?;
         let check = Check {
-            permission: permission.to_string(),
+            permission: permission.as_str().to_string(),
             org_id: String::new(),
         };
-        let decision = self.decide(permission, standing.role, OrgStanding::NoOrg);
+        let decision = decide(permission, standing.role, OrgStanding::NoOrg);
         let decision = self.with_second_factor(who, &check, decision).await?;
         match decision.reason {
             _ if decision.allowed => Ok(standing),
@@ -540,17 +542,17 @@ impl App {
         &self,
         who: &AccessClaims,
         org_id: &str,
-        permission: &str,
+        permission: Permission,
         org_exists: impl std::future::Future<Output = Result<bool>>,
     ) -> Result<OrgRole> {
         let standing = self.acting(who).await?;
         let check = Check {
-            permission: permission.to_string(),
+            permission: permission.as_str().to_string(),
             org_id: org_id.to_string(),
         };
         match self.org_role(org_id, &who.user_id).await? {
             Some(role) => {
-                let decision = self.decide(permission, standing.role, OrgStanding::Member(role));
+                let decision = decide(permission, standing.role, OrgStanding::Member(role));
                 let decision = self.with_second_factor(who, &check, decision).await?;
                 match decision.reason {
                     _ if decision.allowed => Ok(role),

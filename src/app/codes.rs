@@ -6,6 +6,7 @@
 //! fails with CODE_INVALID alike for a wrong, expired, used, replaced or dead code and for an
 //! email without an account.
 
+use crate::domain::audit::AuditAction;
 use std::time::Duration;
 
 use super::accounts::lockout_key;
@@ -111,7 +112,7 @@ impl App {
         if let Err(e) = self.admit_send(&email, purpose, caller, known).await {
             crate::metrics::code_request(purpose, crate::metrics::CodeRequest::RateLimited);
             self.audit(
-                AuditRecord::new("code_send", Outcome::Failure, caller)
+                AuditRecord::new(AuditAction::CodeSend, Outcome::Failure, caller)
                     .email(&email)
                     .detail("purpose", purpose.as_str())
                     .detail("reason", "rate_limited"),
@@ -156,7 +157,7 @@ impl App {
                 crate::metrics::CodeRequest::Suppressed
             },
         );
-        let mut event = AuditRecord::new("code_send", Outcome::Success, caller)
+        let mut event = AuditRecord::new(AuditAction::CodeSend, Outcome::Success, caller)
             .email(&email)
             .detail("purpose", purpose.as_str())
             .detail("sent", eligible);
@@ -416,7 +417,7 @@ impl App {
                     .await?;
             }
             self.audit(
-                AuditRecord::new("code_use", Outcome::Failure, caller)
+                AuditRecord::new(AuditAction::CodeUse, Outcome::Failure, caller)
                     .email(email)
                     .detail("purpose", purpose.as_str())
                     .detail("reason", "code_invalid"),
@@ -446,7 +447,7 @@ impl App {
             .await?
             .ok_or(Error::CodeInvalid)?;
         self.audit(
-            AuditRecord::new("email_verify", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::EmailVerify, Outcome::Success, caller)
                 .user(&user.id)
                 .email(&user.email),
         )
@@ -486,7 +487,7 @@ impl App {
         };
         if user.status == UserStatus::Disabled {
             self.audit(
-                AuditRecord::new("login", Outcome::Failure, caller)
+                AuditRecord::new(AuditAction::Login, Outcome::Failure, caller)
                     .user(&user.id)
                     .detail("method", "email_code")
                     .detail("reason", "account_disabled"),
@@ -564,7 +565,7 @@ impl App {
             .await?;
         self.revoke_sessions(ended.iter().map(String::as_str));
         self.audit(
-            AuditRecord::new("account_claim", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::AccountClaim, Outcome::Success, caller)
                 .user(&user.id)
                 .email(&user.email)
                 .detail("method", method)
@@ -638,7 +639,7 @@ impl App {
         self.revoke_sessions(ended.iter().map(String::as_str));
         self.notify_password_changed(&user, ended.len()).await;
         self.audit(
-            AuditRecord::new("password_reset", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::PasswordReset, Outcome::Success, caller)
                 .user(&user.id)
                 // The first proof of the mailbox: whoever created the account lost it here.
                 .detail("account_claimed", !user.email_verified)
@@ -686,7 +687,7 @@ impl App {
             }
         };
         self.audit(
-            AuditRecord::new("code_send", outcome, caller)
+            AuditRecord::new(AuditAction::CodeSend, outcome, caller)
                 .user(&user.id)
                 .email(&user.email)
                 .detail("purpose", Purpose::VerifyEmail.as_str())

@@ -13,6 +13,7 @@
 //! - a second factor, when the account has one, is still asked for;
 //! - an account keeps at least one way to sign in.
 
+use crate::domain::audit::AuditAction;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -272,7 +273,7 @@ impl App {
             });
         let Some(email) = email.filter(|_| vouched) else {
             self.audit(
-                AuditRecord::new("federated_login", Outcome::Failure, caller)
+                AuditRecord::new(AuditAction::FederatedLogin, Outcome::Failure, caller)
                     .detail("provider", provider.id.as_str())
                     .detail("subject_hash", subject_hash.as_str())
                     .detail("reason", "email_unverified"),
@@ -303,7 +304,7 @@ impl App {
                     .any(|l| l.provider == provider.id && l.subject != identity.subject)
                 {
                     self.audit(
-                        AuditRecord::new("federated_login", Outcome::Failure, caller)
+                        AuditRecord::new(AuditAction::FederatedLogin, Outcome::Failure, caller)
                             .user(&user.id)
                             .detail("provider", provider.id.as_str())
                             .detail("subject_hash", subject_hash.as_str())
@@ -325,7 +326,7 @@ impl App {
         };
         let link = self.link(provider, identity, &user.id).await?;
         self.audit(
-            AuditRecord::new("identity_link", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::IdentityLink, Outcome::Success, caller)
                 .user(&user.id)
                 .detail("provider", provider.id.as_str())
                 .detail("subject_hash", subject_hash.as_str())
@@ -383,7 +384,7 @@ impl App {
         user_id: Option<&str>,
         caller: &Caller,
     ) -> Error {
-        let mut record = AuditRecord::new("federated_login", Outcome::Failure, caller)
+        let mut record = AuditRecord::new(AuditAction::FederatedLogin, Outcome::Failure, caller)
             .detail("provider", provider.id.as_str())
             .detail("subject_hash", subject_hash)
             .detail("reason", "account_disabled");
@@ -448,7 +449,7 @@ impl App {
         caller: &Caller,
     ) -> Error {
         self.audit(
-            AuditRecord::new("federated_login", Outcome::Failure, caller)
+            AuditRecord::new(AuditAction::FederatedLogin, Outcome::Failure, caller)
                 .user(user_id)
                 .detail("provider", provider)
                 .detail("subject_hash", subject_hash)
@@ -474,7 +475,7 @@ impl App {
         let linked = self.link(provider, &identity, &who.user_id).await;
         self.audit(
             AuditRecord::new(
-                "identity_link",
+                AuditAction::IdentityLink,
                 if linked.is_ok() {
                     Outcome::Success
                 } else {
@@ -577,7 +578,7 @@ impl App {
             self.notify_identity_changed(user, p, "unlinked").await;
         }
         self.audit(
-            AuditRecord::new("identity_unlink", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::IdentityUnlink, Outcome::Success, caller)
                 .user(&who.user_id)
                 .session(&who.session_id)
                 .detail("provider", provider)
@@ -649,9 +650,9 @@ impl App {
         let fail = |reason: &'static str, err: Error| async move {
             let mut record = AuditRecord::new(
                 if intent == FlowIntent::Link {
-                    "identity_link"
+                    AuditAction::IdentityLink
                 } else {
-                    "federated_login"
+                    AuditAction::FederatedLogin
                 },
                 Outcome::Failure,
                 caller,

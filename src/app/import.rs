@@ -6,6 +6,7 @@
 //! `{"email": "...", "password_hash": "$2b$12$...", "display_name": "...", "role": "user",
 //!   "email_verified": true}` — only `email` and `password_hash` are required.
 
+use crate::domain::audit::AuditAction;
 use std::io::BufRead;
 
 use serde::Deserialize;
@@ -91,7 +92,7 @@ impl App {
                 Inserted::Created => {
                     report.created += 1;
                     self.audit(
-                        AuditRecord::new("user.import", Outcome::Success, caller)
+                        AuditRecord::new(AuditAction::UserImport, Outcome::Success, caller)
                             .user(&user.id)
                             .email(&user.email)
                             .detail("role", user.role.as_str())

@@ -6,6 +6,7 @@
 //! if a worker dies (or stalls past its lease) after SMTP accepted the message and before it
 //! recorded that.
 
+use crate::domain::audit::AuditAction;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -132,7 +133,7 @@ impl App {
 
     async fn audit_delivery(&self, doc: &OutboxDoc, outcome: Outcome, error: Option<&str>) {
         let system = Caller::default();
-        let mut event = AuditRecord::new("mail_delivery", outcome, &system)
+        let mut event = AuditRecord::new(AuditAction::MailDelivery, outcome, &system)
             .detail("mail_id", doc.id.as_str())
             .detail("kind", doc.kind.as_str())
             .detail("attempts", doc.attempts as i64);

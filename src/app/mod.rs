@@ -23,6 +23,7 @@ use chrono::{DateTime, Utc};
 use mongodb::bson::Document;
 
 use crate::config::Config;
+use crate::domain::audit::AuditAction;
 use crate::domain::client_address::ProxyTrust;
 use crate::domain::codes::{CodeHasher, SendLimits};
 use crate::domain::lockout::LockoutPolicy;
@@ -197,7 +198,7 @@ impl App {
     pub async fn audit(&self, event: AuditRecord<'_>) {
         let doc = AuditEvent {
             id: crate::domain::secrets::new_id(),
-            action: event.action.to_string(),
+            action: event.action.as_str().to_string(),
             outcome: event.outcome,
             user_id: event.user_id.map(str::to_owned),
             actor_id: event.actor_id.map(str::to_owned),
@@ -210,7 +211,7 @@ impl App {
             expires_at: mongodb::bson::DateTime::now(),
         };
         if let Err(e) = self.store.audit_events.record(doc, self.now()).await {
-            tracing::error!(error = %e, action = event.action, "failed to write audit event");
+            tracing::error!(error = %e, action = event.action.as_str(), "failed to write audit event");
         }
     }
 }
@@ -225,7 +226,7 @@ fn derive_key(master: &[u8], label: &str) -> [u8; 32] {
 
 /// The facts of one audit event (see `store::audit_events`).
 pub struct AuditRecord<'a> {
-    pub action: &'static str,
+    pub action: AuditAction,
     pub outcome: Outcome,
     pub caller: &'a Caller,
     pub user_id: Option<&'a str>,
@@ -237,7 +238,7 @@ pub struct AuditRecord<'a> {
 }
 
 impl<'a> AuditRecord<'a> {
-    pub fn new(action: &'static str, outcome: Outcome, caller: &'a Caller) -> Self {
+    pub fn new(action: AuditAction, outcome: Outcome, caller: &'a Caller) -> Self {
         Self {
             action,
             outcome,

@@ -12,6 +12,8 @@
 //! Every change drops this replica's cached roles of the organization, so Authorize sees it from
 //! the next call (other replicas within `session_cache_ttl`).
 
+use crate::domain::audit::AuditAction;
+use crate::domain::permissions::Permission;
 use std::collections::HashSet;
 
 use super::authorization::OrgPlace;
@@ -205,7 +207,7 @@ impl App {
         }
         self.forget_custom_roles(org_id);
         self.audit(
-            AuditRecord::new("org.role.define", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::OrgRoleDefine, Outcome::Success, caller)
                 .user(&who.user_id)
                 .actor(&who.user_id)
                 .session(&who.session_id)
@@ -226,7 +228,8 @@ impl App {
     ) -> Result<Vec<OrgCustomRole>> {
         require_org_id(org_id)?;
         let exists = async { Ok(self.store.orgs.exists(org_id).await?) };
-        self.require_in_org(who, org_id, "org.read", exists).await?;
+        self.require_in_org(who, org_id, Permission::OrgRead, exists)
+            .await?;
         Ok(self
             .store
             .org_roles
@@ -291,7 +294,7 @@ impl App {
             .ok_or(Error::OrgRoleNotFound)?;
         self.forget_custom_roles(org_id);
         self.audit(
-            AuditRecord::new("org.role.update", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::OrgRoleUpdate, Outcome::Success, caller)
                 .user(&who.user_id)
                 .actor(&who.user_id)
                 .session(&who.session_id)
@@ -341,7 +344,7 @@ impl App {
             .clear_custom_role(org_id, &current.id)
             .await?;
         self.audit(
-            AuditRecord::new("org.role.delete", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::OrgRoleDelete, Outcome::Success, caller)
                 .user(&who.user_id)
                 .actor(&who.user_id)
                 .session(&who.session_id)
@@ -418,7 +421,7 @@ impl App {
     /// The caller's role in `org_id` if they manage its members (admin or owner).
     async fn require_org_admin(&self, who: &AccessClaims, org_id: &str) -> Result<OrgRole> {
         let exists = async { Ok(self.store.orgs.exists(org_id).await?) };
-        self.require_in_org(who, org_id, "org.members.write", exists)
+        self.require_in_org(who, org_id, Permission::OrgMembersWrite, exists)
             .await
     }
 }

@@ -5,13 +5,15 @@
 //! `session_cache_ttl` and after each change it makes, so Authorize never asks the database
 //! about a permission's definition.
 
+use crate::domain::audit::AuditAction;
+use crate::domain::permissions::Permission;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 use serde::Deserialize;
 
 use super::{App, AuditRecord, Caller};
-use crate::domain::permissions::{builtin_scope, check_catalogue_name, OrgRole, Scope, MATRIX};
+use crate::domain::permissions::{builtin_scope, check_catalogue_name, OrgRole, Scope};
 use crate::domain::roles::Role;
 use crate::domain::tokens::AccessClaims;
 use crate::error::{Error, FieldViolation, Result};
@@ -191,18 +193,18 @@ impl App {
     /// Every permission: built in first, then the catalogue. Caller: any signed-in user.
     pub async fn list_permissions(&self, who: &AccessClaims) -> Result<Vec<Definition>> {
         self.acting(who).await?;
-        let mut all: Vec<Definition> = MATRIX
-            .iter()
-            .map(|(name, scope, description)| Definition {
-                name: name.to_string(),
-                description: description.to_string(),
+        let mut all: Vec<Definition> = Permission::ALL
+            .into_iter()
+            .map(|permission| Definition {
+                name: permission.as_str().to_string(),
+                description: permission.description().to_string(),
                 rule: Rule {
-                    scope: *scope,
+                    scope: permission.scope(),
                     requires_mfa: self
                         .config
                         .mfa_required_permissions
                         .iter()
-                        .any(|p| p == name),
+                        .any(|p| p == permission.as_str()),
                 },
                 built_in: true,
                 doc: None,
@@ -250,7 +252,7 @@ impl App {
         new: NewPermission,
         caller: &Caller,
     ) -> Result<Definition> {
-        let actor = self.require(who, "permissions.write").await?;
+        let actor = self.require(who, Permission::PermissionsWrite).await?;
         let mut violations = Vec::new();
         let scope = check_new(&new, "", &mut violations);
         let Some(scope) = scope.filter(|_| violations.is_empty()) else {
@@ -272,7 +274,7 @@ impl App {
         }
         self.reload_catalogue().await?;
         self.audit(
-            AuditRecord::new("permission_define", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::PermissionDefine, Outcome::Success, caller)
                 .actor(&who.user_id)
                 .detail("permission", new.name.as_str())
                 .detail("scope", scope_str(scope).0)
@@ -303,7 +305,7 @@ impl App {
         least_role_is_global: bool,
         caller: &Caller,
     ) -> Result<Definition> {
-        let actor = self.require(who, "permissions.write").await?;
+        let actor = self.require(who, Permission::PermissionsWrite).await?;
         if name.is_empty() {
             return Err(Error::invalid("name", "is required"));
         }
@@ -360,7 +362,7 @@ impl App {
         };
         self.reload_catalogue().await?;
         self.audit(
-            AuditRecord::new("permission_update", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::PermissionUpdate, Outcome::Success, caller)
                 .actor(&who.user_id)
                 .detail("permission", name)
                 .detail("least_role", doc.least_role.as_str())
@@ -385,7 +387,7 @@ impl App {
         name: &str,
         caller: &Caller,
     ) -> Result<()> {
-        let actor = self.require(who, "permissions.write").await?;
+        let actor = self.require(who, Permission::PermissionsWrite).await?;
         if name.is_empty() {
             return Err(Error::invalid("name", "is required"));
         }
@@ -398,7 +400,7 @@ impl App {
         }
         self.reload_catalogue().await?;
         self.audit(
-            AuditRecord::new("permission_delete", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::PermissionDelete, Outcome::Success, caller)
                 .actor(&who.user_id)
                 .detail("permission", name),
         )
@@ -476,7 +478,7 @@ impl App {
             self.reload_catalogue().await?;
             if report.created.len() + report.updated.len() + report.deleted.len() > 0 {
                 self.audit(
-                    AuditRecord::new("permissions_apply", Outcome::Success, caller)
+                    AuditRecord::new(AuditAction::PermissionsApply, Outcome::Success, caller)
                         .detail("created", report.created.clone())
                         .detail("updated", report.updated.clone())
                         .detail("deleted", report.deleted.clone()),

@@ -5,6 +5,8 @@
 //! most once per `session_cache_ttl`, and forgets every cached key at once when it revokes a key
 //! or disables or deletes an account itself.
 
+use crate::domain::audit::AuditAction;
+use crate::domain::permissions::Permission;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -216,7 +218,7 @@ impl App {
     ) -> Result<()> {
         match org_id {
             None => {
-                let actor = self.require(who, "users.write").await?;
+                let actor = self.require(who, Permission::UsersWrite).await?;
                 may_set_global_role(actor.role, Role::Guest, role).map_err(|why| match why {
                     GrantDenied::NotAllowed => Error::PermissionDenied,
                     GrantDenied::RoleTooHigh => Error::RoleTooHigh,
@@ -225,7 +227,7 @@ impl App {
             Some(org_id) => {
                 let exists = async { Ok(self.store.orgs.exists(org_id).await?) };
                 let actor = self
-                    .require_in_org(who, org_id, "org.members.write", exists)
+                    .require_in_org(who, org_id, Permission::OrgMembersWrite, exists)
                     .await?;
                 may_set_org_role(actor, None, org_role).map_err(|why| match why {
                     GrantDenied::NotAllowed => Error::PermissionDenied,
@@ -334,7 +336,7 @@ impl App {
         };
         self.store.service_accounts.insert(&account).await?;
         self.audit(
-            AuditRecord::new("service_account_create", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::ServiceAccountCreate, Outcome::Success, caller)
                 .user(&account.id)
                 .actor(&who.user_id)
                 .detail("org_id", account.org_id.clone().unwrap_or_default())
@@ -354,7 +356,7 @@ impl App {
         org_id: &str,
     ) -> Result<Vec<ServiceAccountDoc>> {
         if org_id.is_empty() {
-            self.require(who, "users.read").await?;
+            self.require(who, Permission::UsersRead).await?;
             return Ok(self.store.service_accounts.list(None).await?);
         }
         if !is_id(org_id) {
@@ -364,7 +366,7 @@ impl App {
             ));
         }
         let exists = async { Ok(self.store.orgs.exists(org_id).await?) };
-        self.require_in_org(who, org_id, "org.members.read", exists)
+        self.require_in_org(who, org_id, Permission::OrgMembersRead, exists)
             .await?;
         Ok(self.store.service_accounts.list(Some(org_id)).await?)
     }
@@ -408,7 +410,7 @@ impl App {
             .await?;
         self.forget_keys();
         self.audit(
-            AuditRecord::new("service_account_disable", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::ServiceAccountDisable, Outcome::Success, caller)
                 .user(&account.id)
                 .actor(&who.user_id),
         )
@@ -429,7 +431,7 @@ impl App {
         let keys = self.store.api_keys.remove_all(&account.id).await?;
         self.forget_keys();
         self.audit(
-            AuditRecord::new("service_account_delete", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::ServiceAccountDelete, Outcome::Success, caller)
                 .user(&account.id)
                 .actor(&who.user_id)
                 .detail("keys_deleted", keys as i64),
@@ -493,7 +495,7 @@ impl App {
             return Err(e.into());
         }
         self.audit(
-            AuditRecord::new("api_key_create", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::ApiKeyCreate, Outcome::Success, caller)
                 .user(&account.id)
                 .actor(&who.user_id)
                 .detail("api_key_id", key.id.as_str())
@@ -536,7 +538,7 @@ impl App {
             .await?;
         self.forget_keys();
         self.audit(
-            AuditRecord::new("api_key_revoke", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::ApiKeyRevoke, Outcome::Success, caller)
                 .user(&account.id)
                 .actor(&who.user_id)
                 .detail("api_key_id", api_key_id),

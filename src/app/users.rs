@@ -5,6 +5,8 @@
 //! grants a role above their own, or changes their own role or state. Every change is audited
 //! with the acting admin, and role or state changes count from the target's next call.
 
+use crate::domain::audit::AuditAction;
+use crate::domain::permissions::Permission;
 use chrono::{DateTime, Utc};
 
 use super::accounts::MAX_DISPLAY_NAME;
@@ -54,7 +56,7 @@ impl App {
         page_size_requested: i32,
         page_token: &str,
     ) -> Result<Page<UserDoc>> {
-        self.require(who, "users.read").await?;
+        self.require(who, Permission::UsersRead).await?;
         check_range(filter.created_after, filter.created_before, "created_after")?;
         let filters = format!("{filter:?}");
         let (limit, cursor) = page_request(page_size_requested, page_token, &filters)?;
@@ -71,7 +73,7 @@ impl App {
 
     /// One account, whatever its state.
     pub async fn get_user(&self, who: &AccessClaims, user_id: &str) -> Result<UserDoc> {
-        self.require(who, "users.read").await?;
+        self.require(who, Permission::UsersRead).await?;
         self.store
             .users
             .find_by_id(user_id)
@@ -125,7 +127,7 @@ impl App {
         changes: ProfileChanges,
         caller: &Caller,
     ) -> Result<UserDoc> {
-        let actor = self.require(who, "users.write").await?;
+        let actor = self.require(who, Permission::UsersWrite).await?;
         let mut violations = Vec::new();
         let display_name = changes.display_name.map(|n| n.trim().to_string());
         if let Some(name) = &display_name {
@@ -183,7 +185,7 @@ impl App {
             .map_err(|_: Inserted| Error::EmailTaken)?;
         let user = self.written(user, user_id).await?;
         self.forget_user(user_id);
-        let mut event = AuditRecord::new("user.update", Outcome::Success, caller)
+        let mut event = AuditRecord::new(AuditAction::UserUpdate, Outcome::Success, caller)
             .user(&user.id)
             .actor(&who.user_id)
             .session(&who.session_id);
@@ -243,7 +245,7 @@ impl App {
         caller: &Caller,
     ) -> Result<UserDoc> {
         // Checked first, for every target (it also applies `mfa_required_permissions`).
-        let actor = self.require(who, "users.roles.write").await?;
+        let actor = self.require(who, Permission::UsersRolesWrite).await?;
         if user_id == who.user_id {
             // Even a super_admin does not change their own role.
             return Err(Error::PermissionDenied);
@@ -260,7 +262,7 @@ impl App {
         };
         if let Some(why) = refused {
             self.audit(
-                AuditRecord::new("user.set_role", Outcome::Denied, caller)
+                AuditRecord::new(AuditAction::UserSetRole, Outcome::Denied, caller)
                     .user(user_id)
                     .actor(&who.user_id)
                     .session(&who.session_id)
@@ -286,7 +288,7 @@ impl App {
         let user = self.written(user, user_id).await?;
         self.forget_user(user_id);
         self.audit(
-            AuditRecord::new("user.set_role", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::UserSetRole, Outcome::Success, caller)
                 .user(user_id)
                 .actor(&who.user_id)
                 .session(&who.session_id)
@@ -305,7 +307,7 @@ impl App {
         reason: &str,
         caller: &Caller,
     ) -> Result<(UserDoc, usize)> {
-        let actor = self.require(who, "users.write").await?;
+        let actor = self.require(who, Permission::UsersWrite).await?;
         let target = self.target(who, actor.role, user_id, false).await?;
         let now = self.now();
         let user = if target.status == UserStatus::Disabled {
@@ -326,7 +328,7 @@ impl App {
         };
         let ended = self.end_all_sessions(user_id, "account_disabled").await?;
         self.audit(
-            AuditRecord::new("user.disable", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::UserDisable, Outcome::Success, caller)
                 .user(user_id)
                 .actor(&who.user_id)
                 .session(&who.session_id)
@@ -343,7 +345,7 @@ impl App {
         user_id: &str,
         caller: &Caller,
     ) -> Result<UserDoc> {
-        let actor = self.require(who, "users.write").await?;
+        let actor = self.require(who, Permission::UsersWrite).await?;
         let target = self.target(who, actor.role, user_id, true).await?;
         let user = if target.status == UserStatus::Active {
             target
@@ -363,7 +365,7 @@ impl App {
         };
         self.forget_user(user_id);
         self.audit(
-            AuditRecord::new("user.enable", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::UserEnable, Outcome::Success, caller)
                 .user(user_id)
                 .actor(&who.user_id)
                 .session(&who.session_id),
@@ -381,7 +383,7 @@ impl App {
         reason: &str,
         caller: &Caller,
     ) -> Result<usize> {
-        let actor = self.require(who, "users.write").await?;
+        let actor = self.require(who, Permission::UsersWrite).await?;
         let target = self.target(who, actor.role, user_id, false).await?;
         let freed = self
             .config
@@ -402,7 +404,7 @@ impl App {
         self.store.identities.remove_user(user_id).await?;
         let ended = self.end_all_sessions(user_id, "account_deleted").await?;
         self.audit(
-            AuditRecord::new("user.delete", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::UserDelete, Outcome::Success, caller)
                 .user(user_id)
                 .actor(&who.user_id)
                 .session(&who.session_id)
@@ -434,7 +436,7 @@ impl App {
         page_size_requested: i32,
         page_token: &str,
     ) -> Result<Page<AuditEvent>> {
-        self.require(who, "audit.read").await?;
+        self.require(who, Permission::AuditRead).await?;
         check_range(filter.after, filter.before, "after")?;
         let filters = format!("{filter:?}");
         let (limit, cursor) = page_request(page_size_requested, page_token, &filters)?;

@@ -1,5 +1,6 @@
 //! Pure rules: no tonic, no MongoDB. Everything here takes time (`now`) as a parameter.
 
+pub mod audit;
 pub mod client_address;
 pub mod codes;
 pub mod email;

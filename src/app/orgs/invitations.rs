@@ -3,6 +3,7 @@
 
 use super::{grant, require_id, Invitation, Org, OrgMember, HOUR};
 use crate::app::{App, AuditRecord, Caller};
+use crate::domain::audit::AuditAction;
 use crate::domain::email;
 use crate::domain::lockout::window;
 use crate::domain::orgs::{
@@ -10,6 +11,7 @@ use crate::domain::orgs::{
     INVITES_PER_ORG_PER_HOUR,
 };
 use crate::domain::permissions::OrgRole;
+use crate::domain::permissions::Permission;
 use crate::domain::secrets::{hash_token, new_id};
 use crate::domain::tokens::AccessClaims;
 use crate::domain::validation::Violations;
@@ -32,7 +34,9 @@ impl App {
         caller: &Caller,
     ) -> Result<Invitation> {
         require_id("org_id", org_id)?;
-        let actor = self.require_org(who, org_id, "org.members.write").await?;
+        let actor = self
+            .require_org(who, org_id, Permission::OrgMembersWrite)
+            .await?;
         grant(actor, None, Some(role))?;
         let mut violations = Violations::new();
         let email = violations
@@ -98,7 +102,7 @@ impl App {
         // Only once the new invitation is on its way does the older one stop working.
         let revoked = self.store.invitations.revoke_older(&invitation).await?;
         self.audit(
-            AuditRecord::new("org.invite", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::OrgInvite, Outcome::Success, caller)
                 .user(&who.user_id)
                 .actor(&who.user_id)
                 .session(&who.session_id)
@@ -158,7 +162,7 @@ impl App {
         let user = self.me(who).await?;
         if user.email != invitation.email || !user.email_verified {
             self.audit(
-                AuditRecord::new("org.invitation.accept", Outcome::Denied, caller)
+                AuditRecord::new(AuditAction::OrgInvitationAccept, Outcome::Denied, caller)
                     .user(&user.id)
                     .session(&who.session_id)
                     .detail("org_id", &org.id)
@@ -235,7 +239,7 @@ impl App {
             return Err(Error::InvitationNotFound);
         }
         self.audit(
-            AuditRecord::new("org.invitation.accept", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::OrgInvitationAccept, Outcome::Success, caller)
                 .user(&user.id)
                 .actor(&user.id)
                 .session(&who.session_id)

@@ -1,5 +1,7 @@
 //! An organization's life: created (with a free slug), read, changed, deleted.
 
+use crate::domain::audit::AuditAction;
+use crate::domain::permissions::Permission;
 use std::collections::HashSet;
 
 use super::{require_id, Org};
@@ -30,7 +32,7 @@ impl App {
         new: NewOrg,
         caller: &Caller,
     ) -> Result<Org> {
-        self.require(who, "orgs.create").await?;
+        self.require(who, Permission::OrgsCreate).await?;
         let mut violations = Violations::new();
         let fields = org_fields(&new.name, &new.slug, &new.website, "", &mut violations);
         violations.finish()?;
@@ -45,7 +47,7 @@ impl App {
         }
         self.forget_membership(&org.id, &who.user_id);
         self.audit(
-            AuditRecord::new("org.create", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::OrgCreate, Outcome::Success, caller)
                 .user(&who.user_id)
                 .actor(&who.user_id)
                 .session(&who.session_id)
@@ -59,7 +61,7 @@ impl App {
     /// One organization and the caller's role in it.
     pub async fn get_org(&self, who: &AccessClaims, org_id: &str) -> Result<(Org, OrgRole)> {
         require_id("org_id", org_id)?;
-        let role = self.require_org(who, org_id, "org.read").await?;
+        let role = self.require_org(who, org_id, Permission::OrgRead).await?;
         let org = self
             .store
             .orgs
@@ -80,7 +82,7 @@ impl App {
         caller: &Caller,
     ) -> Result<Org> {
         require_id("org_id", org_id)?;
-        let role = self.require_org(who, org_id, "org.write").await?;
+        let role = self.require_org(who, org_id, Permission::OrgWrite).await?;
         // Who must prove a second factor is the owners' decision.
         if require_mfa.is_some() && role != OrgRole::Owner {
             return Err(Error::PermissionDenied);
@@ -111,7 +113,7 @@ impl App {
             self.forget_org_policy(org_id);
         }
         self.audit(
-            AuditRecord::new("org.update", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::OrgUpdate, Outcome::Success, caller)
                 .user(&who.user_id)
                 .actor(&who.user_id)
                 .session(&who.session_id)
@@ -141,7 +143,7 @@ impl App {
         caller: &Caller,
     ) -> Result<()> {
         require_id("org_id", org_id)?;
-        self.require_org(who, org_id, "org.delete").await?;
+        self.require_org(who, org_id, Permission::OrgDelete).await?;
         let deleted = self.store.orgs.delete(org_id).await?;
         let members = self.store.memberships.remove_all_for_org(org_id).await?;
         let invitations = self.store.invitations.remove_all_for_org(org_id).await?;
@@ -153,7 +155,7 @@ impl App {
             return Err(Error::OrgNotFound);
         }
         self.audit(
-            AuditRecord::new("org.delete", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::OrgDelete, Outcome::Success, caller)
                 .user(&who.user_id)
                 .actor(&who.user_id)
                 .session(&who.session_id)

@@ -1,5 +1,6 @@
 //! Listings: the caller's organizations, and an organization's members.
 
+use crate::domain::permissions::Permission;
 use std::collections::HashMap;
 
 use super::{joined_cursor, require_id, MyOrg, OrgMember};
@@ -65,7 +66,8 @@ impl App {
         page_token: &str,
     ) -> Result<Page<OrgMember>> {
         require_id("org_id", org_id)?;
-        self.require_org(who, org_id, "org.members.read").await?;
+        self.require_org(who, org_id, Permission::OrgMembersRead)
+            .await?;
         let filters = format!(
             "members;org={org_id};role={}",
             role.map_or("", OrgRole::as_str)

@@ -3,10 +3,12 @@
 
 use super::{grant, require_id, NewMember, OrgMember, HOUR};
 use crate::app::{App, AuditRecord, Caller};
+use crate::domain::audit::AuditAction;
 use crate::domain::email;
 use crate::domain::orgs::check_department;
 use crate::domain::password;
 use crate::domain::permissions::OrgRole;
+use crate::domain::permissions::Permission;
 use crate::domain::roles::Role;
 use crate::domain::tokens::AccessClaims;
 use crate::domain::validation::Violations;
@@ -28,7 +30,9 @@ impl App {
         caller: &Caller,
     ) -> Result<OrgMember> {
         require_id("org_id", org_id)?;
-        let actor = self.require_org(who, org_id, "org.members.write").await?;
+        let actor = self
+            .require_org(who, org_id, Permission::OrgMembersWrite)
+            .await?;
         grant(actor, None, Some(new.role))?;
         let mut violations = Violations::new();
         let email = violations
@@ -91,7 +95,7 @@ impl App {
             return Err(Error::OrgNotFound);
         }
         self.audit(
-            AuditRecord::new("org.member.create", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::OrgMemberCreate, Outcome::Success, caller)
                 .user(&user.id)
                 .actor(&who.user_id)
                 .session(&who.session_id)
@@ -118,7 +122,9 @@ impl App {
     ) -> Result<OrgMember> {
         require_id("org_id", org_id)?;
         require_id("user_id", user_id)?;
-        let actor = self.require_org(who, org_id, "org.members.write").await?;
+        let actor = self
+            .require_org(who, org_id, Permission::OrgMembersWrite)
+            .await?;
         let department = department.map(|d| d.trim().to_string());
         if let Some(d) = &department {
             let mut violations = Violations::new();
@@ -156,7 +162,7 @@ impl App {
             .await?;
         self.forget_membership(org_id, user_id);
         self.audit(
-            AuditRecord::new("org.member.update", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::OrgMemberUpdate, Outcome::Success, caller)
                 .user(user_id)
                 .actor(&who.user_id)
                 .session(&who.session_id)
@@ -198,10 +204,13 @@ impl App {
         let actor = if leaving {
             None
         } else {
-            Some(self.require_org(who, org_id, "org.members.write").await?)
+            Some(
+                self.require_org(who, org_id, Permission::OrgMembersWrite)
+                    .await?,
+            )
         };
         if leaving {
-            self.require_org(who, org_id, "org.read").await?;
+            self.require_org(who, org_id, Permission::OrgRead).await?;
         }
         let removed = self
             .contended(|| async {
@@ -240,7 +249,7 @@ impl App {
             .await?;
         self.forget_membership(org_id, user_id);
         self.audit(
-            AuditRecord::new("org.member.remove", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::OrgMemberRemove, Outcome::Success, caller)
                 .user(user_id)
                 .actor(&who.user_id)
                 .session(&who.session_id)

@@ -32,7 +32,7 @@ use chrono::{DateTime, Utc};
 use super::App;
 use crate::domain::orgs::{invitation_usable, InvitationState, InvitationUnusable};
 use crate::domain::paging::Cursor;
-use crate::domain::permissions::{may_set_org_role, GrantDenied, OrgRole};
+use crate::domain::permissions::{may_set_org_role, GrantDenied, OrgRole, Permission};
 use crate::domain::tokens::AccessClaims;
 use crate::error::{Error, Result};
 use crate::store::invitations::{InvitationDoc, InvitationStatus};
@@ -196,7 +196,7 @@ impl App {
         &self,
         who: &AccessClaims,
         org_id: &str,
-        permission: &str,
+        permission: Permission,
     ) -> Result<OrgRole> {
         let exists = async { Ok(self.store.orgs.exists(org_id).await?) };
         self.require_in_org(who, org_id, permission, exists).await

@@ -4,6 +4,7 @@
 use super::{NewOrg, Org, HOUR};
 use crate::app::accounts::{new_account, NewAccount};
 use crate::app::{App, AuditRecord, Caller};
+use crate::domain::audit::AuditAction;
 use crate::domain::email;
 use crate::domain::orgs::org_fields;
 use crate::domain::password;
@@ -88,7 +89,7 @@ impl App {
         self.forget_membership(&org.id, &user.id);
         self.finish_registration(&org.id, &user.id).await?;
         self.audit(
-            AuditRecord::new("org.create", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::OrgCreate, Outcome::Success, caller)
                 .user(&user.id)
                 .detail("org_id", &org.id)
                 .detail("slug", &org.slug)
