@@ -1,13 +1,13 @@
 //! Accounts and passwords: registration, password login with lockout and throttling, password
 //! change, and the signed-in user's own account.
 
-use crate::domain::audit::AuditAction;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
 use super::mfa::SignIn;
 use super::{App, AuditRecord, Caller};
+use crate::domain::audit::AuditAction;
 use crate::domain::email;
 use crate::domain::lockout::{remaining, window};
 use crate::domain::mfa::Factor;

@@ -6,12 +6,12 @@
 //! fails with CODE_INVALID alike for a wrong, expired, used, replaced or dead code and for an
 //! email without an account.
 
-use crate::domain::audit::AuditAction;
 use std::time::Duration;
 
 use super::accounts::lockout_key;
 use super::mfa::SignIn;
 use super::{App, AuditRecord, Caller};
+use crate::domain::audit::AuditAction;
 use crate::domain::codes::{
     self, Purpose, SendCounter, SendLimits, MAX_ATTEMPTS, MAX_FOREIGN_ATTEMPTS,
 };

@@ -13,7 +13,6 @@
 //! - a second factor, when the account has one, is still asked for;
 //! - an account keeps at least one way to sign in.
 
-use crate::domain::audit::AuditAction;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -21,6 +20,7 @@ use chrono::{DateTime, Utc};
 use super::accounts::MAX_DISPLAY_NAME;
 use super::mfa::SignIn;
 use super::{App, AuditRecord, Caller};
+use crate::domain::audit::AuditAction;
 use crate::domain::federation::{self, FlowKeys, MAX_CALLBACK_FIELD};
 use crate::domain::mfa::Factor;
 use crate::domain::password;

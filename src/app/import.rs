@@ -6,13 +6,13 @@
 //! `{"email": "...", "password_hash": "$2b$12$...", "display_name": "...", "role": "user",
 //!   "email_verified": true}` — only `email` and `password_hash` are required.
 
-use crate::domain::audit::AuditAction;
 use std::io::BufRead;
 
 use serde::Deserialize;
 
 use super::accounts::new_account;
 use super::{App, AuditRecord, Caller};
+use crate::domain::audit::AuditAction;
 use crate::domain::roles::Role;
 use crate::domain::{email, password};
 use crate::error::Result;

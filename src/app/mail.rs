@@ -6,7 +6,6 @@
 //! if a worker dies (or stalls past its lease) after SMTP accepted the message and before it
 //! recorded that.
 
-use crate::domain::audit::AuditAction;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +14,7 @@ use lettre::message::Mailbox;
 use tokio::sync::Notify;
 
 use super::{App, AuditRecord, Caller};
+use crate::domain::audit::AuditAction;
 use crate::error::Result;
 use crate::mail::{Sealer, Templates, Transport, SMTP_TIMEOUT};
 use crate::store::audit_events::Outcome;

@@ -4,14 +4,14 @@
 //! Wrong second-factor codes count in a lockout counter of their own per account (same policy
 //! as passwords), which only a right code clears: a correct password does not buy more guesses.
 
-use crate::domain::audit::AuditAction;
-use crate::domain::permissions::Permission;
 use chrono::{DateTime, Utc};
 
 use super::sessions::IssuedTokens;
 use super::{App, AuditRecord, Caller};
+use crate::domain::audit::AuditAction;
 use crate::domain::lockout::LockoutPolicy;
 use crate::domain::mfa::{self, Factor, CHALLENGE_ATTEMPTS};
+use crate::domain::permissions::Permission;
 use crate::domain::secrets::{hash_token, new_refresh_token};
 use crate::domain::tokens::AccessClaims;
 use crate::error::{Error, FieldViolation, Result};

@@ -27,6 +27,7 @@ use crate::domain::audit::AuditAction;
 use crate::domain::client_address::ProxyTrust;
 use crate::domain::codes::{CodeHasher, SendLimits};
 use crate::domain::lockout::LockoutPolicy;
+use crate::domain::paging::FilterKey;
 use crate::domain::password::{self, PasswordPolicy};
 use crate::domain::tokens::KeyRing;
 use crate::error::{Error, Result};
@@ -49,12 +50,12 @@ pub struct Page<T> {
 fn page_request(
     page_size: i32,
     token: &str,
-    filters: &str,
+    filters: &FilterKey,
 ) -> Result<(usize, Option<crate::domain::paging::Cursor>)> {
     use crate::domain::paging;
     let size = paging::page_size(page_size)
         .ok_or_else(|| Error::invalid("page_size", "must not be negative"))?;
-    let after = paging::decode(token, filters).map_err(|()| Error::PageTokenInvalid)?;
+    let after = paging::decode(token, filters.as_str()).map_err(|()| Error::PageTokenInvalid)?;
     Ok((size, after))
 }
 
@@ -63,14 +64,14 @@ fn page_request(
 fn page_of<T>(
     mut items: Vec<T>,
     size: usize,
-    filters: &str,
+    filters: &FilterKey,
     key: impl Fn(&T) -> crate::domain::paging::Cursor,
 ) -> Page<T> {
     let next_page_token = if items.len() > size {
         items.truncate(size);
         items
             .last()
-            .map(|last| crate::domain::paging::encode(&key(last), filters))
+            .map(|last| crate::domain::paging::encode(&key(last), filters.as_str()))
             .unwrap_or_default()
     } else {
         String::new()

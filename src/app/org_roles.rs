@@ -12,17 +12,17 @@
 //! Every change drops this replica's cached roles of the organization, so Authorize sees it from
 //! the next call (other replicas within `session_cache_ttl`).
 
-use crate::domain::audit::AuditAction;
-use crate::domain::permissions::Permission;
 use std::collections::HashSet;
 
 use super::authorization::OrgPlace;
 use super::{App, AuditRecord, Caller};
+use crate::domain::audit::AuditAction;
 use crate::domain::org_roles::{
     check_base_role, check_role_name, check_role_permission, decide_with_custom_role,
     may_grant_custom_role, RoleGrantDenied, MAX_ROLES_PER_ORG, MAX_ROLE_DESCRIPTION,
     MAX_ROLE_PERMISSIONS,
 };
+use crate::domain::permissions::Permission;
 use crate::domain::permissions::{is_known, OrgRole, OrgStanding};
 use crate::domain::roles::Role;
 use crate::domain::secrets::new_id;

@@ -5,14 +5,14 @@
 //! `session_cache_ttl` and after each change it makes, so Authorize never asks the database
 //! about a permission's definition.
 
-use crate::domain::audit::AuditAction;
-use crate::domain::permissions::Permission;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 use serde::Deserialize;
 
 use super::{App, AuditRecord, Caller};
+use crate::domain::audit::AuditAction;
+use crate::domain::permissions::Permission;
 use crate::domain::permissions::{builtin_scope, check_catalogue_name, OrgRole, Scope};
 use crate::domain::roles::Role;
 use crate::domain::tokens::AccessClaims;

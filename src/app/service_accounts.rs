@@ -5,14 +5,14 @@
 //! most once per `session_cache_ttl`, and forgets every cached key at once when it revokes a key
 //! or disables or deletes an account itself.
 
-use crate::domain::audit::AuditAction;
-use crate::domain::permissions::Permission;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
 use super::{App, AuditRecord, Caller};
+use crate::domain::audit::AuditAction;
+use crate::domain::permissions::Permission;
 use crate::domain::permissions::{
     may_set_global_role, may_set_org_role, GrantDenied, OrgRole, OrgStanding, Scope,
 };

@@ -1,13 +1,13 @@
 //! Sessions and tokens: issuing a session, refresh-token rotation with reuse detection,
 //! Authenticate's hot path, logout and session management.
 
-use crate::domain::audit::AuditAction;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
 use super::{App, AuditRecord, Caller};
+use crate::domain::audit::AuditAction;
 use crate::domain::mfa::Factor;
 use crate::domain::secrets::{hash_token, new_id, new_refresh_token, REFRESH_TOKEN_PREFIX};
 use crate::domain::tokens::AccessClaims;

@@ -5,14 +5,14 @@
 //! grants a role above their own, or changes their own role or state. Every change is audited
 //! with the acting admin, and role or state changes count from the target's next call.
 
-use crate::domain::audit::AuditAction;
-use crate::domain::permissions::Permission;
 use chrono::{DateTime, Utc};
 
 use super::accounts::MAX_DISPLAY_NAME;
 use super::{page_of, page_request, App, AuditRecord, Caller, Page};
+use crate::domain::audit::AuditAction;
 use crate::domain::email;
-use crate::domain::paging::Cursor;
+use crate::domain::paging::{Cursor, FilterKey, PageFilter};
+use crate::domain::permissions::Permission;
 use crate::domain::permissions::{may_set_global_role, GrantDenied};
 use crate::domain::roles::Role;
 use crate::domain::tokens::AccessClaims;
@@ -47,6 +47,32 @@ fn check_range(from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>, field: &s
     }
 }
 
+impl PageFilter for UserFilter {
+    fn filter_key(&self) -> FilterKey {
+        let statuses = self.statuses.iter().map(|s| match s {
+            UserStatus::Active => "active",
+            UserStatus::Disabled => "disabled",
+            UserStatus::Deleted => "deleted",
+        });
+        FilterKey::new("users")
+            .set("status", statuses)
+            .text("role", self.role.map_or("", Role::as_str))
+            .text("email_prefix", &self.email_prefix)
+            .time("created_after", self.created_after)
+            .time("created_before", self.created_before)
+    }
+}
+
+impl PageFilter for AuditFilter {
+    fn filter_key(&self) -> FilterKey {
+        FilterKey::new("audit_events")
+            .text("user_id", &self.user_id)
+            .text("action", &self.action)
+            .time("after", self.after)
+            .time("before", self.before)
+    }
+}
+
 impl App {
     /// Accounts matching `filter`, oldest first, one keyset page at a time.
     pub async fn list_users(
@@ -58,7 +84,7 @@ impl App {
     ) -> Result<Page<UserDoc>> {
         self.require(who, Permission::UsersRead).await?;
         check_range(filter.created_after, filter.created_before, "created_after")?;
-        let filters = format!("{filter:?}");
+        let filters = filter.filter_key();
         let (limit, cursor) = page_request(page_size_requested, page_token, &filters)?;
         let users = self
             .store
@@ -438,7 +464,7 @@ impl App {
     ) -> Result<Page<AuditEvent>> {
         self.require(who, Permission::AuditRead).await?;
         check_range(filter.after, filter.before, "after")?;
-        let filters = format!("{filter:?}");
+        let filters = filter.filter_key();
         let (limit, cursor) = page_request(page_size_requested, page_token, &filters)?;
         let events = self
             .store

@@ -1,15 +1,15 @@
 //! An organization's life: created (with a free slug), read, changed, deleted.
 
-use crate::domain::audit::AuditAction;
-use crate::domain::permissions::Permission;
 use std::collections::HashSet;
 
 use super::{require_id, Org};
 use crate::app::{App, AuditRecord, Caller};
+use crate::domain::audit::AuditAction;
 use crate::domain::orgs::{
     check_name, check_website, derive_slug, numbered_slug, org_fields, random_slug, OrgFields,
 };
 use crate::domain::permissions::OrgRole;
+use crate::domain::permissions::Permission;
 use crate::domain::secrets::new_id;
 use crate::domain::tokens::AccessClaims;
 use crate::domain::validation::Violations;

@@ -1,15 +1,41 @@
 //! Listings: the caller's organizations, and an organization's members.
 
-use crate::domain::permissions::Permission;
 use std::collections::HashMap;
 
 use super::{joined_cursor, require_id, MyOrg, OrgMember};
 use crate::app::{page_of, page_request, App, Page};
+use crate::domain::paging::{FilterKey, PageFilter};
 use crate::domain::permissions::OrgRole;
+use crate::domain::permissions::Permission;
 use crate::domain::tokens::AccessClaims;
 use crate::error::Result;
 use crate::store::orgs::OrgDoc;
 use crate::store::users::UserDoc;
+
+/// ListMyOrgs' filter: whose organizations.
+struct MyOrgsFilter<'a> {
+    user_id: &'a str,
+}
+
+impl PageFilter for MyOrgsFilter<'_> {
+    fn filter_key(&self) -> FilterKey {
+        FilterKey::new("my_orgs").text("user", self.user_id)
+    }
+}
+
+/// ListMembers' filters: which organization, and optionally one role.
+struct MembersFilter<'a> {
+    org_id: &'a str,
+    role: Option<OrgRole>,
+}
+
+impl PageFilter for MembersFilter<'_> {
+    fn filter_key(&self) -> FilterKey {
+        FilterKey::new("members")
+            .text("org", self.org_id)
+            .text("role", self.role.map_or("", OrgRole::as_str))
+    }
+}
 
 impl App {
     /// The caller's organizations, oldest membership first.
@@ -20,7 +46,10 @@ impl App {
         page_token: &str,
     ) -> Result<Page<MyOrg>> {
         self.acting(who).await?;
-        let filters = format!("my_orgs;user={}", who.user_id);
+        let filters = MyOrgsFilter {
+            user_id: &who.user_id,
+        }
+        .filter_key();
         let (size, after) = page_request(page_size, page_token, &filters)?;
         let memberships = self
             .store
@@ -68,10 +97,7 @@ impl App {
         require_id("org_id", org_id)?;
         self.require_org(who, org_id, Permission::OrgMembersRead)
             .await?;
-        let filters = format!(
-            "members;org={org_id};role={}",
-            role.map_or("", OrgRole::as_str)
-        );
+        let filters = MembersFilter { org_id, role }.filter_key();
         let (size, after) = page_request(page_size, page_token, &filters)?;
         let memberships = self
             .store
