@@ -15,13 +15,14 @@ use crate::domain::password::{self, Verification};
 use crate::domain::roles::Role;
 use crate::domain::secrets::new_id;
 use crate::domain::tokens::AccessClaims;
-use crate::error::{Error, FieldViolation, Result};
+use crate::domain::validation::Violations;
+use crate::error::{Error, Result};
 use crate::store::audit_events::Outcome;
 use crate::store::bson_time;
 use crate::store::users::{Inserted, UserDoc, UserStatus};
 
 /// Longest display name, in characters.
-pub const MAX_DISPLAY_NAME: usize = 100;
+pub use crate::domain::validation::MAX_DISPLAY_NAME;
 /// How long consecutive login failures are remembered without a new one.
 const FAILURE_MEMORY: Duration = Duration::from_secs(3600);
 /// Compare-and-set rounds before a contended password attempt is refused.
@@ -54,20 +55,6 @@ pub(crate) fn lockout_key(email: &str) -> String {
         "login_email:{}",
         hex::encode(Sha256::digest(email.as_bytes()))
     )
-}
-
-fn check_display_name(name: &str, out: &mut Vec<FieldViolation>) {
-    if name.chars().count() > MAX_DISPLAY_NAME {
-        out.push(FieldViolation::new(
-            "display_name",
-            format!("must be at most {MAX_DISPLAY_NAME} characters"),
-        ));
-    } else if name.chars().any(char::is_control) {
-        out.push(FieldViolation::new(
-            "display_name",
-            "must not contain control characters",
-        ));
-    }
 }
 
 /// A new active account with a fresh id, as stored.
@@ -107,20 +94,18 @@ impl App {
             HOUR,
         )
         .await?;
-        let mut violations = Vec::new();
-        let email = email::normalize(&account.email)
-            .map_err(|why| violations.push(FieldViolation::new("email", why)))
+        let mut violations = Violations::new();
+        let email = violations
+            .check("email", email::normalize(&account.email))
             .unwrap_or_default();
         let display_name = account.display_name.trim().to_string();
-        check_display_name(&display_name, &mut violations);
+        violations.display_name("display_name", &display_name);
         violations.extend(self.password_policy.check(
             "password",
             &account.password,
             &[&email, &display_name],
         ));
-        if !violations.is_empty() {
-            return Err(Error::InvalidArgument(violations));
-        }
+        violations.finish()?;
         let plain = account.password;
         let hash = self.hasher.run(move || password::hash(&plain)).await??;
         let user = self
@@ -192,24 +177,22 @@ impl App {
         plain: &str,
         caller: &Caller,
     ) -> Result<SignIn> {
-        let mut violations = Vec::new();
-        let email = email::normalize(raw_email)
-            .map_err(|why| violations.push(FieldViolation::new("email", why)))
+        let mut violations = Violations::new();
+        let email = violations
+            .check("email", email::normalize(raw_email))
             .unwrap_or_default();
         if plain.is_empty() {
-            violations.push(FieldViolation::new("password", "is required"));
+            violations.push("password", "is required");
         } else if plain.chars().count() > self.password_policy.max_length {
-            violations.push(FieldViolation::new(
+            violations.push(
                 "password",
                 format!(
                     "must be at most {} characters long",
                     self.password_policy.max_length
                 ),
-            ));
+            );
         }
-        if !violations.is_empty() {
-            return Err(Error::InvalidArgument(violations));
-        }
+        violations.finish()?;
         let now = self.now();
         self.throttle_address(
             caller,
@@ -488,18 +471,16 @@ impl App {
         caller: &Caller,
     ) -> Result<usize> {
         let user = self.me(who).await?;
-        let mut violations = Vec::new();
+        let mut violations = Violations::new();
         if current.is_empty() {
-            violations.push(FieldViolation::new("current_password", "is required"));
+            violations.push("current_password", "is required");
         }
         violations.extend(self.password_policy.check(
             "new_password",
             new,
             &[&user.email, &user.display_name],
         ));
-        if !violations.is_empty() {
-            return Err(Error::InvalidArgument(violations));
-        }
+        violations.finish()?;
         let key = lockout_key(&user.email);
         let attempt = self.admit_password_attempt(&key).await?;
         let (given, stored) = (current.to_string(), user.password_hash.clone());

@@ -20,6 +20,7 @@ use crate::domain::permissions::{
 use crate::domain::roles::Role;
 use crate::domain::secrets::is_id;
 use crate::domain::tokens::{AccessClaims, ServiceAccountGrant};
+use crate::domain::validation::FieldViolation;
 use crate::error::{Error, Result};
 use crate::store::users::UserStatus;
 
@@ -97,9 +98,10 @@ pub struct Authorized {
 
 /// The field violations of checks whose organization id is malformed (`field` names the
 /// check, e.g. `org_id` or `checks[3].org_id`); the gRPC calls refuse them up front.
-pub fn check_org_id(field: &str, org_id: &str, out: &mut Vec<crate::error::FieldViolation>) {
+/// (On a plain list: the adapters collect these before calling in.)
+pub fn check_org_id(field: &str, org_id: &str, out: &mut Vec<FieldViolation>) {
     if !org_id.is_empty() && !is_id(org_id) {
-        out.push(crate::error::FieldViolation::new(
+        out.push(FieldViolation::new(
             field,
             "must be an organization id (32 lower-case hex digits) or empty",
         ));

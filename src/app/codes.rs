@@ -19,7 +19,8 @@ use crate::domain::email;
 use crate::domain::mfa::Factor;
 use crate::domain::password;
 use crate::domain::roles::Role;
-use crate::error::{Error, FieldViolation, Result};
+use crate::domain::validation::{Violations, REQUIRED};
+use crate::error::{Error, Result};
 use crate::store::audit_events::Outcome;
 use crate::store::one_time_codes::slot;
 use crate::store::users::{UserDoc, UserStatus};
@@ -63,28 +64,25 @@ fn template(purpose: Purpose) -> &'static str {
     }
 }
 
-fn check_email(raw: &str, out: &mut Vec<FieldViolation>) -> String {
-    email::normalize(raw)
-        .map_err(|why| out.push(FieldViolation::new("email", why)))
+fn check_email(raw: &str, out: &mut Violations) -> String {
+    out.check("email", email::normalize(raw))
         .unwrap_or_default()
 }
 
 /// The normalised email of a request that uses a code, once both fields are well formed.
 fn email_and_code(raw_email: &str, code: &str) -> Result<String> {
-    let mut violations = Vec::new();
+    let mut violations = Violations::new();
     let email = check_email(raw_email, &mut violations);
     check_code(code, &mut violations);
-    if !violations.is_empty() {
-        return Err(Error::InvalidArgument(violations));
-    }
+    violations.finish()?;
     Ok(email)
 }
 
-fn check_code(code: &str, out: &mut Vec<FieldViolation>) {
+fn check_code(code: &str, out: &mut Violations) {
     if code.is_empty() {
-        out.push(FieldViolation::new("code", "is required"));
+        out.push("code", REQUIRED);
     } else if !codes::well_formed(code) {
-        out.push(FieldViolation::new("code", "must be 6 digits"));
+        out.push("code", "must be 6 digits");
     }
 }
 
@@ -98,11 +96,9 @@ impl App {
         purpose: Purpose,
         caller: &Caller,
     ) -> Result<CodeRequested> {
-        let mut violations = Vec::new();
+        let mut violations = Violations::new();
         let email = check_email(raw_email, &mut violations);
-        if !violations.is_empty() {
-            return Err(Error::InvalidArgument(violations));
-        }
+        violations.finish()?;
         self.throttle_codes(caller).await?;
         let user = self.active_user(&email).await?;
         // Asked for the same way whether or not the account exists (no enumeration by time).
@@ -611,12 +607,12 @@ impl App {
         self.throttle_codes(caller).await?;
         // The guessability check costs real CPU: only after the throttle, and before the code
         // is used up, so a refused password leaves the code for a second try.
-        let violations = self
-            .password_policy
-            .check("new_password", new_password, &[&email]);
-        if !violations.is_empty() {
-            return Err(Error::InvalidArgument(violations));
-        }
+        let mut violations = Violations::new();
+        violations.extend(
+            self.password_policy
+                .check("new_password", new_password, &[&email]),
+        );
+        violations.finish()?;
         self.use_code(&email, Purpose::ResetPassword, code, caller)
             .await?;
         let user = self.live_user(&email).await?.ok_or(Error::CodeInvalid)?;

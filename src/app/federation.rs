@@ -27,7 +27,8 @@ use crate::domain::password;
 use crate::domain::roles::Role;
 use crate::domain::secrets::new_id;
 use crate::domain::tokens::AccessClaims;
-use crate::error::{Error, FieldViolation, Result};
+use crate::domain::validation::Violations;
+use crate::error::{Error, Result};
 use crate::oidc::{OidcError, Provider, VerifiedIdentity};
 use crate::store::audit_events::Outcome;
 use crate::store::bson_time;
@@ -136,16 +137,14 @@ impl App {
     }
 
     fn provider_and_redirect(&self, provider: &str, redirect_uri: &str) -> Result<&Provider> {
-        let mut violations = Vec::new();
+        let mut violations = Violations::new();
         if provider.is_empty() {
-            violations.push(FieldViolation::new("provider", "is required"));
+            violations.push("provider", "is required");
         }
         if redirect_uri.is_empty() {
-            violations.push(FieldViolation::new("redirect_uri", "is required"));
+            violations.push("redirect_uri", "is required");
         }
-        if !violations.is_empty() {
-            return Err(Error::InvalidArgument(violations));
-        }
+        violations.finish()?;
         let found = self
             .providers
             .get(provider)
@@ -532,16 +531,14 @@ impl App {
     ) -> Result<()> {
         self.acting(who).await?;
         self.require_recent_sign_in(who)?;
-        let mut violations = Vec::new();
+        let mut violations = Violations::new();
         if provider.is_empty() {
-            violations.push(FieldViolation::new("provider", "is required"));
+            violations.push("provider", "is required");
         }
         if subject.is_empty() {
-            violations.push(FieldViolation::new("subject", "is required"));
+            violations.push("subject", "is required");
         }
-        if !violations.is_empty() {
-            return Err(Error::InvalidArgument(violations));
-        }
+        violations.finish()?;
         let Some(link) = self
             .store
             .identities
@@ -600,7 +597,7 @@ impl App {
         user_id: Option<&str>,
         caller: &Caller,
     ) -> Result<(&Provider, VerifiedIdentity)> {
-        let mut violations = Vec::new();
+        let mut violations = Violations::new();
         for (field, value) in [
             ("state", &callback.state),
             ("code", &callback.code),
@@ -610,27 +607,22 @@ impl App {
             ("flow_secret", &callback.flow_secret),
         ] {
             if value.len() > MAX_CALLBACK_FIELD {
-                violations.push(FieldViolation::new(
-                    field,
-                    format!("must be at most {MAX_CALLBACK_FIELD} bytes"),
-                ));
+                violations.push(field, format!("must be at most {MAX_CALLBACK_FIELD} bytes"));
             }
         }
         if callback.state.is_empty() {
-            violations.push(FieldViolation::new("state", "is required"));
+            violations.push("state", "is required");
         }
         if callback.code.is_empty() && callback.error.is_empty() {
-            violations.push(FieldViolation::new("code", "is required (or error)"));
+            violations.push("code", "is required (or error)");
         }
         if callback.flow_secret.is_empty() {
-            violations.push(FieldViolation::new(
+            violations.push(
                 "flow_secret",
                 "is required (the one the start of this sign-in returned)",
-            ));
+            );
         }
-        if !violations.is_empty() {
-            return Err(Error::InvalidArgument(violations));
-        }
+        violations.finish()?;
         let flow = self
             .store
             .federation_flows

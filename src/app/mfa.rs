@@ -14,7 +14,8 @@ use crate::domain::mfa::{self, Factor, CHALLENGE_ATTEMPTS};
 use crate::domain::permissions::Permission;
 use crate::domain::secrets::{hash_token, new_refresh_token};
 use crate::domain::tokens::AccessClaims;
-use crate::error::{Error, FieldViolation, Result};
+use crate::domain::validation::Violations;
+use crate::error::{Error, Result};
 use crate::store::audit_events::Outcome;
 use crate::store::bson_time;
 use crate::store::mfa::MfaDoc;
@@ -71,10 +72,13 @@ impl Proof {
                 "totp_code",
                 "one of totp_code and recovery_code is required",
             )),
-            (false, false) => Err(Error::InvalidArgument(vec![
-                FieldViolation::new("totp_code", "give totp_code or recovery_code, not both"),
-                FieldViolation::new("recovery_code", "give totp_code or recovery_code, not both"),
-            ])),
+            (false, false) => {
+                let mut violations = Violations::new();
+                for field in ["totp_code", "recovery_code"] {
+                    violations.push(field, "give totp_code or recovery_code, not both");
+                }
+                Err(violations.into())
+            }
         }
     }
 }

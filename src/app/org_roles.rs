@@ -27,7 +27,8 @@ use crate::domain::permissions::{is_known, OrgRole, OrgStanding};
 use crate::domain::roles::Role;
 use crate::domain::secrets::new_id;
 use crate::domain::tokens::AccessClaims;
-use crate::error::{Error, FieldViolation, Result};
+use crate::domain::validation::Violations;
+use crate::error::{Error, Result};
 use crate::store::audit_events::Outcome;
 use crate::store::bson_time;
 use crate::store::memberships::MembershipDoc;
@@ -86,17 +87,8 @@ fn refusal(denied: RoleGrantDenied) -> Error {
     }
 }
 
-fn check_description(description: &str, out: &mut Vec<FieldViolation>) {
-    if description.chars().count() > MAX_ROLE_DESCRIPTION
-        || description.chars().any(char::is_control)
-    {
-        out.push(FieldViolation::new(
-            "description",
-            format!(
-                "must be at most {MAX_ROLE_DESCRIPTION} characters, without control characters"
-            ),
-        ));
-    }
+fn check_description(description: &str, out: &mut Violations) {
+    out.text("description", description, MAX_ROLE_DESCRIPTION);
 }
 
 /// Whether a membership names a custom role.
@@ -114,12 +106,12 @@ fn require_org_id(org_id: &str) -> Result<()> {
 impl App {
     /// Checks a role's permission list: organization catalogue permissions, each once, at most
     /// [`MAX_ROLE_PERMISSIONS`].
-    fn check_role_permissions(&self, permissions: &[String], out: &mut Vec<FieldViolation>) {
+    fn check_role_permissions(&self, permissions: &[String], out: &mut Violations) {
         if permissions.len() > MAX_ROLE_PERMISSIONS {
-            out.push(FieldViolation::new(
+            out.push(
                 "permissions",
                 format!("must hold at most {MAX_ROLE_PERMISSIONS} permissions"),
-            ));
+            );
             return;
         }
         let mut seen = HashSet::new();
@@ -127,9 +119,9 @@ impl App {
             let field = format!("permissions[{i}]");
             let scope = self.permission_rule(p).map(|r| r.scope);
             if let Err(why) = check_role_permission(is_known(p), scope) {
-                out.push(FieldViolation::new(field, why));
+                out.push(field, why);
             } else if !seen.insert(p.as_str()) {
-                out.push(FieldViolation::new(field, "appears more than once"));
+                out.push(field, "appears more than once");
             }
         }
     }
@@ -172,18 +164,16 @@ impl App {
         require_org_id(org_id)?;
         let actor = self.require_org_admin(who, org_id).await?;
         let base = new.base_role.unwrap_or(OrgRole::Member);
-        let mut violations = Vec::new();
+        let mut violations = Violations::new();
         if let Err(why) = check_role_name(&new.name) {
-            violations.push(FieldViolation::new("name", why));
+            violations.push("name", why);
         }
         check_description(&new.description, &mut violations);
         if let Err(why) = check_base_role(base) {
-            violations.push(FieldViolation::new("base_role", why));
+            violations.push("base_role", why);
         }
         self.check_role_permissions(&new.permissions, &mut violations);
-        if !violations.is_empty() {
-            return Err(Error::InvalidArgument(violations));
-        }
+        violations.finish()?;
         self.may_grant(who, org_id, actor, base, &new.permissions)
             .await?;
         // Checked before the insert: concurrent definitions may pass the cap by a few.
@@ -253,9 +243,9 @@ impl App {
     ) -> Result<OrgCustomRole> {
         require_org_id(org_id)?;
         let actor = self.require_org_admin(who, org_id).await?;
-        let mut violations = Vec::new();
+        let mut violations = Violations::new();
         if name.is_empty() {
-            violations.push(FieldViolation::new("name", "is required"));
+            violations.push("name", "is required");
         }
         if let Some(description) = &description {
             check_description(description, &mut violations);
@@ -263,9 +253,7 @@ impl App {
         if let Some(permissions) = &permissions {
             self.check_role_permissions(permissions, &mut violations);
         }
-        if !violations.is_empty() {
-            return Err(Error::InvalidArgument(violations));
-        }
+        violations.finish()?;
         let current = self
             .store
             .org_roles

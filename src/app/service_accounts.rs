@@ -19,7 +19,8 @@ use crate::domain::permissions::{
 use crate::domain::roles::Role;
 use crate::domain::secrets::{hash_token, is_id, new_id, new_secret};
 use crate::domain::tokens::{AccessClaims, ServiceAccountGrant};
-use crate::error::{Error, FieldViolation, Result};
+use crate::domain::validation::Violations;
+use crate::error::{Error, Result};
 use crate::store::api_keys::ApiKeyDoc;
 use crate::store::audit_events::Outcome;
 use crate::store::bson_time;
@@ -71,17 +72,6 @@ pub struct CreatedKey {
 
 fn org_role_of(account: &ServiceAccountDoc) -> Option<OrgRole> {
     account.org_role.as_deref().and_then(|r| r.parse().ok())
-}
-
-fn check_text(field: &str, text: &str, max: usize, required: bool, out: &mut Vec<FieldViolation>) {
-    if required && text.trim().is_empty() {
-        out.push(FieldViolation::new(field, "is required"));
-    } else if text.chars().count() > max || text.chars().any(char::is_control) {
-        out.push(FieldViolation::new(
-            field,
-            format!("must be at most {max} characters, without control characters"),
-        ));
-    }
 }
 
 impl App {
@@ -244,57 +234,43 @@ impl App {
         new: NewServiceAccount,
         caller: &Caller,
     ) -> Result<ServiceAccountDoc> {
-        let mut violations = Vec::new();
-        check_text("name", &new.name, MAX_NAME, true, &mut violations);
-        check_text(
-            "description",
-            &new.description,
-            MAX_DESCRIPTION,
-            false,
-            &mut violations,
-        );
+        let mut violations = Violations::new();
+        violations.required_text("name", &new.name, MAX_NAME);
+        violations.text("description", &new.description, MAX_DESCRIPTION);
         let org_id = (!new.org_id.is_empty()).then_some(new.org_id.as_str());
         if org_id.is_some_and(|id| !is_id(id)) {
-            violations.push(FieldViolation::new(
-                "org_id",
-                "must be an organization id or empty",
-            ));
+            violations.push("org_id", "must be an organization id or empty");
         }
         let (role, org_role) = match (org_id, new.role, new.org_role) {
             (None, Some(role), None) => (role, None),
             (Some(_), None, Some(org_role)) => (Role::Guest, Some(org_role)),
             (None, _, _) => {
-                violations.push(FieldViolation::new(
+                violations.push(
                     "role",
                     "a platform-wide account needs a role (and no org_role)",
-                ));
+                );
                 (Role::Guest, None)
             }
             (Some(_), _, _) => {
-                violations.push(FieldViolation::new(
+                violations.push(
                     "org_role",
                     "an organization's account needs an org_role (and no role)",
-                ));
+                );
                 (Role::Guest, None)
             }
         };
         if new.allowed_permissions.len() > 100 {
-            violations.push(FieldViolation::new(
-                "allowed_permissions",
-                "must hold at most 100 permissions",
-            ));
+            violations.push("allowed_permissions", "must hold at most 100 permissions");
         }
         for (i, p) in new.allowed_permissions.iter().enumerate() {
             if self.permission_rule(p).is_none() {
-                violations.push(FieldViolation::new(
+                violations.push(
                     format!("allowed_permissions[{i}]"),
                     "is not a known permission",
-                ));
+                );
             }
         }
-        if !violations.is_empty() {
-            return Err(Error::InvalidArgument(violations));
-        }
+        violations.finish()?;
         self.require_manager(who, org_id, role, org_role).await?;
         // Nobody gives an account a permission they do not hold themself.
         for p in &new.allowed_permissions {
@@ -449,21 +425,13 @@ impl App {
         expires_at: Option<DateTime<Utc>>,
         caller: &Caller,
     ) -> Result<CreatedKey> {
-        let mut violations = Vec::new();
-        check_text(
-            "description",
-            description,
-            MAX_DESCRIPTION,
-            false,
-            &mut violations,
-        );
+        let mut violations = Violations::new();
+        violations.text("description", description, MAX_DESCRIPTION);
         let now = self.now();
         if expires_at.is_some_and(|t| t <= now) {
-            violations.push(FieldViolation::new("expires_at", "must be in the future"));
+            violations.push("expires_at", "must be in the future");
         }
-        if !violations.is_empty() {
-            return Err(Error::InvalidArgument(violations));
-        }
+        violations.finish()?;
         let account = self.managed_account(who, service_account_id).await?;
         if !self
             .store

@@ -7,7 +7,6 @@
 
 use chrono::{DateTime, Utc};
 
-use super::accounts::MAX_DISPLAY_NAME;
 use super::{page_of, page_request, App, AuditRecord, Caller, Page};
 use crate::domain::audit::AuditAction;
 use crate::domain::email;
@@ -16,7 +15,8 @@ use crate::domain::permissions::Permission;
 use crate::domain::permissions::{may_set_global_role, GrantDenied};
 use crate::domain::roles::Role;
 use crate::domain::tokens::AccessClaims;
-use crate::error::{Error, FieldViolation, Result};
+use crate::domain::validation::Violations;
+use crate::error::{Error, Result};
 use crate::store::audit_events::{AuditEvent, AuditFilter, Outcome};
 use crate::store::users::{Inserted, UserDoc, UserFilter, UserStatus};
 
@@ -154,32 +154,22 @@ impl App {
         caller: &Caller,
     ) -> Result<UserDoc> {
         let actor = self.require(who, Permission::UsersWrite).await?;
-        let mut violations = Vec::new();
+        let mut violations = Violations::new();
         let display_name = changes.display_name.map(|n| n.trim().to_string());
         if let Some(name) = &display_name {
-            if name.is_empty() {
-                violations.push(FieldViolation::new("display_name", "must not be empty"));
-            } else if name.chars().count() > MAX_DISPLAY_NAME || name.chars().any(char::is_control)
-            {
-                violations.push(FieldViolation::new(
-                    "display_name",
-                    format!(
-                        "must be at most {MAX_DISPLAY_NAME} characters, without control characters"
-                    ),
-                ));
+            if violations.required("display_name", name) {
+                violations.display_name("display_name", name);
             }
         }
         let new_email = match changes.email.as_deref().map(email::normalize) {
             Some(Ok(e)) => Some(e),
             Some(Err(why)) => {
-                violations.push(FieldViolation::new("email", why));
+                violations.push("email", why);
                 None
             }
             None => None,
         };
-        if !violations.is_empty() {
-            return Err(Error::InvalidArgument(violations));
-        }
+        violations.finish()?;
         let before = self.target(who, actor.role, user_id, true).await?;
         let email_changed = new_email.as_ref().filter(|e| **e != before.email);
         // The address is where codes and resets go: whoever sets it (or vouches for it) could
