@@ -19,7 +19,7 @@ use crate::domain::email;
 use crate::domain::mfa::Factor;
 use crate::domain::password;
 use crate::domain::roles::Role;
-use crate::domain::validation::{Violations, REQUIRED};
+use crate::domain::validation::Violations;
 use crate::error::{Error, Result};
 use crate::store::audit_events::Outcome;
 use crate::store::one_time_codes::slot;
@@ -73,17 +73,9 @@ fn check_email(raw: &str, out: &mut Violations) -> String {
 fn email_and_code(raw_email: &str, code: &str) -> Result<String> {
     let mut violations = Violations::new();
     let email = check_email(raw_email, &mut violations);
-    check_code(code, &mut violations);
+    codes::check_code("code", code, &mut violations);
     violations.finish()?;
     Ok(email)
-}
-
-fn check_code(code: &str, out: &mut Violations) {
-    if code.is_empty() {
-        out.push("code", REQUIRED);
-    } else if !codes::well_formed(code) {
-        out.push("code", "must be 6 digits");
-    }
 }
 
 impl App {

@@ -21,7 +21,7 @@ use super::accounts::MAX_DISPLAY_NAME;
 use super::mfa::SignIn;
 use super::{App, AuditRecord, Caller};
 use crate::domain::audit::AuditAction;
-use crate::domain::federation::{self, FlowKeys, MAX_CALLBACK_FIELD};
+use crate::domain::federation::{self, tidy_provider_text, FlowKeys, MAX_CALLBACK_FIELD};
 use crate::domain::mfa::Factor;
 use crate::domain::password;
 use crate::domain::roles::Role;
@@ -663,8 +663,8 @@ impl App {
         if !callback.error.is_empty() {
             tracing::info!(
                 provider = %provider.id,
-                error = %tidy(&callback.error),
-                description = %tidy(&callback.error_description),
+                error = %tidy_provider_text(&callback.error),
+                description = %tidy_provider_text(&callback.error_description),
                 "provider sent an error back"
             );
             if callback.error == "access_denied" {
@@ -673,7 +673,7 @@ impl App {
             return fail(
                 "provider_error",
                 Error::FederationProviderError {
-                    provider_error: tidy(&callback.error),
+                    provider_error: tidy_provider_text(&callback.error),
                 },
             )
             .await;
@@ -710,16 +710,8 @@ fn provider_failure(provider: &str, e: OidcError) -> Error {
         OidcError::Unavailable(_) => Error::ProviderUnavailable,
         OidcError::CodeInvalid => Error::FederationCodeInvalid,
         OidcError::Provider(code) => Error::FederationProviderError {
-            provider_error: tidy(&code),
+            provider_error: tidy_provider_text(&code),
         },
         OidcError::TokenInvalid(_) => Error::FederationTokenInvalid,
     }
-}
-
-/// A provider-supplied string safe to log and echo: printable ASCII, at most 64 characters.
-fn tidy(s: &str) -> String {
-    s.chars()
-        .filter(|c| c.is_ascii_graphic() || *c == ' ')
-        .take(64)
-        .collect()
 }
