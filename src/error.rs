@@ -13,21 +13,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 /// The `ErrorInfo.domain` of every keyward error.
 pub const ERROR_DOMAIN: &str = "keyward";
 
-/// One invalid field of a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldViolation {
-    pub field: String,
-    pub description: String,
-}
-
-impl FieldViolation {
-    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            description: description.into(),
-        }
-    }
-}
+pub use crate::domain::validation::{FieldViolation, Violations};
 
 /// Everything that can go wrong in a keyward call, in the words of the domain.
 #[derive(Debug, thiserror::Error)]
@@ -239,6 +225,13 @@ impl Error {
             Error::Overloaded => (Code::Unavailable, "OVERLOADED"),
             Error::Internal(_) => (Code::Internal, "INTERNAL"),
         }
+    }
+}
+
+/// Collected field violations are invalid input.
+impl From<Violations> for Error {
+    fn from(violations: Violations) -> Self {
+        Error::InvalidArgument(violations.into_vec())
     }
 }
 

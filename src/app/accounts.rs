@@ -7,6 +7,7 @@ use sha2::{Digest, Sha256};
 
 use super::mfa::SignIn;
 use super::{App, AuditRecord, Caller};
+use crate::domain::audit::AuditAction;
 use crate::domain::email;
 use crate::domain::lockout::{remaining, window};
 use crate::domain::mfa::Factor;
@@ -14,13 +15,14 @@ use crate::domain::password::{self, Verification};
 use crate::domain::roles::Role;
 use crate::domain::secrets::new_id;
 use crate::domain::tokens::AccessClaims;
-use crate::error::{Error, FieldViolation, Result};
+use crate::domain::validation::Violations;
+use crate::error::{Error, Result};
 use crate::store::audit_events::Outcome;
 use crate::store::bson_time;
 use crate::store::users::{Inserted, UserDoc, UserStatus};
 
 /// Longest display name, in characters.
-pub const MAX_DISPLAY_NAME: usize = 100;
+pub use crate::domain::validation::MAX_DISPLAY_NAME;
 /// How long consecutive login failures are remembered without a new one.
 const FAILURE_MEMORY: Duration = Duration::from_secs(3600);
 /// Compare-and-set rounds before a contended password attempt is refused.
@@ -53,20 +55,6 @@ pub(crate) fn lockout_key(email: &str) -> String {
         "login_email:{}",
         hex::encode(Sha256::digest(email.as_bytes()))
     )
-}
-
-fn check_display_name(name: &str, out: &mut Vec<FieldViolation>) {
-    if name.chars().count() > MAX_DISPLAY_NAME {
-        out.push(FieldViolation::new(
-            "display_name",
-            format!("must be at most {MAX_DISPLAY_NAME} characters"),
-        ));
-    } else if name.chars().any(char::is_control) {
-        out.push(FieldViolation::new(
-            "display_name",
-            "must not contain control characters",
-        ));
-    }
 }
 
 /// A new active account with a fresh id, as stored.
@@ -106,20 +94,18 @@ impl App {
             HOUR,
         )
         .await?;
-        let mut violations = Vec::new();
-        let email = email::normalize(&account.email)
-            .map_err(|why| violations.push(FieldViolation::new("email", why)))
+        let mut violations = Violations::new();
+        let email = violations
+            .check("email", email::normalize(&account.email))
             .unwrap_or_default();
         let display_name = account.display_name.trim().to_string();
-        check_display_name(&display_name, &mut violations);
+        violations.display_name("display_name", &display_name);
         violations.extend(self.password_policy.check(
             "password",
             &account.password,
             &[&email, &display_name],
         ));
-        if !violations.is_empty() {
-            return Err(Error::InvalidArgument(violations));
-        }
+        violations.finish()?;
         let plain = account.password;
         let hash = self.hasher.run(move || password::hash(&plain)).await??;
         let user = self
@@ -164,7 +150,7 @@ impl App {
         match self.store.users.insert(&user).await? {
             Inserted::Created => {
                 self.audit(
-                    AuditRecord::new("register", Outcome::Success, caller)
+                    AuditRecord::new(AuditAction::Register, Outcome::Success, caller)
                         .user(&user.id)
                         .email(&user.email),
                 )
@@ -191,24 +177,22 @@ impl App {
         plain: &str,
         caller: &Caller,
     ) -> Result<SignIn> {
-        let mut violations = Vec::new();
-        let email = email::normalize(raw_email)
-            .map_err(|why| violations.push(FieldViolation::new("email", why)))
+        let mut violations = Violations::new();
+        let email = violations
+            .check("email", email::normalize(raw_email))
             .unwrap_or_default();
         if plain.is_empty() {
-            violations.push(FieldViolation::new("password", "is required"));
+            violations.push("password", "is required");
         } else if plain.chars().count() > self.password_policy.max_length {
-            violations.push(FieldViolation::new(
+            violations.push(
                 "password",
                 format!(
                     "must be at most {} characters long",
                     self.password_policy.max_length
                 ),
-            ));
+            );
         }
-        if !violations.is_empty() {
-            return Err(Error::InvalidArgument(violations));
-        }
+        violations.finish()?;
         let now = self.now();
         self.throttle_address(
             caller,
@@ -222,7 +206,7 @@ impl App {
             Ok(attempt) => attempt,
             Err(e) => {
                 self.audit(
-                    AuditRecord::new("login", Outcome::Failure, caller)
+                    AuditRecord::new(AuditAction::Login, Outcome::Failure, caller)
                         .email(&email)
                         .detail("reason", "account_locked"),
                 )
@@ -268,7 +252,7 @@ impl App {
         }
         if user.status == UserStatus::Disabled {
             self.audit(
-                AuditRecord::new("login", Outcome::Failure, caller)
+                AuditRecord::new(AuditAction::Login, Outcome::Failure, caller)
                     .user(&user.id)
                     .detail("reason", "account_disabled"),
             )
@@ -277,7 +261,7 @@ impl App {
         }
         if self.config.require_verified_email && !user.email_verified {
             self.audit(
-                AuditRecord::new("login", Outcome::Failure, caller)
+                AuditRecord::new(AuditAction::Login, Outcome::Failure, caller)
                     .user(&user.id)
                     .detail("reason", "email_not_verified"),
             )
@@ -317,7 +301,7 @@ impl App {
         }
         self.remember_requester(&issued.user, caller).await;
         self.audit(
-            AuditRecord::new("login", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::Login, Outcome::Success, caller)
                 .user(&issued.user.id)
                 .session(&issued.session.id)
                 .detail("method", "password"),
@@ -441,7 +425,7 @@ impl App {
         email: &str,
         caller: &Caller,
     ) {
-        let mut event = AuditRecord::new("login", Outcome::Failure, caller)
+        let mut event = AuditRecord::new(AuditAction::Login, Outcome::Failure, caller)
             .email(email)
             .detail("reason", "invalid_credentials")
             .detail("consecutive_failures", attempt.count as i64);
@@ -456,7 +440,7 @@ impl App {
                 lock_seconds = delay.as_secs(),
                 "login locked for an email after repeated failures"
             );
-            let mut event = AuditRecord::new("lockout", Outcome::Failure, caller)
+            let mut event = AuditRecord::new(AuditAction::Lockout, Outcome::Failure, caller)
                 .email(email)
                 .detail("lock_seconds", delay.as_secs() as i64);
             if let Some(id) = user_id {
@@ -487,18 +471,16 @@ impl App {
         caller: &Caller,
     ) -> Result<usize> {
         let user = self.me(who).await?;
-        let mut violations = Vec::new();
+        let mut violations = Violations::new();
         if current.is_empty() {
-            violations.push(FieldViolation::new("current_password", "is required"));
+            violations.push("current_password", "is required");
         }
         violations.extend(self.password_policy.check(
             "new_password",
             new,
             &[&user.email, &user.display_name],
         ));
-        if !violations.is_empty() {
-            return Err(Error::InvalidArgument(violations));
-        }
+        violations.finish()?;
         let key = lockout_key(&user.email);
         let attempt = self.admit_password_attempt(&key).await?;
         let (given, stored) = (current.to_string(), user.password_hash.clone());
@@ -538,7 +520,7 @@ impl App {
         self.revoke_sessions(ended.iter().map(String::as_str));
         self.notify_password_changed(&user, ended.len()).await;
         self.audit(
-            AuditRecord::new("password_change", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::PasswordChange, Outcome::Success, caller)
                 .user(&user.id)
                 .session(&who.session_id)
                 .detail("sessions_ended", ended.len() as i64),

@@ -14,10 +14,13 @@ use std::time::{Duration, Instant};
 
 use super::App;
 use crate::domain::org_roles::decide_with_custom_role;
-use crate::domain::permissions::{decide_scope, is_known, Decision, OrgRole, OrgStanding};
+use crate::domain::permissions::{
+    decide, decide_scope, is_known, Decision, OrgRole, OrgStanding, Permission,
+};
 use crate::domain::roles::Role;
 use crate::domain::secrets::is_id;
 use crate::domain::tokens::{AccessClaims, ServiceAccountGrant};
+use crate::domain::validation::FieldViolation;
 use crate::error::{Error, Result};
 use crate::store::users::UserStatus;
 
@@ -95,9 +98,10 @@ pub struct Authorized {
 
 /// The field violations of checks whose organization id is malformed (`field` names the
 /// check, e.g. `org_id` or `checks[3].org_id`); the gRPC calls refuse them up front.
-pub fn check_org_id(field: &str, org_id: &str, out: &mut Vec<crate::error::FieldViolation>) {
+/// (On a plain list: the adapters collect these before calling in.)
+pub fn check_org_id(field: &str, org_id: &str, out: &mut Vec<FieldViolation>) {
     if !org_id.is_empty() && !is_id(org_id) {
-        out.push(crate::error::FieldViolation::new(
+        out.push(FieldViolation::new(
             field,
             "must be an organization id (32 lower-case hex digits) or empty",
         ));
@@ -517,13 +521,13 @@ impl App {
     }
 
     /// Fails with PERMISSION_DENIED unless `who` holds the platform `permission` now.
-    pub async fn require(&self, who: &AccessClaims, permission: &str) -> Result<Standing> {
+    pub async fn require(&self, who: &AccessClaims, permission: Permission) -> Result<Standing> {
         let standing = self.acting(who).await?;
         let check = Check {
-            permission: permission.to_string(),
+            permission: permission.as_str().to_string(),
             org_id: String::new(),
         };
-        let decision = self.decide(permission, standing.role, OrgStanding::NoOrg);
+        let decision = decide(permission, standing.role, OrgStanding::NoOrg);
         let decision = self.with_second_factor(who, &check, decision).await?;
         match decision.reason {
             _ if decision.allowed => Ok(standing),
@@ -540,17 +544,17 @@ impl App {
         &self,
         who: &AccessClaims,
         org_id: &str,
-        permission: &str,
+        permission: Permission,
         org_exists: impl std::future::Future<Output = Result<bool>>,
     ) -> Result<OrgRole> {
         let standing = self.acting(who).await?;
         let check = Check {
-            permission: permission.to_string(),
+            permission: permission.as_str().to_string(),
             org_id: org_id.to_string(),
         };
         match self.org_role(org_id, &who.user_id).await? {
             Some(role) => {
-                let decision = self.decide(permission, standing.role, OrgStanding::Member(role));
+                let decision = decide(permission, standing.role, OrgStanding::Member(role));
                 let decision = self.with_second_factor(who, &check, decision).await?;
                 match decision.reason {
                     _ if decision.allowed => Ok(role),

@@ -11,6 +11,7 @@ use std::time::Duration;
 use super::accounts::lockout_key;
 use super::mfa::SignIn;
 use super::{App, AuditRecord, Caller};
+use crate::domain::audit::AuditAction;
 use crate::domain::codes::{
     self, Purpose, SendCounter, SendLimits, MAX_ATTEMPTS, MAX_FOREIGN_ATTEMPTS,
 };
@@ -18,7 +19,8 @@ use crate::domain::email;
 use crate::domain::mfa::Factor;
 use crate::domain::password;
 use crate::domain::roles::Role;
-use crate::error::{Error, FieldViolation, Result};
+use crate::domain::validation::Violations;
+use crate::error::{Error, Result};
 use crate::store::audit_events::Outcome;
 use crate::store::one_time_codes::slot;
 use crate::store::users::{UserDoc, UserStatus};
@@ -62,29 +64,18 @@ fn template(purpose: Purpose) -> &'static str {
     }
 }
 
-fn check_email(raw: &str, out: &mut Vec<FieldViolation>) -> String {
-    email::normalize(raw)
-        .map_err(|why| out.push(FieldViolation::new("email", why)))
+fn check_email(raw: &str, out: &mut Violations) -> String {
+    out.check("email", email::normalize(raw))
         .unwrap_or_default()
 }
 
 /// The normalised email of a request that uses a code, once both fields are well formed.
 fn email_and_code(raw_email: &str, code: &str) -> Result<String> {
-    let mut violations = Vec::new();
+    let mut violations = Violations::new();
     let email = check_email(raw_email, &mut violations);
-    check_code(code, &mut violations);
-    if !violations.is_empty() {
-        return Err(Error::InvalidArgument(violations));
-    }
+    codes::check_code("code", code, &mut violations);
+    violations.finish()?;
     Ok(email)
-}
-
-fn check_code(code: &str, out: &mut Vec<FieldViolation>) {
-    if code.is_empty() {
-        out.push(FieldViolation::new("code", "is required"));
-    } else if !codes::well_formed(code) {
-        out.push(FieldViolation::new("code", "must be 6 digits"));
-    }
 }
 
 impl App {
@@ -97,11 +88,9 @@ impl App {
         purpose: Purpose,
         caller: &Caller,
     ) -> Result<CodeRequested> {
-        let mut violations = Vec::new();
+        let mut violations = Violations::new();
         let email = check_email(raw_email, &mut violations);
-        if !violations.is_empty() {
-            return Err(Error::InvalidArgument(violations));
-        }
+        violations.finish()?;
         self.throttle_codes(caller).await?;
         let user = self.active_user(&email).await?;
         // Asked for the same way whether or not the account exists (no enumeration by time).
@@ -111,7 +100,7 @@ impl App {
         if let Err(e) = self.admit_send(&email, purpose, caller, known).await {
             crate::metrics::code_request(purpose, crate::metrics::CodeRequest::RateLimited);
             self.audit(
-                AuditRecord::new("code_send", Outcome::Failure, caller)
+                AuditRecord::new(AuditAction::CodeSend, Outcome::Failure, caller)
                     .email(&email)
                     .detail("purpose", purpose.as_str())
                     .detail("reason", "rate_limited"),
@@ -156,7 +145,7 @@ impl App {
                 crate::metrics::CodeRequest::Suppressed
             },
         );
-        let mut event = AuditRecord::new("code_send", Outcome::Success, caller)
+        let mut event = AuditRecord::new(AuditAction::CodeSend, Outcome::Success, caller)
             .email(&email)
             .detail("purpose", purpose.as_str())
             .detail("sent", eligible);
@@ -416,7 +405,7 @@ impl App {
                     .await?;
             }
             self.audit(
-                AuditRecord::new("code_use", Outcome::Failure, caller)
+                AuditRecord::new(AuditAction::CodeUse, Outcome::Failure, caller)
                     .email(email)
                     .detail("purpose", purpose.as_str())
                     .detail("reason", "code_invalid"),
@@ -446,7 +435,7 @@ impl App {
             .await?
             .ok_or(Error::CodeInvalid)?;
         self.audit(
-            AuditRecord::new("email_verify", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::EmailVerify, Outcome::Success, caller)
                 .user(&user.id)
                 .email(&user.email),
         )
@@ -486,7 +475,7 @@ impl App {
         };
         if user.status == UserStatus::Disabled {
             self.audit(
-                AuditRecord::new("login", Outcome::Failure, caller)
+                AuditRecord::new(AuditAction::Login, Outcome::Failure, caller)
                     .user(&user.id)
                     .detail("method", "email_code")
                     .detail("reason", "account_disabled"),
@@ -564,7 +553,7 @@ impl App {
             .await?;
         self.revoke_sessions(ended.iter().map(String::as_str));
         self.audit(
-            AuditRecord::new("account_claim", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::AccountClaim, Outcome::Success, caller)
                 .user(&user.id)
                 .email(&user.email)
                 .detail("method", method)
@@ -610,12 +599,12 @@ impl App {
         self.throttle_codes(caller).await?;
         // The guessability check costs real CPU: only after the throttle, and before the code
         // is used up, so a refused password leaves the code for a second try.
-        let violations = self
-            .password_policy
-            .check("new_password", new_password, &[&email]);
-        if !violations.is_empty() {
-            return Err(Error::InvalidArgument(violations));
-        }
+        let mut violations = Violations::new();
+        violations.extend(
+            self.password_policy
+                .check("new_password", new_password, &[&email]),
+        );
+        violations.finish()?;
         self.use_code(&email, Purpose::ResetPassword, code, caller)
             .await?;
         let user = self.live_user(&email).await?.ok_or(Error::CodeInvalid)?;
@@ -638,7 +627,7 @@ impl App {
         self.revoke_sessions(ended.iter().map(String::as_str));
         self.notify_password_changed(&user, ended.len()).await;
         self.audit(
-            AuditRecord::new("password_reset", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::PasswordReset, Outcome::Success, caller)
                 .user(&user.id)
                 // The first proof of the mailbox: whoever created the account lost it here.
                 .detail("account_claimed", !user.email_verified)
@@ -686,7 +675,7 @@ impl App {
             }
         };
         self.audit(
-            AuditRecord::new("code_send", outcome, caller)
+            AuditRecord::new(AuditAction::CodeSend, outcome, caller)
                 .user(&user.id)
                 .email(&user.email)
                 .detail("purpose", Purpose::VerifyEmail.as_str())

@@ -20,13 +20,15 @@ use chrono::{DateTime, Utc};
 use super::accounts::MAX_DISPLAY_NAME;
 use super::mfa::SignIn;
 use super::{App, AuditRecord, Caller};
-use crate::domain::federation::{self, FlowKeys, MAX_CALLBACK_FIELD};
+use crate::domain::audit::AuditAction;
+use crate::domain::federation::{self, tidy_provider_text, FlowKeys, MAX_CALLBACK_FIELD};
 use crate::domain::mfa::Factor;
 use crate::domain::password;
 use crate::domain::roles::Role;
 use crate::domain::secrets::new_id;
 use crate::domain::tokens::AccessClaims;
-use crate::error::{Error, FieldViolation, Result};
+use crate::domain::validation::Violations;
+use crate::error::{Error, Result};
 use crate::oidc::{OidcError, Provider, VerifiedIdentity};
 use crate::store::audit_events::Outcome;
 use crate::store::bson_time;
@@ -135,16 +137,14 @@ impl App {
     }
 
     fn provider_and_redirect(&self, provider: &str, redirect_uri: &str) -> Result<&Provider> {
-        let mut violations = Vec::new();
+        let mut violations = Violations::new();
         if provider.is_empty() {
-            violations.push(FieldViolation::new("provider", "is required"));
+            violations.push("provider", "is required");
         }
         if redirect_uri.is_empty() {
-            violations.push(FieldViolation::new("redirect_uri", "is required"));
+            violations.push("redirect_uri", "is required");
         }
-        if !violations.is_empty() {
-            return Err(Error::InvalidArgument(violations));
-        }
+        violations.finish()?;
         let found = self
             .providers
             .get(provider)
@@ -272,7 +272,7 @@ impl App {
             });
         let Some(email) = email.filter(|_| vouched) else {
             self.audit(
-                AuditRecord::new("federated_login", Outcome::Failure, caller)
+                AuditRecord::new(AuditAction::FederatedLogin, Outcome::Failure, caller)
                     .detail("provider", provider.id.as_str())
                     .detail("subject_hash", subject_hash.as_str())
                     .detail("reason", "email_unverified"),
@@ -303,7 +303,7 @@ impl App {
                     .any(|l| l.provider == provider.id && l.subject != identity.subject)
                 {
                     self.audit(
-                        AuditRecord::new("federated_login", Outcome::Failure, caller)
+                        AuditRecord::new(AuditAction::FederatedLogin, Outcome::Failure, caller)
                             .user(&user.id)
                             .detail("provider", provider.id.as_str())
                             .detail("subject_hash", subject_hash.as_str())
@@ -325,7 +325,7 @@ impl App {
         };
         let link = self.link(provider, identity, &user.id).await?;
         self.audit(
-            AuditRecord::new("identity_link", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::IdentityLink, Outcome::Success, caller)
                 .user(&user.id)
                 .detail("provider", provider.id.as_str())
                 .detail("subject_hash", subject_hash.as_str())
@@ -383,7 +383,7 @@ impl App {
         user_id: Option<&str>,
         caller: &Caller,
     ) -> Error {
-        let mut record = AuditRecord::new("federated_login", Outcome::Failure, caller)
+        let mut record = AuditRecord::new(AuditAction::FederatedLogin, Outcome::Failure, caller)
             .detail("provider", provider.id.as_str())
             .detail("subject_hash", subject_hash)
             .detail("reason", "account_disabled");
@@ -448,7 +448,7 @@ impl App {
         caller: &Caller,
     ) -> Error {
         self.audit(
-            AuditRecord::new("federated_login", Outcome::Failure, caller)
+            AuditRecord::new(AuditAction::FederatedLogin, Outcome::Failure, caller)
                 .user(user_id)
                 .detail("provider", provider)
                 .detail("subject_hash", subject_hash)
@@ -474,7 +474,7 @@ impl App {
         let linked = self.link(provider, &identity, &who.user_id).await;
         self.audit(
             AuditRecord::new(
-                "identity_link",
+                AuditAction::IdentityLink,
                 if linked.is_ok() {
                     Outcome::Success
                 } else {
@@ -531,16 +531,14 @@ impl App {
     ) -> Result<()> {
         self.acting(who).await?;
         self.require_recent_sign_in(who)?;
-        let mut violations = Vec::new();
+        let mut violations = Violations::new();
         if provider.is_empty() {
-            violations.push(FieldViolation::new("provider", "is required"));
+            violations.push("provider", "is required");
         }
         if subject.is_empty() {
-            violations.push(FieldViolation::new("subject", "is required"));
+            violations.push("subject", "is required");
         }
-        if !violations.is_empty() {
-            return Err(Error::InvalidArgument(violations));
-        }
+        violations.finish()?;
         let Some(link) = self
             .store
             .identities
@@ -577,7 +575,7 @@ impl App {
             self.notify_identity_changed(user, p, "unlinked").await;
         }
         self.audit(
-            AuditRecord::new("identity_unlink", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::IdentityUnlink, Outcome::Success, caller)
                 .user(&who.user_id)
                 .session(&who.session_id)
                 .detail("provider", provider)
@@ -599,7 +597,7 @@ impl App {
         user_id: Option<&str>,
         caller: &Caller,
     ) -> Result<(&Provider, VerifiedIdentity)> {
-        let mut violations = Vec::new();
+        let mut violations = Violations::new();
         for (field, value) in [
             ("state", &callback.state),
             ("code", &callback.code),
@@ -609,27 +607,22 @@ impl App {
             ("flow_secret", &callback.flow_secret),
         ] {
             if value.len() > MAX_CALLBACK_FIELD {
-                violations.push(FieldViolation::new(
-                    field,
-                    format!("must be at most {MAX_CALLBACK_FIELD} bytes"),
-                ));
+                violations.push(field, format!("must be at most {MAX_CALLBACK_FIELD} bytes"));
             }
         }
         if callback.state.is_empty() {
-            violations.push(FieldViolation::new("state", "is required"));
+            violations.push("state", "is required");
         }
         if callback.code.is_empty() && callback.error.is_empty() {
-            violations.push(FieldViolation::new("code", "is required (or error)"));
+            violations.push("code", "is required (or error)");
         }
         if callback.flow_secret.is_empty() {
-            violations.push(FieldViolation::new(
+            violations.push(
                 "flow_secret",
                 "is required (the one the start of this sign-in returned)",
-            ));
+            );
         }
-        if !violations.is_empty() {
-            return Err(Error::InvalidArgument(violations));
-        }
+        violations.finish()?;
         let flow = self
             .store
             .federation_flows
@@ -649,9 +642,9 @@ impl App {
         let fail = |reason: &'static str, err: Error| async move {
             let mut record = AuditRecord::new(
                 if intent == FlowIntent::Link {
-                    "identity_link"
+                    AuditAction::IdentityLink
                 } else {
-                    "federated_login"
+                    AuditAction::FederatedLogin
                 },
                 Outcome::Failure,
                 caller,
@@ -670,8 +663,8 @@ impl App {
         if !callback.error.is_empty() {
             tracing::info!(
                 provider = %provider.id,
-                error = %tidy(&callback.error),
-                description = %tidy(&callback.error_description),
+                error = %tidy_provider_text(&callback.error),
+                description = %tidy_provider_text(&callback.error_description),
                 "provider sent an error back"
             );
             if callback.error == "access_denied" {
@@ -680,7 +673,7 @@ impl App {
             return fail(
                 "provider_error",
                 Error::FederationProviderError {
-                    provider_error: tidy(&callback.error),
+                    provider_error: tidy_provider_text(&callback.error),
                 },
             )
             .await;
@@ -717,16 +710,8 @@ fn provider_failure(provider: &str, e: OidcError) -> Error {
         OidcError::Unavailable(_) => Error::ProviderUnavailable,
         OidcError::CodeInvalid => Error::FederationCodeInvalid,
         OidcError::Provider(code) => Error::FederationProviderError {
-            provider_error: tidy(&code),
+            provider_error: tidy_provider_text(&code),
         },
         OidcError::TokenInvalid(_) => Error::FederationTokenInvalid,
     }
-}
-
-/// A provider-supplied string safe to log and echo: printable ASCII, at most 64 characters.
-fn tidy(s: &str) -> String {
-    s.chars()
-        .filter(|c| c.is_ascii_graphic() || *c == ' ')
-        .take(64)
-        .collect()
 }

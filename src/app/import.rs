@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use super::accounts::new_account;
 use super::{App, AuditRecord, Caller};
+use crate::domain::audit::AuditAction;
 use crate::domain::roles::Role;
 use crate::domain::{email, password};
 use crate::error::Result;
@@ -91,7 +92,7 @@ impl App {
                 Inserted::Created => {
                     report.created += 1;
                     self.audit(
-                        AuditRecord::new("user.import", Outcome::Success, caller)
+                        AuditRecord::new(AuditAction::UserImport, Outcome::Success, caller)
                             .user(&user.id)
                             .email(&user.email)
                             .detail("role", user.role.as_str())

@@ -4,6 +4,7 @@
 
 use super::accounts::lockout_key;
 use super::{App, AuditRecord, Caller};
+use crate::domain::audit::AuditAction;
 use crate::domain::email;
 use crate::domain::roles::Role;
 use crate::error::{Error, Result};
@@ -29,7 +30,7 @@ impl App {
             .end_all_sessions(&user.id, "revoked_by_operator")
             .await?;
         self.audit(
-            AuditRecord::new("sessions_revoke", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::SessionsRevoke, Outcome::Success, caller)
                 .user(&user.id)
                 .actor("cli")
                 .detail("sessions_ended", ended as i64),
@@ -50,7 +51,7 @@ impl App {
         }
         let ended = self.end_all_sessions(&user.id, "account_disabled").await?;
         self.audit(
-            AuditRecord::new("user.disable", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::UserDisable, Outcome::Success, caller)
                 .user(&user.id)
                 .actor("cli")
                 .detail("sessions_ended", ended as i64),
@@ -72,7 +73,8 @@ impl App {
                 .clear(&super::mfa::mfa_lockout_key(&user.id))
                 .await?;
         }
-        let mut event = AuditRecord::new("lockout_lift", Outcome::Success, caller).actor("cli");
+        let mut event =
+            AuditRecord::new(AuditAction::LockoutLift, Outcome::Success, caller).actor("cli");
         if let Some(user) = &user {
             event = event.user(&user.id);
         } else {

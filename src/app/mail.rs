@@ -14,6 +14,7 @@ use lettre::message::Mailbox;
 use tokio::sync::Notify;
 
 use super::{App, AuditRecord, Caller};
+use crate::domain::audit::AuditAction;
 use crate::error::Result;
 use crate::mail::{Sealer, Templates, Transport, SMTP_TIMEOUT};
 use crate::store::audit_events::Outcome;
@@ -132,7 +133,7 @@ impl App {
 
     async fn audit_delivery(&self, doc: &OutboxDoc, outcome: Outcome, error: Option<&str>) {
         let system = Caller::default();
-        let mut event = AuditRecord::new("mail_delivery", outcome, &system)
+        let mut event = AuditRecord::new(AuditAction::MailDelivery, outcome, &system)
             .detail("mail_id", doc.id.as_str())
             .detail("kind", doc.kind.as_str())
             .detail("attempts", doc.attempts as i64);

@@ -8,11 +8,14 @@ use chrono::{DateTime, Utc};
 
 use super::sessions::IssuedTokens;
 use super::{App, AuditRecord, Caller};
+use crate::domain::audit::AuditAction;
 use crate::domain::lockout::LockoutPolicy;
 use crate::domain::mfa::{self, Factor, CHALLENGE_ATTEMPTS};
+use crate::domain::permissions::Permission;
 use crate::domain::secrets::{hash_token, new_refresh_token};
 use crate::domain::tokens::AccessClaims;
-use crate::error::{Error, FieldViolation, Result};
+use crate::domain::validation::Violations;
+use crate::error::{Error, Result};
 use crate::store::audit_events::Outcome;
 use crate::store::bson_time;
 use crate::store::mfa::MfaDoc;
@@ -69,10 +72,13 @@ impl Proof {
                 "totp_code",
                 "one of totp_code and recovery_code is required",
             )),
-            (false, false) => Err(Error::InvalidArgument(vec![
-                FieldViolation::new("totp_code", "give totp_code or recovery_code, not both"),
-                FieldViolation::new("recovery_code", "give totp_code or recovery_code, not both"),
-            ])),
+            (false, false) => {
+                let mut violations = Violations::new();
+                for field in ["totp_code", "recovery_code"] {
+                    violations.push(field, "give totp_code or recovery_code, not both");
+                }
+                Err(violations.into())
+            }
         }
     }
 }
@@ -149,7 +155,7 @@ impl App {
             })
             .await?;
         self.audit(
-            AuditRecord::new("mfa_challenge", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::MfaChallenge, Outcome::Success, caller)
                 .user(&user.id)
                 .detail("first_factor", first.amr()),
         )
@@ -216,7 +222,7 @@ impl App {
             return Ok(second_step);
         }
         self.remember_requester(&issued.user, caller).await;
-        let mut record = AuditRecord::new("login", Outcome::Success, caller)
+        let mut record = AuditRecord::new(AuditAction::Login, Outcome::Success, caller)
             .user(&issued.user.id)
             .session(&issued.session.id);
         record.detail = details;
@@ -302,7 +308,7 @@ impl App {
         }
         self.remember_requester(&issued.user, caller).await;
         self.audit(
-            AuditRecord::new("login", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::Login, Outcome::Success, caller)
                 .user(&issued.user.id)
                 .session(&issued.session.id)
                 .detail("method", first.amr())
@@ -357,7 +363,7 @@ impl App {
                 Ok(proven)
             }
             None => {
-                let mut event = AuditRecord::new("mfa_verify", Outcome::Failure, caller)
+                let mut event = AuditRecord::new(AuditAction::MfaVerify, Outcome::Failure, caller)
                     .user(user_id)
                     .detail("reason", "code_invalid")
                     .detail("consecutive_failures", attempt.count as i64);
@@ -445,7 +451,7 @@ impl App {
             return Err(Error::MfaAlreadyEnrolled);
         }
         self.audit(
-            AuditRecord::new("totp_enrollment_start", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::TotpEnrollmentStart, Outcome::Success, caller)
                 .user(&user.id)
                 .session(&who.session_id),
         )
@@ -487,7 +493,7 @@ impl App {
         };
         let Some(step) = mfa::matching_step(&secret, code, now.timestamp()) else {
             self.audit(
-                AuditRecord::new("totp_enroll", Outcome::Failure, caller)
+                AuditRecord::new(AuditAction::TotpEnroll, Outcome::Failure, caller)
                     .user(&who.user_id)
                     .detail("reason", "code_invalid"),
             )
@@ -515,7 +521,7 @@ impl App {
                 .await;
         }
         self.audit(
-            AuditRecord::new("totp_enroll", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::TotpEnroll, Outcome::Success, caller)
                 .user(&who.user_id)
                 .session(&who.session_id)
                 .detail("sessions_ended", ended as i64),
@@ -562,7 +568,7 @@ impl App {
         let user = self.signing_in_user(&who.user_id).await?;
         let issued = self.sign(user, session, String::new(), now);
         self.audit(
-            AuditRecord::new("mfa_step_up", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::MfaStepUp, Outcome::Success, caller)
                 .user(&who.user_id)
                 .session(&who.session_id)
                 .detail("second_factor", factor.amr()),
@@ -607,7 +613,7 @@ impl App {
         self.notify_mfa_changed(&user, MfaChange::Removed, ended)
             .await;
         self.audit(
-            AuditRecord::new("totp_disable", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::TotpDisable, Outcome::Success, caller)
                 .user(&who.user_id)
                 .session(&who.session_id)
                 .detail("sessions_ended", ended as i64),
@@ -643,9 +649,13 @@ impl App {
                 .await;
         }
         self.audit(
-            AuditRecord::new("recovery_codes_regenerate", Outcome::Success, caller)
-                .user(&who.user_id)
-                .session(&who.session_id),
+            AuditRecord::new(
+                AuditAction::RecoveryCodesRegenerate,
+                Outcome::Success,
+                caller,
+            )
+            .user(&who.user_id)
+            .session(&who.session_id),
         )
         .await;
         Ok(codes)
@@ -662,7 +672,7 @@ impl App {
         if user_id.is_empty() {
             return Err(Error::invalid("user_id", "is required"));
         }
-        let actor = self.require(who, "users.write").await?;
+        let actor = self.require(who, Permission::UsersWrite).await?;
         let target = match self.store.users.find_by_id(user_id).await? {
             Some(u) if u.status != UserStatus::Deleted => u,
             _ => return Err(Error::UserNotFound),
@@ -682,7 +692,7 @@ impl App {
         self.notify_mfa_changed(&target, MfaChange::RemovedByAdmin, ended)
             .await;
         self.audit(
-            AuditRecord::new("mfa_reset", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::MfaReset, Outcome::Success, caller)
                 .user(&target.id)
                 .actor(&who.user_id)
                 .detail("sessions_ended", ended as i64),

@@ -23,9 +23,11 @@ use chrono::{DateTime, Utc};
 use mongodb::bson::Document;
 
 use crate::config::Config;
+use crate::domain::audit::AuditAction;
 use crate::domain::client_address::ProxyTrust;
 use crate::domain::codes::{CodeHasher, SendLimits};
 use crate::domain::lockout::LockoutPolicy;
+use crate::domain::paging::FilterKey;
 use crate::domain::password::{self, PasswordPolicy};
 use crate::domain::tokens::KeyRing;
 use crate::error::{Error, Result};
@@ -48,12 +50,12 @@ pub struct Page<T> {
 fn page_request(
     page_size: i32,
     token: &str,
-    filters: &str,
+    filters: &FilterKey,
 ) -> Result<(usize, Option<crate::domain::paging::Cursor>)> {
     use crate::domain::paging;
     let size = paging::page_size(page_size)
         .ok_or_else(|| Error::invalid("page_size", "must not be negative"))?;
-    let after = paging::decode(token, filters).map_err(|()| Error::PageTokenInvalid)?;
+    let after = paging::decode(token, filters.as_str()).map_err(|()| Error::PageTokenInvalid)?;
     Ok((size, after))
 }
 
@@ -62,14 +64,14 @@ fn page_request(
 fn page_of<T>(
     mut items: Vec<T>,
     size: usize,
-    filters: &str,
+    filters: &FilterKey,
     key: impl Fn(&T) -> crate::domain::paging::Cursor,
 ) -> Page<T> {
     let next_page_token = if items.len() > size {
         items.truncate(size);
         items
             .last()
-            .map(|last| crate::domain::paging::encode(&key(last), filters))
+            .map(|last| crate::domain::paging::encode(&key(last), filters.as_str()))
             .unwrap_or_default()
     } else {
         String::new()
@@ -197,7 +199,7 @@ impl App {
     pub async fn audit(&self, event: AuditRecord<'_>) {
         let doc = AuditEvent {
             id: crate::domain::secrets::new_id(),
-            action: event.action.to_string(),
+            action: event.action.as_str().to_string(),
             outcome: event.outcome,
             user_id: event.user_id.map(str::to_owned),
             actor_id: event.actor_id.map(str::to_owned),
@@ -210,7 +212,7 @@ impl App {
             expires_at: mongodb::bson::DateTime::now(),
         };
         if let Err(e) = self.store.audit_events.record(doc, self.now()).await {
-            tracing::error!(error = %e, action = event.action, "failed to write audit event");
+            tracing::error!(error = %e, action = event.action.as_str(), "failed to write audit event");
         }
     }
 }
@@ -225,7 +227,7 @@ fn derive_key(master: &[u8], label: &str) -> [u8; 32] {
 
 /// The facts of one audit event (see `store::audit_events`).
 pub struct AuditRecord<'a> {
-    pub action: &'static str,
+    pub action: AuditAction,
     pub outcome: Outcome,
     pub caller: &'a Caller,
     pub user_id: Option<&'a str>,
@@ -237,7 +239,7 @@ pub struct AuditRecord<'a> {
 }
 
 impl<'a> AuditRecord<'a> {
-    pub fn new(action: &'static str, outcome: Outcome, caller: &'a Caller) -> Self {
+    pub fn new(action: AuditAction, outcome: Outcome, caller: &'a Caller) -> Self {
         Self {
             action,
             outcome,

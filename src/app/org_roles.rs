@@ -16,16 +16,19 @@ use std::collections::HashSet;
 
 use super::authorization::OrgPlace;
 use super::{App, AuditRecord, Caller};
+use crate::domain::audit::AuditAction;
 use crate::domain::org_roles::{
     check_base_role, check_role_name, check_role_permission, decide_with_custom_role,
     may_grant_custom_role, RoleGrantDenied, MAX_ROLES_PER_ORG, MAX_ROLE_DESCRIPTION,
     MAX_ROLE_PERMISSIONS,
 };
+use crate::domain::permissions::Permission;
 use crate::domain::permissions::{is_known, OrgRole, OrgStanding};
 use crate::domain::roles::Role;
 use crate::domain::secrets::new_id;
 use crate::domain::tokens::AccessClaims;
-use crate::error::{Error, FieldViolation, Result};
+use crate::domain::validation::Violations;
+use crate::error::{Error, Result};
 use crate::store::audit_events::Outcome;
 use crate::store::bson_time;
 use crate::store::memberships::MembershipDoc;
@@ -84,17 +87,8 @@ fn refusal(denied: RoleGrantDenied) -> Error {
     }
 }
 
-fn check_description(description: &str, out: &mut Vec<FieldViolation>) {
-    if description.chars().count() > MAX_ROLE_DESCRIPTION
-        || description.chars().any(char::is_control)
-    {
-        out.push(FieldViolation::new(
-            "description",
-            format!(
-                "must be at most {MAX_ROLE_DESCRIPTION} characters, without control characters"
-            ),
-        ));
-    }
+fn check_description(description: &str, out: &mut Violations) {
+    out.text("description", description, MAX_ROLE_DESCRIPTION);
 }
 
 /// Whether a membership names a custom role.
@@ -112,12 +106,12 @@ fn require_org_id(org_id: &str) -> Result<()> {
 impl App {
     /// Checks a role's permission list: organization catalogue permissions, each once, at most
     /// [`MAX_ROLE_PERMISSIONS`].
-    fn check_role_permissions(&self, permissions: &[String], out: &mut Vec<FieldViolation>) {
+    fn check_role_permissions(&self, permissions: &[String], out: &mut Violations) {
         if permissions.len() > MAX_ROLE_PERMISSIONS {
-            out.push(FieldViolation::new(
+            out.push(
                 "permissions",
                 format!("must hold at most {MAX_ROLE_PERMISSIONS} permissions"),
-            ));
+            );
             return;
         }
         let mut seen = HashSet::new();
@@ -125,9 +119,9 @@ impl App {
             let field = format!("permissions[{i}]");
             let scope = self.permission_rule(p).map(|r| r.scope);
             if let Err(why) = check_role_permission(is_known(p), scope) {
-                out.push(FieldViolation::new(field, why));
+                out.push(field, why);
             } else if !seen.insert(p.as_str()) {
-                out.push(FieldViolation::new(field, "appears more than once"));
+                out.push(field, "appears more than once");
             }
         }
     }
@@ -170,18 +164,16 @@ impl App {
         require_org_id(org_id)?;
         let actor = self.require_org_admin(who, org_id).await?;
         let base = new.base_role.unwrap_or(OrgRole::Member);
-        let mut violations = Vec::new();
+        let mut violations = Violations::new();
         if let Err(why) = check_role_name(&new.name) {
-            violations.push(FieldViolation::new("name", why));
+            violations.push("name", why);
         }
         check_description(&new.description, &mut violations);
         if let Err(why) = check_base_role(base) {
-            violations.push(FieldViolation::new("base_role", why));
+            violations.push("base_role", why);
         }
         self.check_role_permissions(&new.permissions, &mut violations);
-        if !violations.is_empty() {
-            return Err(Error::InvalidArgument(violations));
-        }
+        violations.finish()?;
         self.may_grant(who, org_id, actor, base, &new.permissions)
             .await?;
         // Checked before the insert: concurrent definitions may pass the cap by a few.
@@ -205,7 +197,7 @@ impl App {
         }
         self.forget_custom_roles(org_id);
         self.audit(
-            AuditRecord::new("org.role.define", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::OrgRoleDefine, Outcome::Success, caller)
                 .user(&who.user_id)
                 .actor(&who.user_id)
                 .session(&who.session_id)
@@ -226,7 +218,8 @@ impl App {
     ) -> Result<Vec<OrgCustomRole>> {
         require_org_id(org_id)?;
         let exists = async { Ok(self.store.orgs.exists(org_id).await?) };
-        self.require_in_org(who, org_id, "org.read", exists).await?;
+        self.require_in_org(who, org_id, Permission::OrgRead, exists)
+            .await?;
         Ok(self
             .store
             .org_roles
@@ -250,9 +243,9 @@ impl App {
     ) -> Result<OrgCustomRole> {
         require_org_id(org_id)?;
         let actor = self.require_org_admin(who, org_id).await?;
-        let mut violations = Vec::new();
+        let mut violations = Violations::new();
         if name.is_empty() {
-            violations.push(FieldViolation::new("name", "is required"));
+            violations.push("name", "is required");
         }
         if let Some(description) = &description {
             check_description(description, &mut violations);
@@ -260,9 +253,7 @@ impl App {
         if let Some(permissions) = &permissions {
             self.check_role_permissions(permissions, &mut violations);
         }
-        if !violations.is_empty() {
-            return Err(Error::InvalidArgument(violations));
-        }
+        violations.finish()?;
         let current = self
             .store
             .org_roles
@@ -291,7 +282,7 @@ impl App {
             .ok_or(Error::OrgRoleNotFound)?;
         self.forget_custom_roles(org_id);
         self.audit(
-            AuditRecord::new("org.role.update", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::OrgRoleUpdate, Outcome::Success, caller)
                 .user(&who.user_id)
                 .actor(&who.user_id)
                 .session(&who.session_id)
@@ -341,7 +332,7 @@ impl App {
             .clear_custom_role(org_id, &current.id)
             .await?;
         self.audit(
-            AuditRecord::new("org.role.delete", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::OrgRoleDelete, Outcome::Success, caller)
                 .user(&who.user_id)
                 .actor(&who.user_id)
                 .session(&who.session_id)
@@ -418,7 +409,7 @@ impl App {
     /// The caller's role in `org_id` if they manage its members (admin or owner).
     async fn require_org_admin(&self, who: &AccessClaims, org_id: &str) -> Result<OrgRole> {
         let exists = async { Ok(self.store.orgs.exists(org_id).await?) };
-        self.require_in_org(who, org_id, "org.members.write", exists)
+        self.require_in_org(who, org_id, Permission::OrgMembersWrite, exists)
             .await
     }
 }

@@ -11,10 +11,13 @@ use std::sync::{Arc, RwLock};
 use serde::Deserialize;
 
 use super::{App, AuditRecord, Caller};
-use crate::domain::permissions::{builtin_scope, check_catalogue_name, OrgRole, Scope, MATRIX};
+use crate::domain::audit::AuditAction;
+use crate::domain::permissions::Permission;
+use crate::domain::permissions::{builtin_scope, check_catalogue_name, OrgRole, Scope};
 use crate::domain::roles::Role;
 use crate::domain::tokens::AccessClaims;
-use crate::error::{Error, FieldViolation, Result};
+use crate::domain::validation::Violations;
+use crate::error::{Error, Result};
 use crate::store::audit_events::Outcome;
 use crate::store::bson_time;
 use crate::store::permissions::{PermissionChange, PermissionDoc};
@@ -116,44 +119,36 @@ fn rule_of(doc: &PermissionDoc) -> Option<Rule> {
 }
 
 /// Checks a definition; `field` prefixes the names of its violations (`permission[3].`).
-fn check_new(p: &NewPermission, field: &str, out: &mut Vec<FieldViolation>) -> Option<Scope> {
+fn check_new(p: &NewPermission, field: &str, out: &mut Violations) -> Option<Scope> {
     if let Err(why) = check_catalogue_name(&p.name) {
-        out.push(FieldViolation::new(format!("{field}name"), why));
+        out.push(format!("{field}name"), why);
     }
-    if p.description.chars().count() > MAX_DESCRIPTION
-        || p.description.chars().any(char::is_control)
-    {
-        out.push(FieldViolation::new(
-            format!("{field}description"),
-            "must be at most 512 characters, without control characters",
-        ));
-    }
+    out.text(
+        &format!("{field}description"),
+        &p.description,
+        MAX_DESCRIPTION,
+    );
     let scope = match p.scope.as_str() {
         "platform" => match p.least_role.parse::<Role>() {
             Ok(role) => Some(Scope::Platform(role)),
             Err(_) => {
-                out.push(FieldViolation::new(
-                    format!("{field}least_role"),
-                    "must be a global role (guest, user, moderator, admin, super_admin) for platform scope",
-                ));
+                out.push(format!("{field}least_role"),
+                    "must be a global role (guest, user, moderator, admin, super_admin) for platform scope");
                 None
             }
         },
-        "organization" => match p.least_role.parse::<OrgRole>() {
-            Ok(role) => Some(Scope::Org(role)),
-            Err(_) => {
-                out.push(FieldViolation::new(
-                    format!("{field}least_role"),
-                    "must be an organization role (member, admin, owner) for organization scope",
-                ));
-                None
+        "organization" => {
+            match p.least_role.parse::<OrgRole>() {
+                Ok(role) => Some(Scope::Org(role)),
+                Err(_) => {
+                    out.push(format!("{field}least_role"),
+                    "must be an organization role (member, admin, owner) for organization scope");
+                    None
+                }
             }
-        },
+        }
         _ => {
-            out.push(FieldViolation::new(
-                format!("{field}scope"),
-                "must be platform or organization",
-            ));
+            out.push(format!("{field}scope"), "must be platform or organization");
             None
         }
     };
@@ -191,18 +186,18 @@ impl App {
     /// Every permission: built in first, then the catalogue. Caller: any signed-in user.
     pub async fn list_permissions(&self, who: &AccessClaims) -> Result<Vec<Definition>> {
         self.acting(who).await?;
-        let mut all: Vec<Definition> = MATRIX
-            .iter()
-            .map(|(name, scope, description)| Definition {
-                name: name.to_string(),
-                description: description.to_string(),
+        let mut all: Vec<Definition> = Permission::ALL
+            .into_iter()
+            .map(|permission| Definition {
+                name: permission.as_str().to_string(),
+                description: permission.description().to_string(),
                 rule: Rule {
-                    scope: *scope,
+                    scope: permission.scope(),
                     requires_mfa: self
                         .config
                         .mfa_required_permissions
                         .iter()
-                        .any(|p| p == name),
+                        .any(|p| p == permission.as_str()),
                 },
                 built_in: true,
                 doc: None,
@@ -250,11 +245,11 @@ impl App {
         new: NewPermission,
         caller: &Caller,
     ) -> Result<Definition> {
-        let actor = self.require(who, "permissions.write").await?;
-        let mut violations = Vec::new();
+        let actor = self.require(who, Permission::PermissionsWrite).await?;
+        let mut violations = Violations::new();
         let scope = check_new(&new, "", &mut violations);
         let Some(scope) = scope.filter(|_| violations.is_empty()) else {
-            return Err(Error::InvalidArgument(violations));
+            return Err(violations.into());
         };
         self.may_shape(who, actor.role, scope, false)?;
         let now = bson_time(self.now());
@@ -272,7 +267,7 @@ impl App {
         }
         self.reload_catalogue().await?;
         self.audit(
-            AuditRecord::new("permission_define", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::PermissionDefine, Outcome::Success, caller)
                 .actor(&who.user_id)
                 .detail("permission", new.name.as_str())
                 .detail("scope", scope_str(scope).0)
@@ -303,7 +298,7 @@ impl App {
         least_role_is_global: bool,
         caller: &Caller,
     ) -> Result<Definition> {
-        let actor = self.require(who, "permissions.write").await?;
+        let actor = self.require(who, Permission::PermissionsWrite).await?;
         if name.is_empty() {
             return Err(Error::invalid("name", "is required"));
         }
@@ -323,7 +318,7 @@ impl App {
                 .unwrap_or(current.least_role.clone()),
             requires_mfa: change.requires_mfa.unwrap_or(current.requires_mfa),
         };
-        let mut violations = Vec::new();
+        let mut violations = Violations::new();
         let platform = current.scope == "platform";
         if change.least_role.is_some() && least_role_is_global != platform {
             let (field, why) = if platform {
@@ -337,12 +332,10 @@ impl App {
                     "this is an organization permission: set least_org_role",
                 )
             };
-            violations.push(FieldViolation::new(field, why));
+            violations.push(field, why);
         }
         let new_scope = check_new(&asked, "", &mut violations);
-        if !violations.is_empty() {
-            return Err(Error::InvalidArgument(violations));
-        }
+        violations.finish()?;
         // Both what it was and what it becomes must be within the caller's reach.
         if let Some(old) = rule_of(&current) {
             self.may_shape(who, actor.role, old.scope, old.requires_mfa)?;
@@ -360,7 +353,7 @@ impl App {
         };
         self.reload_catalogue().await?;
         self.audit(
-            AuditRecord::new("permission_update", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::PermissionUpdate, Outcome::Success, caller)
                 .actor(&who.user_id)
                 .detail("permission", name)
                 .detail("least_role", doc.least_role.as_str())
@@ -385,7 +378,7 @@ impl App {
         name: &str,
         caller: &Caller,
     ) -> Result<()> {
-        let actor = self.require(who, "permissions.write").await?;
+        let actor = self.require(who, Permission::PermissionsWrite).await?;
         if name.is_empty() {
             return Err(Error::invalid("name", "is required"));
         }
@@ -398,7 +391,7 @@ impl App {
         }
         self.reload_catalogue().await?;
         self.audit(
-            AuditRecord::new("permission_delete", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::PermissionDelete, Outcome::Success, caller)
                 .actor(&who.user_id)
                 .detail("permission", name),
         )
@@ -476,7 +469,7 @@ impl App {
             self.reload_catalogue().await?;
             if report.created.len() + report.updated.len() + report.deleted.len() > 0 {
                 self.audit(
-                    AuditRecord::new("permissions_apply", Outcome::Success, caller)
+                    AuditRecord::new(AuditAction::PermissionsApply, Outcome::Success, caller)
                         .detail("created", report.created.clone())
                         .detail("updated", report.updated.clone())
                         .detail("deleted", report.deleted.clone()),
@@ -491,24 +484,18 @@ impl App {
 /// The file's permissions by name, each with its scope; every problem at once, as field
 /// violations named `permission[i].field`.
 pub fn check_file(file: &PermissionFile) -> Result<BTreeMap<String, (Scope, &NewPermission)>> {
-    let mut violations = Vec::new();
+    let mut violations = Violations::new();
     let mut wanted = BTreeMap::new();
     for (i, p) in file.permission.iter().enumerate() {
         let field = format!("permission[{i}].");
         if let Some(scope) = check_new(p, &field, &mut violations) {
             if wanted.insert(p.name.clone(), (scope, p)).is_some() {
-                violations.push(FieldViolation::new(
-                    format!("{field}name"),
-                    "appears more than once",
-                ));
+                violations.push(format!("{field}name"), "appears more than once");
             }
         }
     }
-    if violations.is_empty() {
-        Ok(wanted)
-    } else {
-        Err(Error::InvalidArgument(violations))
-    }
+    violations.finish()?;
+    Ok(wanted)
 }
 
 /// Reads a catalogue file (TOML) and checks every definition in it.

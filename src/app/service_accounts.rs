@@ -11,13 +11,16 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use super::{App, AuditRecord, Caller};
+use crate::domain::audit::AuditAction;
+use crate::domain::permissions::Permission;
 use crate::domain::permissions::{
     may_set_global_role, may_set_org_role, GrantDenied, OrgRole, OrgStanding, Scope,
 };
 use crate::domain::roles::Role;
 use crate::domain::secrets::{hash_token, is_id, new_id, new_secret};
 use crate::domain::tokens::{AccessClaims, ServiceAccountGrant};
-use crate::error::{Error, FieldViolation, Result};
+use crate::domain::validation::Violations;
+use crate::error::{Error, Result};
 use crate::store::api_keys::ApiKeyDoc;
 use crate::store::audit_events::Outcome;
 use crate::store::bson_time;
@@ -69,17 +72,6 @@ pub struct CreatedKey {
 
 fn org_role_of(account: &ServiceAccountDoc) -> Option<OrgRole> {
     account.org_role.as_deref().and_then(|r| r.parse().ok())
-}
-
-fn check_text(field: &str, text: &str, max: usize, required: bool, out: &mut Vec<FieldViolation>) {
-    if required && text.trim().is_empty() {
-        out.push(FieldViolation::new(field, "is required"));
-    } else if text.chars().count() > max || text.chars().any(char::is_control) {
-        out.push(FieldViolation::new(
-            field,
-            format!("must be at most {max} characters, without control characters"),
-        ));
-    }
 }
 
 impl App {
@@ -216,7 +208,7 @@ impl App {
     ) -> Result<()> {
         match org_id {
             None => {
-                let actor = self.require(who, "users.write").await?;
+                let actor = self.require(who, Permission::UsersWrite).await?;
                 may_set_global_role(actor.role, Role::Guest, role).map_err(|why| match why {
                     GrantDenied::NotAllowed => Error::PermissionDenied,
                     GrantDenied::RoleTooHigh => Error::RoleTooHigh,
@@ -225,7 +217,7 @@ impl App {
             Some(org_id) => {
                 let exists = async { Ok(self.store.orgs.exists(org_id).await?) };
                 let actor = self
-                    .require_in_org(who, org_id, "org.members.write", exists)
+                    .require_in_org(who, org_id, Permission::OrgMembersWrite, exists)
                     .await?;
                 may_set_org_role(actor, None, org_role).map_err(|why| match why {
                     GrantDenied::NotAllowed => Error::PermissionDenied,
@@ -242,57 +234,43 @@ impl App {
         new: NewServiceAccount,
         caller: &Caller,
     ) -> Result<ServiceAccountDoc> {
-        let mut violations = Vec::new();
-        check_text("name", &new.name, MAX_NAME, true, &mut violations);
-        check_text(
-            "description",
-            &new.description,
-            MAX_DESCRIPTION,
-            false,
-            &mut violations,
-        );
+        let mut violations = Violations::new();
+        violations.required_text("name", &new.name, MAX_NAME);
+        violations.text("description", &new.description, MAX_DESCRIPTION);
         let org_id = (!new.org_id.is_empty()).then_some(new.org_id.as_str());
         if org_id.is_some_and(|id| !is_id(id)) {
-            violations.push(FieldViolation::new(
-                "org_id",
-                "must be an organization id or empty",
-            ));
+            violations.push("org_id", "must be an organization id or empty");
         }
         let (role, org_role) = match (org_id, new.role, new.org_role) {
             (None, Some(role), None) => (role, None),
             (Some(_), None, Some(org_role)) => (Role::Guest, Some(org_role)),
             (None, _, _) => {
-                violations.push(FieldViolation::new(
+                violations.push(
                     "role",
                     "a platform-wide account needs a role (and no org_role)",
-                ));
+                );
                 (Role::Guest, None)
             }
             (Some(_), _, _) => {
-                violations.push(FieldViolation::new(
+                violations.push(
                     "org_role",
                     "an organization's account needs an org_role (and no role)",
-                ));
+                );
                 (Role::Guest, None)
             }
         };
         if new.allowed_permissions.len() > 100 {
-            violations.push(FieldViolation::new(
-                "allowed_permissions",
-                "must hold at most 100 permissions",
-            ));
+            violations.push("allowed_permissions", "must hold at most 100 permissions");
         }
         for (i, p) in new.allowed_permissions.iter().enumerate() {
             if self.permission_rule(p).is_none() {
-                violations.push(FieldViolation::new(
+                violations.push(
                     format!("allowed_permissions[{i}]"),
                     "is not a known permission",
-                ));
+                );
             }
         }
-        if !violations.is_empty() {
-            return Err(Error::InvalidArgument(violations));
-        }
+        violations.finish()?;
         self.require_manager(who, org_id, role, org_role).await?;
         // Nobody gives an account a permission they do not hold themself.
         for p in &new.allowed_permissions {
@@ -334,7 +312,7 @@ impl App {
         };
         self.store.service_accounts.insert(&account).await?;
         self.audit(
-            AuditRecord::new("service_account_create", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::ServiceAccountCreate, Outcome::Success, caller)
                 .user(&account.id)
                 .actor(&who.user_id)
                 .detail("org_id", account.org_id.clone().unwrap_or_default())
@@ -354,7 +332,7 @@ impl App {
         org_id: &str,
     ) -> Result<Vec<ServiceAccountDoc>> {
         if org_id.is_empty() {
-            self.require(who, "users.read").await?;
+            self.require(who, Permission::UsersRead).await?;
             return Ok(self.store.service_accounts.list(None).await?);
         }
         if !is_id(org_id) {
@@ -364,7 +342,7 @@ impl App {
             ));
         }
         let exists = async { Ok(self.store.orgs.exists(org_id).await?) };
-        self.require_in_org(who, org_id, "org.members.read", exists)
+        self.require_in_org(who, org_id, Permission::OrgMembersRead, exists)
             .await?;
         Ok(self.store.service_accounts.list(Some(org_id)).await?)
     }
@@ -408,7 +386,7 @@ impl App {
             .await?;
         self.forget_keys();
         self.audit(
-            AuditRecord::new("service_account_disable", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::ServiceAccountDisable, Outcome::Success, caller)
                 .user(&account.id)
                 .actor(&who.user_id),
         )
@@ -429,7 +407,7 @@ impl App {
         let keys = self.store.api_keys.remove_all(&account.id).await?;
         self.forget_keys();
         self.audit(
-            AuditRecord::new("service_account_delete", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::ServiceAccountDelete, Outcome::Success, caller)
                 .user(&account.id)
                 .actor(&who.user_id)
                 .detail("keys_deleted", keys as i64),
@@ -447,21 +425,13 @@ impl App {
         expires_at: Option<DateTime<Utc>>,
         caller: &Caller,
     ) -> Result<CreatedKey> {
-        let mut violations = Vec::new();
-        check_text(
-            "description",
-            description,
-            MAX_DESCRIPTION,
-            false,
-            &mut violations,
-        );
+        let mut violations = Violations::new();
+        violations.text("description", description, MAX_DESCRIPTION);
         let now = self.now();
         if expires_at.is_some_and(|t| t <= now) {
-            violations.push(FieldViolation::new("expires_at", "must be in the future"));
+            violations.push("expires_at", "must be in the future");
         }
-        if !violations.is_empty() {
-            return Err(Error::InvalidArgument(violations));
-        }
+        violations.finish()?;
         let account = self.managed_account(who, service_account_id).await?;
         if !self
             .store
@@ -493,7 +463,7 @@ impl App {
             return Err(e.into());
         }
         self.audit(
-            AuditRecord::new("api_key_create", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::ApiKeyCreate, Outcome::Success, caller)
                 .user(&account.id)
                 .actor(&who.user_id)
                 .detail("api_key_id", key.id.as_str())
@@ -536,7 +506,7 @@ impl App {
             .await?;
         self.forget_keys();
         self.audit(
-            AuditRecord::new("api_key_revoke", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::ApiKeyRevoke, Outcome::Success, caller)
                 .user(&account.id)
                 .actor(&who.user_id)
                 .detail("api_key_id", api_key_id),

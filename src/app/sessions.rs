@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use super::{App, AuditRecord, Caller};
+use crate::domain::audit::AuditAction;
 use crate::domain::mfa::Factor;
 use crate::domain::secrets::{hash_token, new_id, new_refresh_token, REFRESH_TOKEN_PREFIX};
 use crate::domain::tokens::AccessClaims;
@@ -204,7 +205,7 @@ impl App {
             // Usually a client retrying a lost response; recorded, since it could also be a
             // thief who refreshed first.
             self.audit(
-                AuditRecord::new("refresh_retry", Outcome::Failure, caller)
+                AuditRecord::new(AuditAction::RefreshRetry, Outcome::Failure, caller)
                     .user(&session.user_id)
                     .session(&session.id),
             )
@@ -219,7 +220,7 @@ impl App {
         crate::metrics::refresh_reuse_detected();
         tracing::warn!(session_id = %session.id, user_id = %session.user_id, "refresh token reuse: session revoked");
         self.audit(
-            AuditRecord::new("refresh_reuse", Outcome::Failure, caller)
+            AuditRecord::new(AuditAction::RefreshReuse, Outcome::Failure, caller)
                 .user(&session.user_id)
                 .session(&session.id)
                 .detail("revoked", true),
@@ -311,7 +312,7 @@ impl App {
             usize::from(ended)
         };
         self.audit(
-            AuditRecord::new("logout", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::Logout, Outcome::Success, caller)
                 .user(&who.user_id)
                 .session(&who.session_id)
                 .detail("all_sessions", all_sessions)
@@ -354,7 +355,7 @@ impl App {
         }
         self.revoke_sessions([session_id]);
         self.audit(
-            AuditRecord::new("session_revoke", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::SessionRevoke, Outcome::Success, caller)
                 .user(&who.user_id)
                 .session(session_id),
         )

@@ -7,14 +7,16 @@
 
 use chrono::{DateTime, Utc};
 
-use super::accounts::MAX_DISPLAY_NAME;
 use super::{page_of, page_request, App, AuditRecord, Caller, Page};
+use crate::domain::audit::AuditAction;
 use crate::domain::email;
-use crate::domain::paging::Cursor;
+use crate::domain::paging::{Cursor, FilterKey, PageFilter};
+use crate::domain::permissions::Permission;
 use crate::domain::permissions::{may_set_global_role, GrantDenied};
 use crate::domain::roles::Role;
 use crate::domain::tokens::AccessClaims;
-use crate::error::{Error, FieldViolation, Result};
+use crate::domain::validation::Violations;
+use crate::error::{Error, Result};
 use crate::store::audit_events::{AuditEvent, AuditFilter, Outcome};
 use crate::store::users::{Inserted, UserDoc, UserFilter, UserStatus};
 
@@ -45,6 +47,32 @@ fn check_range(from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>, field: &s
     }
 }
 
+impl PageFilter for UserFilter {
+    fn filter_key(&self) -> FilterKey {
+        let statuses = self.statuses.iter().map(|s| match s {
+            UserStatus::Active => "active",
+            UserStatus::Disabled => "disabled",
+            UserStatus::Deleted => "deleted",
+        });
+        FilterKey::new("users")
+            .set("status", statuses)
+            .text("role", self.role.map_or("", Role::as_str))
+            .text("email_prefix", &self.email_prefix)
+            .time("created_after", self.created_after)
+            .time("created_before", self.created_before)
+    }
+}
+
+impl PageFilter for AuditFilter {
+    fn filter_key(&self) -> FilterKey {
+        FilterKey::new("audit_events")
+            .text("user_id", &self.user_id)
+            .text("action", &self.action)
+            .time("after", self.after)
+            .time("before", self.before)
+    }
+}
+
 impl App {
     /// Accounts matching `filter`, oldest first, one keyset page at a time.
     pub async fn list_users(
@@ -54,9 +82,9 @@ impl App {
         page_size_requested: i32,
         page_token: &str,
     ) -> Result<Page<UserDoc>> {
-        self.require(who, "users.read").await?;
+        self.require(who, Permission::UsersRead).await?;
         check_range(filter.created_after, filter.created_before, "created_after")?;
-        let filters = format!("{filter:?}");
+        let filters = filter.filter_key();
         let (limit, cursor) = page_request(page_size_requested, page_token, &filters)?;
         let users = self
             .store
@@ -71,7 +99,7 @@ impl App {
 
     /// One account, whatever its state.
     pub async fn get_user(&self, who: &AccessClaims, user_id: &str) -> Result<UserDoc> {
-        self.require(who, "users.read").await?;
+        self.require(who, Permission::UsersRead).await?;
         self.store
             .users
             .find_by_id(user_id)
@@ -125,33 +153,23 @@ impl App {
         changes: ProfileChanges,
         caller: &Caller,
     ) -> Result<UserDoc> {
-        let actor = self.require(who, "users.write").await?;
-        let mut violations = Vec::new();
+        let actor = self.require(who, Permission::UsersWrite).await?;
+        let mut violations = Violations::new();
         let display_name = changes.display_name.map(|n| n.trim().to_string());
         if let Some(name) = &display_name {
-            if name.is_empty() {
-                violations.push(FieldViolation::new("display_name", "must not be empty"));
-            } else if name.chars().count() > MAX_DISPLAY_NAME || name.chars().any(char::is_control)
-            {
-                violations.push(FieldViolation::new(
-                    "display_name",
-                    format!(
-                        "must be at most {MAX_DISPLAY_NAME} characters, without control characters"
-                    ),
-                ));
+            if violations.required("display_name", name) {
+                violations.display_name("display_name", name);
             }
         }
         let new_email = match changes.email.as_deref().map(email::normalize) {
             Some(Ok(e)) => Some(e),
             Some(Err(why)) => {
-                violations.push(FieldViolation::new("email", why));
+                violations.push("email", why);
                 None
             }
             None => None,
         };
-        if !violations.is_empty() {
-            return Err(Error::InvalidArgument(violations));
-        }
+        violations.finish()?;
         let before = self.target(who, actor.role, user_id, true).await?;
         let email_changed = new_email.as_ref().filter(|e| **e != before.email);
         // The address is where codes and resets go: whoever sets it (or vouches for it) could
@@ -183,7 +201,7 @@ impl App {
             .map_err(|_: Inserted| Error::EmailTaken)?;
         let user = self.written(user, user_id).await?;
         self.forget_user(user_id);
-        let mut event = AuditRecord::new("user.update", Outcome::Success, caller)
+        let mut event = AuditRecord::new(AuditAction::UserUpdate, Outcome::Success, caller)
             .user(&user.id)
             .actor(&who.user_id)
             .session(&who.session_id);
@@ -243,7 +261,7 @@ impl App {
         caller: &Caller,
     ) -> Result<UserDoc> {
         // Checked first, for every target (it also applies `mfa_required_permissions`).
-        let actor = self.require(who, "users.roles.write").await?;
+        let actor = self.require(who, Permission::UsersRolesWrite).await?;
         if user_id == who.user_id {
             // Even a super_admin does not change their own role.
             return Err(Error::PermissionDenied);
@@ -260,7 +278,7 @@ impl App {
         };
         if let Some(why) = refused {
             self.audit(
-                AuditRecord::new("user.set_role", Outcome::Denied, caller)
+                AuditRecord::new(AuditAction::UserSetRole, Outcome::Denied, caller)
                     .user(user_id)
                     .actor(&who.user_id)
                     .session(&who.session_id)
@@ -286,7 +304,7 @@ impl App {
         let user = self.written(user, user_id).await?;
         self.forget_user(user_id);
         self.audit(
-            AuditRecord::new("user.set_role", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::UserSetRole, Outcome::Success, caller)
                 .user(user_id)
                 .actor(&who.user_id)
                 .session(&who.session_id)
@@ -305,7 +323,7 @@ impl App {
         reason: &str,
         caller: &Caller,
     ) -> Result<(UserDoc, usize)> {
-        let actor = self.require(who, "users.write").await?;
+        let actor = self.require(who, Permission::UsersWrite).await?;
         let target = self.target(who, actor.role, user_id, false).await?;
         let now = self.now();
         let user = if target.status == UserStatus::Disabled {
@@ -326,7 +344,7 @@ impl App {
         };
         let ended = self.end_all_sessions(user_id, "account_disabled").await?;
         self.audit(
-            AuditRecord::new("user.disable", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::UserDisable, Outcome::Success, caller)
                 .user(user_id)
                 .actor(&who.user_id)
                 .session(&who.session_id)
@@ -343,7 +361,7 @@ impl App {
         user_id: &str,
         caller: &Caller,
     ) -> Result<UserDoc> {
-        let actor = self.require(who, "users.write").await?;
+        let actor = self.require(who, Permission::UsersWrite).await?;
         let target = self.target(who, actor.role, user_id, true).await?;
         let user = if target.status == UserStatus::Active {
             target
@@ -363,7 +381,7 @@ impl App {
         };
         self.forget_user(user_id);
         self.audit(
-            AuditRecord::new("user.enable", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::UserEnable, Outcome::Success, caller)
                 .user(user_id)
                 .actor(&who.user_id)
                 .session(&who.session_id),
@@ -381,7 +399,7 @@ impl App {
         reason: &str,
         caller: &Caller,
     ) -> Result<usize> {
-        let actor = self.require(who, "users.write").await?;
+        let actor = self.require(who, Permission::UsersWrite).await?;
         let target = self.target(who, actor.role, user_id, false).await?;
         let freed = self
             .config
@@ -402,7 +420,7 @@ impl App {
         self.store.identities.remove_user(user_id).await?;
         let ended = self.end_all_sessions(user_id, "account_deleted").await?;
         self.audit(
-            AuditRecord::new("user.delete", Outcome::Success, caller)
+            AuditRecord::new(AuditAction::UserDelete, Outcome::Success, caller)
                 .user(user_id)
                 .actor(&who.user_id)
                 .session(&who.session_id)
@@ -434,9 +452,9 @@ impl App {
         page_size_requested: i32,
         page_token: &str,
     ) -> Result<Page<AuditEvent>> {
-        self.require(who, "audit.read").await?;
+        self.require(who, Permission::AuditRead).await?;
         check_range(filter.after, filter.before, "after")?;
-        let filters = format!("{filter:?}");
+        let filters = filter.filter_key();
         let (limit, cursor) = page_request(page_size_requested, page_token, &filters)?;
         let events = self
             .store

@@ -14,6 +14,8 @@ use rand::Rng;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+use super::validation::{Violations, REQUIRED};
+
 /// Digits in a code.
 pub const CODE_DIGITS: usize = 6;
 /// Wrong (or any) attempts a code survives; the next attempt fails even with the right digits.
@@ -51,6 +53,15 @@ pub fn generate() -> String {
 /// True when `code` has the shape of a code (checked before any lookup).
 pub fn well_formed(code: &str) -> bool {
     code.len() == CODE_DIGITS && code.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// A code as typed into a request: required, and [`CODE_DIGITS`] digits.
+pub fn check_code(field: &str, code: &str, out: &mut Violations) {
+    if code.is_empty() {
+        out.push(field, REQUIRED);
+    } else if !well_formed(code) {
+        out.push(field, format!("must be {CODE_DIGITS} digits"));
+    }
 }
 
 /// Keys the at-rest form of codes.
@@ -158,6 +169,19 @@ impl SendLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn typed_codes_are_required_and_six_digits() {
+        let reasons = |code: &str| {
+            let mut v = Violations::new();
+            check_code("code", code, &mut v);
+            v.into_iter().map(|f| f.description).collect::<Vec<_>>()
+        };
+        assert!(reasons("123456").is_empty());
+        assert_eq!(reasons(""), ["is required"]);
+        assert_eq!(reasons("12345"), ["must be 6 digits"]);
+        assert_eq!(reasons("12345a"), ["must be 6 digits"]);
+    }
 
     fn hasher() -> CodeHasher {
         CodeHasher::new([7; 32])

@@ -172,9 +172,27 @@ pub fn issue_time_ok(iat: i64, now: i64, skew: i64, max_age: i64) -> bool {
     iat <= now + skew && iat >= now - max_age
 }
 
+/// A provider-supplied string safe to log and echo: printable ASCII, at most 64 characters.
+pub fn tidy_provider_text(s: &str) -> String {
+    s.chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .take(64)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn provider_text_is_printable_ascii_and_short() {
+        assert_eq!(tidy_provider_text("access_denied"), "access_denied");
+        assert_eq!(
+            tidy_provider_text("bad\r\nX-Injected: 1\u{1b}[31m é"),
+            "badX-Injected: 1[31m "
+        );
+        assert_eq!(tidy_provider_text(&"a".repeat(100)).len(), 64);
+    }
 
     #[test]
     fn flow_secrets_derive_from_the_state_and_the_key() {

@@ -4,6 +4,10 @@
 //! broken) and a fingerprint of the filters it was issued for; a token used with other filters,
 //! or not made by keyward, is refused. Pages never repeat or skip an item because others were
 //! inserted meanwhile: each page starts strictly after the previous page's last key.
+//!
+//! What a token is bound to is each listing's [`FilterKey`], written field by field by its
+//! [`PageFilter`] implementation, so reordering a filter's fields or changing its derives
+//! cannot silently change (or collide) the tokens it issues.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -19,6 +23,61 @@ pub const MAX_PAGE_SIZE: usize = 200;
 pub struct Cursor {
     pub at_millis: i64,
     pub id: String,
+}
+
+/// The canonical text of one listing's filters: the listing's name, then each filter by name
+/// with a length-prefixed value, so no two different filters share a text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterKey(String);
+
+impl FilterKey {
+    /// The key of `listing` (e.g. `users`, `members`) before any filter.
+    pub fn new(listing: &str) -> Self {
+        let mut key = FilterKey(String::new());
+        key.push("listing", listing);
+        key
+    }
+
+    fn push(&mut self, name: &str, value: &str) {
+        use std::fmt::Write;
+        let _ = write!(self.0, "{name}={}:{value};", value.len());
+    }
+
+    /// Adds a text filter (empty: not filtered).
+    pub fn text(mut self, name: &str, value: &str) -> Self {
+        self.push(name, value);
+        self
+    }
+
+    /// Adds a filter on a set of values (order and repeats do not matter).
+    pub fn set<'a>(mut self, name: &str, values: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut values: Vec<&str> = values.into_iter().collect();
+        values.sort_unstable();
+        values.dedup();
+        let joined = values
+            .iter()
+            .map(|v| format!("{}:{v}", v.len()))
+            .collect::<String>();
+        self.push(name, &joined);
+        self
+    }
+
+    /// Adds a time bound (`None`: unbounded), to the nanosecond.
+    pub fn time(mut self, name: &str, at: Option<chrono::DateTime<chrono::Utc>>) -> Self {
+        let at = at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true));
+        self.push(name, at.as_deref().unwrap_or_default());
+        self
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A listing's filters, as a page token is bound to them.
+pub trait PageFilter {
+    /// Every field that changes which items the listing returns, written explicitly.
+    fn filter_key(&self) -> FilterKey;
 }
 
 /// The page size for a requested one, or `None` when it is negative.
@@ -82,6 +141,42 @@ mod tests {
         assert_eq!(decode("", "role=admin"), Ok(None));
         assert_eq!(decode("not a token!", "role=admin"), Err(()));
         assert_eq!(decode(&URL_SAFE_NO_PAD.encode("x|y"), ""), Err(()));
+    }
+
+    #[test]
+    fn filter_keys_name_every_field_and_never_collide() {
+        let a = FilterKey::new("members")
+            .text("org", "a;b=")
+            .text("role", "");
+        let b = FilterKey::new("members")
+            .text("org", "a")
+            .text("role", "b=");
+        assert_ne!(a, b);
+        assert_eq!(
+            FilterKey::new("users").set("status", ["disabled", "active", "active"]),
+            FilterKey::new("users").set("status", ["active", "disabled"])
+        );
+        assert_ne!(
+            FilterKey::new("users").set("status", ["a", "b"]),
+            FilterKey::new("users").set("status", ["a:b"])
+        );
+        let t = chrono::DateTime::from_timestamp(1_700_000_000, 1).unwrap();
+        assert_ne!(
+            FilterKey::new("x").time("after", Some(t)),
+            FilterKey::new("x").time("after", Some(t + chrono::Duration::nanoseconds(1)))
+        );
+        assert_ne!(
+            FilterKey::new("x").time("after", None),
+            FilterKey::new("x").time("after", Some(t))
+        );
+        // The text is part of every issued token's fingerprint: it must not drift.
+        assert_eq!(
+            FilterKey::new("members")
+                .text("org", "o1")
+                .text("role", "")
+                .as_str(),
+            "listing=7:members;org=2:o1;role=0:;"
+        );
     }
 
     #[test]

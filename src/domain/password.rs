@@ -8,7 +8,7 @@ use std::cell::RefCell;
 use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 
-use crate::error::FieldViolation;
+use super::validation::FieldViolation;
 
 /// What a new password must satisfy. By default only NIST's rules apply (length and "not a
 /// common or easily guessed password"); composition rules are opt-in, for deployers who must

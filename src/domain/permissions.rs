@@ -55,76 +55,115 @@ pub enum Scope {
     Org(OrgRole),
 }
 
-/// Every permission keyward knows, with the least role that holds it.
-pub const MATRIX: &[(&str, Scope, &str)] = &[
-    (
-        "users.read",
-        Scope::Platform(Role::Moderator),
-        "list and read accounts",
-    ),
-    (
-        "users.write",
-        Scope::Platform(Role::Admin),
-        "change, disable, enable and delete accounts",
-    ),
-    (
-        "users.roles.write",
-        Scope::Platform(Role::Admin),
-        "change global roles (never above one's own; super_admin only by a super_admin)",
-    ),
-    (
-        "permissions.write",
-        Scope::Platform(Role::Admin),
-        "define, change and delete catalogue permissions",
-    ),
-    (
-        "audit.read",
-        Scope::Platform(Role::Moderator),
-        "read the audit trail",
-    ),
-    (
-        "orgs.create",
-        Scope::Platform(Role::User),
-        "create an organization",
-    ),
-    (
-        "org.read",
-        Scope::Org(OrgRole::Member),
-        "read the organization",
-    ),
-    (
-        "org.members.read",
-        Scope::Org(OrgRole::Member),
-        "list members",
-    ),
-    (
-        "org.write",
-        Scope::Org(OrgRole::Admin),
-        "change the organization",
-    ),
-    (
-        "org.members.write",
-        Scope::Org(OrgRole::Admin),
-        "invite, create, change and remove members (never above one's own role)",
-    ),
-    (
-        "org.delete",
-        Scope::Org(OrgRole::Owner),
-        "delete the organization",
-    ),
-];
+/// One of keyward's built-in permissions. Use cases name the permission they need as a value
+/// of this type, so a misspelt permission does not compile; names from clients (Authorize,
+/// custom roles, the catalogue) are resolved with [`Permission::from_name`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Permission {
+    UsersRead,
+    UsersWrite,
+    UsersRolesWrite,
+    PermissionsWrite,
+    AuditRead,
+    OrgsCreate,
+    OrgRead,
+    OrgMembersRead,
+    OrgWrite,
+    OrgMembersWrite,
+    OrgDelete,
+}
+
+impl Permission {
+    /// Every built-in permission, in the order they are listed.
+    pub const ALL: [Permission; 11] = [
+        Permission::UsersRead,
+        Permission::UsersWrite,
+        Permission::UsersRolesWrite,
+        Permission::PermissionsWrite,
+        Permission::AuditRead,
+        Permission::OrgsCreate,
+        Permission::OrgRead,
+        Permission::OrgMembersRead,
+        Permission::OrgWrite,
+        Permission::OrgMembersWrite,
+        Permission::OrgDelete,
+    ];
+
+    /// The permission's name, as clients and the configuration write it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Permission::UsersRead => "users.read",
+            Permission::UsersWrite => "users.write",
+            Permission::UsersRolesWrite => "users.roles.write",
+            Permission::PermissionsWrite => "permissions.write",
+            Permission::AuditRead => "audit.read",
+            Permission::OrgsCreate => "orgs.create",
+            Permission::OrgRead => "org.read",
+            Permission::OrgMembersRead => "org.members.read",
+            Permission::OrgWrite => "org.write",
+            Permission::OrgMembersWrite => "org.members.write",
+            Permission::OrgDelete => "org.delete",
+        }
+    }
+
+    /// Where it applies and the least role that holds it (the matrix).
+    pub const fn scope(self) -> Scope {
+        match self {
+            Permission::UsersRead => Scope::Platform(Role::Moderator),
+            Permission::UsersWrite => Scope::Platform(Role::Admin),
+            Permission::UsersRolesWrite => Scope::Platform(Role::Admin),
+            Permission::PermissionsWrite => Scope::Platform(Role::Admin),
+            Permission::AuditRead => Scope::Platform(Role::Moderator),
+            Permission::OrgsCreate => Scope::Platform(Role::User),
+            Permission::OrgRead => Scope::Org(OrgRole::Member),
+            Permission::OrgMembersRead => Scope::Org(OrgRole::Member),
+            Permission::OrgWrite => Scope::Org(OrgRole::Admin),
+            Permission::OrgMembersWrite => Scope::Org(OrgRole::Admin),
+            Permission::OrgDelete => Scope::Org(OrgRole::Owner),
+        }
+    }
+
+    /// What it allows, for ListPermissions.
+    pub const fn description(self) -> &'static str {
+        match self {
+            Permission::UsersRead => "list and read accounts",
+            Permission::UsersWrite => "change, disable, enable and delete accounts",
+            Permission::UsersRolesWrite => {
+                "change global roles (never above one's own; super_admin only by a super_admin)"
+            }
+            Permission::PermissionsWrite => "define, change and delete catalogue permissions",
+            Permission::AuditRead => "read the audit trail",
+            Permission::OrgsCreate => "create an organization",
+            Permission::OrgRead => "read the organization",
+            Permission::OrgMembersRead => "list members",
+            Permission::OrgWrite => "change the organization",
+            Permission::OrgMembersWrite => {
+                "invite, create, change and remove members (never above one's own role)"
+            }
+            Permission::OrgDelete => "delete the organization",
+        }
+    }
+
+    /// The built-in permission of this name, if any.
+    pub fn from_name(name: &str) -> Option<Permission> {
+        Permission::ALL.into_iter().find(|p| p.as_str() == name)
+    }
+}
+
+impl fmt::Display for Permission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Whether `permission` is one of keyward's permissions.
 pub fn is_known(permission: &str) -> bool {
-    builtin_scope(permission).is_some()
+    Permission::from_name(permission).is_some()
 }
 
 /// The scope and least role of a built-in permission.
 pub fn builtin_scope(permission: &str) -> Option<Scope> {
-    MATRIX
-        .iter()
-        .find(|(name, _, _)| *name == permission)
-        .map(|(_, scope, _)| *scope)
+    Permission::from_name(permission).map(Permission::scope)
 }
 
 /// Longest catalogue permission name.
@@ -177,11 +216,11 @@ pub enum OrgStanding {
     Member(OrgRole),
 }
 
-/// Decides `permission` for a caller with `role` and `standing`. Fails closed: an unknown
-/// permission, an org permission without an organization, or a platform permission asked inside
-/// an organization is denied.
-pub fn decide(permission: &str, role: Role, standing: OrgStanding) -> Decision {
-    decide_scope(builtin_scope(permission), role, standing)
+/// Decides a built-in `permission` for a caller with `role` and `standing`. Fails closed: an org
+/// permission without an organization, or a platform permission asked inside an organization,
+/// is denied.
+pub fn decide(permission: Permission, role: Role, standing: OrgStanding) -> Decision {
+    decide_scope(Some(permission.scope()), role, standing)
 }
 
 /// [`decide`] for a permission whose scope is known (built in or from the catalogue); `None`:
@@ -252,19 +291,19 @@ mod tests {
 
     #[test]
     fn platform_permissions_follow_the_global_role_only() {
-        assert!(decide("users.read", Role::Moderator, OrgStanding::NoOrg).allowed);
+        assert!(decide(Permission::UsersRead, Role::Moderator, OrgStanding::NoOrg).allowed);
         assert_eq!(
-            decide("users.read", Role::User, OrgStanding::NoOrg).reason,
+            decide(Permission::UsersRead, Role::User, OrgStanding::NoOrg).reason,
             "ROLE_TOO_LOW"
         );
-        assert!(!decide("users.write", Role::Moderator, OrgStanding::NoOrg).allowed);
-        assert!(decide("audit.read", Role::Moderator, OrgStanding::NoOrg).allowed);
-        assert!(!decide("audit.read", Role::User, OrgStanding::NoOrg).allowed);
-        assert!(!decide("orgs.create", Role::Guest, OrgStanding::NoOrg).allowed);
+        assert!(!decide(Permission::UsersWrite, Role::Moderator, OrgStanding::NoOrg).allowed);
+        assert!(decide(Permission::AuditRead, Role::Moderator, OrgStanding::NoOrg).allowed);
+        assert!(!decide(Permission::AuditRead, Role::User, OrgStanding::NoOrg).allowed);
+        assert!(!decide(Permission::OrgsCreate, Role::Guest, OrgStanding::NoOrg).allowed);
         // A platform permission is not granted inside an organization.
         assert!(
             !decide(
-                "users.read",
+                Permission::UsersRead,
                 Role::SuperAdmin,
                 OrgStanding::Member(OrgRole::Owner)
             )
@@ -276,12 +315,17 @@ mod tests {
     fn org_permissions_follow_the_membership_only() {
         // A super_admin who is not a member gets nothing in the organization.
         assert_eq!(
-            decide("org.read", Role::SuperAdmin, OrgStanding::NotMember).reason,
+            decide(
+                Permission::OrgRead,
+                Role::SuperAdmin,
+                OrgStanding::NotMember
+            )
+            .reason,
             "NOT_A_MEMBER"
         );
         assert!(
             decide(
-                "org.read",
+                Permission::OrgRead,
                 Role::Guest,
                 OrgStanding::Member(OrgRole::Member)
             )
@@ -289,7 +333,7 @@ mod tests {
         );
         assert_eq!(
             decide(
-                "org.write",
+                Permission::OrgWrite,
                 Role::Admin,
                 OrgStanding::Member(OrgRole::Member)
             )
@@ -298,7 +342,7 @@ mod tests {
         );
         assert!(
             !decide(
-                "org.delete",
+                Permission::OrgDelete,
                 Role::User,
                 OrgStanding::Member(OrgRole::Admin)
             )
@@ -306,18 +350,23 @@ mod tests {
         );
         assert!(
             decide(
-                "org.delete",
+                Permission::OrgDelete,
                 Role::User,
                 OrgStanding::Member(OrgRole::Owner)
             )
             .allowed
         );
         assert_eq!(
-            decide("org.read", Role::User, OrgStanding::NoOrg).reason,
+            decide(Permission::OrgRead, Role::User, OrgStanding::NoOrg).reason,
             "ORG_REQUIRED"
         );
         assert_eq!(
-            decide("org.everything", Role::SuperAdmin, OrgStanding::NoOrg).reason,
+            decide_scope(
+                builtin_scope("org.everything"),
+                Role::SuperAdmin,
+                OrgStanding::NoOrg
+            )
+            .reason,
             "UNKNOWN_PERMISSION"
         );
     }
@@ -364,6 +413,18 @@ mod tests {
             Err(GrantDenied::RoleTooHigh)
         );
         assert_eq!(may_set_org_role(Owner, Some(Owner), Some(Member)), Ok(()));
+    }
+
+    #[test]
+    fn built_in_names_round_trip_and_are_unique() {
+        let names: std::collections::HashSet<&str> =
+            Permission::ALL.iter().map(|p| p.as_str()).collect();
+        assert_eq!(names.len(), Permission::ALL.len());
+        for p in Permission::ALL {
+            assert_eq!(Permission::from_name(p.as_str()), Some(p));
+            assert_eq!(builtin_scope(p.as_str()), Some(p.scope()));
+        }
+        assert_eq!(Permission::from_name("users.reads"), None);
     }
 
     #[test]

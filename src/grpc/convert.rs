@@ -148,14 +148,14 @@ pub fn org_role(r: crate::domain::permissions::OrgRole) -> pb::OrgRole {
     }
 }
 
-pub fn organization(o: &crate::store::orgs::OrgDoc) -> pb::Organization {
+pub fn organization(o: &crate::app::orgs::Org) -> pb::Organization {
     pb::Organization {
         id: o.id.clone(),
         name: o.name.clone(),
         slug: o.slug.clone(),
         website: o.website.clone(),
-        created_at: bson_ts(o.created_at),
-        updated_at: bson_ts(o.updated_at),
+        created_at: timestamp(o.created_at),
+        updated_at: timestamp(o.updated_at),
         require_mfa: o.require_mfa,
     }
 }
@@ -166,7 +166,7 @@ pub fn member(m: &crate::app::orgs::OrgMember) -> pb::Member {
         user: Some(user(&m.user)),
         role: org_role(m.membership.role) as i32,
         department: m.membership.department.clone(),
-        joined_at: bson_ts(m.membership.joined_at),
+        joined_at: timestamp(m.membership.joined_at),
         custom_role: m.membership.custom_role.clone().unwrap_or_default(),
     }
 }
@@ -176,7 +176,7 @@ pub fn org_membership(m: &crate::app::orgs::MyOrg) -> pb::OrgMembership {
         organization: Some(organization(&m.org)),
         role: org_role(m.membership.role) as i32,
         department: m.membership.department.clone(),
-        joined_at: bson_ts(m.membership.joined_at),
+        joined_at: timestamp(m.membership.joined_at),
         custom_role: m.membership.custom_role.clone().unwrap_or_default(),
     }
 }
@@ -194,15 +194,15 @@ pub fn org_custom_role(r: &crate::app::org_roles::OrgCustomRole) -> pb::OrgCusto
 }
 
 /// An invitation, without its token (only its hash is stored anyway).
-pub fn invitation(i: &crate::store::invitations::InvitationDoc) -> pb::Invitation {
+pub fn invitation(i: &crate::app::orgs::Invitation) -> pb::Invitation {
     pb::Invitation {
         id: i.id.clone(),
         org_id: i.org_id.clone(),
         email: i.email.clone(),
         role: org_role(i.role) as i32,
         department: i.department.clone(),
-        expires_at: bson_ts(i.expires_at),
-        created_at: bson_ts(i.created_at),
+        expires_at: timestamp(i.expires_at),
+        created_at: timestamp(i.created_at),
         invited_by: i.invited_by.clone(),
     }
 }
