@@ -15,15 +15,20 @@
 //!   calling (client address from trusted proxies), the codec that turns bad input and oversized
 //!   messages into INVALID_ARGUMENT, and proto conversions.
 //! - [`app`]: the use cases (register, login, refresh, authenticate, logout, one-time codes,
-//!   the mail outbox and its delivery workers, Authorize, organizations and invitations, platform
-//!   user management, importing accounts, second factors (`mfa.rs`), the permission catalogue
-//!   (`permissions.rs`), organizations' custom roles (`org_roles.rs`), service accounts and API
-//!   keys (`service_accounts.rs`), sign-in with an OpenID Connect provider and linked identities
-//!   (`federation.rs`)) combining domain rules with storage; knows nothing of protobuf.
-//! - [`domain`]: pure rules — emails, password policy and hashing, tokens, roles and the
-//!   permission matrix and catalogue names, custom organization roles and who may grant them
-//!   (`org_roles`), lockout, one-time codes and their send limits, TOTP and recovery codes
-//!   (`mfa`), federated sign-in flows' secrets and checks (`federation`), keyset page tokens,
+//!   the mail outbox and its delivery workers, Authorize, organizations (`orgs/`: lifecycle,
+//!   registration with an organization, listings, invitations, members and the owner-count
+//!   protocol), platform user management, importing accounts, second factors (`mfa.rs`), the
+//!   permission catalogue (`permissions.rs`), organizations' custom roles (`org_roles.rs`),
+//!   service accounts and API keys (`service_accounts.rs`), sign-in with an OpenID Connect
+//!   provider and linked identities (`federation.rs`)) combining domain rules with storage;
+//!   knows nothing of protobuf, and returns its own types, never store documents.
+//! - [`domain`]: pure rules, free of tonic and MongoDB — one validation toolkit (`validation`:
+//!   field violations, a collector, the shared text rules), emails, password policy and hashing,
+//!   tokens, roles, the built-in permissions as a type and the permission matrix, catalogue
+//!   names, custom organization roles and who may grant them (`org_roles`), organizations' names,
+//!   slugs, websites and invitations (`orgs`), audit actions as a type (`audit`), lockout,
+//!   one-time codes and their send limits, TOTP and recovery codes (`mfa`), federated sign-in
+//!   flows' secrets and checks (`federation`), keyset page tokens bound to typed filters,
 //!   which client address to believe behind proxies (and its IPv6 /64 rate-limit key).
 //! - [`store`]: MongoDB, one file per collection (`users`, `sessions`, `rate_limits`,
 //!   `one_time_codes`, `mail_outbox`, `audit_events`, `orgs`, `org_roles`, `memberships`,
