@@ -7,10 +7,9 @@ use tracing::instrument;
 
 use super::pb::user_service_server::UserService;
 use super::pb::*;
-use super::{caller, convert};
+use super::{convert, inbound, RequestContext};
 use crate::app::users::ProfileChanges;
 use crate::app::App;
-use crate::domain::roles::Role as DomainRole;
 use crate::error::Error;
 use crate::store::audit_events::{AuditFilter, Outcome};
 use crate::store::users::{UserFilter, UserStatus as DomainStatus};
@@ -18,26 +17,6 @@ use crate::store::users::{UserFilter, UserStatus as DomainStatus};
 /// The UserService adapter.
 pub struct Users {
     pub app: Arc<App>,
-}
-
-impl Users {}
-
-fn role_from(value: i32, field: &str) -> Result<Option<DomainRole>, Error> {
-    Ok(match Role::try_from(value) {
-        Ok(Role::Unspecified) => None,
-        Ok(Role::Guest) => Some(DomainRole::Guest),
-        Ok(Role::User) => Some(DomainRole::User),
-        Ok(Role::Moderator) => Some(DomainRole::Moderator),
-        Ok(Role::Admin) => Some(DomainRole::Admin),
-        Ok(Role::SuperAdmin) => Some(DomainRole::SuperAdmin),
-        Err(_) => return Err(Error::invalid(field, "is not a known role")),
-    })
-}
-
-fn time(t: Option<prost_types::Timestamp>) -> Option<chrono::DateTime<chrono::Utc>> {
-    t.and_then(|t| {
-        chrono::DateTime::from_timestamp(t.seconds, t.nanos.clamp(0, 999_999_999) as u32)
-    })
 }
 
 fn audit_event(e: crate::store::AuditEvent) -> AuditEvent {
@@ -76,8 +55,8 @@ impl UserService for Users {
         &self,
         request: Request<ListUsersRequest>,
     ) -> Result<Response<ListUsersResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let r = request.into_inner();
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
         let statuses = match UserStatus::try_from(r.status) {
             Ok(UserStatus::Unspecified) => vec![DomainStatus::Active, DomainStatus::Disabled],
             Ok(UserStatus::Active) => vec![DomainStatus::Active],
@@ -102,10 +81,10 @@ impl UserService for Users {
         }
         let filter = UserFilter {
             statuses,
-            role: role_from(r.role, "role")?,
+            role: inbound::role(r.role, "role")?,
             email_prefix,
-            created_after: time(r.created_after),
-            created_before: time(r.created_before),
+            created_after: inbound::time_bound(r.created_after),
+            created_before: inbound::time_bound(r.created_before),
         };
         let page = self
             .app
@@ -119,11 +98,9 @@ impl UserService for Users {
 
     #[instrument(skip(self, request))]
     async fn get_user(&self, request: Request<GetUserRequest>) -> Result<Response<User>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let user = self
-            .app
-            .get_user(&who, &request.into_inner().user_id)
-            .await?;
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
+        let user = self.app.get_user(&who, &r.user_id).await?;
         Ok(Response::new(convert::user(&user)))
     }
 
@@ -132,9 +109,8 @@ impl UserService for Users {
         &self,
         request: Request<UpdateUserRequest>,
     ) -> Result<Response<User>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let caller = caller(&request, &self.app.proxy_trust);
-        let r = request.into_inner();
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
         let changes = ProfileChanges {
             display_name: r.display_name,
             email: r.email,
@@ -142,7 +118,7 @@ impl UserService for Users {
         };
         let user = self
             .app
-            .update_user(&who, &r.user_id, changes, &caller)
+            .update_user(&who, &r.user_id, changes, &ctx.caller)
             .await?;
         Ok(Response::new(convert::user(&user)))
     }
@@ -152,14 +128,13 @@ impl UserService for Users {
         &self,
         request: Request<SetUserRoleRequest>,
     ) -> Result<Response<User>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let caller = caller(&request, &self.app.proxy_trust);
-        let r = request.into_inner();
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
         let role =
-            role_from(r.role, "role")?.ok_or_else(|| Error::invalid("role", "is required"))?;
+            inbound::role(r.role, "role")?.ok_or_else(|| Error::invalid("role", "is required"))?;
         let user = self
             .app
-            .set_user_role(&who, &r.user_id, role, &caller)
+            .set_user_role(&who, &r.user_id, role, &ctx.caller)
             .await?;
         Ok(Response::new(convert::user(&user)))
     }
@@ -169,12 +144,11 @@ impl UserService for Users {
         &self,
         request: Request<DisableUserRequest>,
     ) -> Result<Response<DisableUserResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let caller = caller(&request, &self.app.proxy_trust);
-        let r = request.into_inner();
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
         let (user, ended) = self
             .app
-            .disable_user(&who, &r.user_id, &r.reason, &caller)
+            .disable_user(&who, &r.user_id, &r.reason, &ctx.caller)
             .await?;
         Ok(Response::new(DisableUserResponse {
             user: Some(convert::user(&user)),
@@ -187,12 +161,9 @@ impl UserService for Users {
         &self,
         request: Request<EnableUserRequest>,
     ) -> Result<Response<User>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let caller = caller(&request, &self.app.proxy_trust);
-        let user = self
-            .app
-            .enable_user(&who, &request.into_inner().user_id, &caller)
-            .await?;
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
+        let user = self.app.enable_user(&who, &r.user_id, &ctx.caller).await?;
         Ok(Response::new(convert::user(&user)))
     }
 
@@ -201,12 +172,11 @@ impl UserService for Users {
         &self,
         request: Request<DeleteUserRequest>,
     ) -> Result<Response<DeleteUserResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let caller = caller(&request, &self.app.proxy_trust);
-        let r = request.into_inner();
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
         let ended = self
             .app
-            .delete_user(&who, &r.user_id, &r.reason, &caller)
+            .delete_user(&who, &r.user_id, &r.reason, &ctx.caller)
             .await?;
         Ok(Response::new(DeleteUserResponse {
             sessions_ended: ended as i32,
@@ -218,13 +188,13 @@ impl UserService for Users {
         &self,
         request: Request<ListAuditEventsRequest>,
     ) -> Result<Response<ListAuditEventsResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let r = request.into_inner();
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
         let filter = AuditFilter {
             user_id: r.user_id,
             action: r.action,
-            after: time(r.after),
-            before: time(r.before),
+            after: inbound::time_bound(r.after),
+            before: inbound::time_bound(r.before),
         };
         let page = self
             .app
