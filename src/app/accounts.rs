@@ -16,7 +16,6 @@ use crate::domain::secrets::new_id;
 use crate::domain::tokens::AccessClaims;
 use crate::error::{Error, FieldViolation, Result};
 use crate::store::audit_events::Outcome;
-use crate::store::bson_time;
 use crate::store::users::{Inserted, UserDoc, UserStatus};
 
 /// Longest display name, in characters.
@@ -78,7 +77,6 @@ pub(crate) fn new_account(
     email_verified: bool,
     now: chrono::DateTime<chrono::Utc>,
 ) -> UserDoc {
-    let now = bson_time(now);
     UserDoc {
         id: new_id(),
         email,
@@ -405,10 +403,8 @@ impl App {
         for _ in 0..ADMISSION_RETRIES {
             let now = self.now();
             let seen = self.store.rate_limits.find_raw(key).await?;
-            let live = seen.as_ref().filter(|d| d.expires_at.to_chrono() > now);
-            if let Some(left) =
-                live.and_then(|d| remaining(d.locked_until.map(|t| t.to_chrono()), now))
-            {
+            let live = seen.as_ref().filter(|d| d.expires_at > now);
+            if let Some(left) = live.and_then(|d| remaining(d.locked_until, now)) {
                 return Err(Error::AccountLocked { retry_after: left });
             }
             let count = live.map_or(0, |d| d.count) + 1;

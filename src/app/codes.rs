@@ -278,7 +278,7 @@ impl App {
             .rate_limits
             .find_raw(&known_key(user_id, requester))
             .await?
-            .is_some_and(|d| !user_id.is_empty() && d.expires_at.to_chrono() > now))
+            .is_some_and(|d| !user_id.is_empty() && d.expires_at > now))
     }
 
     /// Whether the live code of `email` + `purpose` was asked for by a client `user` has signed
@@ -307,8 +307,8 @@ impl App {
             let seen = self.store.rate_limits.find_raw(key).await?;
             let counter = seen.as_ref().map(|d| SendCounter {
                 count: d.count,
-                next_allowed: d.locked_until.map_or(now, |t| t.to_chrono()),
-                window_ends: d.expires_at.to_chrono(),
+                next_allowed: d.locked_until.unwrap_or(now),
+                window_ends: d.expires_at,
             });
             let next = limits
                 .admit(counter, now)
@@ -506,7 +506,7 @@ impl App {
             user,
             Factor::EmailCode,
             Error::CodeInvalid,
-            mongodb::bson::doc! { "method": "email_code" },
+            vec![("method", "email_code".into())],
             caller,
         )
         .await

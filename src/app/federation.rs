@@ -29,7 +29,6 @@ use crate::domain::tokens::AccessClaims;
 use crate::error::{Error, FieldViolation, Result};
 use crate::oidc::{OidcError, Provider, VerifiedIdentity};
 use crate::store::audit_events::Outcome;
-use crate::store::bson_time;
 use crate::store::federation_flows::{FlowDoc, FlowIntent};
 use crate::store::identities::{IdentityDoc, Linked, MAX_PER_USER};
 use crate::store::users::{UserDoc, UserStatus};
@@ -188,8 +187,8 @@ impl App {
                 redirect_uri: redirect_uri.to_string(),
                 intent,
                 user_id,
-                created_at: bson_time(now),
-                expires_at: bson_time(expires_at),
+                created_at: now,
+                expires_at,
             })
             .await?;
         Ok(Started {
@@ -346,7 +345,7 @@ impl App {
         identity: &VerifiedIdentity,
         user_id: &str,
     ) -> Result<IdentityDoc> {
-        let now = bson_time(self.now());
+        let now = self.now();
         let doc = IdentityDoc {
             id: new_id(),
             provider: provider.id.clone(),
@@ -424,12 +423,12 @@ impl App {
                 user,
                 Factor::Federated,
                 Error::AccountDisabled,
-                mongodb::bson::doc! {
-                    "method": "oidc",
-                    "provider": provider.as_str(),
-                    "subject_hash": subject_hash.as_str(),
-                    "account_created": created,
-                },
+                vec![
+                    ("method", "oidc".into()),
+                    ("provider", provider.as_str().into()),
+                    ("subject_hash", subject_hash.as_str().into()),
+                    ("account_created", created.into()),
+                ],
                 caller,
             )
             .await?;

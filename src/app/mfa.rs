@@ -13,8 +13,7 @@ use crate::domain::mfa::{self, Factor, CHALLENGE_ATTEMPTS};
 use crate::domain::secrets::{hash_token, new_refresh_token};
 use crate::domain::tokens::AccessClaims;
 use crate::error::{Error, FieldViolation, Result};
-use crate::store::audit_events::Outcome;
-use crate::store::bson_time;
+use crate::store::audit_events::{DetailValue, Outcome};
 use crate::store::mfa::MfaDoc;
 use crate::store::mfa_challenges::MfaChallengeDoc;
 use crate::store::users::{UserDoc, UserStatus};
@@ -144,8 +143,8 @@ impl App {
                 attempts: 0,
                 credential: hash_token(&user.password_hash),
                 used: false,
-                created_at: bson_time(now),
-                expires_at: bson_time(expires_at),
+                created_at: now,
+                expires_at,
             })
             .await?;
         self.audit(
@@ -192,7 +191,7 @@ impl App {
         user: UserDoc,
         first: Factor,
         inactive: Error,
-        details: mongodb::bson::Document,
+        details: Vec<(&str, DetailValue)>,
         caller: &Caller,
     ) -> Result<SignIn> {
         if let Some(challenge) = self.second_step(&user, first, caller).await? {
@@ -219,7 +218,9 @@ impl App {
         let mut record = AuditRecord::new("login", Outcome::Success, caller)
             .user(&issued.user.id)
             .session(&issued.session.id);
-        record.detail = details;
+        for (key, value) in details {
+            record = record.detail(key, value);
+        }
         self.audit(record).await;
         Ok(SignIn::Tokens(Box::new(issued)))
     }
@@ -476,7 +477,7 @@ impl App {
             return Err(Error::MfaAlreadyEnrolled);
         }
         let Some((sealed, secret)) = mfa
-            .filter(|m| m.pending_expires_at.is_some_and(|t| t.to_chrono() > now))
+            .filter(|m| m.pending_expires_at.is_some_and(|t| t > now))
             .and_then(|m| m.pending_secret)
             .and_then(|s| {
                 let secret = self.mfa_keys.open(&who.user_id, &s.bytes)?;

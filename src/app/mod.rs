@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use mongodb::bson::Document;
 
 use crate::config::Config;
 use crate::domain::client_address::ProxyTrust;
@@ -31,7 +30,7 @@ use crate::domain::tokens::KeyRing;
 use crate::error::{Error, Result};
 use crate::hash_pool::HashPool;
 use crate::mail::{Sealer, Templates};
-use crate::store::audit_events::Outcome;
+use crate::store::audit_events::{DetailValue, Details, Outcome};
 use crate::store::{AuditEvent, Store};
 
 pub use sessions::SessionCache;
@@ -206,8 +205,9 @@ impl App {
             client_address: event.caller.client_address.clone(),
             user_agent: event.caller.user_agent.clone(),
             detail: event.detail,
-            occurred_at: mongodb::bson::DateTime::now(),
-            expires_at: mongodb::bson::DateTime::now(),
+            // Both set by `record`.
+            occurred_at: self.now(),
+            expires_at: self.now(),
         };
         if let Err(e) = self.store.audit_events.record(doc, self.now()).await {
             tracing::error!(error = %e, action = event.action, "failed to write audit event");
@@ -233,7 +233,7 @@ pub struct AuditRecord<'a> {
     pub actor_id: Option<&'a str>,
     pub session_id: Option<&'a str>,
     pub email: Option<&'a str>,
-    pub detail: Document,
+    pub detail: Details,
 }
 
 impl<'a> AuditRecord<'a> {
@@ -246,7 +246,7 @@ impl<'a> AuditRecord<'a> {
             actor_id: None,
             session_id: None,
             email: None,
-            detail: Document::new(),
+            detail: Details::default(),
         }
     }
     pub fn user(mut self, user_id: &'a str) -> Self {
@@ -265,7 +265,7 @@ impl<'a> AuditRecord<'a> {
         self.email = Some(email);
         self
     }
-    pub fn detail(mut self, key: &str, value: impl Into<mongodb::bson::Bson>) -> Self {
+    pub fn detail(mut self, key: &str, value: impl Into<DetailValue>) -> Self {
         self.detail.insert(key, value);
         self
     }

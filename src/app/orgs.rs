@@ -28,7 +28,6 @@ use crate::domain::secrets::{hash_token, new_id};
 use crate::domain::{email, tokens::AccessClaims};
 use crate::error::{Error, FieldViolation, Result};
 use crate::store::audit_events::Outcome;
-use crate::store::bson_time;
 use crate::store::invitations::{InvitationDoc, InvitationStatus, KEEP_AFTER_EXPIRY};
 use crate::store::memberships::{CustomRoleRef, MembershipChange, MembershipDoc};
 use crate::store::orgs::OrgDoc;
@@ -269,10 +268,7 @@ impl App {
                 .detail("org_id", org_id)
                 .detail("name_changed", name.is_some())
                 .detail("website_changed", website.is_some())
-                .detail(
-                    "require_mfa",
-                    require_mfa.map_or(mongodb::bson::Bson::Null, Into::into),
-                ),
+                .detail("require_mfa", require_mfa),
         )
         .await;
         Ok(org)
@@ -458,11 +454,10 @@ impl App {
             token_hash: hash_token(&token),
             status: InvitationStatus::Pending,
             invited_by: who.user_id.clone(),
-            created_at: bson_time(now),
-            expires_at: bson_time(expires_at),
-            purge_at: bson_time(
-                expires_at + chrono::Duration::from_std(KEEP_AFTER_EXPIRY).unwrap_or_default(),
-            ),
+            created_at: now,
+            expires_at,
+            purge_at: expires_at
+                + chrono::Duration::from_std(KEEP_AFTER_EXPIRY).unwrap_or_default(),
             accepted_by: None,
             accepted_at: None,
         };
@@ -975,8 +970,8 @@ impl App {
             website: fields.website,
             owner_count: 1,
             require_mfa: false,
-            created_at: bson_time(now),
-            updated_at: bson_time(now),
+            created_at: now,
+            updated_at: now,
         };
         if let Some(slug) = fields.slug {
             org.slug = slug;
@@ -1040,13 +1035,8 @@ impl App {
                 continue;
             };
             if let Some(org) = self.store.orgs.find(org_id).await? {
-                let owner = MembershipDoc::new(
-                    org_id,
-                    &user.id,
-                    OrgRole::Owner,
-                    "",
-                    org.created_at.to_chrono(),
-                );
+                let owner =
+                    MembershipDoc::new(org_id, &user.id, OrgRole::Owner, "", org.created_at);
                 // `false`: it exists already (a duplicate), which is as good.
                 self.store.memberships.insert(&owner).await?;
                 self.forget_membership(org_id, &user.id);
@@ -1127,9 +1117,7 @@ fn invitation_usable(invitation: &InvitationDoc, now: chrono::DateTime<chrono::U
     match invitation.status {
         InvitationStatus::Accepted => Err(Error::InvitationUsed),
         InvitationStatus::Revoked => Err(Error::InvitationRevoked),
-        InvitationStatus::Pending if invitation.expires_at.to_chrono() <= now => {
-            Err(Error::InvitationExpired)
-        }
+        InvitationStatus::Pending if invitation.expires_at <= now => Err(Error::InvitationExpired),
         InvitationStatus::Pending => Ok(()),
     }
 }
@@ -1360,9 +1348,9 @@ mod tests {
             token_hash: "h".into(),
             status: InvitationStatus::Pending,
             invited_by: "u".into(),
-            created_at: bson_time(now),
-            expires_at: bson_time(now + chrono::Duration::hours(72)),
-            purge_at: bson_time(now + chrono::Duration::days(30)),
+            created_at: now,
+            expires_at: now + chrono::Duration::hours(72),
+            purge_at: now + chrono::Duration::days(30),
             accepted_by: None,
             accepted_at: None,
         };

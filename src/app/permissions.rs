@@ -16,7 +16,6 @@ use crate::domain::roles::Role;
 use crate::domain::tokens::AccessClaims;
 use crate::error::{Error, FieldViolation, Result};
 use crate::store::audit_events::Outcome;
-use crate::store::bson_time;
 use crate::store::permissions::{PermissionChange, PermissionDoc};
 
 /// Longest description kept.
@@ -257,7 +256,7 @@ impl App {
             return Err(Error::InvalidArgument(violations));
         };
         self.may_shape(who, actor.role, scope, false)?;
-        let now = bson_time(self.now());
+        let now = self.now();
         let doc = PermissionDoc {
             name: new.name.clone(),
             description: new.description.clone(),
@@ -428,7 +427,7 @@ impl App {
             .map(|d| (d.name.clone(), d))
             .collect();
         let mut report = ApplyReport::default();
-        let now = bson_time(self.now());
+        let now = self.now();
         for (name, (scope, p)) in &wanted {
             let (scope_name, least_role) = scope_str(*scope);
             let doc = PermissionDoc {

@@ -20,7 +20,6 @@ use crate::domain::tokens::{AccessClaims, ServiceAccountGrant};
 use crate::error::{Error, FieldViolation, Result};
 use crate::store::api_keys::ApiKeyDoc;
 use crate::store::audit_events::Outcome;
-use crate::store::bson_time;
 use crate::store::service_accounts::ServiceAccountDoc;
 
 /// Prefix that makes API keys recognisable (to keyward and to secret scanners).
@@ -173,10 +172,7 @@ impl App {
             // upstream as an email (`x-keyward-email`).
             email: String::new(),
             role: account.role.parse().unwrap_or(Role::Guest),
-            expires_at: key
-                .expires_at
-                .map(|t| t.to_chrono())
-                .unwrap_or(now + chrono::Duration::days(3650)),
+            expires_at: key.expires_at.unwrap_or(now + chrono::Duration::days(3650)),
             amr: vec!["key".into()],
             auth_time: now,
             service_account: Some(Arc::new(ServiceAccountGrant {
@@ -317,7 +313,7 @@ impl App {
                 return Err(Error::PermissionDenied);
             }
         }
-        let now = bson_time(self.now());
+        let now = self.now();
         let account = ServiceAccountDoc {
             id: new_id(),
             name: new.name.trim().to_string(),
@@ -479,8 +475,8 @@ impl App {
             prefix: secret.chars().take(API_KEY_PREFIX.len() + 8).collect(),
             description: description.to_string(),
             created_by: who.user_id.clone(),
-            created_at: bson_time(now),
-            expires_at: expires_at.map(bson_time),
+            created_at: now,
+            expires_at,
             last_used_at: None,
             last_used_address: String::new(),
             revoked_at: None,

@@ -12,7 +12,6 @@ use crate::domain::secrets::{hash_token, new_id, new_refresh_token, REFRESH_TOKE
 use crate::domain::tokens::AccessClaims;
 use crate::error::{Error, Result};
 use crate::store::audit_events::Outcome;
-use crate::store::bson_time;
 use crate::store::sessions::SessionDoc;
 use crate::store::users::{UserDoc, UserStatus};
 
@@ -93,15 +92,15 @@ impl App {
             previous_refresh_hash: None,
             used_refresh_hashes: Vec::new(),
             rotated_at: None,
-            created_at: bson_time(now),
-            last_used_at: bson_time(now),
-            expires_at: bson_time(now + lifetime),
+            created_at: now,
+            last_used_at: now,
+            expires_at: now + lifetime,
             revoked_at: None,
             revoked_reason: None,
             user_agent: caller.user_agent.clone(),
             client_address: caller.client_address.clone(),
             amr: factors.iter().map(|f| f.amr().to_string()).collect(),
-            authenticated_at: Some(bson_time(now)),
+            authenticated_at: Some(now),
         };
         self.store.sessions.insert(&session).await?;
         Ok(self.sign(user, session, refresh_token, now))
@@ -123,16 +122,11 @@ impl App {
             role: user.role,
             expires_at: now,
             amr: session.amr.clone(),
-            auth_time: session
-                .authenticated_at
-                .unwrap_or(session.created_at)
-                .to_chrono(),
+            auth_time: session.authenticated_at.unwrap_or(session.created_at),
             service_account: None,
         };
         // An access token never outlives its session.
-        let left = (session.expires_at.to_chrono() - now)
-            .to_std()
-            .unwrap_or_default();
+        let left = (session.expires_at - now).to_std().unwrap_or_default();
         let (access_token, access_token_expires_at) =
             self.keys
                 .issue(&claims, now, self.config.access_token_ttl.min(left));
@@ -196,11 +190,7 @@ impl App {
         }
         let grace = chrono::Duration::from_std(self.config.refresh_reuse_grace).unwrap_or_default();
         let is_parent = session.previous_refresh_hash.as_deref() == Some(presented.as_str());
-        if is_parent
-            && session
-                .rotated_at
-                .is_some_and(|at| now - at.to_chrono() <= grace)
-        {
+        if is_parent && session.rotated_at.is_some_and(|at| now - at <= grace) {
             // Usually a client retrying a lost response; recorded, since it could also be a
             // thief who refreshed first.
             self.audit(

@@ -19,10 +19,6 @@ pub fn timestamp(t: DateTime<Utc>) -> Option<Timestamp> {
     })
 }
 
-fn bson_ts(t: mongodb::bson::DateTime) -> Option<Timestamp> {
-    timestamp(t.to_chrono())
-}
-
 pub fn role(r: Role) -> pb::Role {
     match r {
         Role::Guest => pb::Role::Guest,
@@ -45,9 +41,9 @@ pub fn user(u: &UserDoc) -> pb::User {
             UserStatus::Deleted => pb::UserStatus::Deleted,
         } as i32,
         email_verified: u.email_verified,
-        created_at: bson_ts(u.created_at),
-        updated_at: bson_ts(u.updated_at),
-        last_login_at: u.last_login_at.and_then(bson_ts),
+        created_at: timestamp(u.created_at),
+        updated_at: timestamp(u.updated_at),
+        last_login_at: u.last_login_at.and_then(timestamp),
     }
 }
 
@@ -55,7 +51,7 @@ pub fn token_pair(t: IssuedTokens, now: DateTime<Utc>) -> pb::TokenPair {
     pb::TokenPair {
         expires_in: (t.access_token_expires_at - now).num_seconds().max(0),
         access_token_expires_at: timestamp(t.access_token_expires_at),
-        refresh_token_expires_at: bson_ts(t.session.expires_at),
+        refresh_token_expires_at: timestamp(t.session.expires_at),
         session_id: t.session.id.clone(),
         user: Some(user(&t.user)),
         token_type: "Bearer".into(),
@@ -71,8 +67,8 @@ pub fn linked_identity(i: &crate::store::identities::IdentityDoc) -> pb::LinkedI
         provider: i.provider.clone(),
         subject: i.subject.clone(),
         email: i.email.clone(),
-        linked_at: bson_ts(i.linked_at),
-        last_used_at: i.last_used_at.and_then(bson_ts),
+        linked_at: timestamp(i.linked_at),
+        last_used_at: i.last_used_at.and_then(timestamp),
     }
 }
 
@@ -117,9 +113,9 @@ pub fn session(s: &SessionDoc, current_session_id: &str) -> pb::Session {
         id: s.id.clone(),
         user_agent: s.user_agent.clone(),
         client_address: s.client_address.clone(),
-        created_at: bson_ts(s.created_at),
-        last_used_at: bson_ts(s.last_used_at),
-        expires_at: bson_ts(s.expires_at),
+        created_at: timestamp(s.created_at),
+        last_used_at: timestamp(s.last_used_at),
+        expires_at: timestamp(s.expires_at),
         current: s.id == current_session_id,
     }
 }
@@ -139,8 +135,8 @@ pub fn organization(o: &crate::store::orgs::OrgDoc) -> pb::Organization {
         name: o.name.clone(),
         slug: o.slug.clone(),
         website: o.website.clone(),
-        created_at: bson_ts(o.created_at),
-        updated_at: bson_ts(o.updated_at),
+        created_at: timestamp(o.created_at),
+        updated_at: timestamp(o.updated_at),
         require_mfa: o.require_mfa,
     }
 }
@@ -151,7 +147,7 @@ pub fn member(m: &crate::app::orgs::OrgMember) -> pb::Member {
         user: Some(user(&m.user)),
         role: org_role(m.membership.role) as i32,
         department: m.membership.department.clone(),
-        joined_at: bson_ts(m.membership.joined_at),
+        joined_at: timestamp(m.membership.joined_at),
         custom_role: m.membership.custom_role.clone().unwrap_or_default(),
     }
 }
@@ -161,7 +157,7 @@ pub fn org_membership(m: &crate::app::orgs::MyOrg) -> pb::OrgMembership {
         organization: Some(organization(&m.org)),
         role: org_role(m.membership.role) as i32,
         department: m.membership.department.clone(),
-        joined_at: bson_ts(m.membership.joined_at),
+        joined_at: timestamp(m.membership.joined_at),
         custom_role: m.membership.custom_role.clone().unwrap_or_default(),
     }
 }
@@ -186,8 +182,8 @@ pub fn invitation(i: &crate::store::invitations::InvitationDoc) -> pb::Invitatio
         email: i.email.clone(),
         role: org_role(i.role) as i32,
         department: i.department.clone(),
-        expires_at: bson_ts(i.expires_at),
-        created_at: bson_ts(i.created_at),
+        expires_at: timestamp(i.expires_at),
+        created_at: timestamp(i.created_at),
         invited_by: i.invited_by.clone(),
     }
 }

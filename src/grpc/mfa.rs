@@ -97,12 +97,8 @@ impl MfaService for Mfa {
         Ok(Response::new(match methods {
             Some(m) => ListMfaMethodsResponse {
                 totp_enrolled: true,
-                totp_enrolled_at: m
-                    .enrolled_at
-                    .and_then(|t| convert::timestamp(t.to_chrono())),
-                totp_last_used_at: m
-                    .last_used_at
-                    .and_then(|t| convert::timestamp(t.to_chrono())),
+                totp_enrolled_at: m.enrolled_at.and_then(|t| convert::timestamp(t)),
+                totp_last_used_at: m.last_used_at.and_then(|t| convert::timestamp(t)),
                 recovery_codes_remaining: m.recovery_hashes.len() as i32,
             },
             None => ListMfaMethodsResponse::default(),

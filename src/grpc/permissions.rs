@@ -43,11 +43,11 @@ fn permission(d: &Definition) -> Permission {
         created_at: d
             .doc
             .as_ref()
-            .and_then(|doc| convert::timestamp(doc.created_at.to_chrono())),
+            .and_then(|doc| convert::timestamp(doc.created_at)),
         updated_at: d
             .doc
             .as_ref()
-            .and_then(|doc| convert::timestamp(doc.updated_at.to_chrono())),
+            .and_then(|doc| convert::timestamp(doc.updated_at)),
     }
 }
 

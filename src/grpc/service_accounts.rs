@@ -20,10 +20,6 @@ pub struct ServiceAccounts {
     pub app: Arc<App>,
 }
 
-fn bson_ts(t: mongodb::bson::DateTime) -> Option<prost_types::Timestamp> {
-    convert::timestamp(t.to_chrono())
-}
-
 fn service_account(a: &ServiceAccountDoc) -> ServiceAccount {
     ServiceAccount {
         id: a.id.clone(),
@@ -42,7 +38,7 @@ fn service_account(a: &ServiceAccountDoc) -> ServiceAccount {
         allowed_permissions: a.allowed_permissions.clone(),
         disabled: a.disabled,
         created_by: a.created_by.clone(),
-        created_at: bson_ts(a.created_at),
+        created_at: convert::timestamp(a.created_at),
     }
 }
 
@@ -52,11 +48,11 @@ fn api_key(k: &ApiKeyDoc) -> ApiKey {
         service_account_id: k.service_account_id.clone(),
         prefix: k.prefix.clone(),
         description: k.description.clone(),
-        created_at: bson_ts(k.created_at),
-        expires_at: k.expires_at.and_then(bson_ts),
-        last_used_at: k.last_used_at.and_then(bson_ts),
+        created_at: convert::timestamp(k.created_at),
+        expires_at: k.expires_at.and_then(convert::timestamp),
+        last_used_at: k.last_used_at.and_then(convert::timestamp),
         last_used_address: k.last_used_address.clone(),
-        revoked_at: k.revoked_at.and_then(bson_ts),
+        revoked_at: k.revoked_at.and_then(convert::timestamp),
     }
 }
 

@@ -33,18 +33,8 @@ fn audit_event(e: crate::store::AuditEvent) -> AuditEvent {
         session_id: e.session_id.unwrap_or_default(),
         client_address: e.client_address,
         user_agent: e.user_agent,
-        detail: e
-            .detail
-            .into_iter()
-            .map(|(k, v)| {
-                let v = match v {
-                    mongodb::bson::Bson::String(s) => s,
-                    other => other.to_string(),
-                };
-                (k, v)
-            })
-            .collect(),
-        occurred_at: convert::timestamp(e.occurred_at.to_chrono()),
+        detail: e.detail.into_text().into_iter().collect(),
+        occurred_at: convert::timestamp(e.occurred_at),
     }
 }
 
