@@ -6,6 +6,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use super::mfa::SignIn;
+use super::users::Account;
 use super::{App, AuditRecord, Caller};
 use crate::domain::email;
 use crate::domain::lockout::{remaining, window};
@@ -95,7 +96,7 @@ pub(crate) fn new_account(
 impl App {
     /// Creates an account. Concurrent registrations of one email create exactly one account
     /// (the unique index decides); the others get EMAIL_TAKEN.
-    pub async fn register(&self, account: NewAccount, caller: &Caller) -> Result<UserDoc> {
+    pub async fn register(&self, account: NewAccount, caller: &Caller) -> Result<Account> {
         // Before any work: EMAIL_TAKEN answers and argon2id time are what this limit protects.
         self.throttle_address(
             caller,
@@ -133,7 +134,7 @@ impl App {
         if !user.email_verified {
             self.send_verification_after_register(&user, caller).await;
         }
-        Ok(user)
+        Ok(user.into())
     }
 
     /// Stores a new account (`password_hash` empty: no password yet) and audits it.
@@ -292,7 +293,7 @@ impl App {
             return Ok(SignIn::SecondFactor(challenge));
         }
         let issued = self
-            .start_session(user, &[Factor::Password], caller)
+            .start_session(user.clone(), &[Factor::Password], caller)
             .await?;
         // A password change (or disable) between our verify and the session insert ended every
         // session but could not see this one: look again now that it exists.
@@ -308,7 +309,7 @@ impl App {
             return Err(Error::InvalidCredentials);
         }
         if let Some(second_step) = self
-            .enrolled_meanwhile(&issued, Factor::Password, caller)
+            .enrolled_meanwhile(&issued, &user, Factor::Password, caller)
             .await?
         {
             return Ok(second_step);
@@ -463,7 +464,12 @@ impl App {
     }
 
     /// The signed-in user's account.
-    pub async fn me(&self, who: &AccessClaims) -> Result<UserDoc> {
+    /// The caller's own account.
+    pub async fn my_account(&self, who: &AccessClaims) -> Result<Account> {
+        self.me(who).await.map(Account::from)
+    }
+
+    pub(crate) async fn me(&self, who: &AccessClaims) -> Result<UserDoc> {
         self.store
             .users
             .find_by_id(&who.user_id)

@@ -240,7 +240,7 @@ impl App {
     /// Remembers that `user` signed in from the client of `caller` (its address or IPv6 /64),
     /// for [`KNOWN_FOR`]. Only for a verified account: a sign-in to an account whose mailbox was
     /// never proven (a planted registration) makes nobody the owner. Best effort.
-    pub(crate) async fn remember_requester(&self, user: &UserDoc, caller: &Caller) {
+    pub(crate) async fn remember_requester(&self, user: &super::users::Account, caller: &Caller) {
         if caller.rate_limit_key.is_empty() || !user.email_verified {
             return;
         }
@@ -433,7 +433,7 @@ impl App {
         raw_email: &str,
         code: &str,
         caller: &Caller,
-    ) -> Result<UserDoc> {
+    ) -> Result<super::users::Account> {
         let email = email_and_code(raw_email, code)?;
         self.throttle_codes(caller).await?;
         self.use_code(&email, Purpose::VerifyEmail, code, caller)
@@ -451,7 +451,7 @@ impl App {
                 .email(&user.email),
         )
         .await;
-        Ok(user)
+        Ok(user.into())
     }
 
     /// Signs in with a LOGIN code: a new session, as a password login makes. With

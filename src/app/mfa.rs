@@ -161,10 +161,12 @@ impl App {
 
     /// After a one-factor session was stored: when an authenticator was confirmed since the
     /// caller's first look (its confirmation ended every other session, but could not see this
-    /// one), the session ends and the caller gets the second step instead.
+    /// one), the session ends and the caller gets the second step instead (for `user` as it was
+    /// when the session started).
     pub(crate) async fn enrolled_meanwhile(
         &self,
         issued: &IssuedTokens,
+        user: &UserDoc,
         first: Factor,
         caller: &Caller,
     ) -> Result<Option<SignIn>> {
@@ -176,7 +178,7 @@ impl App {
             .revoke(&issued.session.id, None, "mfa_enrolled", self.now())
             .await?;
         self.revoke_sessions([issued.session.id.as_str()]);
-        match self.second_step(&issued.user, first, caller).await? {
+        match self.second_step(user, first, caller).await? {
             Some(challenge) => Ok(Some(SignIn::SecondFactor(challenge))),
             None => Err(Error::MfaChallengeInvalid),
         }
@@ -197,7 +199,7 @@ impl App {
         if let Some(challenge) = self.second_step(&user, first, caller).await? {
             return Ok(SignIn::SecondFactor(challenge));
         }
-        let issued = self.start_session(user, &[first], caller).await?;
+        let issued = self.start_session(user.clone(), &[first], caller).await?;
         let current = self
             .store
             .users
@@ -211,7 +213,10 @@ impl App {
             self.revoke_sessions([issued.session.id.as_str()]);
             return Err(inactive);
         }
-        if let Some(second_step) = self.enrolled_meanwhile(&issued, first, caller).await? {
+        if let Some(second_step) = self
+            .enrolled_meanwhile(&issued, &user, first, caller)
+            .await?
+        {
             return Ok(second_step);
         }
         self.remember_requester(&issued.user, caller).await;

@@ -173,8 +173,11 @@ impl App {
     }
 
     /// Clock for the use cases. Domain rules take `now` explicitly; this is the one real clock.
+    /// It ticks in milliseconds, the database's resolution, so a time an RPC answers with
+    /// right after writing it is the one a later read gives back.
     pub fn now(&self) -> DateTime<Utc> {
-        Utc::now()
+        let now = Utc::now();
+        DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
     }
 
     /// Whether the database answers (set by the server's database watch).

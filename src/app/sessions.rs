@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
+use super::users::Account;
 use super::{App, AuditRecord, Caller};
 use crate::domain::mfa::Factor;
 use crate::domain::secrets::{hash_token, new_id, new_refresh_token, REFRESH_TOKEN_PREFIX};
@@ -15,6 +16,31 @@ use crate::store::audit_events::Outcome;
 use crate::store::sessions::SessionDoc;
 use crate::store::users::{UserDoc, UserStatus};
 
+/// One of a person's sessions, as the use cases show it (no token hashes).
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub id: String,
+    pub user_agent: String,
+    pub client_address: String,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: DateTime<Utc>,
+    /// Absolute end of the session (and of its refresh token).
+    pub expires_at: DateTime<Utc>,
+}
+
+impl From<&SessionDoc> for Session {
+    fn from(s: &SessionDoc) -> Self {
+        Self {
+            id: s.id.clone(),
+            user_agent: s.user_agent.clone(),
+            client_address: s.client_address.clone(),
+            created_at: s.created_at,
+            last_used_at: s.last_used_at,
+            expires_at: s.expires_at,
+        }
+    }
+}
+
 /// What a successful login or refresh hands out.
 #[derive(Debug, Clone)]
 pub struct IssuedTokens {
@@ -22,8 +48,8 @@ pub struct IssuedTokens {
     pub access_token_expires_at: DateTime<Utc>,
     /// Shown to the client once; only its hash is stored.
     pub refresh_token: String,
-    pub session: SessionDoc,
-    pub user: UserDoc,
+    pub session: Session,
+    pub user: Account,
     /// What the access token says.
     pub claims: AccessClaims,
 }
@@ -134,8 +160,8 @@ impl App {
             access_token,
             access_token_expires_at,
             refresh_token,
-            session,
-            user,
+            session: Session::from(&session),
+            user: user.into(),
             claims: AccessClaims {
                 expires_at: access_token_expires_at,
                 ..claims
@@ -311,12 +337,13 @@ impl App {
         Ok(ended)
     }
 
-    pub async fn list_sessions(&self, who: &AccessClaims) -> Result<Vec<SessionDoc>> {
-        Ok(self
+    pub async fn list_sessions(&self, who: &AccessClaims) -> Result<Vec<Session>> {
+        let sessions = self
             .store
             .sessions
             .list_active(&who.user_id, self.now())
-            .await?)
+            .await?;
+        Ok(sessions.iter().map(Session::from).collect())
     }
 
     /// Ends one of the caller's own sessions. Another user's session id answers NOT_FOUND.

@@ -11,6 +11,7 @@ use super::{convert, RequestContext};
 use crate::app::accounts::NewAccount;
 use crate::app::authorization::{check_org_id, Check};
 use crate::app::orgs::NewOrg;
+use crate::app::users::Account;
 use crate::app::App;
 use crate::error::Error;
 
@@ -45,7 +46,8 @@ impl AuthService for Auth {
                     .app
                     .register_with_org(account, org, &ctx.caller)
                     .await?;
-                (user, org.id)
+                // The organization use cases still hand out the stored account.
+                (Account::from(user), org.id)
             }
             None => (
                 self.app.register(account, &ctx.caller).await?,
@@ -173,7 +175,7 @@ impl AuthService for Auth {
     async fn get_me(&self, request: Request<GetMeRequest>) -> Result<Response<User>, Status> {
         let (ctx, _) = RequestContext::new(&self.app, request);
         let who = ctx.signed_in().await?;
-        let user = self.app.me(&who).await?;
+        let user = self.app.my_account(&who).await?;
         Ok(Response::new(convert::user(&user)))
     }
 

@@ -6,11 +6,11 @@ use prost_types::Timestamp;
 use super::pb;
 use crate::app::mfa::SignIn;
 use crate::app::sessions::IssuedTokens;
+use crate::app::sessions::Session;
+use crate::app::users::{Account, AccountStatus};
 use crate::domain::mfa::CHALLENGE_METHODS;
 use crate::domain::roles::Role;
 use crate::domain::tokens::AccessClaims;
-use crate::store::sessions::SessionDoc;
-use crate::store::users::{UserDoc, UserStatus};
 
 pub fn timestamp(t: DateTime<Utc>) -> Option<Timestamp> {
     Some(Timestamp {
@@ -29,16 +29,16 @@ pub fn role(r: Role) -> pb::Role {
     }
 }
 
-pub fn user(u: &UserDoc) -> pb::User {
+pub fn user(u: &Account) -> pb::User {
     pb::User {
         id: u.id.clone(),
         email: u.email.clone(),
         display_name: u.display_name.clone(),
         role: role(u.role) as i32,
         status: match u.status {
-            UserStatus::Active => pb::UserStatus::Active,
-            UserStatus::Disabled => pb::UserStatus::Disabled,
-            UserStatus::Deleted => pb::UserStatus::Deleted,
+            AccountStatus::Active => pb::UserStatus::Active,
+            AccountStatus::Disabled => pb::UserStatus::Disabled,
+            AccountStatus::Deleted => pb::UserStatus::Deleted,
         } as i32,
         email_verified: u.email_verified,
         created_at: timestamp(u.created_at),
@@ -108,7 +108,7 @@ pub fn principal(c: &AccessClaims, now: &crate::app::authorization::Standing) ->
     }
 }
 
-pub fn session(s: &SessionDoc, current_session_id: &str) -> pb::Session {
+pub fn session(s: &Session, current_session_id: &str) -> pb::Session {
     pb::Session {
         id: s.id.clone(),
         user_agent: s.user_agent.clone(),
@@ -144,7 +144,7 @@ pub fn organization(o: &crate::store::orgs::OrgDoc) -> pb::Organization {
 pub fn member(m: &crate::app::orgs::OrgMember) -> pb::Member {
     pb::Member {
         org_id: m.membership.org_id.clone(),
-        user: Some(user(&m.user)),
+        user: Some(user(&(&m.user).into())),
         role: org_role(m.membership.role) as i32,
         department: m.membership.department.clone(),
         joined_at: timestamp(m.membership.joined_at),

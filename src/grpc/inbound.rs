@@ -5,6 +5,7 @@
 use chrono::{DateTime, Utc};
 
 use super::pb;
+use crate::app::users::AccountStatus;
 use crate::domain::codes::Purpose;
 use crate::domain::permissions::OrgRole;
 use crate::domain::roles::Role;
@@ -31,6 +32,17 @@ pub fn org_role(value: i32, field: &str) -> Result<Option<OrgRole>, Error> {
         Ok(pb::OrgRole::Admin) => Some(OrgRole::Admin),
         Ok(pb::OrgRole::Owner) => Some(OrgRole::Owner),
         Err(_) => return Err(Error::invalid(field, "is not a known organization role")),
+    })
+}
+
+/// An account state to list by; `None` when unspecified.
+pub fn account_status(value: i32, field: &str) -> Result<Option<AccountStatus>, Error> {
+    Ok(match pb::UserStatus::try_from(value) {
+        Ok(pb::UserStatus::Unspecified) => None,
+        Ok(pb::UserStatus::Active) => Some(AccountStatus::Active),
+        Ok(pb::UserStatus::Disabled) => Some(AccountStatus::Disabled),
+        Ok(pb::UserStatus::Deleted) => Some(AccountStatus::Deleted),
+        Err(_) => return Err(Error::invalid(field, "is not a known status")),
     })
 }
 

@@ -9,17 +9,17 @@ use super::pb::user_service_server::UserService;
 use super::pb::*;
 use super::{convert, inbound, RequestContext};
 use crate::app::users::ProfileChanges;
+use crate::app::users::{AuditEntry, AuditQuery, UserQuery};
 use crate::app::App;
 use crate::error::Error;
-use crate::store::audit_events::{AuditFilter, Outcome};
-use crate::store::users::{UserFilter, UserStatus as DomainStatus};
+use crate::store::audit_events::Outcome;
 
 /// The UserService adapter.
 pub struct Users {
     pub app: Arc<App>,
 }
 
-fn audit_event(e: crate::store::AuditEvent) -> AuditEvent {
+fn audit_event(e: AuditEntry) -> AuditEvent {
     AuditEvent {
         id: e.id,
         action: e.action,
@@ -33,7 +33,7 @@ fn audit_event(e: crate::store::AuditEvent) -> AuditEvent {
         session_id: e.session_id.unwrap_or_default(),
         client_address: e.client_address,
         user_agent: e.user_agent,
-        detail: e.detail.into_text().into_iter().collect(),
+        detail: e.detail.into_iter().collect(),
         occurred_at: convert::timestamp(e.occurred_at),
     }
 }
@@ -47,13 +47,9 @@ impl UserService for Users {
     ) -> Result<Response<ListUsersResponse>, Status> {
         let (ctx, r) = RequestContext::new(&self.app, request);
         let who = ctx.signed_in().await?;
-        let statuses = match UserStatus::try_from(r.status) {
-            Ok(UserStatus::Unspecified) => vec![DomainStatus::Active, DomainStatus::Disabled],
-            Ok(UserStatus::Active) => vec![DomainStatus::Active],
-            Ok(UserStatus::Disabled) => vec![DomainStatus::Disabled],
-            Ok(UserStatus::Deleted) => vec![DomainStatus::Deleted],
-            Err(_) => return Err(Error::invalid("status", "is not a known status").into()),
-        };
+        let statuses = inbound::account_status(r.status, "status")?
+            .into_iter()
+            .collect();
         let email_prefix = crate::domain::email::normalize_prefix(&r.email_prefix);
         // Longer than any stored email can be, or with characters none has: match nothing, and
         // must not reach the database as a query it refuses.
@@ -69,7 +65,7 @@ impl UserService for Users {
             )
             .into());
         }
-        let filter = UserFilter {
+        let query = UserQuery {
             statuses,
             role: inbound::role(r.role, "role")?,
             email_prefix,
@@ -78,7 +74,7 @@ impl UserService for Users {
         };
         let page = self
             .app
-            .list_users(&who, filter, r.page_size, &r.page_token)
+            .list_users(&who, query, r.page_size, &r.page_token)
             .await?;
         Ok(Response::new(ListUsersResponse {
             users: page.items.iter().map(convert::user).collect(),
@@ -180,7 +176,7 @@ impl UserService for Users {
     ) -> Result<Response<ListAuditEventsResponse>, Status> {
         let (ctx, r) = RequestContext::new(&self.app, request);
         let who = ctx.signed_in().await?;
-        let filter = AuditFilter {
+        let query = AuditQuery {
             user_id: r.user_id,
             action: r.action,
             after: inbound::time_bound(r.after),
@@ -188,7 +184,7 @@ impl UserService for Users {
         };
         let page = self
             .app
-            .list_audit_events(&who, filter, r.page_size, &r.page_token)
+            .list_audit_events(&who, query, r.page_size, &r.page_token)
             .await?;
         Ok(Response::new(ListAuditEventsResponse {
             events: page.items.into_iter().map(audit_event).collect(),
