@@ -112,6 +112,14 @@ pub struct Enrollment {
     pub expires_at: DateTime<Utc>,
 }
 
+/// A confirmed second factor, as ListMfaMethods shows it.
+#[derive(Debug, Clone)]
+pub struct MfaMethods {
+    pub totp_enrolled_at: Option<DateTime<Utc>>,
+    pub totp_last_used_at: Option<DateTime<Utc>>,
+    pub recovery_codes_remaining: usize,
+}
+
 /// A session raised to two factors.
 #[derive(Debug, Clone)]
 pub struct SteppedUp {
@@ -582,14 +590,19 @@ impl App {
     }
 
     /// The caller's second factors (`None`: none enrolled).
-    pub async fn mfa_methods(&self, who: &AccessClaims) -> Result<Option<MfaDoc>> {
+    pub async fn mfa_methods(&self, who: &AccessClaims) -> Result<Option<MfaMethods>> {
         self.acting(who).await?;
         Ok(self
             .store
             .mfa
             .find(&who.user_id)
             .await?
-            .filter(MfaDoc::enrolled))
+            .filter(MfaDoc::enrolled)
+            .map(|m| MfaMethods {
+                totp_enrolled_at: m.enrolled_at,
+                totp_last_used_at: m.last_used_at,
+                recovery_codes_remaining: m.recovery_hashes.len(),
+            }))
     }
 
     /// Removes the caller's second factor, given one; ends the other sessions and tells the

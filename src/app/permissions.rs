@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use super::{App, AuditRecord, Caller};
@@ -58,7 +59,9 @@ pub struct Definition {
     pub description: String,
     pub rule: Rule,
     pub built_in: bool,
-    pub doc: Option<PermissionDoc>,
+    /// When the catalogue entry was defined and last changed; `None` for a built-in one.
+    pub created_at: Option<DateTime<Utc>>,
+    pub updated_at: Option<DateTime<Utc>>,
 }
 
 /// A definition as asked for (by RPC or in a file).
@@ -204,7 +207,8 @@ impl App {
                         .any(|p| p == name),
                 },
                 built_in: true,
-                doc: None,
+                created_at: None,
+                updated_at: None,
             })
             .collect();
         for doc in self.store.permissions.all().await? {
@@ -214,7 +218,8 @@ impl App {
                     description: doc.description.clone(),
                     rule,
                     built_in: false,
-                    doc: Some(doc),
+                    created_at: Some(doc.created_at),
+                    updated_at: Some(doc.updated_at),
                 });
             }
         }
@@ -287,7 +292,8 @@ impl App {
                 requires_mfa: doc.requires_mfa,
             },
             built_in: false,
-            doc: Some(doc),
+            created_at: Some(doc.created_at),
+            updated_at: Some(doc.updated_at),
         })
     }
 
@@ -373,7 +379,8 @@ impl App {
             description: doc.description.clone(),
             rule,
             built_in: false,
-            doc: Some(doc),
+            created_at: Some(doc.created_at),
+            updated_at: Some(doc.updated_at),
         })
     }
 

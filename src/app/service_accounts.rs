@@ -59,10 +59,79 @@ pub struct NewServiceAccount {
     pub allowed_permissions: Vec<String>,
 }
 
+/// A service account as the use cases hand it out.
+#[derive(Debug, Clone)]
+pub struct ServiceAccount {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    /// `None`: platform-wide.
+    pub org_id: Option<String>,
+    /// The platform role of a platform-wide account; `None` for an organization's.
+    pub role: Option<Role>,
+    /// The organization role of an organization's account.
+    pub org_role: Option<OrgRole>,
+    pub allowed_permissions: Vec<String>,
+    pub disabled: bool,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<&ServiceAccountDoc> for ServiceAccount {
+    fn from(a: &ServiceAccountDoc) -> Self {
+        Self {
+            id: a.id.clone(),
+            name: a.name.clone(),
+            description: a.description.clone(),
+            org_id: a.org_id.clone(),
+            role: match a.org_id {
+                Some(_) => None,
+                None => Some(a.role.parse().unwrap_or(Role::Guest)),
+            },
+            org_role: org_role_of(a),
+            allowed_permissions: a.allowed_permissions.clone(),
+            disabled: a.disabled,
+            created_by: a.created_by.clone(),
+            created_at: a.created_at,
+        }
+    }
+}
+
+/// An API key as the use cases hand it out (never its secret or the secret's hash).
+#[derive(Debug, Clone)]
+pub struct ApiKey {
+    pub id: String,
+    pub service_account_id: String,
+    /// The secret's first characters, to tell keys apart.
+    pub prefix: String,
+    pub description: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub last_used_address: String,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl From<&ApiKeyDoc> for ApiKey {
+    fn from(k: &ApiKeyDoc) -> Self {
+        Self {
+            id: k.id.clone(),
+            service_account_id: k.service_account_id.clone(),
+            prefix: k.prefix.clone(),
+            description: k.description.clone(),
+            created_at: k.created_at,
+            expires_at: k.expires_at,
+            last_used_at: k.last_used_at,
+            last_used_address: k.last_used_address.clone(),
+            revoked_at: k.revoked_at,
+        }
+    }
+}
+
 /// A new key: its record and the secret, shown once.
 #[derive(Debug, Clone)]
 pub struct CreatedKey {
-    pub key: ApiKeyDoc,
+    pub key: ApiKey,
     pub secret: String,
 }
 
@@ -237,7 +306,7 @@ impl App {
         who: &AccessClaims,
         new: NewServiceAccount,
         caller: &Caller,
-    ) -> Result<ServiceAccountDoc> {
+    ) -> Result<ServiceAccount> {
         let mut violations = Vec::new();
         check_text("name", &new.name, MAX_NAME, true, &mut violations);
         check_text(
@@ -339,7 +408,7 @@ impl App {
                 .detail("allowed_permissions", account.allowed_permissions.clone()),
         )
         .await;
-        Ok(account)
+        Ok(ServiceAccount::from(&account))
     }
 
     /// The platform's accounts (`org_id` empty; `users.read`) or one organization's
@@ -348,10 +417,13 @@ impl App {
         &self,
         who: &AccessClaims,
         org_id: &str,
-    ) -> Result<Vec<ServiceAccountDoc>> {
+    ) -> Result<Vec<ServiceAccount>> {
+        let listed = |accounts: Vec<ServiceAccountDoc>| -> Vec<ServiceAccount> {
+            accounts.iter().map(ServiceAccount::from).collect()
+        };
         if org_id.is_empty() {
             self.require(who, "users.read").await?;
-            return Ok(self.store.service_accounts.list(None).await?);
+            return Ok(listed(self.store.service_accounts.list(None).await?));
         }
         if !is_id(org_id) {
             return Err(Error::invalid(
@@ -362,7 +434,9 @@ impl App {
         let exists = async { Ok(self.store.orgs.exists(org_id).await?) };
         self.require_in_org(who, org_id, "org.members.read", exists)
             .await?;
-        Ok(self.store.service_accounts.list(Some(org_id)).await?)
+        Ok(listed(
+            self.store.service_accounts.list(Some(org_id)).await?,
+        ))
     }
 
     /// The account `id` if `who` manages it; NOT_FOUND for an account `who` may not see.
@@ -496,7 +570,10 @@ impl App {
                 .detail("prefix", key.prefix.as_str()),
         )
         .await;
-        Ok(CreatedKey { key, secret })
+        Ok(CreatedKey {
+            key: ApiKey::from(&key),
+            secret,
+        })
     }
 
     /// An account's keys (no secrets: only their hashes are stored).
@@ -504,9 +581,10 @@ impl App {
         &self,
         who: &AccessClaims,
         service_account_id: &str,
-    ) -> Result<Vec<ApiKeyDoc>> {
+    ) -> Result<Vec<ApiKey>> {
         let account = self.managed_account(who, service_account_id).await?;
-        Ok(self.store.api_keys.list(&account.id).await?)
+        let keys = self.store.api_keys.list(&account.id).await?;
+        Ok(keys.iter().map(ApiKey::from).collect())
     }
 
     /// Revokes one key: at once here, within `session_cache_ttl` elsewhere.

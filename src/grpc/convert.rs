@@ -62,7 +62,7 @@ pub fn token_pair(t: IssuedTokens, now: DateTime<Utc>) -> pb::TokenPair {
 }
 
 /// An identity linked to an account.
-pub fn linked_identity(i: &crate::store::identities::IdentityDoc) -> pb::LinkedIdentity {
+pub fn linked_identity(i: &crate::app::federation::LinkedIdentity) -> pb::LinkedIdentity {
     pb::LinkedIdentity {
         provider: i.provider.clone(),
         subject: i.subject.clone(),

@@ -97,9 +97,9 @@ impl MfaService for Mfa {
         Ok(Response::new(match methods {
             Some(m) => ListMfaMethodsResponse {
                 totp_enrolled: true,
-                totp_enrolled_at: m.enrolled_at.and_then(|t| convert::timestamp(t)),
-                totp_last_used_at: m.last_used_at.and_then(|t| convert::timestamp(t)),
-                recovery_codes_remaining: m.recovery_hashes.len() as i32,
+                totp_enrolled_at: m.totp_enrolled_at.and_then(convert::timestamp),
+                totp_last_used_at: m.totp_last_used_at.and_then(convert::timestamp),
+                recovery_codes_remaining: m.recovery_codes_remaining as i32,
             },
             None => ListMfaMethodsResponse::default(),
         }))

@@ -40,14 +40,8 @@ fn permission(d: &Definition) -> Permission {
         least_org_role: least_org_role as i32,
         requires_mfa: d.rule.requires_mfa,
         built_in: d.built_in,
-        created_at: d
-            .doc
-            .as_ref()
-            .and_then(|doc| convert::timestamp(doc.created_at)),
-        updated_at: d
-            .doc
-            .as_ref()
-            .and_then(|doc| convert::timestamp(doc.updated_at)),
+        created_at: d.created_at.and_then(convert::timestamp),
+        updated_at: d.updated_at.and_then(convert::timestamp),
     }
 }
 

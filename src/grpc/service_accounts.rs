@@ -8,33 +8,22 @@ use tracing::instrument;
 use super::pb::service_account_service_server::ServiceAccountService;
 use super::pb::*;
 use super::{convert, inbound, RequestContext};
-use crate::app::service_accounts::NewServiceAccount;
+use crate::app::service_accounts::{self as app, NewServiceAccount};
 use crate::app::App;
-use crate::domain::permissions::OrgRole as DomainOrgRole;
-use crate::domain::roles::Role as DomainRole;
-use crate::store::api_keys::ApiKeyDoc;
-use crate::store::service_accounts::ServiceAccountDoc;
 
 /// The ServiceAccountService adapter.
 pub struct ServiceAccounts {
     pub app: Arc<App>,
 }
 
-fn service_account(a: &ServiceAccountDoc) -> ServiceAccount {
+fn service_account(a: &app::ServiceAccount) -> ServiceAccount {
     ServiceAccount {
         id: a.id.clone(),
         name: a.name.clone(),
         description: a.description.clone(),
         org_id: a.org_id.clone().unwrap_or_default(),
-        role: match a.org_id {
-            Some(_) => Role::Unspecified,
-            None => convert::role(a.role.parse().unwrap_or(DomainRole::Guest)),
-        } as i32,
-        org_role: a
-            .org_role
-            .as_deref()
-            .and_then(|r| r.parse::<DomainOrgRole>().ok())
-            .map_or(OrgRole::Unspecified, convert::org_role) as i32,
+        role: a.role.map_or(Role::Unspecified, convert::role) as i32,
+        org_role: a.org_role.map_or(OrgRole::Unspecified, convert::org_role) as i32,
         allowed_permissions: a.allowed_permissions.clone(),
         disabled: a.disabled,
         created_by: a.created_by.clone(),
@@ -42,7 +31,7 @@ fn service_account(a: &ServiceAccountDoc) -> ServiceAccount {
     }
 }
 
-fn api_key(k: &ApiKeyDoc) -> ApiKey {
+fn api_key(k: &app::ApiKey) -> ApiKey {
     ApiKey {
         id: k.id.clone(),
         service_account_id: k.service_account_id.clone(),
