@@ -330,7 +330,7 @@ async fn seed_users(uri: &str, count: usize) -> usize {
         let docs: Vec<UserDoc> = batch
             .iter()
             .map(|&i| {
-                let at = keyward::store::bson_time(start + chrono::Duration::seconds(i as i64));
+                let at = start + chrono::Duration::seconds(i as i64);
                 UserDoc {
                     id: format!("seed{i:08}"),
                     email: format!("seed-{i}@example.com"),

@@ -11,9 +11,10 @@
 //!   services, the metrics endpoint beside them, graceful shutdown.
 //! - [`grpc`]: thin adapters, one file per service (`auth.rs`, `otp.rs`, `org.rs`, `users.rs`,
 //!   `mfa.rs`, `permissions.rs`, `service_accounts.rs`, `federation.rs`, and Envoy's
-//!   `ext_authz.rs`), who is
-//!   calling (client address from trusted proxies), the codec that turns bad input and oversized
-//!   messages into INVALID_ARGUMENT, and proto conversions.
+//!   `ext_authz.rs`), the request context (who is calling: client address from trusted proxies,
+//!   and the signed-in principal), the readiness layer (NOT_READY while the database is not),
+//!   the codec that turns bad input and oversized messages into INVALID_ARGUMENT, and proto
+//!   conversions both ways (`inbound.rs`, `convert.rs`) from and to app types, never documents.
 //! - [`app`]: the use cases (register, login, refresh, authenticate, logout, one-time codes,
 //!   the mail outbox and its delivery workers, Authorize, organizations (`orgs/`: lifecycle,
 //!   registration with an organization, listings, invitations, members and the owner-count

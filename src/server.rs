@@ -299,6 +299,10 @@ pub async fn serve(
         // and times every RPC by service, method and status code.
         .layer(crate::telemetry::RpcOutcomeLayer)
         .layer(codec::MessageLimitLayer)
+        // NOT_READY for every keyward RPC that needs the database while it is not ready.
+        .layer(crate::grpc::readiness::ReadinessLayer::new(Arc::clone(
+            &app,
+        )))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -6,6 +6,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use super::mfa::SignIn;
+use super::users::Account;
 use super::{App, AuditRecord, Caller};
 use crate::domain::audit::AuditAction;
 use crate::domain::email;
@@ -18,7 +19,6 @@ use crate::domain::tokens::AccessClaims;
 use crate::domain::validation::Violations;
 use crate::error::{Error, Result};
 use crate::store::audit_events::Outcome;
-use crate::store::bson_time;
 use crate::store::users::{Inserted, UserDoc, UserStatus};
 
 /// Longest display name, in characters.
@@ -66,7 +66,6 @@ pub(crate) fn new_account(
     email_verified: bool,
     now: chrono::DateTime<chrono::Utc>,
 ) -> UserDoc {
-    let now = bson_time(now);
     UserDoc {
         id: new_id(),
         email,
@@ -85,7 +84,7 @@ pub(crate) fn new_account(
 impl App {
     /// Creates an account. Concurrent registrations of one email create exactly one account
     /// (the unique index decides); the others get EMAIL_TAKEN.
-    pub async fn register(&self, account: NewAccount, caller: &Caller) -> Result<UserDoc> {
+    pub async fn register(&self, account: NewAccount, caller: &Caller) -> Result<Account> {
         // Before any work: EMAIL_TAKEN answers and argon2id time are what this limit protects.
         self.throttle_address(
             caller,
@@ -121,7 +120,7 @@ impl App {
         if !user.email_verified {
             self.send_verification_after_register(&user, caller).await;
         }
-        Ok(user)
+        Ok(user.into())
     }
 
     /// Stores a new account (`password_hash` empty: no password yet) and audits it.
@@ -278,7 +277,7 @@ impl App {
             return Ok(SignIn::SecondFactor(challenge));
         }
         let issued = self
-            .start_session(user, &[Factor::Password], caller)
+            .start_session(user.clone(), &[Factor::Password], caller)
             .await?;
         // A password change (or disable) between our verify and the session insert ended every
         // session but could not see this one: look again now that it exists.
@@ -294,7 +293,7 @@ impl App {
             return Err(Error::InvalidCredentials);
         }
         if let Some(second_step) = self
-            .enrolled_meanwhile(&issued, Factor::Password, caller)
+            .enrolled_meanwhile(&issued, &user, Factor::Password, caller)
             .await?
         {
             return Ok(second_step);
@@ -389,10 +388,8 @@ impl App {
         for _ in 0..ADMISSION_RETRIES {
             let now = self.now();
             let seen = self.store.rate_limits.find_raw(key).await?;
-            let live = seen.as_ref().filter(|d| d.expires_at.to_chrono() > now);
-            if let Some(left) =
-                live.and_then(|d| remaining(d.locked_until.map(|t| t.to_chrono()), now))
-            {
+            let live = seen.as_ref().filter(|d| d.expires_at > now);
+            if let Some(left) = live.and_then(|d| remaining(d.locked_until, now)) {
                 return Err(Error::AccountLocked { retry_after: left });
             }
             let count = live.map_or(0, |d| d.count) + 1;
@@ -451,7 +448,12 @@ impl App {
     }
 
     /// The signed-in user's account.
-    pub async fn me(&self, who: &AccessClaims) -> Result<UserDoc> {
+    /// The caller's own account.
+    pub async fn my_account(&self, who: &AccessClaims) -> Result<Account> {
+        self.me(who).await.map(Account::from)
+    }
+
+    pub(crate) async fn me(&self, who: &AccessClaims) -> Result<UserDoc> {
         self.store
             .users
             .find_by_id(&who.user_id)

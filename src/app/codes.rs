@@ -229,7 +229,7 @@ impl App {
     /// Remembers that `user` signed in from the client of `caller` (its address or IPv6 /64),
     /// for [`KNOWN_FOR`]. Only for a verified account: a sign-in to an account whose mailbox was
     /// never proven (a planted registration) makes nobody the owner. Best effort.
-    pub(crate) async fn remember_requester(&self, user: &UserDoc, caller: &Caller) {
+    pub(crate) async fn remember_requester(&self, user: &super::users::Account, caller: &Caller) {
         if caller.rate_limit_key.is_empty() || !user.email_verified {
             return;
         }
@@ -267,7 +267,7 @@ impl App {
             .rate_limits
             .find_raw(&known_key(user_id, requester))
             .await?
-            .is_some_and(|d| !user_id.is_empty() && d.expires_at.to_chrono() > now))
+            .is_some_and(|d| !user_id.is_empty() && d.expires_at > now))
     }
 
     /// Whether the live code of `email` + `purpose` was asked for by a client `user` has signed
@@ -296,8 +296,8 @@ impl App {
             let seen = self.store.rate_limits.find_raw(key).await?;
             let counter = seen.as_ref().map(|d| SendCounter {
                 count: d.count,
-                next_allowed: d.locked_until.map_or(now, |t| t.to_chrono()),
-                window_ends: d.expires_at.to_chrono(),
+                next_allowed: d.locked_until.unwrap_or(now),
+                window_ends: d.expires_at,
             });
             let next = limits
                 .admit(counter, now)
@@ -422,7 +422,7 @@ impl App {
         raw_email: &str,
         code: &str,
         caller: &Caller,
-    ) -> Result<UserDoc> {
+    ) -> Result<super::users::Account> {
         let email = email_and_code(raw_email, code)?;
         self.throttle_codes(caller).await?;
         self.use_code(&email, Purpose::VerifyEmail, code, caller)
@@ -440,7 +440,7 @@ impl App {
                 .email(&user.email),
         )
         .await;
-        Ok(user)
+        Ok(user.into())
     }
 
     /// Signs in with a LOGIN code: a new session, as a password login makes. With
@@ -495,7 +495,7 @@ impl App {
             user,
             Factor::EmailCode,
             Error::CodeInvalid,
-            mongodb::bson::doc! { "method": "email_code" },
+            vec![("method", "email_code".into())],
             caller,
         )
         .await

@@ -31,7 +31,6 @@ use crate::domain::validation::Violations;
 use crate::error::{Error, Result};
 use crate::oidc::{OidcError, Provider, VerifiedIdentity};
 use crate::store::audit_events::Outcome;
-use crate::store::bson_time;
 use crate::store::federation_flows::{FlowDoc, FlowIntent};
 use crate::store::identities::{IdentityDoc, Linked, MAX_PER_USER};
 use crate::store::users::{UserDoc, UserStatus};
@@ -62,12 +61,36 @@ pub struct Callback {
     pub flow_secret: String,
 }
 
+/// An identity at a provider linked to an account, as the use cases hand it out.
+#[derive(Debug, Clone)]
+pub struct LinkedIdentity {
+    pub provider: String,
+    /// The provider's `sub`.
+    pub subject: String,
+    /// The email the provider gave at link or last use (may be empty).
+    pub email: String,
+    pub linked_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+impl From<&IdentityDoc> for LinkedIdentity {
+    fn from(i: &IdentityDoc) -> Self {
+        Self {
+            provider: i.provider.clone(),
+            subject: i.subject.clone(),
+            email: i.email.clone(),
+            linked_at: i.linked_at,
+            last_used_at: i.last_used_at,
+        }
+    }
+}
+
 /// A finished federated sign-in.
 #[derive(Debug)]
 pub struct FederatedSignIn {
     pub sign_in: SignIn,
     pub account_created: bool,
-    pub identity: IdentityDoc,
+    pub identity: LinkedIdentity,
 }
 
 impl App {
@@ -188,8 +211,8 @@ impl App {
                 redirect_uri: redirect_uri.to_string(),
                 intent,
                 user_id,
-                created_at: bson_time(now),
-                expires_at: bson_time(expires_at),
+                created_at: now,
+                expires_at,
             })
             .await?;
         Ok(Started {
@@ -346,7 +369,7 @@ impl App {
         identity: &VerifiedIdentity,
         user_id: &str,
     ) -> Result<IdentityDoc> {
-        let now = bson_time(self.now());
+        let now = self.now();
         let doc = IdentityDoc {
             id: new_id(),
             provider: provider.id.clone(),
@@ -424,19 +447,19 @@ impl App {
                 user,
                 Factor::Federated,
                 Error::AccountDisabled,
-                mongodb::bson::doc! {
-                    "method": "oidc",
-                    "provider": provider.as_str(),
-                    "subject_hash": subject_hash.as_str(),
-                    "account_created": created,
-                },
+                vec![
+                    ("method", "oidc".into()),
+                    ("provider", provider.as_str().into()),
+                    ("subject_hash", subject_hash.as_str().into()),
+                    ("account_created", created.into()),
+                ],
                 caller,
             )
             .await?;
         Ok(FederatedSignIn {
             sign_in,
             account_created: created,
-            identity: link,
+            identity: LinkedIdentity::from(&link),
         })
     }
 
@@ -464,7 +487,7 @@ impl App {
         who: &AccessClaims,
         callback: &Callback,
         caller: &Caller,
-    ) -> Result<IdentityDoc> {
+    ) -> Result<LinkedIdentity> {
         self.acting(who).await?;
         self.require_verified_email(&who.user_id).await?;
         let (provider, identity) = self
@@ -495,7 +518,7 @@ impl App {
                     .await;
             }
         }
-        linked
+        linked.map(|l| LinkedIdentity::from(&l))
     }
 
     /// Tells the user a way into their account was added or removed, so that one they did not
@@ -516,9 +539,10 @@ impl App {
     }
 
     /// The caller's linked identities, oldest first.
-    pub async fn list_identities(&self, who: &AccessClaims) -> Result<Vec<IdentityDoc>> {
+    pub async fn list_identities(&self, who: &AccessClaims) -> Result<Vec<LinkedIdentity>> {
         self.acting(who).await?;
-        Ok(self.store.identities.of_user(&who.user_id).await?)
+        let linked = self.store.identities.of_user(&who.user_id).await?;
+        Ok(linked.iter().map(LinkedIdentity::from).collect())
     }
 
     /// Unlinks one of the caller's identities, unless it is the account's last way in.

@@ -125,10 +125,7 @@ impl App {
     }
 
     fn too_old(&self, doc: &OutboxDoc, now: DateTime<Utc>) -> bool {
-        (now - doc.created_at.to_chrono())
-            .to_std()
-            .unwrap_or_default()
-            >= GIVE_UP_AFTER
+        (now - doc.created_at).to_std().unwrap_or_default() >= GIVE_UP_AFTER
     }
 
     async fn audit_delivery(&self, doc: &OutboxDoc, outcome: Outcome, error: Option<&str>) {

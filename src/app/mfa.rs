@@ -16,8 +16,7 @@ use crate::domain::secrets::{hash_token, new_refresh_token};
 use crate::domain::tokens::AccessClaims;
 use crate::domain::validation::Violations;
 use crate::error::{Error, Result};
-use crate::store::audit_events::Outcome;
-use crate::store::bson_time;
+use crate::store::audit_events::{DetailValue, Outcome};
 use crate::store::mfa::MfaDoc;
 use crate::store::mfa_challenges::MfaChallengeDoc;
 use crate::store::users::{UserDoc, UserStatus};
@@ -119,6 +118,14 @@ pub struct Enrollment {
     pub expires_at: DateTime<Utc>,
 }
 
+/// A confirmed second factor, as ListMfaMethods shows it.
+#[derive(Debug, Clone)]
+pub struct MfaMethods {
+    pub totp_enrolled_at: Option<DateTime<Utc>>,
+    pub totp_last_used_at: Option<DateTime<Utc>>,
+    pub recovery_codes_remaining: usize,
+}
+
 /// A session raised to two factors.
 #[derive(Debug, Clone)]
 pub struct SteppedUp {
@@ -150,8 +157,8 @@ impl App {
                 attempts: 0,
                 credential: hash_token(&user.password_hash),
                 used: false,
-                created_at: bson_time(now),
-                expires_at: bson_time(expires_at),
+                created_at: now,
+                expires_at,
             })
             .await?;
         self.audit(
@@ -168,10 +175,12 @@ impl App {
 
     /// After a one-factor session was stored: when an authenticator was confirmed since the
     /// caller's first look (its confirmation ended every other session, but could not see this
-    /// one), the session ends and the caller gets the second step instead.
+    /// one), the session ends and the caller gets the second step instead (for `user` as it was
+    /// when the session started).
     pub(crate) async fn enrolled_meanwhile(
         &self,
         issued: &IssuedTokens,
+        user: &UserDoc,
         first: Factor,
         caller: &Caller,
     ) -> Result<Option<SignIn>> {
@@ -183,7 +192,7 @@ impl App {
             .revoke(&issued.session.id, None, "mfa_enrolled", self.now())
             .await?;
         self.revoke_sessions([issued.session.id.as_str()]);
-        match self.second_step(&issued.user, first, caller).await? {
+        match self.second_step(user, first, caller).await? {
             Some(challenge) => Ok(Some(SignIn::SecondFactor(challenge))),
             None => Err(Error::MfaChallengeInvalid),
         }
@@ -198,13 +207,13 @@ impl App {
         user: UserDoc,
         first: Factor,
         inactive: Error,
-        details: mongodb::bson::Document,
+        details: Vec<(&str, DetailValue)>,
         caller: &Caller,
     ) -> Result<SignIn> {
         if let Some(challenge) = self.second_step(&user, first, caller).await? {
             return Ok(SignIn::SecondFactor(challenge));
         }
-        let issued = self.start_session(user, &[first], caller).await?;
+        let issued = self.start_session(user.clone(), &[first], caller).await?;
         let current = self
             .store
             .users
@@ -218,14 +227,19 @@ impl App {
             self.revoke_sessions([issued.session.id.as_str()]);
             return Err(inactive);
         }
-        if let Some(second_step) = self.enrolled_meanwhile(&issued, first, caller).await? {
+        if let Some(second_step) = self
+            .enrolled_meanwhile(&issued, &user, first, caller)
+            .await?
+        {
             return Ok(second_step);
         }
         self.remember_requester(&issued.user, caller).await;
         let mut record = AuditRecord::new(AuditAction::Login, Outcome::Success, caller)
             .user(&issued.user.id)
             .session(&issued.session.id);
-        record.detail = details;
+        for (key, value) in details {
+            record = record.detail(key, value);
+        }
         self.audit(record).await;
         Ok(SignIn::Tokens(Box::new(issued)))
     }
@@ -482,7 +496,7 @@ impl App {
             return Err(Error::MfaAlreadyEnrolled);
         }
         let Some((sealed, secret)) = mfa
-            .filter(|m| m.pending_expires_at.is_some_and(|t| t.to_chrono() > now))
+            .filter(|m| m.pending_expires_at.is_some_and(|t| t > now))
             .and_then(|m| m.pending_secret)
             .and_then(|s| {
                 let secret = self.mfa_keys.open(&who.user_id, &s.bytes)?;
@@ -582,14 +596,19 @@ impl App {
     }
 
     /// The caller's second factors (`None`: none enrolled).
-    pub async fn mfa_methods(&self, who: &AccessClaims) -> Result<Option<MfaDoc>> {
+    pub async fn mfa_methods(&self, who: &AccessClaims) -> Result<Option<MfaMethods>> {
         self.acting(who).await?;
         Ok(self
             .store
             .mfa
             .find(&who.user_id)
             .await?
-            .filter(MfaDoc::enrolled))
+            .filter(MfaDoc::enrolled)
+            .map(|m| MfaMethods {
+                totp_enrolled_at: m.enrolled_at,
+                totp_last_used_at: m.last_used_at,
+                recovery_codes_remaining: m.recovery_hashes.len(),
+            }))
     }
 
     /// Removes the caller's second factor, given one; ends the other sessions and tells the

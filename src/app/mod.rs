@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use mongodb::bson::Document;
 
 use crate::config::Config;
 use crate::domain::audit::AuditAction;
@@ -33,7 +32,7 @@ use crate::domain::tokens::KeyRing;
 use crate::error::{Error, Result};
 use crate::hash_pool::HashPool;
 use crate::mail::{Sealer, Templates};
-use crate::store::audit_events::Outcome;
+use crate::store::audit_events::{DetailValue, Details, Outcome};
 use crate::store::{AuditEvent, Store};
 
 pub use sessions::SessionCache;
@@ -176,8 +175,11 @@ impl App {
     }
 
     /// Clock for the use cases. Domain rules take `now` explicitly; this is the one real clock.
+    /// It ticks in milliseconds, the database's resolution, so a time an RPC answers with
+    /// right after writing it is the one a later read gives back.
     pub fn now(&self) -> DateTime<Utc> {
-        Utc::now()
+        let now = Utc::now();
+        DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
     }
 
     /// Whether the database answers (set by the server's database watch).
@@ -208,8 +210,9 @@ impl App {
             client_address: event.caller.client_address.clone(),
             user_agent: event.caller.user_agent.clone(),
             detail: event.detail,
-            occurred_at: mongodb::bson::DateTime::now(),
-            expires_at: mongodb::bson::DateTime::now(),
+            // Both set by `record`.
+            occurred_at: self.now(),
+            expires_at: self.now(),
         };
         if let Err(e) = self.store.audit_events.record(doc, self.now()).await {
             tracing::error!(error = %e, action = event.action.as_str(), "failed to write audit event");
@@ -235,7 +238,7 @@ pub struct AuditRecord<'a> {
     pub actor_id: Option<&'a str>,
     pub session_id: Option<&'a str>,
     pub email: Option<&'a str>,
-    pub detail: Document,
+    pub detail: Details,
 }
 
 impl<'a> AuditRecord<'a> {
@@ -248,7 +251,7 @@ impl<'a> AuditRecord<'a> {
             actor_id: None,
             session_id: None,
             email: None,
-            detail: Document::new(),
+            detail: Details::default(),
         }
     }
     pub fn user(mut self, user_id: &'a str) -> Self {
@@ -267,7 +270,7 @@ impl<'a> AuditRecord<'a> {
         self.email = Some(email);
         self
     }
-    pub fn detail(mut self, key: &str, value: impl Into<mongodb::bson::Bson>) -> Self {
+    pub fn detail(mut self, key: &str, value: impl Into<DetailValue>) -> Self {
         self.detail.insert(key, value);
         self
     }

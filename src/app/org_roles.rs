@@ -30,7 +30,6 @@ use crate::domain::tokens::AccessClaims;
 use crate::domain::validation::Violations;
 use crate::error::{Error, Result};
 use crate::store::audit_events::Outcome;
-use crate::store::bson_time;
 use crate::store::memberships::MembershipDoc;
 use crate::store::org_roles::OrgRoleDoc;
 
@@ -54,8 +53,8 @@ impl From<OrgRoleDoc> for OrgCustomRole {
             description: d.description,
             base_role: d.base_role,
             permissions: d.permissions,
-            created_at: d.created_at.to_chrono(),
-            updated_at: d.updated_at.to_chrono(),
+            created_at: d.created_at,
+            updated_at: d.updated_at,
         }
     }
 }
@@ -180,7 +179,7 @@ impl App {
         if self.store.org_roles.count(org_id).await? >= MAX_ROLES_PER_ORG as u64 {
             return Err(Error::TooManyOrgRoles);
         }
-        let now = bson_time(self.now());
+        let now = self.now();
         let doc = OrgRoleDoc {
             id: new_id(),
             org_id: org_id.to_string(),

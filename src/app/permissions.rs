@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use super::{App, AuditRecord, Caller};
@@ -19,7 +20,6 @@ use crate::domain::tokens::AccessClaims;
 use crate::domain::validation::Violations;
 use crate::error::{Error, Result};
 use crate::store::audit_events::Outcome;
-use crate::store::bson_time;
 use crate::store::permissions::{PermissionChange, PermissionDoc};
 
 /// Longest description kept.
@@ -62,7 +62,9 @@ pub struct Definition {
     pub description: String,
     pub rule: Rule,
     pub built_in: bool,
-    pub doc: Option<PermissionDoc>,
+    /// When the catalogue entry was defined and last changed; `None` for a built-in one.
+    pub created_at: Option<DateTime<Utc>>,
+    pub updated_at: Option<DateTime<Utc>>,
 }
 
 /// A definition as asked for (by RPC or in a file).
@@ -200,7 +202,8 @@ impl App {
                         .any(|p| p == permission.as_str()),
                 },
                 built_in: true,
-                doc: None,
+                created_at: None,
+                updated_at: None,
             })
             .collect();
         for doc in self.store.permissions.all().await? {
@@ -210,7 +213,8 @@ impl App {
                     description: doc.description.clone(),
                     rule,
                     built_in: false,
-                    doc: Some(doc),
+                    created_at: Some(doc.created_at),
+                    updated_at: Some(doc.updated_at),
                 });
             }
         }
@@ -252,7 +256,7 @@ impl App {
             return Err(violations.into());
         };
         self.may_shape(who, actor.role, scope, false)?;
-        let now = bson_time(self.now());
+        let now = self.now();
         let doc = PermissionDoc {
             name: new.name.clone(),
             description: new.description.clone(),
@@ -283,7 +287,8 @@ impl App {
                 requires_mfa: doc.requires_mfa,
             },
             built_in: false,
-            doc: Some(doc),
+            created_at: Some(doc.created_at),
+            updated_at: Some(doc.updated_at),
         })
     }
 
@@ -367,7 +372,8 @@ impl App {
             description: doc.description.clone(),
             rule,
             built_in: false,
-            doc: Some(doc),
+            created_at: Some(doc.created_at),
+            updated_at: Some(doc.updated_at),
         })
     }
 
@@ -421,7 +427,7 @@ impl App {
             .map(|d| (d.name.clone(), d))
             .collect();
         let mut report = ApplyReport::default();
-        let now = bson_time(self.now());
+        let now = self.now();
         for (name, (scope, p)) in &wanted {
             let (scope_name, least_role) = scope_str(*scope);
             let doc = PermissionDoc {

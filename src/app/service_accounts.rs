@@ -23,7 +23,6 @@ use crate::domain::validation::Violations;
 use crate::error::{Error, Result};
 use crate::store::api_keys::ApiKeyDoc;
 use crate::store::audit_events::Outcome;
-use crate::store::bson_time;
 use crate::store::service_accounts::ServiceAccountDoc;
 
 /// Prefix that makes API keys recognisable (to keyward and to secret scanners).
@@ -63,10 +62,79 @@ pub struct NewServiceAccount {
     pub allowed_permissions: Vec<String>,
 }
 
+/// A service account as the use cases hand it out.
+#[derive(Debug, Clone)]
+pub struct ServiceAccount {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    /// `None`: platform-wide.
+    pub org_id: Option<String>,
+    /// The platform role of a platform-wide account; `None` for an organization's.
+    pub role: Option<Role>,
+    /// The organization role of an organization's account.
+    pub org_role: Option<OrgRole>,
+    pub allowed_permissions: Vec<String>,
+    pub disabled: bool,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<&ServiceAccountDoc> for ServiceAccount {
+    fn from(a: &ServiceAccountDoc) -> Self {
+        Self {
+            id: a.id.clone(),
+            name: a.name.clone(),
+            description: a.description.clone(),
+            org_id: a.org_id.clone(),
+            role: match a.org_id {
+                Some(_) => None,
+                None => Some(a.role.parse().unwrap_or(Role::Guest)),
+            },
+            org_role: org_role_of(a),
+            allowed_permissions: a.allowed_permissions.clone(),
+            disabled: a.disabled,
+            created_by: a.created_by.clone(),
+            created_at: a.created_at,
+        }
+    }
+}
+
+/// An API key as the use cases hand it out (never its secret or the secret's hash).
+#[derive(Debug, Clone)]
+pub struct ApiKey {
+    pub id: String,
+    pub service_account_id: String,
+    /// The secret's first characters, to tell keys apart.
+    pub prefix: String,
+    pub description: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub last_used_address: String,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl From<&ApiKeyDoc> for ApiKey {
+    fn from(k: &ApiKeyDoc) -> Self {
+        Self {
+            id: k.id.clone(),
+            service_account_id: k.service_account_id.clone(),
+            prefix: k.prefix.clone(),
+            description: k.description.clone(),
+            created_at: k.created_at,
+            expires_at: k.expires_at,
+            last_used_at: k.last_used_at,
+            last_used_address: k.last_used_address.clone(),
+            revoked_at: k.revoked_at,
+        }
+    }
+}
+
 /// A new key: its record and the secret, shown once.
 #[derive(Debug, Clone)]
 pub struct CreatedKey {
-    pub key: ApiKeyDoc,
+    pub key: ApiKey,
     pub secret: String,
 }
 
@@ -165,10 +233,7 @@ impl App {
             // upstream as an email (`x-keyward-email`).
             email: String::new(),
             role: account.role.parse().unwrap_or(Role::Guest),
-            expires_at: key
-                .expires_at
-                .map(|t| t.to_chrono())
-                .unwrap_or(now + chrono::Duration::days(3650)),
+            expires_at: key.expires_at.unwrap_or(now + chrono::Duration::days(3650)),
             amr: vec!["key".into()],
             auth_time: now,
             service_account: Some(Arc::new(ServiceAccountGrant {
@@ -233,7 +298,7 @@ impl App {
         who: &AccessClaims,
         new: NewServiceAccount,
         caller: &Caller,
-    ) -> Result<ServiceAccountDoc> {
+    ) -> Result<ServiceAccount> {
         let mut violations = Violations::new();
         violations.required_text("name", &new.name, MAX_NAME);
         violations.text("description", &new.description, MAX_DESCRIPTION);
@@ -295,7 +360,7 @@ impl App {
                 return Err(Error::PermissionDenied);
             }
         }
-        let now = bson_time(self.now());
+        let now = self.now();
         let account = ServiceAccountDoc {
             id: new_id(),
             name: new.name.trim().to_string(),
@@ -321,7 +386,7 @@ impl App {
                 .detail("allowed_permissions", account.allowed_permissions.clone()),
         )
         .await;
-        Ok(account)
+        Ok(ServiceAccount::from(&account))
     }
 
     /// The platform's accounts (`org_id` empty; `users.read`) or one organization's
@@ -330,10 +395,13 @@ impl App {
         &self,
         who: &AccessClaims,
         org_id: &str,
-    ) -> Result<Vec<ServiceAccountDoc>> {
+    ) -> Result<Vec<ServiceAccount>> {
+        let listed = |accounts: Vec<ServiceAccountDoc>| -> Vec<ServiceAccount> {
+            accounts.iter().map(ServiceAccount::from).collect()
+        };
         if org_id.is_empty() {
             self.require(who, Permission::UsersRead).await?;
-            return Ok(self.store.service_accounts.list(None).await?);
+            return Ok(listed(self.store.service_accounts.list(None).await?));
         }
         if !is_id(org_id) {
             return Err(Error::invalid(
@@ -344,7 +412,9 @@ impl App {
         let exists = async { Ok(self.store.orgs.exists(org_id).await?) };
         self.require_in_org(who, org_id, Permission::OrgMembersRead, exists)
             .await?;
-        Ok(self.store.service_accounts.list(Some(org_id)).await?)
+        Ok(listed(
+            self.store.service_accounts.list(Some(org_id)).await?,
+        ))
     }
 
     /// The account `id` if `who` manages it; NOT_FOUND for an account `who` may not see.
@@ -449,8 +519,8 @@ impl App {
             prefix: secret.chars().take(API_KEY_PREFIX.len() + 8).collect(),
             description: description.to_string(),
             created_by: who.user_id.clone(),
-            created_at: bson_time(now),
-            expires_at: expires_at.map(bson_time),
+            created_at: now,
+            expires_at,
             last_used_at: None,
             last_used_address: String::new(),
             revoked_at: None,
@@ -470,7 +540,10 @@ impl App {
                 .detail("prefix", key.prefix.as_str()),
         )
         .await;
-        Ok(CreatedKey { key, secret })
+        Ok(CreatedKey {
+            key: ApiKey::from(&key),
+            secret,
+        })
     }
 
     /// An account's keys (no secrets: only their hashes are stored).
@@ -478,9 +551,10 @@ impl App {
         &self,
         who: &AccessClaims,
         service_account_id: &str,
-    ) -> Result<Vec<ApiKeyDoc>> {
+    ) -> Result<Vec<ApiKey>> {
         let account = self.managed_account(who, service_account_id).await?;
-        Ok(self.store.api_keys.list(&account.id).await?)
+        let keys = self.store.api_keys.list(&account.id).await?;
+        Ok(keys.iter().map(ApiKey::from).collect())
     }
 
     /// Revokes one key: at once here, within `session_cache_ttl` elsewhere.

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
+use super::users::Account;
 use super::{App, AuditRecord, Caller};
 use crate::domain::audit::AuditAction;
 use crate::domain::mfa::Factor;
@@ -13,9 +14,33 @@ use crate::domain::secrets::{hash_token, new_id, new_refresh_token, REFRESH_TOKE
 use crate::domain::tokens::AccessClaims;
 use crate::error::{Error, Result};
 use crate::store::audit_events::Outcome;
-use crate::store::bson_time;
 use crate::store::sessions::SessionDoc;
 use crate::store::users::{UserDoc, UserStatus};
+
+/// One of a person's sessions, as the use cases show it (no token hashes).
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub id: String,
+    pub user_agent: String,
+    pub client_address: String,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: DateTime<Utc>,
+    /// Absolute end of the session (and of its refresh token).
+    pub expires_at: DateTime<Utc>,
+}
+
+impl From<&SessionDoc> for Session {
+    fn from(s: &SessionDoc) -> Self {
+        Self {
+            id: s.id.clone(),
+            user_agent: s.user_agent.clone(),
+            client_address: s.client_address.clone(),
+            created_at: s.created_at,
+            last_used_at: s.last_used_at,
+            expires_at: s.expires_at,
+        }
+    }
+}
 
 /// What a successful login or refresh hands out.
 #[derive(Debug, Clone)]
@@ -24,8 +49,8 @@ pub struct IssuedTokens {
     pub access_token_expires_at: DateTime<Utc>,
     /// Shown to the client once; only its hash is stored.
     pub refresh_token: String,
-    pub session: SessionDoc,
-    pub user: UserDoc,
+    pub session: Session,
+    pub user: Account,
     /// What the access token says.
     pub claims: AccessClaims,
 }
@@ -94,15 +119,15 @@ impl App {
             previous_refresh_hash: None,
             used_refresh_hashes: Vec::new(),
             rotated_at: None,
-            created_at: bson_time(now),
-            last_used_at: bson_time(now),
-            expires_at: bson_time(now + lifetime),
+            created_at: now,
+            last_used_at: now,
+            expires_at: now + lifetime,
             revoked_at: None,
             revoked_reason: None,
             user_agent: caller.user_agent.clone(),
             client_address: caller.client_address.clone(),
             amr: factors.iter().map(|f| f.amr().to_string()).collect(),
-            authenticated_at: Some(bson_time(now)),
+            authenticated_at: Some(now),
         };
         self.store.sessions.insert(&session).await?;
         Ok(self.sign(user, session, refresh_token, now))
@@ -124,16 +149,11 @@ impl App {
             role: user.role,
             expires_at: now,
             amr: session.amr.clone(),
-            auth_time: session
-                .authenticated_at
-                .unwrap_or(session.created_at)
-                .to_chrono(),
+            auth_time: session.authenticated_at.unwrap_or(session.created_at),
             service_account: None,
         };
         // An access token never outlives its session.
-        let left = (session.expires_at.to_chrono() - now)
-            .to_std()
-            .unwrap_or_default();
+        let left = (session.expires_at - now).to_std().unwrap_or_default();
         let (access_token, access_token_expires_at) =
             self.keys
                 .issue(&claims, now, self.config.access_token_ttl.min(left));
@@ -141,8 +161,8 @@ impl App {
             access_token,
             access_token_expires_at,
             refresh_token,
-            session,
-            user,
+            session: Session::from(&session),
+            user: user.into(),
             claims: AccessClaims {
                 expires_at: access_token_expires_at,
                 ..claims
@@ -197,11 +217,7 @@ impl App {
         }
         let grace = chrono::Duration::from_std(self.config.refresh_reuse_grace).unwrap_or_default();
         let is_parent = session.previous_refresh_hash.as_deref() == Some(presented.as_str());
-        if is_parent
-            && session
-                .rotated_at
-                .is_some_and(|at| now - at.to_chrono() <= grace)
-        {
+        if is_parent && session.rotated_at.is_some_and(|at| now - at <= grace) {
             // Usually a client retrying a lost response; recorded, since it could also be a
             // thief who refreshed first.
             self.audit(
@@ -322,12 +338,13 @@ impl App {
         Ok(ended)
     }
 
-    pub async fn list_sessions(&self, who: &AccessClaims) -> Result<Vec<SessionDoc>> {
-        Ok(self
+    pub async fn list_sessions(&self, who: &AccessClaims) -> Result<Vec<Session>> {
+        let sessions = self
             .store
             .sessions
             .list_active(&who.user_id, self.now())
-            .await?)
+            .await?;
+        Ok(sessions.iter().map(Session::from).collect())
     }
 
     /// Ends one of the caller's own sessions. Another user's session id answers NOT_FOUND.

@@ -20,6 +20,155 @@ use crate::error::{Error, Result};
 use crate::store::audit_events::{AuditEvent, AuditFilter, Outcome};
 use crate::store::users::{Inserted, UserDoc, UserFilter, UserStatus};
 
+/// Whether an account may sign in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AccountStatus {
+    #[default]
+    Active,
+    Disabled,
+    Deleted,
+}
+
+impl From<UserStatus> for AccountStatus {
+    fn from(s: UserStatus) -> Self {
+        match s {
+            UserStatus::Active => AccountStatus::Active,
+            UserStatus::Disabled => AccountStatus::Disabled,
+            UserStatus::Deleted => AccountStatus::Deleted,
+        }
+    }
+}
+
+impl From<AccountStatus> for UserStatus {
+    fn from(s: AccountStatus) -> Self {
+        match s {
+            AccountStatus::Active => UserStatus::Active,
+            AccountStatus::Disabled => UserStatus::Disabled,
+            AccountStatus::Deleted => UserStatus::Deleted,
+        }
+    }
+}
+
+/// A person's account as the use cases hand it out: everything but its password hash.
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub id: String,
+    /// Normalised (see `domain::email::normalize`).
+    pub email: String,
+    pub display_name: String,
+    pub role: Role,
+    pub status: AccountStatus,
+    pub email_verified: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub last_login_at: Option<DateTime<Utc>>,
+}
+
+impl From<UserDoc> for Account {
+    fn from(u: UserDoc) -> Self {
+        Self {
+            id: u.id,
+            email: u.email,
+            display_name: u.display_name,
+            role: u.role,
+            status: u.status.into(),
+            email_verified: u.email_verified,
+            created_at: u.created_at,
+            updated_at: u.updated_at,
+            last_login_at: u.last_login_at,
+        }
+    }
+}
+
+impl From<&UserDoc> for Account {
+    fn from(u: &UserDoc) -> Self {
+        u.clone().into()
+    }
+}
+
+/// Which accounts a listing shows.
+#[derive(Debug, Clone, Default)]
+pub struct UserQuery {
+    /// Empty: active and disabled accounts.
+    pub statuses: Vec<AccountStatus>,
+    pub role: Option<Role>,
+    /// Compared against the normalised (lower-case) email.
+    pub email_prefix: String,
+    pub created_after: Option<DateTime<Utc>>,
+    pub created_before: Option<DateTime<Utc>>,
+}
+
+impl UserQuery {
+    fn stored(self) -> UserFilter {
+        let statuses = if self.statuses.is_empty() {
+            vec![UserStatus::Active, UserStatus::Disabled]
+        } else {
+            self.statuses.into_iter().map(Into::into).collect()
+        };
+        UserFilter {
+            statuses,
+            role: self.role,
+            email_prefix: self.email_prefix,
+            created_after: self.created_after,
+            created_before: self.created_before,
+        }
+    }
+}
+
+/// Which audit events a listing shows.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    /// Events about this user or done by them.
+    pub user_id: String,
+    pub action: String,
+    pub after: Option<DateTime<Utc>>,
+    pub before: Option<DateTime<Utc>>,
+}
+
+impl AuditQuery {
+    fn stored(self) -> AuditFilter {
+        AuditFilter {
+            user_id: self.user_id,
+            action: self.action,
+            after: self.after,
+            before: self.before,
+        }
+    }
+}
+
+/// One audited action, as the audit log shows it.
+#[derive(Debug, Clone)]
+pub struct AuditEntry {
+    pub id: String,
+    pub action: String,
+    pub outcome: Outcome,
+    pub user_id: Option<String>,
+    pub actor_id: Option<String>,
+    pub session_id: Option<String>,
+    pub client_address: String,
+    pub user_agent: String,
+    /// Each detail as text (see `store::audit_events::Details::into_text`).
+    pub detail: Vec<(String, String)>,
+    pub occurred_at: DateTime<Utc>,
+}
+
+impl From<AuditEvent> for AuditEntry {
+    fn from(e: AuditEvent) -> Self {
+        Self {
+            id: e.id,
+            action: e.action,
+            outcome: e.outcome,
+            user_id: e.user_id,
+            actor_id: e.actor_id,
+            session_id: e.session_id,
+            client_address: e.client_address,
+            user_agent: e.user_agent,
+            detail: e.detail.into_text(),
+            occurred_at: e.occurred_at,
+        }
+    }
+}
+
 /// Profile changes; `None` leaves a field as it is.
 #[derive(Debug, Clone, Default)]
 pub struct ProfileChanges {
@@ -78,11 +227,12 @@ impl App {
     pub async fn list_users(
         &self,
         who: &AccessClaims,
-        filter: UserFilter,
+        query: UserQuery,
         page_size_requested: i32,
         page_token: &str,
-    ) -> Result<Page<UserDoc>> {
+    ) -> Result<Page<Account>> {
         self.require(who, Permission::UsersRead).await?;
+        let filter = query.stored();
         check_range(filter.created_after, filter.created_before, "created_after")?;
         let filters = filter.filter_key();
         let (limit, cursor) = page_request(page_size_requested, page_token, &filters)?;
@@ -91,19 +241,21 @@ impl App {
             .users
             .list(&filter, cursor.as_ref(), limit + 1)
             .await?;
-        Ok(page_of(users, limit, &filters, |u| Cursor {
+        let users = users.into_iter().map(Account::from).collect();
+        Ok(page_of(users, limit, &filters, |u: &Account| Cursor {
             at_millis: u.created_at.timestamp_millis(),
             id: u.id.clone(),
         }))
     }
 
     /// One account, whatever its state.
-    pub async fn get_user(&self, who: &AccessClaims, user_id: &str) -> Result<UserDoc> {
+    pub async fn get_user(&self, who: &AccessClaims, user_id: &str) -> Result<Account> {
         self.require(who, Permission::UsersRead).await?;
         self.store
             .users
             .find_by_id(user_id)
             .await?
+            .map(Account::from)
             .ok_or(Error::UserNotFound)
     }
 
@@ -152,7 +304,7 @@ impl App {
         user_id: &str,
         changes: ProfileChanges,
         caller: &Caller,
-    ) -> Result<UserDoc> {
+    ) -> Result<Account> {
         let actor = self.require(who, Permission::UsersWrite).await?;
         let mut violations = Violations::new();
         let display_name = changes.display_name.map(|n| n.trim().to_string());
@@ -226,7 +378,7 @@ impl App {
             event = event.detail("email_verified", v);
         }
         self.audit(event).await;
-        Ok(user)
+        Ok(user.into())
     }
 
     /// Tells the old address that the account's email changed. A failure to queue is logged;
@@ -259,7 +411,7 @@ impl App {
         user_id: &str,
         role: Role,
         caller: &Caller,
-    ) -> Result<UserDoc> {
+    ) -> Result<Account> {
         // Checked first, for every target (it also applies `mfa_required_permissions`).
         let actor = self.require(who, Permission::UsersRolesWrite).await?;
         if user_id == who.user_id {
@@ -312,7 +464,7 @@ impl App {
                 .detail("new_role", role.as_str()),
         )
         .await;
-        Ok(user)
+        Ok(user.into())
     }
 
     /// Disables an account and ends its sessions; returns it and how many sessions ended.
@@ -322,7 +474,7 @@ impl App {
         user_id: &str,
         reason: &str,
         caller: &Caller,
-    ) -> Result<(UserDoc, usize)> {
+    ) -> Result<(Account, usize)> {
         let actor = self.require(who, Permission::UsersWrite).await?;
         let target = self.target(who, actor.role, user_id, false).await?;
         let now = self.now();
@@ -352,7 +504,7 @@ impl App {
                 .detail("sessions_ended", ended as i64),
         )
         .await;
-        Ok((user, ended))
+        Ok((user.into(), ended))
     }
 
     pub async fn enable_user(
@@ -360,7 +512,7 @@ impl App {
         who: &AccessClaims,
         user_id: &str,
         caller: &Caller,
-    ) -> Result<UserDoc> {
+    ) -> Result<Account> {
         let actor = self.require(who, Permission::UsersWrite).await?;
         let target = self.target(who, actor.role, user_id, true).await?;
         let user = if target.status == UserStatus::Active {
@@ -387,7 +539,7 @@ impl App {
                 .session(&who.session_id),
         )
         .await;
-        Ok(user)
+        Ok(user.into())
     }
 
     /// Soft-deletes an account and ends its sessions. With `reuse_deleted_emails`, the address
@@ -448,11 +600,12 @@ impl App {
     pub async fn list_audit_events(
         &self,
         who: &AccessClaims,
-        filter: AuditFilter,
+        query: AuditQuery,
         page_size_requested: i32,
         page_token: &str,
-    ) -> Result<Page<AuditEvent>> {
+    ) -> Result<Page<AuditEntry>> {
         self.require(who, Permission::AuditRead).await?;
+        let filter = query.stored();
         check_range(filter.after, filter.before, "after")?;
         let filters = filter.filter_key();
         let (limit, cursor) = page_request(page_size_requested, page_token, &filters)?;
@@ -461,7 +614,8 @@ impl App {
             .audit_events
             .list(&filter, cursor.as_ref(), limit + 1)
             .await?;
-        Ok(page_of(events, limit, &filters, |e| Cursor {
+        let events = events.into_iter().map(AuditEntry::from).collect();
+        Ok(page_of(events, limit, &filters, |e: &AuditEntry| Cursor {
             at_millis: e.occurred_at.timestamp_millis(),
             id: e.id.clone(),
         }))

@@ -7,22 +7,17 @@ use tracing::instrument;
 
 use super::pb::auth_service_server::AuthService;
 use super::pb::*;
-use super::{caller, convert};
+use super::{convert, RequestContext};
 use crate::app::accounts::NewAccount;
 use crate::app::authorization::{check_org_id, Check};
 use crate::app::orgs::NewOrg;
+use crate::app::users::Account;
 use crate::app::App;
 use crate::error::Error;
 
 /// The AuthService adapter.
 pub struct Auth {
     pub app: Arc<App>,
-}
-
-impl Auth {
-    fn caller<T>(&self, request: &Request<T>) -> crate::app::Caller {
-        caller(request, &self.app.proxy_trust)
-    }
 }
 
 #[tonic::async_trait]
@@ -32,9 +27,7 @@ impl AuthService for Auth {
         &self,
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
-        self.app.ensure_ready()?;
-        let caller = self.caller(&request);
-        let r = request.into_inner();
+        let (ctx, r) = RequestContext::new(&self.app, request);
         let account = NewAccount {
             email: r.email,
             password: r.password,
@@ -49,10 +42,17 @@ impl AuthService for Auth {
                     slug: o.slug,
                     website: o.website,
                 };
-                let (user, org) = self.app.register_with_org(account, org, &caller).await?;
-                (user, org.id)
+                let (user, org) = self
+                    .app
+                    .register_with_org(account, org, &ctx.caller)
+                    .await?;
+                // The organization use cases still hand out the stored account.
+                (Account::from(user), org.id)
             }
-            None => (self.app.register(account, &caller).await?, String::new()),
+            None => (
+                self.app.register(account, &ctx.caller).await?,
+                String::new(),
+            ),
         };
         Ok(Response::new(RegisterResponse {
             pending_verification: !user.email_verified,
@@ -66,10 +66,8 @@ impl AuthService for Auth {
         &self,
         request: Request<LoginRequest>,
     ) -> Result<Response<LoginResponse>, Status> {
-        self.app.ensure_ready()?;
-        let caller = self.caller(&request);
-        let r = request.into_inner();
-        let signed_in = self.app.login(&r.email, &r.password, &caller).await?;
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let signed_in = self.app.login(&r.email, &r.password, &ctx.caller).await?;
         let answer = convert::sign_in(signed_in, self.app.now());
         Ok(Response::new(LoginResponse {
             tokens: answer.tokens,
@@ -82,12 +80,8 @@ impl AuthService for Auth {
         &self,
         request: Request<RefreshRequest>,
     ) -> Result<Response<RefreshResponse>, Status> {
-        self.app.ensure_ready()?;
-        let caller = self.caller(&request);
-        let issued = self
-            .app
-            .refresh(&request.into_inner().refresh_token, &caller)
-            .await?;
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let issued = self.app.refresh(&r.refresh_token, &ctx.caller).await?;
         Ok(Response::new(RefreshResponse {
             tokens: Some(convert::token_pair(issued, self.app.now())),
         }))
@@ -98,12 +92,9 @@ impl AuthService for Auth {
         &self,
         request: Request<LogoutRequest>,
     ) -> Result<Response<LogoutResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let caller = self.caller(&request);
-        let ended = self
-            .app
-            .logout(&who, request.into_inner().all_sessions, &caller)
-            .await?;
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
+        let ended = self.app.logout(&who, r.all_sessions, &ctx.caller).await?;
         Ok(Response::new(LogoutResponse {
             sessions_ended: ended as i32,
         }))
@@ -114,15 +105,10 @@ impl AuthService for Auth {
         &self,
         request: Request<AuthenticateRequest>,
     ) -> Result<Response<AuthenticateResponse>, Status> {
-        self.app.ensure_ready()?;
-        let caller = self.caller(&request);
+        let (ctx, r) = RequestContext::new(&self.app, request);
         let verdict = self
             .app
-            .authorize(
-                &request.into_inner().access_token,
-                &[],
-                &caller.client_address,
-            )
+            .authorize(&r.access_token, &[], &ctx.caller.client_address)
             .await?;
         Ok(Response::new(AuthenticateResponse {
             principal: Some(convert::principal(&verdict.claims, &verdict.standing)),
@@ -134,9 +120,7 @@ impl AuthService for Auth {
         &self,
         request: Request<AuthorizeRequest>,
     ) -> Result<Response<AuthorizeResponse>, Status> {
-        self.app.ensure_ready()?;
-        let caller = self.caller(&request);
-        let r = request.into_inner();
+        let (ctx, r) = RequestContext::new(&self.app, request);
         let mut violations = Vec::new();
         check_org_id("org_id", &r.org_id, &mut violations);
         if !violations.is_empty() {
@@ -148,7 +132,7 @@ impl AuthService for Auth {
         };
         let verdict = self
             .app
-            .authorize(&r.access_token, &[check], &caller.client_address)
+            .authorize(&r.access_token, &[check], &ctx.caller.client_address)
             .await?;
         let decision = verdict.decisions[0];
         Ok(Response::new(AuthorizeResponse {
@@ -163,9 +147,7 @@ impl AuthService for Auth {
         &self,
         request: Request<BatchAuthorizeRequest>,
     ) -> Result<Response<BatchAuthorizeResponse>, Status> {
-        self.app.ensure_ready()?;
-        let caller = self.caller(&request);
-        let r = request.into_inner();
+        let (ctx, r) = RequestContext::new(&self.app, request);
         let mut violations = Vec::new();
         for (i, c) in r.checks.iter().enumerate() {
             check_org_id(&format!("checks[{i}].org_id"), &c.org_id, &mut violations);
@@ -183,7 +165,7 @@ impl AuthService for Auth {
             .collect();
         let verdict = self
             .app
-            .authorize(&r.access_token, &checks, &caller.client_address)
+            .authorize(&r.access_token, &checks, &ctx.caller.client_address)
             .await?;
         Ok(Response::new(BatchAuthorizeResponse {
             decisions: verdict
@@ -203,8 +185,9 @@ impl AuthService for Auth {
         &self,
         request: Request<GetMeRequest>,
     ) -> Result<Response<GetMeResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let user = self.app.me(&who).await?;
+        let (ctx, _) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
+        let user = self.app.my_account(&who).await?;
         Ok(Response::new(GetMeResponse {
             user: Some(convert::user(&user)),
         }))
@@ -215,9 +198,8 @@ impl AuthService for Auth {
         &self,
         request: Request<ChangePasswordRequest>,
     ) -> Result<Response<ChangePasswordResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let caller = self.caller(&request);
-        let r = request.into_inner();
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
         let ended = self
             .app
             .change_password(
@@ -225,7 +207,7 @@ impl AuthService for Auth {
                 &r.current_password,
                 &r.new_password,
                 r.keep_other_sessions,
-                &caller,
+                &ctx.caller,
             )
             .await?;
         Ok(Response::new(ChangePasswordResponse {
@@ -238,7 +220,8 @@ impl AuthService for Auth {
         &self,
         request: Request<ListSessionsRequest>,
     ) -> Result<Response<ListSessionsResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
+        let (ctx, _) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
         let sessions = self.app.list_sessions(&who).await?;
         Ok(Response::new(ListSessionsResponse {
             sessions: sessions
@@ -253,10 +236,10 @@ impl AuthService for Auth {
         &self,
         request: Request<RevokeSessionRequest>,
     ) -> Result<Response<RevokeSessionResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let caller = self.caller(&request);
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
         self.app
-            .revoke_session(&who, &request.into_inner().session_id, &caller)
+            .revoke_session(&who, &r.session_id, &ctx.caller)
             .await?;
         Ok(Response::new(RevokeSessionResponse {}))
     }

@@ -6,21 +6,17 @@ use prost_types::Timestamp;
 use super::pb;
 use crate::app::mfa::SignIn;
 use crate::app::sessions::IssuedTokens;
+use crate::app::sessions::Session;
+use crate::app::users::{Account, AccountStatus};
 use crate::domain::mfa::CHALLENGE_METHODS;
 use crate::domain::roles::Role;
 use crate::domain::tokens::AccessClaims;
-use crate::store::sessions::SessionDoc;
-use crate::store::users::{UserDoc, UserStatus};
 
 pub fn timestamp(t: DateTime<Utc>) -> Option<Timestamp> {
     Some(Timestamp {
         seconds: t.timestamp(),
         nanos: t.timestamp_subsec_nanos() as i32,
     })
-}
-
-fn bson_ts(t: mongodb::bson::DateTime) -> Option<Timestamp> {
-    timestamp(t.to_chrono())
 }
 
 pub fn role(r: Role) -> pb::Role {
@@ -33,21 +29,21 @@ pub fn role(r: Role) -> pb::Role {
     }
 }
 
-pub fn user(u: &UserDoc) -> pb::User {
+pub fn user(u: &Account) -> pb::User {
     pb::User {
         id: u.id.clone(),
         email: u.email.clone(),
         display_name: u.display_name.clone(),
         role: role(u.role) as i32,
         status: match u.status {
-            UserStatus::Active => pb::UserStatus::Active,
-            UserStatus::Disabled => pb::UserStatus::Disabled,
-            UserStatus::Deleted => pb::UserStatus::Deleted,
+            AccountStatus::Active => pb::UserStatus::Active,
+            AccountStatus::Disabled => pb::UserStatus::Disabled,
+            AccountStatus::Deleted => pb::UserStatus::Deleted,
         } as i32,
         email_verified: u.email_verified,
-        created_at: bson_ts(u.created_at),
-        updated_at: bson_ts(u.updated_at),
-        last_login_at: u.last_login_at.and_then(bson_ts),
+        created_at: timestamp(u.created_at),
+        updated_at: timestamp(u.updated_at),
+        last_login_at: u.last_login_at.and_then(timestamp),
     }
 }
 
@@ -55,7 +51,7 @@ pub fn token_pair(t: IssuedTokens, now: DateTime<Utc>) -> pb::TokenPair {
     pb::TokenPair {
         expires_in: seconds((t.access_token_expires_at - now).num_seconds()),
         access_token_expires_at: timestamp(t.access_token_expires_at),
-        refresh_token_expires_at: bson_ts(t.session.expires_at),
+        refresh_token_expires_at: timestamp(t.session.expires_at),
         session_id: t.session.id.clone(),
         user: Some(user(&t.user)),
         token_type: "Bearer".into(),
@@ -71,13 +67,13 @@ pub fn seconds(s: i64) -> i32 {
 }
 
 /// An identity linked to an account.
-pub fn linked_identity(i: &crate::store::identities::IdentityDoc) -> pb::LinkedIdentity {
+pub fn linked_identity(i: &crate::app::federation::LinkedIdentity) -> pb::LinkedIdentity {
     pb::LinkedIdentity {
         provider: i.provider.clone(),
         subject: i.subject.clone(),
         email: i.email.clone(),
-        linked_at: bson_ts(i.linked_at),
-        last_used_at: i.last_used_at.and_then(bson_ts),
+        linked_at: timestamp(i.linked_at),
+        last_used_at: i.last_used_at.and_then(timestamp),
     }
 }
 
@@ -127,14 +123,14 @@ pub fn principal(c: &AccessClaims, now: &crate::app::authorization::Standing) ->
     }
 }
 
-pub fn session(s: &SessionDoc, current_session_id: &str) -> pb::Session {
+pub fn session(s: &Session, current_session_id: &str) -> pb::Session {
     pb::Session {
         id: s.id.clone(),
         user_agent: s.user_agent.clone(),
         client_address: s.client_address.clone(),
-        created_at: bson_ts(s.created_at),
-        last_used_at: bson_ts(s.last_used_at),
-        expires_at: bson_ts(s.expires_at),
+        created_at: timestamp(s.created_at),
+        last_used_at: timestamp(s.last_used_at),
+        expires_at: timestamp(s.expires_at),
         current: s.id == current_session_id,
     }
 }
@@ -163,7 +159,7 @@ pub fn organization(o: &crate::app::orgs::Org) -> pb::Organization {
 pub fn member(m: &crate::app::orgs::OrgMember) -> pb::Member {
     pb::Member {
         org_id: m.membership.org_id.clone(),
-        user: Some(user(&m.user)),
+        user: Some(user(&(&m.user).into())),
         role: org_role(m.membership.role) as i32,
         department: m.membership.department.clone(),
         joined_at: timestamp(m.membership.joined_at),

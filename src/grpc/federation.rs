@@ -7,7 +7,7 @@ use tracing::instrument;
 
 use super::pb::federation_service_server::FederationService;
 use super::pb::*;
-use super::{caller, convert};
+use super::{convert, RequestContext};
 use crate::app::federation::{Callback, Started};
 use crate::app::App;
 
@@ -46,12 +46,10 @@ impl FederationService for Federation {
         &self,
         request: Request<StartFederatedLoginRequest>,
     ) -> Result<Response<StartFederatedLoginResponse>, Status> {
-        self.app.ensure_ready()?;
-        let caller = caller(&request, &self.app.proxy_trust);
-        let r = request.into_inner();
+        let (ctx, r) = RequestContext::new(&self.app, request);
         let s = self
             .app
-            .start_federated_login(&r.provider, &r.redirect_uri, &caller)
+            .start_federated_login(&r.provider, &r.redirect_uri, &ctx.caller)
             .await?;
         let (authorization_url, state, expires_at, flow_secret) = started(s);
         Ok(Response::new(StartFederatedLoginResponse {
@@ -67,9 +65,7 @@ impl FederationService for Federation {
         &self,
         request: Request<FinishFederatedLoginRequest>,
     ) -> Result<Response<FinishFederatedLoginResponse>, Status> {
-        self.app.ensure_ready()?;
-        let caller = caller(&request, &self.app.proxy_trust);
-        let r = request.into_inner();
+        let (ctx, r) = RequestContext::new(&self.app, request);
         let callback = Callback {
             state: r.state,
             code: r.code,
@@ -78,7 +74,10 @@ impl FederationService for Federation {
             iss: r.iss,
             flow_secret: r.flow_secret,
         };
-        let done = self.app.finish_federated_login(&callback, &caller).await?;
+        let done = self
+            .app
+            .finish_federated_login(&callback, &ctx.caller)
+            .await?;
         let answer = convert::sign_in(done.sign_in, self.app.now());
         Ok(Response::new(FinishFederatedLoginResponse {
             tokens: answer.tokens,
@@ -93,12 +92,11 @@ impl FederationService for Federation {
         &self,
         request: Request<StartLinkIdentityRequest>,
     ) -> Result<Response<StartLinkIdentityResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let caller = caller(&request, &self.app.proxy_trust);
-        let r = request.into_inner();
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
         let s = self
             .app
-            .start_link_identity(&who, &r.provider, &r.redirect_uri, &caller)
+            .start_link_identity(&who, &r.provider, &r.redirect_uri, &ctx.caller)
             .await?;
         let (authorization_url, state, expires_at, flow_secret) = started(s);
         Ok(Response::new(StartLinkIdentityResponse {
@@ -114,9 +112,8 @@ impl FederationService for Federation {
         &self,
         request: Request<FinishLinkIdentityRequest>,
     ) -> Result<Response<FinishLinkIdentityResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let caller = caller(&request, &self.app.proxy_trust);
-        let r = request.into_inner();
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
         let callback = Callback {
             state: r.state,
             code: r.code,
@@ -127,7 +124,7 @@ impl FederationService for Federation {
         };
         let identity = self
             .app
-            .finish_link_identity(&who, &callback, &caller)
+            .finish_link_identity(&who, &callback, &ctx.caller)
             .await?;
         Ok(Response::new(FinishLinkIdentityResponse {
             identity: Some(convert::linked_identity(&identity)),
@@ -139,7 +136,8 @@ impl FederationService for Federation {
         &self,
         request: Request<ListIdentitiesRequest>,
     ) -> Result<Response<ListIdentitiesResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
+        let (ctx, _) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
         let identities = self.app.list_identities(&who).await?;
         Ok(Response::new(ListIdentitiesResponse {
             identities: identities.iter().map(convert::linked_identity).collect(),
@@ -151,11 +149,10 @@ impl FederationService for Federation {
         &self,
         request: Request<UnlinkIdentityRequest>,
     ) -> Result<Response<UnlinkIdentityResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let caller = caller(&request, &self.app.proxy_trust);
-        let r = request.into_inner();
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
         self.app
-            .unlink_identity(&who, &r.provider, &r.subject, &caller)
+            .unlink_identity(&who, &r.provider, &r.subject, &ctx.caller)
             .await?;
         Ok(Response::new(UnlinkIdentityResponse {}))
     }

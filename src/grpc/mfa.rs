@@ -7,7 +7,7 @@ use tracing::instrument;
 
 use super::pb::mfa_service_server::MfaService;
 use super::pb::*;
-use super::{caller, convert};
+use super::{convert, RequestContext};
 use crate::app::mfa::Proof;
 use crate::app::App;
 
@@ -25,9 +25,9 @@ impl MfaService for Mfa {
         &self,
         request: Request<StartTotpEnrollmentRequest>,
     ) -> Result<Response<StartTotpEnrollmentResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let caller = caller(&request, &self.app.proxy_trust);
-        let started = self.app.start_totp_enrollment(&who, &caller).await?;
+        let (ctx, _) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
+        let started = self.app.start_totp_enrollment(&who, &ctx.caller).await?;
         Ok(Response::new(StartTotpEnrollmentResponse {
             secret: started.secret_base32,
             otpauth_uri: started.otpauth_uri,
@@ -40,12 +40,12 @@ impl MfaService for Mfa {
         &self,
         request: Request<ConfirmTotpEnrollmentRequest>,
     ) -> Result<Response<ConfirmTotpEnrollmentResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let caller = caller(&request, &self.app.proxy_trust);
-        let code = request.into_inner().code;
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
+        let code = r.code;
         let (recovery_codes, ended) = self
             .app
-            .confirm_totp_enrollment(&who, &code, &caller)
+            .confirm_totp_enrollment(&who, &code, &ctx.caller)
             .await?;
         Ok(Response::new(ConfirmTotpEnrollmentResponse {
             recovery_codes,
@@ -58,11 +58,12 @@ impl MfaService for Mfa {
         &self,
         request: Request<CompleteMfaRequest>,
     ) -> Result<Response<CompleteMfaResponse>, Status> {
-        self.app.ensure_ready()?;
-        let caller = caller(&request, &self.app.proxy_trust);
-        let r = request.into_inner();
+        let (ctx, r) = RequestContext::new(&self.app, request);
         let proof = Proof::from_fields(r.totp_code, r.recovery_code)?;
-        let issued = self.app.complete_mfa(&r.challenge, proof, &caller).await?;
+        let issued = self
+            .app
+            .complete_mfa(&r.challenge, proof, &ctx.caller)
+            .await?;
         Ok(Response::new(CompleteMfaResponse {
             tokens: Some(convert::token_pair(issued, self.app.now())),
         }))
@@ -73,11 +74,10 @@ impl MfaService for Mfa {
         &self,
         request: Request<StepUpRequest>,
     ) -> Result<Response<StepUpResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let caller = caller(&request, &self.app.proxy_trust);
-        let r = request.into_inner();
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
         let proof = Proof::from_fields(r.totp_code, r.recovery_code)?;
-        let stepped = self.app.step_up(&who, proof, &caller).await?;
+        let stepped = self.app.step_up(&who, proof, &ctx.caller).await?;
         let standing = self.app.acting(&stepped.claims).await?;
         Ok(Response::new(StepUpResponse {
             principal: Some(convert::principal(&stepped.claims, &standing)),
@@ -91,18 +91,15 @@ impl MfaService for Mfa {
         &self,
         request: Request<ListMfaMethodsRequest>,
     ) -> Result<Response<ListMfaMethodsResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
+        let (ctx, _) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
         let methods = self.app.mfa_methods(&who).await?;
         Ok(Response::new(match methods {
             Some(m) => ListMfaMethodsResponse {
                 totp_enrolled: true,
-                totp_enrolled_at: m
-                    .enrolled_at
-                    .and_then(|t| convert::timestamp(t.to_chrono())),
-                totp_last_used_at: m
-                    .last_used_at
-                    .and_then(|t| convert::timestamp(t.to_chrono())),
-                recovery_codes_remaining: m.recovery_hashes.len() as i32,
+                totp_enrolled_at: m.totp_enrolled_at.and_then(convert::timestamp),
+                totp_last_used_at: m.totp_last_used_at.and_then(convert::timestamp),
+                recovery_codes_remaining: m.recovery_codes_remaining as i32,
             },
             None => ListMfaMethodsResponse::default(),
         }))
@@ -113,11 +110,10 @@ impl MfaService for Mfa {
         &self,
         request: Request<DisableTotpRequest>,
     ) -> Result<Response<DisableTotpResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let caller = caller(&request, &self.app.proxy_trust);
-        let r = request.into_inner();
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
         let proof = Proof::from_fields(r.totp_code, r.recovery_code)?;
-        let ended = self.app.disable_totp(&who, proof, &caller).await?;
+        let ended = self.app.disable_totp(&who, proof, &ctx.caller).await?;
         Ok(Response::new(DisableTotpResponse {
             sessions_ended: ended as i32,
         }))
@@ -128,12 +124,12 @@ impl MfaService for Mfa {
         &self,
         request: Request<RegenerateRecoveryCodesRequest>,
     ) -> Result<Response<RegenerateRecoveryCodesResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let caller = caller(&request, &self.app.proxy_trust);
-        let code = request.into_inner().totp_code;
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
+        let code = r.totp_code;
         let recovery_codes = self
             .app
-            .regenerate_recovery_codes(&who, &code, &caller)
+            .regenerate_recovery_codes(&who, &code, &ctx.caller)
             .await?;
         Ok(Response::new(RegenerateRecoveryCodesResponse {
             recovery_codes,
@@ -145,10 +141,10 @@ impl MfaService for Mfa {
         &self,
         request: Request<ResetUserMfaRequest>,
     ) -> Result<Response<ResetUserMfaResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let caller = caller(&request, &self.app.proxy_trust);
-        let user_id = request.into_inner().user_id;
-        let ended = self.app.reset_user_mfa(&who, &user_id, &caller).await?;
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
+        let user_id = r.user_id;
+        let ended = self.app.reset_user_mfa(&who, &user_id, &ctx.caller).await?;
         Ok(Response::new(ResetUserMfaResponse {
             sessions_ended: ended as i32,
         }))

@@ -5,28 +5,55 @@ pub mod codec;
 pub mod convert;
 pub mod ext_authz;
 pub mod federation;
+pub mod inbound;
 pub mod mfa;
 pub mod org;
 pub mod otp;
 pub mod permissions;
+pub mod readiness;
 pub mod service_accounts;
 pub mod users;
 
+use std::sync::Arc;
+
 use tonic::metadata::MetadataMap;
 
-use crate::app::Caller;
+use crate::app::{App, Caller};
 use crate::domain::client_address::{rate_limit_key, ProxyTrust};
+use crate::domain::tokens::AccessClaims;
 use crate::error::Error;
 
-/// The signed-in person calling, from the bearer token in the request's metadata (an API key is
-/// refused: these are the RPCs for people). NOT_READY until the database answers.
-pub async fn signed_in<T>(
-    app: &crate::app::App,
-    request: &tonic::Request<T>,
-) -> Result<std::sync::Arc<crate::domain::tokens::AccessClaims>, Error> {
-    app.ensure_ready()?;
-    let token = bearer_token(request.metadata())?;
-    app.authenticate(token).await
+/// What an RPC knows about its call besides the message: who is calling (address and user
+/// agent, see [`caller`]) and, on demand, the signed-in person behind the bearer token. Every
+/// adapter method starts with [`RequestContext::new`], then calls `app` and converts the result.
+pub struct RequestContext<'a> {
+    app: &'a App,
+    metadata: MetadataMap,
+    /// Where the call came from, for sessions, throttling and the audit trail.
+    pub caller: Caller,
+}
+
+impl<'a> RequestContext<'a> {
+    /// Splits `request` into its context and its message.
+    pub fn new<T>(app: &'a App, request: tonic::Request<T>) -> (Self, T) {
+        let caller = caller(&request, &app.proxy_trust);
+        let (metadata, _, message) = request.into_parts();
+        (
+            Self {
+                app,
+                metadata,
+                caller,
+            },
+            message,
+        )
+    }
+
+    /// The signed-in person calling, from the bearer token in the request's metadata (an API
+    /// key is refused: these are the RPCs for people).
+    pub async fn signed_in(&self) -> Result<Arc<AccessClaims>, Error> {
+        let token = bearer_token(&self.metadata)?;
+        self.app.authenticate(token).await
+    }
 }
 
 /// Generated protobuf types and service stubs for `keyward.v1`.

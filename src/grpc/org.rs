@@ -7,35 +7,18 @@ use tracing::instrument;
 
 use super::pb::org_service_server::OrgService;
 use super::pb::*;
-use super::{caller, convert};
+use super::{convert, inbound, RequestContext};
 use crate::app::org_roles::NewOrgRole;
 use crate::app::orgs::{NewMember, NewOrg};
-use crate::app::{App, Caller};
+use crate::app::App;
 use crate::domain::permissions::OrgRole as DomainOrgRole;
-use crate::error::Error;
 
 /// The OrgService adapter.
 pub struct Org {
     pub app: Arc<App>,
 }
 
-impl Org {
-    fn caller<T>(&self, request: &Request<T>) -> Caller {
-        caller(request, &self.app.proxy_trust)
-    }
-}
-
 /// An org role from the wire; `None` for ORG_ROLE_UNSPECIFIED (each RPC says what that means).
-fn org_role_from(value: i32, field: &str) -> Result<Option<DomainOrgRole>, Error> {
-    Ok(match OrgRole::try_from(value) {
-        Ok(OrgRole::Unspecified) => None,
-        Ok(OrgRole::Member) => Some(DomainOrgRole::Member),
-        Ok(OrgRole::Admin) => Some(DomainOrgRole::Admin),
-        Ok(OrgRole::Owner) => Some(DomainOrgRole::Owner),
-        Err(_) => return Err(Error::invalid(field, "is not a known organization role")),
-    })
-}
-
 #[tonic::async_trait]
 impl OrgService for Org {
     #[instrument(skip(self, request))]
@@ -43,15 +26,14 @@ impl OrgService for Org {
         &self,
         request: Request<CreateOrgRequest>,
     ) -> Result<Response<CreateOrgResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let caller = self.caller(&request);
-        let r = request.into_inner();
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
         let new = NewOrg {
             name: r.name,
             slug: r.slug,
             website: r.website,
         };
-        let org = self.app.create_org(&who, new, &caller).await?;
+        let org = self.app.create_org(&who, new, &ctx.caller).await?;
         Ok(Response::new(CreateOrgResponse {
             organization: Some(convert::organization(&org)),
         }))
@@ -62,8 +44,9 @@ impl OrgService for Org {
         &self,
         request: Request<GetOrgRequest>,
     ) -> Result<Response<GetOrgResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let (org, role) = self.app.get_org(&who, &request.into_inner().org_id).await?;
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
+        let (org, role) = self.app.get_org(&who, &r.org_id).await?;
         Ok(Response::new(GetOrgResponse {
             organization: Some(convert::organization(&org)),
             role: convert::org_role(role) as i32,
@@ -75,12 +58,18 @@ impl OrgService for Org {
         &self,
         request: Request<UpdateOrgRequest>,
     ) -> Result<Response<UpdateOrgResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let caller = self.caller(&request);
-        let r = request.into_inner();
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
         let org = self
             .app
-            .update_org(&who, &r.org_id, r.name, r.website, r.require_mfa, &caller)
+            .update_org(
+                &who,
+                &r.org_id,
+                r.name,
+                r.website,
+                r.require_mfa,
+                &ctx.caller,
+            )
             .await?;
         Ok(Response::new(UpdateOrgResponse {
             organization: Some(convert::organization(&org)),
@@ -92,11 +81,9 @@ impl OrgService for Org {
         &self,
         request: Request<DeleteOrgRequest>,
     ) -> Result<Response<DeleteOrgResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let caller = self.caller(&request);
-        self.app
-            .delete_org(&who, &request.into_inner().org_id, &caller)
-            .await?;
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
+        self.app.delete_org(&who, &r.org_id, &ctx.caller).await?;
         Ok(Response::new(DeleteOrgResponse {}))
     }
 
@@ -105,8 +92,8 @@ impl OrgService for Org {
         &self,
         request: Request<ListMyOrgsRequest>,
     ) -> Result<Response<ListMyOrgsResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let r = request.into_inner();
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
         let page = self
             .app
             .list_my_orgs(&who, r.page_size, &r.page_token)
@@ -122,13 +109,12 @@ impl OrgService for Org {
         &self,
         request: Request<InviteMemberRequest>,
     ) -> Result<Response<InviteMemberResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let caller = self.caller(&request);
-        let r = request.into_inner();
-        let role = org_role_from(r.role, "role")?.unwrap_or(DomainOrgRole::Member);
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
+        let role = inbound::org_role(r.role, "role")?.unwrap_or(DomainOrgRole::Member);
         let invitation = self
             .app
-            .invite_member(&who, &r.org_id, &r.email, role, &r.department, &caller)
+            .invite_member(&who, &r.org_id, &r.email, role, &r.department, &ctx.caller)
             .await?;
         Ok(Response::new(InviteMemberResponse {
             invitation: Some(convert::invitation(&invitation)),
@@ -140,11 +126,11 @@ impl OrgService for Org {
         &self,
         request: Request<AcceptInvitationRequest>,
     ) -> Result<Response<AcceptInvitationResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let caller = self.caller(&request);
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
         let (org, member) = self
             .app
-            .accept_invitation(&who, &request.into_inner().token, &caller)
+            .accept_invitation(&who, &r.token, &ctx.caller)
             .await?;
         Ok(Response::new(AcceptInvitationResponse {
             organization: Some(convert::organization(&org)),
@@ -157,11 +143,10 @@ impl OrgService for Org {
         &self,
         request: Request<CreateMemberRequest>,
     ) -> Result<Response<CreateMemberResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let caller = self.caller(&request);
-        let r = request.into_inner();
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
         let new = NewMember {
-            role: org_role_from(r.role, "role")?.unwrap_or(DomainOrgRole::Member),
+            role: inbound::org_role(r.role, "role")?.unwrap_or(DomainOrgRole::Member),
             email: r.email,
             display_name: r.display_name,
             password: r.password,
@@ -169,7 +154,7 @@ impl OrgService for Org {
         };
         let member = self
             .app
-            .create_member(&who, &r.org_id, new, &caller)
+            .create_member(&who, &r.org_id, new, &ctx.caller)
             .await?;
         Ok(Response::new(CreateMemberResponse {
             member: Some(convert::member(&member)),
@@ -181,9 +166,9 @@ impl OrgService for Org {
         &self,
         request: Request<ListMembersRequest>,
     ) -> Result<Response<ListMembersResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let r = request.into_inner();
-        let role = org_role_from(r.role, "role")?;
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
+        let role = inbound::org_role(r.role, "role")?;
         let page = self
             .app
             .list_members(&who, &r.org_id, role, r.page_size, &r.page_token)
@@ -199,10 +184,9 @@ impl OrgService for Org {
         &self,
         request: Request<UpdateMemberRequest>,
     ) -> Result<Response<UpdateMemberResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let caller = self.caller(&request);
-        let r = request.into_inner();
-        let role = org_role_from(r.role, "role")?;
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
+        let role = inbound::org_role(r.role, "role")?;
         let member = self
             .app
             .update_member(
@@ -212,7 +196,7 @@ impl OrgService for Org {
                 role,
                 r.custom_role,
                 r.department,
-                &caller,
+                &ctx.caller,
             )
             .await?;
         Ok(Response::new(UpdateMemberResponse {
@@ -225,11 +209,10 @@ impl OrgService for Org {
         &self,
         request: Request<RemoveMemberRequest>,
     ) -> Result<Response<RemoveMemberResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let caller = self.caller(&request);
-        let r = request.into_inner();
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
         self.app
-            .remove_member(&who, &r.org_id, &r.user_id, &caller)
+            .remove_member(&who, &r.org_id, &r.user_id, &ctx.caller)
             .await?;
         Ok(Response::new(RemoveMemberResponse {}))
     }
@@ -239,18 +222,17 @@ impl OrgService for Org {
         &self,
         request: Request<DefineOrgRoleRequest>,
     ) -> Result<Response<DefineOrgRoleResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let caller = self.caller(&request);
-        let r = request.into_inner();
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
         let new = NewOrgRole {
             name: r.name,
             description: r.description,
-            base_role: org_role_from(r.base_role, "base_role")?,
+            base_role: inbound::org_role(r.base_role, "base_role")?,
             permissions: r.permissions,
         };
         let role = self
             .app
-            .define_org_role(&who, &r.org_id, new, &caller)
+            .define_org_role(&who, &r.org_id, new, &ctx.caller)
             .await?;
         Ok(Response::new(DefineOrgRoleResponse {
             role: Some(convert::org_custom_role(&role)),
@@ -262,11 +244,9 @@ impl OrgService for Org {
         &self,
         request: Request<ListOrgRolesRequest>,
     ) -> Result<Response<ListOrgRolesResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let roles = self
-            .app
-            .list_org_roles(&who, &request.into_inner().org_id)
-            .await?;
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
+        let roles = self.app.list_org_roles(&who, &r.org_id).await?;
         Ok(Response::new(ListOrgRolesResponse {
             roles: roles.iter().map(convert::org_custom_role).collect(),
         }))
@@ -277,9 +257,8 @@ impl OrgService for Org {
         &self,
         request: Request<UpdateOrgRoleRequest>,
     ) -> Result<Response<UpdateOrgRoleResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let caller = self.caller(&request);
-        let r = request.into_inner();
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
         let role = self
             .app
             .update_org_role(
@@ -288,7 +267,7 @@ impl OrgService for Org {
                 &r.name,
                 r.description,
                 r.permissions.map(|p| p.names),
-                &caller,
+                &ctx.caller,
             )
             .await?;
         Ok(Response::new(UpdateOrgRoleResponse {
@@ -301,11 +280,10 @@ impl OrgService for Org {
         &self,
         request: Request<DeleteOrgRoleRequest>,
     ) -> Result<Response<DeleteOrgRoleResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let caller = self.caller(&request);
-        let r = request.into_inner();
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
         self.app
-            .delete_org_role(&who, &r.org_id, &r.name, &caller)
+            .delete_org_role(&who, &r.org_id, &r.name, &ctx.caller)
             .await?;
         Ok(Response::new(DeleteOrgRoleResponse {}))
     }

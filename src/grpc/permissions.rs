@@ -7,7 +7,7 @@ use tracing::instrument;
 
 use super::pb::permission_service_server::PermissionService;
 use super::pb::*;
-use super::{caller, convert};
+use super::{convert, inbound, RequestContext};
 use crate::app::permissions::{Definition, NewPermission};
 use crate::app::App;
 use crate::domain::permissions::Scope;
@@ -18,8 +18,6 @@ use crate::store::permissions::PermissionChange;
 pub struct Permissions {
     pub app: Arc<App>,
 }
-
-impl Permissions {}
 
 fn permission(d: &Definition) -> Permission {
     let (scope, least_role, least_org_role) = match d.rule.scope {
@@ -42,39 +40,19 @@ fn permission(d: &Definition) -> Permission {
         least_org_role: least_org_role as i32,
         requires_mfa: d.rule.requires_mfa,
         built_in: d.built_in,
-        created_at: d
-            .doc
-            .as_ref()
-            .and_then(|doc| convert::timestamp(doc.created_at.to_chrono())),
-        updated_at: d
-            .doc
-            .as_ref()
-            .and_then(|doc| convert::timestamp(doc.updated_at.to_chrono())),
+        created_at: d.created_at.and_then(convert::timestamp),
+        updated_at: d.updated_at.and_then(convert::timestamp),
     }
 }
 
-/// A global role's name, `""` when unspecified; INVALID_ARGUMENT when not a role at all.
+/// A global role's name, `""` when unspecified.
 fn role_name(value: i32, field: &str) -> Result<&'static str, Error> {
-    match Role::try_from(value) {
-        Ok(Role::Unspecified) => Ok(""),
-        Ok(Role::Guest) => Ok("guest"),
-        Ok(Role::User) => Ok("user"),
-        Ok(Role::Moderator) => Ok("moderator"),
-        Ok(Role::Admin) => Ok("admin"),
-        Ok(Role::SuperAdmin) => Ok("super_admin"),
-        Err(_) => Err(Error::invalid(field, "is not a known role")),
-    }
+    Ok(inbound::role(value, field)?.map_or("", |r| r.as_str()))
 }
 
 /// An organization role's name, `""` when unspecified.
 fn org_role_name(value: i32, field: &str) -> Result<&'static str, Error> {
-    match OrgRole::try_from(value) {
-        Ok(OrgRole::Unspecified) => Ok(""),
-        Ok(OrgRole::Member) => Ok("member"),
-        Ok(OrgRole::Admin) => Ok("admin"),
-        Ok(OrgRole::Owner) => Ok("owner"),
-        Err(_) => Err(Error::invalid(field, "is not a known organization role")),
-    }
+    Ok(inbound::org_role(value, field)?.map_or("", |r| r.as_str()))
 }
 
 #[tonic::async_trait]
@@ -84,9 +62,8 @@ impl PermissionService for Permissions {
         &self,
         request: Request<DefinePermissionRequest>,
     ) -> Result<Response<DefinePermissionResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let caller = caller(&request, &self.app.proxy_trust);
-        let r = request.into_inner();
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
         let (scope, least_role) = match PermissionScope::try_from(r.scope) {
             Ok(PermissionScope::Platform) => ("platform", role_name(r.least_role, "least_role")?),
             Ok(PermissionScope::Organization) => (
@@ -103,7 +80,7 @@ impl PermissionService for Permissions {
             requires_mfa: r.requires_mfa,
         };
         let org_scope = new.scope == "organization";
-        let defined = match self.app.define_permission(&who, new, &caller).await {
+        let defined = match self.app.define_permission(&who, new, &ctx.caller).await {
             // The proto names the organization role's field apart.
             Err(Error::InvalidArgument(mut violations)) if org_scope => {
                 for v in &mut violations {
@@ -125,7 +102,8 @@ impl PermissionService for Permissions {
         &self,
         request: Request<ListPermissionsRequest>,
     ) -> Result<Response<ListPermissionsResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
+        let (ctx, _) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
         let all = self.app.list_permissions(&who).await?;
         Ok(Response::new(ListPermissionsResponse {
             permissions: all.iter().map(permission).collect(),
@@ -137,9 +115,8 @@ impl PermissionService for Permissions {
         &self,
         request: Request<UpdatePermissionRequest>,
     ) -> Result<Response<UpdatePermissionResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let caller = caller(&request, &self.app.proxy_trust);
-        let r = request.into_inner();
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
         let least_role = match (r.least_role, r.least_org_role) {
             (Some(_), Some(_)) => {
                 return Err(Error::invalid(
@@ -160,7 +137,7 @@ impl PermissionService for Permissions {
         let global = r.least_role.is_some();
         let updated = match self
             .app
-            .update_permission(&who, &r.name, change, global, &caller)
+            .update_permission(&who, &r.name, change, global, &ctx.caller)
             .await
         {
             // An organization role comes in least_org_role: name that field.
@@ -184,10 +161,10 @@ impl PermissionService for Permissions {
         &self,
         request: Request<DeletePermissionRequest>,
     ) -> Result<Response<DeletePermissionResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let caller = caller(&request, &self.app.proxy_trust);
-        let name = request.into_inner().name;
-        self.app.delete_permission(&who, &name, &caller).await?;
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
+        let name = r.name;
+        self.app.delete_permission(&who, &name, &ctx.caller).await?;
         Ok(Response::new(DeletePermissionResponse {}))
     }
 }

@@ -7,87 +7,42 @@ use tracing::instrument;
 
 use super::pb::service_account_service_server::ServiceAccountService;
 use super::pb::*;
-use super::{caller, convert};
-use crate::app::service_accounts::NewServiceAccount;
+use super::{convert, inbound, RequestContext};
+use crate::app::service_accounts::{self as app, NewServiceAccount};
 use crate::app::App;
-use crate::domain::permissions::OrgRole as DomainOrgRole;
-use crate::domain::roles::Role as DomainRole;
-use crate::error::Error;
-use crate::store::api_keys::ApiKeyDoc;
-use crate::store::service_accounts::ServiceAccountDoc;
 
 /// The ServiceAccountService adapter.
 pub struct ServiceAccounts {
     pub app: Arc<App>,
 }
 
-impl ServiceAccounts {}
-
-fn bson_ts(t: mongodb::bson::DateTime) -> Option<prost_types::Timestamp> {
-    convert::timestamp(t.to_chrono())
-}
-
-fn service_account(a: &ServiceAccountDoc) -> ServiceAccount {
+fn service_account(a: &app::ServiceAccount) -> ServiceAccount {
     ServiceAccount {
         id: a.id.clone(),
         name: a.name.clone(),
         description: a.description.clone(),
         org_id: a.org_id.clone().unwrap_or_default(),
-        role: match a.org_id {
-            Some(_) => Role::Unspecified,
-            None => convert::role(a.role.parse().unwrap_or(DomainRole::Guest)),
-        } as i32,
-        org_role: a
-            .org_role
-            .as_deref()
-            .and_then(|r| r.parse::<DomainOrgRole>().ok())
-            .map_or(OrgRole::Unspecified, convert::org_role) as i32,
+        role: a.role.map_or(Role::Unspecified, convert::role) as i32,
+        org_role: a.org_role.map_or(OrgRole::Unspecified, convert::org_role) as i32,
         allowed_permissions: a.allowed_permissions.clone(),
         disabled: a.disabled,
         created_by: a.created_by.clone(),
-        created_at: bson_ts(a.created_at),
+        created_at: convert::timestamp(a.created_at),
     }
 }
 
-fn api_key(k: &ApiKeyDoc) -> ApiKey {
+fn api_key(k: &app::ApiKey) -> ApiKey {
     ApiKey {
         id: k.id.clone(),
         service_account_id: k.service_account_id.clone(),
         prefix: k.prefix.clone(),
         description: k.description.clone(),
-        created_at: bson_ts(k.created_at),
-        expires_at: k.expires_at.and_then(bson_ts),
-        last_used_at: k.last_used_at.and_then(bson_ts),
+        created_at: convert::timestamp(k.created_at),
+        expires_at: k.expires_at.and_then(convert::timestamp),
+        last_used_at: k.last_used_at.and_then(convert::timestamp),
         last_used_address: k.last_used_address.clone(),
-        revoked_at: k.revoked_at.and_then(bson_ts),
+        revoked_at: k.revoked_at.and_then(convert::timestamp),
     }
-}
-
-fn global_role(value: i32) -> Result<Option<DomainRole>, Error> {
-    Ok(match Role::try_from(value) {
-        Ok(Role::Unspecified) => None,
-        Ok(Role::Guest) => Some(DomainRole::Guest),
-        Ok(Role::User) => Some(DomainRole::User),
-        Ok(Role::Moderator) => Some(DomainRole::Moderator),
-        Ok(Role::Admin) => Some(DomainRole::Admin),
-        Ok(Role::SuperAdmin) => Some(DomainRole::SuperAdmin),
-        Err(_) => return Err(Error::invalid("role", "is not a known role")),
-    })
-}
-
-fn org_role(value: i32) -> Result<Option<DomainOrgRole>, Error> {
-    Ok(match OrgRole::try_from(value) {
-        Ok(OrgRole::Unspecified) => None,
-        Ok(OrgRole::Member) => Some(DomainOrgRole::Member),
-        Ok(OrgRole::Admin) => Some(DomainOrgRole::Admin),
-        Ok(OrgRole::Owner) => Some(DomainOrgRole::Owner),
-        Err(_) => {
-            return Err(Error::invalid(
-                "org_role",
-                "is not a known organization role",
-            ))
-        }
-    })
 }
 
 #[tonic::async_trait]
@@ -97,18 +52,20 @@ impl ServiceAccountService for ServiceAccounts {
         &self,
         request: Request<CreateServiceAccountRequest>,
     ) -> Result<Response<CreateServiceAccountResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let caller = caller(&request, &self.app.proxy_trust);
-        let r = request.into_inner();
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
         let new = NewServiceAccount {
             name: r.name,
             description: r.description,
             org_id: r.org_id,
-            role: global_role(r.role)?,
-            org_role: org_role(r.org_role)?,
+            role: inbound::role(r.role, "role")?,
+            org_role: inbound::org_role(r.org_role, "org_role")?,
             allowed_permissions: r.allowed_permissions,
         };
-        let account = self.app.create_service_account(&who, new, &caller).await?;
+        let account = self
+            .app
+            .create_service_account(&who, new, &ctx.caller)
+            .await?;
         Ok(Response::new(CreateServiceAccountResponse {
             service_account: Some(service_account(&account)),
         }))
@@ -119,8 +76,9 @@ impl ServiceAccountService for ServiceAccounts {
         &self,
         request: Request<ListServiceAccountsRequest>,
     ) -> Result<Response<ListServiceAccountsResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let org_id = request.into_inner().org_id;
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
+        let org_id = r.org_id;
         let accounts = self.app.list_service_accounts(&who, &org_id).await?;
         Ok(Response::new(ListServiceAccountsResponse {
             service_accounts: accounts.iter().map(service_account).collect(),
@@ -132,10 +90,12 @@ impl ServiceAccountService for ServiceAccounts {
         &self,
         request: Request<DisableServiceAccountRequest>,
     ) -> Result<Response<DisableServiceAccountResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let caller = caller(&request, &self.app.proxy_trust);
-        let id = request.into_inner().service_account_id;
-        self.app.disable_service_account(&who, &id, &caller).await?;
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
+        let id = r.service_account_id;
+        self.app
+            .disable_service_account(&who, &id, &ctx.caller)
+            .await?;
         Ok(Response::new(DisableServiceAccountResponse {}))
     }
 
@@ -144,10 +104,12 @@ impl ServiceAccountService for ServiceAccounts {
         &self,
         request: Request<DeleteServiceAccountRequest>,
     ) -> Result<Response<DeleteServiceAccountResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let caller = caller(&request, &self.app.proxy_trust);
-        let id = request.into_inner().service_account_id;
-        self.app.delete_service_account(&who, &id, &caller).await?;
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
+        let id = r.service_account_id;
+        self.app
+            .delete_service_account(&who, &id, &ctx.caller)
+            .await?;
         Ok(Response::new(DeleteServiceAccountResponse {}))
     }
 
@@ -156,16 +118,9 @@ impl ServiceAccountService for ServiceAccounts {
         &self,
         request: Request<CreateApiKeyRequest>,
     ) -> Result<Response<CreateApiKeyResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let caller = caller(&request, &self.app.proxy_trust);
-        let r = request.into_inner();
-        let expires_at = match r.expires_at {
-            None => None,
-            Some(t) => Some(
-                chrono::DateTime::from_timestamp(t.seconds, t.nanos.clamp(0, 999_999_999) as u32)
-                    .ok_or_else(|| Error::invalid("expires_at", "is not a valid time"))?,
-            ),
-        };
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
+        let expires_at = inbound::time(r.expires_at, "expires_at")?;
         let created = self
             .app
             .create_api_key(
@@ -173,7 +128,7 @@ impl ServiceAccountService for ServiceAccounts {
                 &r.service_account_id,
                 &r.description,
                 expires_at,
-                &caller,
+                &ctx.caller,
             )
             .await?;
         Ok(Response::new(CreateApiKeyResponse {
@@ -187,8 +142,9 @@ impl ServiceAccountService for ServiceAccounts {
         &self,
         request: Request<ListApiKeysRequest>,
     ) -> Result<Response<ListApiKeysResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let id = request.into_inner().service_account_id;
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
+        let id = r.service_account_id;
         let keys = self.app.list_api_keys(&who, &id).await?;
         Ok(Response::new(ListApiKeysResponse {
             api_keys: keys.iter().map(api_key).collect(),
@@ -200,11 +156,10 @@ impl ServiceAccountService for ServiceAccounts {
         &self,
         request: Request<RevokeApiKeyRequest>,
     ) -> Result<Response<RevokeApiKeyResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let caller = caller(&request, &self.app.proxy_trust);
-        let r = request.into_inner();
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
         self.app
-            .revoke_api_key(&who, &r.service_account_id, &r.api_key_id, &caller)
+            .revoke_api_key(&who, &r.service_account_id, &r.api_key_id, &ctx.caller)
             .await?;
         Ok(Response::new(RevokeApiKeyResponse {}))
     }

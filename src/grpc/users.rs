@@ -7,40 +7,19 @@ use tracing::instrument;
 
 use super::pb::user_service_server::UserService;
 use super::pb::*;
-use super::{caller, convert};
+use super::{convert, inbound, RequestContext};
 use crate::app::users::ProfileChanges;
+use crate::app::users::{AuditEntry, AuditQuery, UserQuery};
 use crate::app::App;
-use crate::domain::roles::Role as DomainRole;
 use crate::error::Error;
-use crate::store::audit_events::{AuditFilter, Outcome};
-use crate::store::users::{UserFilter, UserStatus as DomainStatus};
+use crate::store::audit_events::Outcome;
 
 /// The UserService adapter.
 pub struct Users {
     pub app: Arc<App>,
 }
 
-impl Users {}
-
-fn role_from(value: i32, field: &str) -> Result<Option<DomainRole>, Error> {
-    Ok(match Role::try_from(value) {
-        Ok(Role::Unspecified) => None,
-        Ok(Role::Guest) => Some(DomainRole::Guest),
-        Ok(Role::User) => Some(DomainRole::User),
-        Ok(Role::Moderator) => Some(DomainRole::Moderator),
-        Ok(Role::Admin) => Some(DomainRole::Admin),
-        Ok(Role::SuperAdmin) => Some(DomainRole::SuperAdmin),
-        Err(_) => return Err(Error::invalid(field, "is not a known role")),
-    })
-}
-
-fn time(t: Option<prost_types::Timestamp>) -> Option<chrono::DateTime<chrono::Utc>> {
-    t.and_then(|t| {
-        chrono::DateTime::from_timestamp(t.seconds, t.nanos.clamp(0, 999_999_999) as u32)
-    })
-}
-
-fn audit_event(e: crate::store::AuditEvent) -> AuditEvent {
+fn audit_event(e: AuditEntry) -> AuditEvent {
     AuditEvent {
         id: e.id,
         action: e.action,
@@ -54,18 +33,8 @@ fn audit_event(e: crate::store::AuditEvent) -> AuditEvent {
         session_id: e.session_id.unwrap_or_default(),
         client_address: e.client_address,
         user_agent: e.user_agent,
-        detail: e
-            .detail
-            .into_iter()
-            .map(|(k, v)| {
-                let v = match v {
-                    mongodb::bson::Bson::String(s) => s,
-                    other => other.to_string(),
-                };
-                (k, v)
-            })
-            .collect(),
-        occurred_at: convert::timestamp(e.occurred_at.to_chrono()),
+        detail: e.detail.into_iter().collect(),
+        occurred_at: convert::timestamp(e.occurred_at),
     }
 }
 
@@ -76,15 +45,11 @@ impl UserService for Users {
         &self,
         request: Request<ListUsersRequest>,
     ) -> Result<Response<ListUsersResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let r = request.into_inner();
-        let statuses = match UserStatus::try_from(r.status) {
-            Ok(UserStatus::Unspecified) => vec![DomainStatus::Active, DomainStatus::Disabled],
-            Ok(UserStatus::Active) => vec![DomainStatus::Active],
-            Ok(UserStatus::Disabled) => vec![DomainStatus::Disabled],
-            Ok(UserStatus::Deleted) => vec![DomainStatus::Deleted],
-            Err(_) => return Err(Error::invalid("status", "is not a known status").into()),
-        };
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
+        let statuses = inbound::account_status(r.status, "status")?
+            .into_iter()
+            .collect();
         let email_prefix = crate::domain::email::normalize_prefix(&r.email_prefix);
         // Longer than any stored email can be, or with characters none has: match nothing, and
         // must not reach the database as a query it refuses.
@@ -100,16 +65,16 @@ impl UserService for Users {
             )
             .into());
         }
-        let filter = UserFilter {
+        let query = UserQuery {
             statuses,
-            role: role_from(r.role, "role")?,
+            role: inbound::role(r.role, "role")?,
             email_prefix,
-            created_after: time(r.created_after),
-            created_before: time(r.created_before),
+            created_after: inbound::time_bound(r.created_after),
+            created_before: inbound::time_bound(r.created_before),
         };
         let page = self
             .app
-            .list_users(&who, filter, r.page_size, &r.page_token)
+            .list_users(&who, query, r.page_size, &r.page_token)
             .await?;
         Ok(Response::new(ListUsersResponse {
             users: page.items.iter().map(convert::user).collect(),
@@ -122,11 +87,9 @@ impl UserService for Users {
         &self,
         request: Request<GetUserRequest>,
     ) -> Result<Response<GetUserResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let user = self
-            .app
-            .get_user(&who, &request.into_inner().user_id)
-            .await?;
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
+        let user = self.app.get_user(&who, &r.user_id).await?;
         Ok(Response::new(GetUserResponse {
             user: Some(convert::user(&user)),
         }))
@@ -137,9 +100,8 @@ impl UserService for Users {
         &self,
         request: Request<UpdateUserRequest>,
     ) -> Result<Response<UpdateUserResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let caller = caller(&request, &self.app.proxy_trust);
-        let r = request.into_inner();
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
         let changes = ProfileChanges {
             display_name: r.display_name,
             email: r.email,
@@ -147,7 +109,7 @@ impl UserService for Users {
         };
         let user = self
             .app
-            .update_user(&who, &r.user_id, changes, &caller)
+            .update_user(&who, &r.user_id, changes, &ctx.caller)
             .await?;
         Ok(Response::new(UpdateUserResponse {
             user: Some(convert::user(&user)),
@@ -159,14 +121,13 @@ impl UserService for Users {
         &self,
         request: Request<SetUserRoleRequest>,
     ) -> Result<Response<SetUserRoleResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let caller = caller(&request, &self.app.proxy_trust);
-        let r = request.into_inner();
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
         let role =
-            role_from(r.role, "role")?.ok_or_else(|| Error::invalid("role", "is required"))?;
+            inbound::role(r.role, "role")?.ok_or_else(|| Error::invalid("role", "is required"))?;
         let user = self
             .app
-            .set_user_role(&who, &r.user_id, role, &caller)
+            .set_user_role(&who, &r.user_id, role, &ctx.caller)
             .await?;
         Ok(Response::new(SetUserRoleResponse {
             user: Some(convert::user(&user)),
@@ -178,12 +139,11 @@ impl UserService for Users {
         &self,
         request: Request<DisableUserRequest>,
     ) -> Result<Response<DisableUserResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let caller = caller(&request, &self.app.proxy_trust);
-        let r = request.into_inner();
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
         let (user, ended) = self
             .app
-            .disable_user(&who, &r.user_id, &r.reason, &caller)
+            .disable_user(&who, &r.user_id, &r.reason, &ctx.caller)
             .await?;
         Ok(Response::new(DisableUserResponse {
             user: Some(convert::user(&user)),
@@ -196,12 +156,9 @@ impl UserService for Users {
         &self,
         request: Request<EnableUserRequest>,
     ) -> Result<Response<EnableUserResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let caller = caller(&request, &self.app.proxy_trust);
-        let user = self
-            .app
-            .enable_user(&who, &request.into_inner().user_id, &caller)
-            .await?;
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
+        let user = self.app.enable_user(&who, &r.user_id, &ctx.caller).await?;
         Ok(Response::new(EnableUserResponse {
             user: Some(convert::user(&user)),
         }))
@@ -212,12 +169,11 @@ impl UserService for Users {
         &self,
         request: Request<DeleteUserRequest>,
     ) -> Result<Response<DeleteUserResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let caller = caller(&request, &self.app.proxy_trust);
-        let r = request.into_inner();
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
         let ended = self
             .app
-            .delete_user(&who, &r.user_id, &r.reason, &caller)
+            .delete_user(&who, &r.user_id, &r.reason, &ctx.caller)
             .await?;
         Ok(Response::new(DeleteUserResponse {
             sessions_ended: ended as i32,
@@ -229,17 +185,17 @@ impl UserService for Users {
         &self,
         request: Request<ListAuditEventsRequest>,
     ) -> Result<Response<ListAuditEventsResponse>, Status> {
-        let who = super::signed_in(&self.app, &request).await?;
-        let r = request.into_inner();
-        let filter = AuditFilter {
+        let (ctx, r) = RequestContext::new(&self.app, request);
+        let who = ctx.signed_in().await?;
+        let query = AuditQuery {
             user_id: r.user_id,
             action: r.action,
-            after: time(r.after),
-            before: time(r.before),
+            after: inbound::time_bound(r.after),
+            before: inbound::time_bound(r.before),
         };
         let page = self
             .app
-            .list_audit_events(&who, filter, r.page_size, &r.page_token)
+            .list_audit_events(&who, query, r.page_size, &r.page_token)
             .await?;
         Ok(Response::new(ListAuditEventsResponse {
             events: page.items.into_iter().map(audit_event).collect(),

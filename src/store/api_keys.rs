@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
-use mongodb::bson::{doc, DateTime as BsonDateTime};
+use mongodb::bson::doc;
 use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::{Collection, IndexModel};
 use serde::{Deserialize, Serialize};
@@ -24,17 +24,30 @@ pub struct ApiKeyDoc {
     #[serde(default)]
     pub description: String,
     pub created_by: String,
-    pub created_at: BsonDateTime,
-    pub expires_at: Option<BsonDateTime>,
-    pub last_used_at: Option<BsonDateTime>,
+    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
+    pub created_at: DateTime<Utc>,
+    #[serde(
+        default,
+        with = "bson::serde_helpers::chrono_datetime_as_bson_datetime_optional"
+    )]
+    pub expires_at: Option<DateTime<Utc>>,
+    #[serde(
+        default,
+        with = "bson::serde_helpers::chrono_datetime_as_bson_datetime_optional"
+    )]
+    pub last_used_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub last_used_address: String,
-    pub revoked_at: Option<BsonDateTime>,
+    #[serde(
+        default,
+        with = "bson::serde_helpers::chrono_datetime_as_bson_datetime_optional"
+    )]
+    pub revoked_at: Option<DateTime<Utc>>,
 }
 
 impl ApiKeyDoc {
     pub fn is_live(&self, now: DateTime<Utc>) -> bool {
-        self.revoked_at.is_none() && self.expires_at.is_none_or(|t| t.to_chrono() > now)
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|t| t > now)
     }
 }
 

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use mongodb::bson::{doc, DateTime as BsonDateTime, Document};
+use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::IndexOptions;
 use mongodb::{Collection, IndexModel};
 use serde::{Deserialize, Serialize};
@@ -40,10 +40,97 @@ pub struct AuditEvent {
     pub client_address: String,
     pub user_agent: String,
     /// Small non-secret facts, e.g. `reason`.
-    pub detail: Document,
-    pub occurred_at: BsonDateTime,
+    pub detail: Details,
+    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
+    pub occurred_at: DateTime<Utc>,
     /// When the TTL index removes the event.
-    pub expires_at: BsonDateTime,
+    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
+    pub expires_at: DateTime<Utc>,
+}
+
+/// One value of an audit event's details, stored as the BSON value of its type.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DetailValue {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Text(String),
+    List(Vec<String>),
+}
+
+impl From<bool> for DetailValue {
+    fn from(v: bool) -> Self {
+        DetailValue::Bool(v)
+    }
+}
+impl From<i64> for DetailValue {
+    fn from(v: i64) -> Self {
+        DetailValue::Int(v)
+    }
+}
+impl From<&str> for DetailValue {
+    fn from(v: &str) -> Self {
+        DetailValue::Text(v.to_string())
+    }
+}
+impl From<&String> for DetailValue {
+    fn from(v: &String) -> Self {
+        DetailValue::Text(v.clone())
+    }
+}
+impl From<String> for DetailValue {
+    fn from(v: String) -> Self {
+        DetailValue::Text(v)
+    }
+}
+impl From<Vec<String>> for DetailValue {
+    fn from(v: Vec<String>) -> Self {
+        DetailValue::List(v)
+    }
+}
+impl<T: Into<DetailValue>> From<Option<T>> for DetailValue {
+    fn from(v: Option<T>) -> Self {
+        v.map_or(DetailValue::Null, Into::into)
+    }
+}
+
+impl From<DetailValue> for Bson {
+    fn from(v: DetailValue) -> Self {
+        match v {
+            DetailValue::Null => Bson::Null,
+            DetailValue::Bool(b) => Bson::Boolean(b),
+            DetailValue::Int(i) => Bson::Int64(i),
+            DetailValue::Text(s) => Bson::String(s),
+            DetailValue::List(l) => l.into(),
+        }
+    }
+}
+
+/// An audit event's details: named values, stored as one sub-document.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Details(Document);
+
+impl Details {
+    /// Sets `key` (a later value for the same key replaces the earlier one).
+    pub fn insert(&mut self, key: &str, value: impl Into<DetailValue>) {
+        self.0.insert(key, Bson::from(value.into()));
+    }
+
+    /// Each detail as text, in stored order: a string as itself, anything else as its value
+    /// printed (`true`, `3`, `["a", "b"]`, `null`).
+    pub fn into_text(self) -> Vec<(String, String)> {
+        self.0
+            .into_iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    Bson::String(s) => s,
+                    other => other.to_string(),
+                };
+                (k, v)
+            })
+            .collect()
+    }
 }
 
 /// Which events a listing shows.
@@ -135,10 +222,9 @@ impl AuditEvents {
         mut event: AuditEvent,
         now: DateTime<Utc>,
     ) -> mongodb::error::Result<()> {
-        event.occurred_at = bson_time(now);
-        event.expires_at = bson_time(
-            now + chrono::Duration::from_std(self.retention).unwrap_or(chrono::Duration::days(90)),
-        );
+        event.occurred_at = now;
+        event.expires_at =
+            now + chrono::Duration::from_std(self.retention).unwrap_or(chrono::Duration::days(90));
         self.collection.insert_one(event).await.map(|_| ())
     }
 }

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
-use mongodb::bson::{doc, DateTime as BsonDateTime};
+use mongodb::bson::doc;
 use mongodb::options::IndexOptions;
 use mongodb::{Collection, IndexModel};
 use serde::{Deserialize, Serialize};
@@ -24,8 +24,13 @@ pub struct IdentityDoc {
     pub user_id: String,
     /// The email the provider gave at link or last use (may be empty).
     pub email: String,
-    pub linked_at: BsonDateTime,
-    pub last_used_at: Option<BsonDateTime>,
+    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
+    pub linked_at: DateTime<Utc>,
+    #[serde(
+        default,
+        with = "bson::serde_helpers::chrono_datetime_as_bson_datetime_optional"
+    )]
+    pub last_used_at: Option<DateTime<Utc>>,
 }
 
 /// The `identities` collection.

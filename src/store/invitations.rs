@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use mongodb::bson::{doc, DateTime as BsonDateTime};
+use mongodb::bson::doc;
 use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::{Collection, IndexModel};
 use serde::{Deserialize, Serialize};
@@ -47,13 +47,17 @@ pub struct InvitationDoc {
     pub status: InvitationStatus,
     /// User id of the member who sent it.
     pub invited_by: String,
-    pub created_at: BsonDateTime,
-    pub expires_at: BsonDateTime,
-    pub purge_at: BsonDateTime,
+    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
+    pub created_at: DateTime<Utc>,
+    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
+    pub expires_at: DateTime<Utc>,
+    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
+    pub purge_at: DateTime<Utc>,
     #[serde(default)]
     pub accepted_by: Option<String>,
     #[serde(default)]
-    pub accepted_at: Option<BsonDateTime>,
+    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime_optional")]
+    pub accepted_at: Option<DateTime<Utc>>,
 }
 
 /// The `invitations` collection.

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use mongodb::bson::{doc, spec::BinarySubtype, Binary, DateTime as BsonDateTime};
+use mongodb::bson::{doc, spec::BinarySubtype, Binary};
 use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::{Collection, IndexModel};
 use serde::{Deserialize, Serialize};
@@ -38,22 +38,33 @@ pub struct OutboxDoc {
     pub status: MailStatus,
     /// Delivery attempts started.
     pub attempts: u32,
-    pub next_attempt_at: BsonDateTime,
+    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
+    pub next_attempt_at: DateTime<Utc>,
     /// A worker holds the message until then.
-    pub lease_until: Option<BsonDateTime>,
+    #[serde(
+        default,
+        with = "bson::serde_helpers::chrono_datetime_as_bson_datetime_optional"
+    )]
+    pub lease_until: Option<DateTime<Utc>>,
     pub lease_owner: Option<String>,
     pub last_error: Option<String>,
-    pub created_at: BsonDateTime,
-    pub sent_at: Option<BsonDateTime>,
+    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
+    pub created_at: DateTime<Utc>,
+    #[serde(
+        default,
+        with = "bson::serde_helpers::chrono_datetime_as_bson_datetime_optional"
+    )]
+    pub sent_at: Option<DateTime<Utc>>,
     /// When the TTL index removes the record.
-    pub expires_at: BsonDateTime,
+    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
+    pub expires_at: DateTime<Utc>,
 }
 
 /// How long a delivered or abandoned message's record is kept.
 const KEEP_RECORD: Duration = Duration::from_secs(7 * 24 * 3600);
 
-fn after(now: DateTime<Utc>, d: Duration) -> BsonDateTime {
-    bson_time(now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::days(1)))
+fn after(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::days(1))
 }
 
 /// The `mail_outbox` collection.
@@ -90,11 +101,11 @@ impl MailOutbox {
             }),
             status: MailStatus::Pending,
             attempts: 0,
-            next_attempt_at: bson_time(now),
+            next_attempt_at: now,
             lease_until: None,
             lease_owner: None,
             last_error: None,
-            created_at: bson_time(now),
+            created_at: now,
             sent_at: None,
             // Kept past the last retry, then removed whatever happened.
             expires_at: after(now, give_up_after + KEEP_RECORD),
@@ -115,11 +126,11 @@ impl MailOutbox {
             sealed: None,
             status: MailStatus::Suppressed,
             attempts: 0,
-            next_attempt_at: bson_time(now),
+            next_attempt_at: now,
             lease_until: None,
             lease_owner: None,
             last_error: None,
-            created_at: bson_time(now),
+            created_at: now,
             sent_at: None,
             expires_at: after(now, Duration::from_secs(3600)),
         };

@@ -7,12 +7,12 @@
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
-use mongodb::bson::{doc, DateTime as BsonDateTime, Document};
+use mongodb::bson::{doc, Document};
 use mongodb::options::ReturnDocument;
 use mongodb::{Collection, IndexModel};
 use serde::{Deserialize, Serialize};
 
-use super::{bson_time, is_duplicate_key, keyset_after};
+use super::{is_duplicate_key, keyset_after};
 use crate::domain::paging::Cursor;
 use crate::domain::permissions::OrgRole;
 
@@ -27,7 +27,8 @@ pub struct MembershipDoc {
     pub role: OrgRole,
     #[serde(default)]
     pub department: String,
-    pub joined_at: BsonDateTime,
+    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
+    pub joined_at: DateTime<Utc>,
     /// The name of the organization's custom role the member holds (`role` is then its base
     /// role), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -89,7 +90,7 @@ impl MembershipDoc {
             user_id: user_id.to_string(),
             role,
             department: department.to_string(),
-            joined_at: bson_time(now),
+            joined_at: now,
             custom_role: None,
             custom_role_id: None,
         }

@@ -4,7 +4,7 @@
 //! (`last_step` only grows) and a recovery code is pulled by the call that uses it.
 
 use chrono::{DateTime, Utc};
-use mongodb::bson::{doc, spec::BinarySubtype, Binary, DateTime as BsonDateTime};
+use mongodb::bson::{doc, spec::BinarySubtype, Binary};
 use mongodb::options::ReturnDocument;
 use mongodb::Collection;
 use serde::{Deserialize, Serialize};
@@ -18,17 +18,29 @@ pub struct MfaDoc {
     pub user_id: String,
     /// The confirmed TOTP secret, sealed; `None` while only an enrolment is pending.
     pub totp_secret: Option<Binary>,
-    pub enrolled_at: Option<BsonDateTime>,
+    #[serde(
+        default,
+        with = "bson::serde_helpers::chrono_datetime_as_bson_datetime_optional"
+    )]
+    pub enrolled_at: Option<DateTime<Utc>>,
     /// The last TOTP step accepted; codes of this step or earlier are refused.
     #[serde(default)]
     pub last_step: i64,
-    pub last_used_at: Option<BsonDateTime>,
+    #[serde(
+        default,
+        with = "bson::serde_helpers::chrono_datetime_as_bson_datetime_optional"
+    )]
+    pub last_used_at: Option<DateTime<Utc>>,
     /// Keyed hashes of the unused recovery codes.
     #[serde(default)]
     pub recovery_hashes: Vec<String>,
     /// An enrolment waiting for its first code, sealed, and until when it may be confirmed.
     pub pending_secret: Option<Binary>,
-    pub pending_expires_at: Option<BsonDateTime>,
+    #[serde(
+        default,
+        with = "bson::serde_helpers::chrono_datetime_as_bson_datetime_optional"
+    )]
+    pub pending_expires_at: Option<DateTime<Utc>>,
 }
 
 impl MfaDoc {

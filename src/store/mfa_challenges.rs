@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use mongodb::bson::{doc, DateTime as BsonDateTime};
+use mongodb::bson::doc;
 use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::{Collection, IndexModel};
 use serde::{Deserialize, Serialize};
@@ -29,8 +29,10 @@ pub struct MfaChallengeDoc {
     #[serde(default)]
     pub credential: String,
     pub used: bool,
-    pub created_at: BsonDateTime,
-    pub expires_at: BsonDateTime,
+    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
+    pub created_at: DateTime<Utc>,
+    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
+    pub expires_at: DateTime<Utc>,
 }
 
 /// The `mfa_challenges` collection.

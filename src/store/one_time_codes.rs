@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use mongodb::bson::{doc, DateTime as BsonDateTime};
+use mongodb::bson::doc;
 use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::{Collection, IndexModel};
 use serde::{Deserialize, Serialize};
@@ -30,8 +30,10 @@ pub struct OneTimeCodeDoc {
     /// address cannot use up the attempts of the code its owner is about to type.
     #[serde(default)]
     pub foreign_attempts: u32,
-    pub created_at: BsonDateTime,
-    pub expires_at: BsonDateTime,
+    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
+    pub created_at: DateTime<Utc>,
+    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
+    pub expires_at: DateTime<Utc>,
 }
 
 /// The `one_time_codes` collection.
@@ -71,8 +73,8 @@ impl OneTimeCodes {
             requested_by: requested_by.to_string(),
             attempts: 0,
             foreign_attempts: 0,
-            created_at: bson_time(now),
-            expires_at: bson_time(now + chrono::Duration::from_std(lifetime).unwrap_or_default()),
+            created_at: now,
+            expires_at: now + chrono::Duration::from_std(lifetime).unwrap_or_default(),
         };
         self.0
             .replace_one(doc! { "_id": slot }, &doc)

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
-use mongodb::bson::{doc, DateTime as BsonDateTime, Document};
+use mongodb::bson::{doc, Document};
 use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::{Collection, IndexModel};
 use serde::{Deserialize, Serialize};
@@ -28,8 +28,10 @@ pub struct OrgRoleDoc {
     #[serde(default)]
     pub permissions: Vec<String>,
     pub created_by: String,
-    pub created_at: BsonDateTime,
-    pub updated_at: BsonDateTime,
+    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
+    pub created_at: DateTime<Utc>,
+    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
+    pub updated_at: DateTime<Utc>,
 }
 
 /// The `org_roles` collection.

@@ -9,7 +9,7 @@
 //! which can only refuse a later demotion, never allow a wrong one.
 
 use chrono::{DateTime, Utc};
-use mongodb::bson::{doc, DateTime as BsonDateTime, Document};
+use mongodb::bson::{doc, Document};
 use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::{Collection, IndexModel};
 use serde::{Deserialize, Serialize};
@@ -31,8 +31,10 @@ pub struct OrgDoc {
     /// Members must hold two-factor sessions for this organization's permission checks.
     #[serde(default)]
     pub require_mfa: bool,
-    pub created_at: BsonDateTime,
-    pub updated_at: BsonDateTime,
+    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
+    pub created_at: DateTime<Utc>,
+    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
+    pub updated_at: DateTime<Utc>,
     /// The account being registered with this organization, until its owner membership exists
     /// (see `UserDoc::pending_org`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

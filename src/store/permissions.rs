@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
-use mongodb::bson::{doc, DateTime as BsonDateTime, Document};
+use mongodb::bson::{doc, Document};
 use mongodb::options::ReturnDocument;
 use mongodb::Collection;
 use serde::{Deserialize, Serialize};
@@ -23,8 +23,10 @@ pub struct PermissionDoc {
     pub least_role: String,
     #[serde(default)]
     pub requires_mfa: bool,
-    pub created_at: BsonDateTime,
-    pub updated_at: BsonDateTime,
+    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
+    pub created_at: DateTime<Utc>,
+    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
+    pub updated_at: DateTime<Utc>,
 }
 
 /// The fields of a change; `None` leaves one as it is.

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use mongodb::bson::{doc, DateTime as BsonDateTime};
+use mongodb::bson::doc;
 use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::{Collection, IndexModel};
 use serde::{Deserialize, Serialize};
@@ -18,16 +18,18 @@ pub struct RateLimitDoc {
     pub key: String,
     pub count: u32,
     #[serde(default)]
-    pub locked_until: Option<BsonDateTime>,
-    pub expires_at: BsonDateTime,
+    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime_optional")]
+    pub locked_until: Option<DateTime<Utc>>,
+    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
+    pub expires_at: DateTime<Utc>,
 }
 
 /// The `rate_limits` collection.
 #[derive(Clone)]
 pub struct RateLimits(pub Collection<RateLimitDoc>);
 
-fn later(now: DateTime<Utc>, d: Duration) -> BsonDateTime {
-    bson_time(now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::days(1)))
+fn later(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::days(1))
 }
 
 impl RateLimits {
@@ -74,14 +76,13 @@ impl RateLimits {
         locked_until: Option<DateTime<Utc>>,
         expires_at: DateTime<Utc>,
     ) -> mongodb::error::Result<bool> {
-        let locked_until = locked_until.map(bson_time);
         match seen {
             None => {
                 let new = RateLimitDoc {
                     key: key.to_string(),
                     count,
                     locked_until,
-                    expires_at: bson_time(expires_at),
+                    expires_at,
                 };
                 match self.0.insert_one(&new).await {
                     Ok(_) => Ok(true),

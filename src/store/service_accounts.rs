@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
-use mongodb::bson::{doc, DateTime as BsonDateTime};
+use mongodb::bson::doc;
 use mongodb::options::ReturnDocument;
 use mongodb::{Collection, IndexModel};
 use serde::{Deserialize, Serialize};
@@ -31,8 +31,10 @@ pub struct ServiceAccountDoc {
     #[serde(default)]
     pub key_count: i32,
     pub created_by: String,
-    pub created_at: BsonDateTime,
-    pub updated_at: BsonDateTime,
+    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
+    pub created_at: DateTime<Utc>,
+    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
+    pub updated_at: DateTime<Utc>,
 }
 
 /// The `service_accounts` collection.

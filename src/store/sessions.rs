@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
-use mongodb::bson::{doc, DateTime as BsonDateTime, Document};
+use mongodb::bson::{doc, Document};
 use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::{Collection, IndexModel};
 use serde::{Deserialize, Serialize};
@@ -29,12 +29,23 @@ pub struct SessionDoc {
     /// Hashes of every token already rotated out (newest last, capped).
     #[serde(default)]
     pub used_refresh_hashes: Vec<String>,
-    pub rotated_at: Option<BsonDateTime>,
-    pub created_at: BsonDateTime,
-    pub last_used_at: BsonDateTime,
+    #[serde(
+        default,
+        with = "bson::serde_helpers::chrono_datetime_as_bson_datetime_optional"
+    )]
+    pub rotated_at: Option<DateTime<Utc>>,
+    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
+    pub created_at: DateTime<Utc>,
+    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
+    pub last_used_at: DateTime<Utc>,
     /// Absolute end of the session; the TTL index deletes it after this.
-    pub expires_at: BsonDateTime,
-    pub revoked_at: Option<BsonDateTime>,
+    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
+    pub expires_at: DateTime<Utc>,
+    #[serde(
+        default,
+        with = "bson::serde_helpers::chrono_datetime_as_bson_datetime_optional"
+    )]
+    pub revoked_at: Option<DateTime<Utc>>,
     pub revoked_reason: Option<String>,
     pub user_agent: String,
     pub client_address: String,
@@ -44,12 +55,13 @@ pub struct SessionDoc {
     /// When the last factor was proved (sign-in or step-up); sessions from before second
     /// factors existed have none and count from `created_at`.
     #[serde(default)]
-    pub authenticated_at: Option<BsonDateTime>,
+    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime_optional")]
+    pub authenticated_at: Option<DateTime<Utc>>,
 }
 
 impl SessionDoc {
     pub fn is_active(&self, now: DateTime<Utc>) -> bool {
-        self.revoked_at.is_none() && self.expires_at.to_chrono() > now
+        self.revoked_at.is_none() && self.expires_at > now
     }
 }
 

@@ -1,7 +1,7 @@
 //! `users`: one document per account. The normalised email is unique.
 
 use chrono::{DateTime, Utc};
-use mongodb::bson::{doc, DateTime as BsonDateTime, Document};
+use mongodb::bson::{doc, Document};
 use mongodb::options::IndexOptions;
 use mongodb::{Collection, IndexModel};
 use serde::{Deserialize, Serialize};
@@ -34,9 +34,15 @@ pub struct UserDoc {
     pub role: Role,
     pub status: UserStatus,
     pub email_verified: bool,
-    pub created_at: BsonDateTime,
-    pub updated_at: BsonDateTime,
-    pub last_login_at: Option<BsonDateTime>,
+    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
+    pub created_at: DateTime<Utc>,
+    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
+    pub updated_at: DateTime<Utc>,
+    #[serde(
+        default,
+        with = "bson::serde_helpers::chrono_datetime_as_bson_datetime_optional"
+    )]
+    pub last_login_at: Option<DateTime<Utc>>,
     /// The organization this account is being registered with (`Register` with `organization`),
     /// until its owner membership exists. Left set only by a registration that died midway;
     /// `App::finish_interrupted_registrations` completes it.

@@ -838,7 +838,7 @@ async fn mail_queued_at_the_kill(killed: &Killed) -> (Queued, Vec<String>) {
                     "login_code" => "login_code",
                     other => panic!("the flood queued unexpected mail: {other}"),
                 };
-                if m.lease_until.is_some_and(|t| t.to_chrono() > now) {
+                if m.lease_until.is_some_and(|t| t > now) {
                     leased_at_kill += 1;
                 }
                 queued.insert(

@@ -17,7 +17,6 @@ use crate::domain::tokens::AccessClaims;
 use crate::domain::validation::Violations;
 use crate::error::{Error, Result};
 use crate::store::audit_events::Outcome;
-use crate::store::bson_time;
 use crate::store::invitations::{InvitationDoc, InvitationStatus, KEEP_AFTER_EXPIRY};
 use crate::store::memberships::MembershipDoc;
 
@@ -76,11 +75,10 @@ impl App {
             token_hash: hash_token(&token),
             status: InvitationStatus::Pending,
             invited_by: who.user_id.clone(),
-            created_at: bson_time(now),
-            expires_at: bson_time(expires_at),
-            purge_at: bson_time(
-                expires_at + chrono::Duration::from_std(KEEP_AFTER_EXPIRY).unwrap_or_default(),
-            ),
+            created_at: now,
+            expires_at: expires_at,
+            purge_at: expires_at
+                + chrono::Duration::from_std(KEEP_AFTER_EXPIRY).unwrap_or_default(),
             accepted_by: None,
             accepted_at: None,
         };

@@ -15,7 +15,6 @@ use crate::domain::tokens::AccessClaims;
 use crate::domain::validation::Violations;
 use crate::error::{Error, Result};
 use crate::store::audit_events::Outcome;
-use crate::store::bson_time;
 use crate::store::memberships::MembershipDoc;
 use crate::store::orgs::OrgDoc;
 
@@ -120,10 +119,7 @@ impl App {
                 .detail("org_id", org_id)
                 .detail("name_changed", name.is_some())
                 .detail("website_changed", website.is_some())
-                .detail(
-                    "require_mfa",
-                    require_mfa.map_or(mongodb::bson::Bson::Null, Into::into),
-                ),
+                .detail("require_mfa", require_mfa),
         )
         .await;
         Ok(org.into())
@@ -185,8 +181,8 @@ impl App {
             website: fields.website,
             owner_count: 1,
             require_mfa: false,
-            created_at: bson_time(now),
-            updated_at: bson_time(now),
+            created_at: now,
+            updated_at: now,
         };
         if let Some(slug) = fields.slug {
             org.slug = slug;

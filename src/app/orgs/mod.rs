@@ -131,8 +131,8 @@ impl From<OrgDoc> for Org {
             slug: d.slug,
             website: d.website,
             require_mfa: d.require_mfa,
-            created_at: d.created_at.to_chrono(),
-            updated_at: d.updated_at.to_chrono(),
+            created_at: d.created_at,
+            updated_at: d.updated_at,
         }
     }
 }
@@ -144,7 +144,7 @@ impl From<MembershipDoc> for Membership {
             user_id: d.user_id,
             role: d.role,
             department: d.department,
-            joined_at: d.joined_at.to_chrono(),
+            joined_at: d.joined_at,
             custom_role: d.custom_role,
         }
     }
@@ -164,8 +164,8 @@ impl From<InvitationDoc> for Invitation {
                 InvitationStatus::Revoked => InvitationState::Revoked,
             },
             invited_by: d.invited_by,
-            created_at: d.created_at.to_chrono(),
-            expires_at: d.expires_at.to_chrono(),
+            created_at: d.created_at,
+            expires_at: d.expires_at,
         }
     }
 }
@@ -236,7 +236,6 @@ fn joined_cursor(m: &MembershipDoc, tie: &str) -> Cursor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::bson_time;
 
     #[test]
     fn stored_invitations_keep_their_state_and_reasons() {
@@ -250,9 +249,9 @@ mod tests {
             token_hash: "h".into(),
             status: InvitationStatus::Pending,
             invited_by: "u".into(),
-            created_at: bson_time(now),
-            expires_at: bson_time(now + chrono::Duration::hours(72)),
-            purge_at: bson_time(now + chrono::Duration::days(30)),
+            created_at: now,
+            expires_at: now + chrono::Duration::hours(72),
+            purge_at: now + chrono::Duration::days(30),
             accepted_by: None,
             accepted_at: None,
         };

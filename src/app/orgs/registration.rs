@@ -126,13 +126,8 @@ impl App {
                 continue;
             };
             if let Some(org) = self.store.orgs.find(org_id).await? {
-                let owner = MembershipDoc::new(
-                    org_id,
-                    &user.id,
-                    OrgRole::Owner,
-                    "",
-                    org.created_at.to_chrono(),
-                );
+                let owner =
+                    MembershipDoc::new(org_id, &user.id, OrgRole::Owner, "", org.created_at);
                 // `false`: it exists already (a duplicate), which is as good.
                 self.store.memberships.insert(&owner).await?;
                 self.forget_membership(org_id, &user.id);
