@@ -9,6 +9,7 @@ use super::mfa::SignIn;
 use super::users::Account;
 use super::{App, AuditRecord, Caller};
 use crate::domain::audit::AuditAction;
+use crate::domain::audit::Outcome;
 use crate::domain::email;
 use crate::domain::lockout::{remaining, window};
 use crate::domain::mfa::Factor;
@@ -18,7 +19,6 @@ use crate::domain::secrets::new_id;
 use crate::domain::tokens::AccessClaims;
 use crate::domain::validation::Violations;
 use crate::error::{Error, Result};
-use crate::store::audit_events::Outcome;
 use crate::store::users::{Inserted, UserDoc, UserStatus};
 
 /// Longest display name, in characters.

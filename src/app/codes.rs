@@ -12,6 +12,7 @@ use super::accounts::lockout_key;
 use super::mfa::SignIn;
 use super::{App, AuditRecord, Caller};
 use crate::domain::audit::AuditAction;
+use crate::domain::audit::Outcome;
 use crate::domain::codes::{
     self, Purpose, SendCounter, SendLimits, MAX_ATTEMPTS, MAX_FOREIGN_ATTEMPTS,
 };
@@ -21,7 +22,6 @@ use crate::domain::password;
 use crate::domain::roles::Role;
 use crate::domain::validation::Violations;
 use crate::error::{Error, Result};
-use crate::store::audit_events::Outcome;
 use crate::store::one_time_codes::slot;
 use crate::store::users::{UserDoc, UserStatus};
 

@@ -13,10 +13,10 @@ use serde::Deserialize;
 use super::accounts::new_account;
 use super::{App, AuditRecord, Caller};
 use crate::domain::audit::AuditAction;
+use crate::domain::audit::Outcome;
 use crate::domain::roles::Role;
 use crate::domain::{email, password};
 use crate::error::Result;
-use crate::store::audit_events::Outcome;
 use crate::store::users::Inserted;
 
 /// One line of an import file.

@@ -5,10 +5,10 @@
 use super::accounts::lockout_key;
 use super::{App, AuditRecord, Caller};
 use crate::domain::audit::AuditAction;
+use crate::domain::audit::Outcome;
 use crate::domain::email;
 use crate::domain::roles::Role;
 use crate::error::{Error, Result};
-use crate::store::audit_events::Outcome;
 use crate::store::users::{UserDoc, UserStatus};
 
 impl App {

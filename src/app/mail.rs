@@ -15,9 +15,9 @@ use tokio::sync::Notify;
 
 use super::{App, AuditRecord, Caller};
 use crate::domain::audit::AuditAction;
+use crate::domain::audit::Outcome;
 use crate::error::Result;
 use crate::mail::{Sealer, Templates, Transport, SMTP_TIMEOUT};
-use crate::store::audit_events::Outcome;
 use crate::store::mail_outbox::OutboxDoc;
 
 /// How long a worker holds a claimed message: past any SMTP timeout.

@@ -23,6 +23,7 @@ use chrono::{DateTime, Utc};
 
 use crate::config::Config;
 use crate::domain::audit::AuditAction;
+use crate::domain::audit::Outcome;
 use crate::domain::client_address::ProxyTrust;
 use crate::domain::codes::{CodeHasher, SendLimits};
 use crate::domain::lockout::LockoutPolicy;
@@ -32,7 +33,7 @@ use crate::domain::tokens::KeyRing;
 use crate::error::{Error, Result};
 use crate::hash_pool::HashPool;
 use crate::mail::{Sealer, Templates};
-use crate::store::audit_events::{DetailValue, Details, Outcome};
+use crate::store::audit_events::{DetailValue, Details};
 use crate::store::{AuditEvent, Store};
 
 pub use sessions::SessionCache;

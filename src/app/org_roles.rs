@@ -17,6 +17,7 @@ use std::collections::HashSet;
 use super::authorization::OrgPlace;
 use super::{App, AuditRecord, Caller};
 use crate::domain::audit::AuditAction;
+use crate::domain::audit::Outcome;
 use crate::domain::org_roles::{
     check_base_role, check_role_name, check_role_permission, decide_with_custom_role,
     may_grant_custom_role, RoleGrantDenied, MAX_ROLES_PER_ORG, MAX_ROLE_DESCRIPTION,
@@ -29,7 +30,6 @@ use crate::domain::secrets::new_id;
 use crate::domain::tokens::AccessClaims;
 use crate::domain::validation::Violations;
 use crate::error::{Error, Result};
-use crate::store::audit_events::Outcome;
 use crate::store::memberships::MembershipDoc;
 use crate::store::org_roles::OrgRoleDoc;
 

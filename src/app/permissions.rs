@@ -13,14 +13,15 @@ use serde::Deserialize;
 
 use super::{App, AuditRecord, Caller};
 use crate::domain::audit::AuditAction;
+use crate::domain::audit::Outcome;
 use crate::domain::permissions::Permission;
+use crate::domain::permissions::PermissionChange;
 use crate::domain::permissions::{builtin_scope, check_catalogue_name, OrgRole, Scope};
 use crate::domain::roles::Role;
 use crate::domain::tokens::AccessClaims;
 use crate::domain::validation::Violations;
 use crate::error::{Error, Result};
-use crate::store::audit_events::Outcome;
-use crate::store::permissions::{PermissionChange, PermissionDoc};
+use crate::store::permissions::PermissionDoc;
 
 /// Longest description kept.
 const MAX_DESCRIPTION: usize = 512;

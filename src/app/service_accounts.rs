@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 
 use super::{App, AuditRecord, Caller};
 use crate::domain::audit::AuditAction;
+use crate::domain::audit::Outcome;
 use crate::domain::permissions::Permission;
 use crate::domain::permissions::{
     may_set_global_role, may_set_org_role, GrantDenied, OrgRole, OrgStanding, Scope,
@@ -22,7 +23,6 @@ use crate::domain::tokens::{AccessClaims, ServiceAccountGrant};
 use crate::domain::validation::Violations;
 use crate::error::{Error, Result};
 use crate::store::api_keys::ApiKeyDoc;
-use crate::store::audit_events::Outcome;
 use crate::store::service_accounts::ServiceAccountDoc;
 
 /// Prefix that makes API keys recognisable (to keyward and to secret scanners).

@@ -9,11 +9,11 @@ use chrono::{DateTime, Utc};
 use super::users::Account;
 use super::{App, AuditRecord, Caller};
 use crate::domain::audit::AuditAction;
+use crate::domain::audit::Outcome;
 use crate::domain::mfa::Factor;
 use crate::domain::secrets::{hash_token, new_id, new_refresh_token, REFRESH_TOKEN_PREFIX};
 use crate::domain::tokens::AccessClaims;
 use crate::error::{Error, Result};
-use crate::store::audit_events::Outcome;
 use crate::store::sessions::SessionDoc;
 use crate::store::users::{UserDoc, UserStatus};
 

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 
 use super::{page_of, page_request, App, AuditRecord, Caller, Page};
 use crate::domain::audit::AuditAction;
+use crate::domain::audit::Outcome;
 use crate::domain::email;
 use crate::domain::paging::{Cursor, FilterKey, PageFilter};
 use crate::domain::permissions::Permission;
@@ -17,7 +18,7 @@ use crate::domain::roles::Role;
 use crate::domain::tokens::AccessClaims;
 use crate::domain::validation::Violations;
 use crate::error::{Error, Result};
-use crate::store::audit_events::{AuditEvent, AuditFilter, Outcome};
+use crate::store::audit_events::{AuditEvent, AuditFilter};
 use crate::store::users::{Inserted, UserDoc, UserFilter, UserStatus};
 
 /// Whether an account may sign in.

@@ -189,6 +189,17 @@ impl std::fmt::Display for AuditAction {
     }
 }
 
+/// Whether the audited attempt worked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Success,
+    /// Failed on the caller's input, e.g. a wrong password or code.
+    Failure,
+    /// Refused for lack of permission.
+    Denied,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -285,6 +285,14 @@ pub fn may_set_org_role(
     Ok(())
 }
 
+/// The fields of a catalogue permission's change; `None` leaves one as it is.
+#[derive(Debug, Clone, Default)]
+pub struct PermissionChange {
+    pub description: Option<String>,
+    pub least_role: Option<String>,
+    pub requires_mfa: Option<bool>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,6 @@ use super::{convert, RequestContext};
 use crate::app::accounts::NewAccount;
 use crate::app::authorization::{check_org_id, Check};
 use crate::app::orgs::NewOrg;
-use crate::app::users::Account;
 use crate::app::App;
 use crate::error::Error;
 
@@ -46,8 +45,7 @@ impl AuthService for Auth {
                     .app
                     .register_with_org(account, org, &ctx.caller)
                     .await?;
-                // The organization use cases still hand out the stored account.
-                (Account::from(user), org.id)
+                (user, org.id)
             }
             None => (
                 self.app.register(account, &ctx.caller).await?,

@@ -159,7 +159,7 @@ pub fn organization(o: &crate::app::orgs::Org) -> pb::Organization {
 pub fn member(m: &crate::app::orgs::OrgMember) -> pb::Member {
     pb::Member {
         org_id: m.membership.org_id.clone(),
-        user: Some(user(&(&m.user).into())),
+        user: Some(user(&m.user)),
         role: org_role(m.membership.role) as i32,
         department: m.membership.department.clone(),
         joined_at: timestamp(m.membership.joined_at),

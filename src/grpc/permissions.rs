@@ -10,9 +10,9 @@ use super::pb::*;
 use super::{convert, inbound, RequestContext};
 use crate::app::permissions::{Definition, NewPermission};
 use crate::app::App;
+use crate::domain::permissions::PermissionChange;
 use crate::domain::permissions::Scope;
 use crate::error::Error;
-use crate::store::permissions::PermissionChange;
 
 /// The PermissionService adapter.
 pub struct Permissions {

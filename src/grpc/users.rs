@@ -11,8 +11,8 @@ use super::{convert, inbound, RequestContext};
 use crate::app::users::ProfileChanges;
 use crate::app::users::{AuditEntry, AuditQuery, UserQuery};
 use crate::app::App;
+use crate::domain::audit::Outcome;
 use crate::error::Error;
-use crate::store::audit_events::Outcome;
 
 /// The UserService adapter.
 pub struct Users {

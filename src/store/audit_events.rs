@@ -12,16 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::{bson_time, keyset_after};
 use crate::domain::paging::Cursor;
 
-/// Whether the audited attempt worked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    Success,
-    /// Failed on the caller's input, e.g. a wrong password or code.
-    Failure,
-    /// Refused for lack of permission.
-    Denied,
-}
+pub use crate::domain::audit::Outcome;
 
 /// One audited action.
 #[derive(Debug, Clone, Serialize, Deserialize)]

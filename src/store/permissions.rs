@@ -9,6 +9,7 @@ use mongodb::Collection;
 use serde::{Deserialize, Serialize};
 
 use super::{bson_time, is_duplicate_key};
+use crate::domain::permissions::PermissionChange;
 
 /// A catalogue permission as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -27,14 +28,6 @@ pub struct PermissionDoc {
     pub created_at: DateTime<Utc>,
     #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
     pub updated_at: DateTime<Utc>,
-}
-
-/// The fields of a change; `None` leaves one as it is.
-#[derive(Debug, Clone, Default)]
-pub struct PermissionChange {
-    pub description: Option<String>,
-    pub least_role: Option<String>,
-    pub requires_mfa: Option<bool>,
 }
 
 /// The `permissions` collection.

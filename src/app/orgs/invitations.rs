@@ -4,6 +4,7 @@
 use super::{grant, require_id, Invitation, Org, OrgMember, HOUR};
 use crate::app::{App, AuditRecord, Caller};
 use crate::domain::audit::AuditAction;
+use crate::domain::audit::Outcome;
 use crate::domain::email;
 use crate::domain::lockout::window;
 use crate::domain::orgs::{
@@ -16,7 +17,6 @@ use crate::domain::secrets::{hash_token, new_id};
 use crate::domain::tokens::AccessClaims;
 use crate::domain::validation::Violations;
 use crate::error::{Error, Result};
-use crate::store::audit_events::Outcome;
 use crate::store::invitations::{InvitationDoc, InvitationStatus, KEEP_AFTER_EXPIRY};
 use crate::store::memberships::MembershipDoc;
 

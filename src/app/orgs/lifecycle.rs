@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use super::{require_id, Org};
 use crate::app::{App, AuditRecord, Caller};
 use crate::domain::audit::AuditAction;
+use crate::domain::audit::Outcome;
 use crate::domain::orgs::{
     check_name, check_website, derive_slug, numbered_slug, org_fields, random_slug, OrgFields,
 };
@@ -14,7 +15,6 @@ use crate::domain::secrets::new_id;
 use crate::domain::tokens::AccessClaims;
 use crate::domain::validation::Violations;
 use crate::error::{Error, Result};
-use crate::store::audit_events::Outcome;
 use crate::store::memberships::MembershipDoc;
 use crate::store::orgs::OrgDoc;
 

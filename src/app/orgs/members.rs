@@ -4,6 +4,7 @@
 use super::{grant, require_id, NewMember, OrgMember, HOUR};
 use crate::app::{App, AuditRecord, Caller};
 use crate::domain::audit::AuditAction;
+use crate::domain::audit::Outcome;
 use crate::domain::email;
 use crate::domain::orgs::check_department;
 use crate::domain::password;
@@ -13,7 +14,6 @@ use crate::domain::roles::Role;
 use crate::domain::tokens::AccessClaims;
 use crate::domain::validation::Violations;
 use crate::error::{Error, Result};
-use crate::store::audit_events::Outcome;
 use crate::store::memberships::{CustomRoleRef, MembershipChange, MembershipDoc};
 
 /// Re-reads of a membership that changed between our read and our conditional write.

@@ -30,6 +30,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::App;
+use crate::app::users::Account;
 use crate::domain::orgs::{invitation_usable, InvitationState, InvitationUnusable};
 use crate::domain::paging::Cursor;
 use crate::domain::permissions::{may_set_org_role, GrantDenied, OrgRole, Permission};
@@ -111,7 +112,7 @@ pub struct Invitation {
 #[derive(Debug, Clone)]
 pub struct OrgMember {
     pub membership: Membership,
-    pub user: UserDoc,
+    pub user: Account,
 }
 
 /// One organization the caller belongs to, with the caller's membership.
@@ -174,7 +175,7 @@ impl OrgMember {
     fn new(membership: MembershipDoc, user: UserDoc) -> Self {
         OrgMember {
             membership: membership.into(),
-            user,
+            user: user.into(),
         }
     }
 }

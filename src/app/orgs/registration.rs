@@ -3,8 +3,10 @@
 
 use super::{NewOrg, Org, HOUR};
 use crate::app::accounts::{new_account, NewAccount};
+use crate::app::users::Account;
 use crate::app::{App, AuditRecord, Caller};
 use crate::domain::audit::AuditAction;
+use crate::domain::audit::Outcome;
 use crate::domain::email;
 use crate::domain::orgs::org_fields;
 use crate::domain::password;
@@ -12,9 +14,7 @@ use crate::domain::permissions::OrgRole;
 use crate::domain::roles::Role;
 use crate::domain::validation::Violations;
 use crate::error::{Error, Result};
-use crate::store::audit_events::Outcome;
 use crate::store::memberships::MembershipDoc;
-use crate::store::users::UserDoc;
 
 impl App {
     /// Creates an account and an organization it owns, in one call (Register with
@@ -30,7 +30,7 @@ impl App {
         account: NewAccount,
         new_org: NewOrg,
         caller: &Caller,
-    ) -> Result<(UserDoc, Org)> {
+    ) -> Result<(Account, Org)> {
         self.throttle_address(
             caller,
             "register",
@@ -97,7 +97,7 @@ impl App {
         )
         .await;
         self.send_verification_after_register(&user, caller).await;
-        Ok((user, org.into()))
+        Ok((user.into(), org.into()))
     }
 
     /// Marks a registration with an organization finished (both documents complete).
