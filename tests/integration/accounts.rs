@@ -2,7 +2,6 @@
 
 use std::time::{Duration, Instant};
 
-use futures::future::join_all;
 use keyward::grpc::pb::{
     AuthenticateRequest, ChangePasswordRequest, GetMeRequest, LoginRequest, RegisterRequest, Role,
 };
@@ -89,7 +88,7 @@ async fn duplicate_email_is_already_exists_whatever_its_case() {
 async fn sixteen_concurrent_registrations_of_one_email_create_one_account() {
     let app = TestApp::start().await;
     let email = email("race");
-    let attempts = (0..16).map(|_| {
+    let results = race(16, |_| {
         let mut client = app.auth();
         let email = email.clone();
         async move {
@@ -101,8 +100,8 @@ async fn sixteen_concurrent_registrations_of_one_email_create_one_account() {
                 })
                 .await
         }
-    });
-    let results = join_all(attempts).await;
+    })
+    .await;
     let ok = results.iter().filter(|r| r.is_ok()).count();
     let taken = results
         .iter()

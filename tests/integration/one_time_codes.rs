@@ -570,20 +570,7 @@ async fn grpcurl_sends_and_verifies_a_code_in_json() {
     let code = sink.code(&email, 1).await;
     let run = |method: &'static str, body: String| {
         let addr = addr.clone();
-        tokio::task::spawn_blocking(move || {
-            let out = std::process::Command::new("grpcurl")
-                .args(["-plaintext", "-d", &body, &addr, method])
-                .output()
-                .expect("grpcurl not found: run scripts/setup.sh first");
-            (
-                out.status.success(),
-                format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                ),
-            )
-        })
+        tokio::task::spawn_blocking(move || grpcurl(&["-plaintext", "-d", &body, &addr, method]))
     };
     let (ok, out) = run(
         "keyward.v1.OtpService/SendCode",

@@ -752,26 +752,23 @@ async fn owners_racing_to_demote_or_remove_each_other_leave_exactly_one_owner() 
 
     for round in 0..8 {
         // Both owners demote (even rounds) or remove (odd rounds) the other, released together.
-        let barrier = Arc::new(tokio::sync::Barrier::new(2));
-        let tasks: Vec<_> = (0..2)
-            .map(|i| {
-                let (app, barrier, org_id) = (app.clone(), barrier.clone(), org.id.clone());
-                let (me, other) = (pair[i].access_token.clone(), uid(&pair[1 - i]));
-                tokio::spawn(async move {
-                    barrier.wait().await;
-                    if round % 2 == 0 {
-                        update_member(&app, &me, &org_id, &other, OrgRole::Admin)
-                            .await
-                            .map(|_| ())
-                    } else {
-                        remove_member(&app, &me, &org_id, &other).await
-                    }
-                })
-            })
-            .collect();
+        let results = race(2, |i| {
+            let (app, org_id) = (app.clone(), org.id.clone());
+            let (me, other) = (pair[i].access_token.clone(), uid(&pair[1 - i]));
+            async move {
+                if round % 2 == 0 {
+                    update_member(&app, &me, &org_id, &other, OrgRole::Admin)
+                        .await
+                        .map(|_| ())
+                } else {
+                    remove_member(&app, &me, &org_id, &other).await
+                }
+            }
+        })
+        .await;
         let mut winners = Vec::new();
-        for (i, task) in tasks.into_iter().enumerate() {
-            match task.await.unwrap() {
+        for (i, result) in results.into_iter().enumerate() {
+            match result {
                 Ok(()) => winners.push(i),
                 // Refused by the owner count, or (when the other call finished first) because
                 // the caller is no owner any more.
@@ -816,22 +813,16 @@ async fn owners_racing_to_demote_or_remove_each_other_leave_exactly_one_owner() 
             .await,
         );
     }
-    let barrier = Arc::new(tokio::sync::Barrier::new(all.len()));
-    let tasks: Vec<_> = all
-        .iter()
-        .map(|p| {
-            let (app, barrier, org_id) = (app.clone(), barrier.clone(), org.id.clone());
-            let (token, me) = (p.access_token.clone(), uid(p));
-            tokio::spawn(async move {
-                barrier.wait().await;
-                remove_member(&app, &token, &org_id, &me).await
-            })
-        })
-        .collect();
+    let results = race(all.len(), |i| {
+        let (app, org_id) = (app.clone(), org.id.clone());
+        let (token, me) = (all[i].access_token.clone(), uid(&all[i]));
+        async move { remove_member(&app, &token, &org_id, &me).await }
+    })
+    .await;
     let mut left = 0;
     let mut stayed = Vec::new();
-    for (i, task) in tasks.into_iter().enumerate() {
-        match task.await.unwrap() {
+    for (i, result) in results.into_iter().enumerate() {
+        match result {
             Ok(()) => left += 1,
             Err(status) => {
                 assert_eq!(reason(&status), "LAST_OWNER");
@@ -1043,22 +1034,18 @@ async fn sixteen_concurrent_accepts_of_one_invitation_join_exactly_once() {
     .unwrap();
     let token = new_invitation_token(&invitee_email, &seen).await;
 
-    let start = Arc::new(tokio::sync::Barrier::new(16));
-    let tasks: Vec<_> = (0..16)
-        .map(|_| {
-            let (channel, start) = (app.channel(), Arc::clone(&start));
-            let (access, token) = (invitee.access_token.clone(), token.clone());
-            tokio::spawn(async move {
-                start.wait().await;
-                OrgServiceClient::new(channel)
-                    .accept_invitation(bearer(AcceptInvitationRequest { token }, &access))
-                    .await
-            })
-        })
-        .collect();
+    let invitee_calls = app.as_user(&invitee);
+    let results = race(16, |_| {
+        let (mut orgs, token) = (invitee_calls.orgs(), token.clone());
+        async move {
+            orgs.accept_invitation(AcceptInvitationRequest { token })
+                .await
+        }
+    })
+    .await;
     let mut joined = 0;
-    for task in tasks {
-        match task.await.unwrap() {
+    for result in results {
+        match result {
             Ok(_) => joined += 1,
             Err(status) => assert!(
                 ["INVITATION_USED", "ALREADY_MEMBER"].contains(&reason(&status).as_str()),
@@ -1591,42 +1578,6 @@ async fn hospital_registration_creates_the_account_and_its_organization_or_neith
         .unwrap()
         .orgs
         .is_empty());
-}
-
-fn grpcurl(args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new("grpcurl")
-        .args(args)
-        .output()
-        .expect("grpcurl not found: run scripts/setup.sh first");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
-fn json(text: &str) -> serde_json::Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
-}
-
-/// grpcurl with a bearer token (if any) and a JSON body; panics unless it succeeds.
-async fn grpcurl_call(addr: &str, token: &str, method: &str, body: String) -> serde_json::Value {
-    let (addr, header) = (addr.to_string(), format!("authorization: Bearer {token}"));
-    let (method, signed_in) = (format!("keyward.v1.{method}"), !token.is_empty());
-    let full_method = method.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        let mut args = vec!["-plaintext", "-d", &body, &addr, &full_method];
-        if signed_in {
-            args.splice(1..1, ["-H", header.as_str()]);
-        }
-        grpcurl(&args)
-    })
-    .await
-    .unwrap();
-    let (ok, out) = result;
-    assert!(ok, "{method}: {out}");
-    json(&out)
 }
 
 #[tokio::test]

@@ -6,7 +6,6 @@
 //! [--dry-run]` through the real binary, and `permissions_file` applied at start-up.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
@@ -404,25 +403,14 @@ struct Run {
 
 /// `keyward permissions apply FILE [--dry-run]` against `config`'s database.
 fn apply(config: &Config, file: &Path, dry_run: bool) -> Run {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyward"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env(
-            "KEYWARD_MONGODB_URI",
-            config.mongodb_uri.as_deref().unwrap(),
-        )
-        .env("KEYWARD_MONGODB_DATABASE", &config.mongodb_database)
-        .env(
-            "KEYWARD_SIGNING_KEY",
-            config.signing_key.as_deref().unwrap(),
-        )
-        .env("KEYWARD_LOG_LEVEL", "warn")
-        .args(["permissions", "apply"])
-        .arg(file);
+    let mut args: Vec<&std::ffi::OsStr> =
+        vec!["permissions".as_ref(), "apply".as_ref(), file.as_os_str()];
     if dry_run {
-        cmd.arg("--dry-run");
+        args.push("--dry-run".as_ref());
     }
-    let out = cmd.output().expect("keyward runs");
+    let out = Keyward::on(config, args)
+        .env("KEYWARD_LOG_LEVEL", "warn")
+        .output();
     Run {
         success: out.status.success(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -1492,10 +1480,10 @@ async fn updates_and_deletions_change_the_decision_at_once_on_the_same_replica()
 #[tokio::test]
 async fn a_catalogue_change_made_on_one_replica_is_decided_on_another_within_seconds() {
     let a = TestApp::start().await;
-    let (mut cmd, port) = replica_command(&a.config);
-    cmd.env("KEYWARD_LOG_LEVEL", "warn");
-    let mut b_process = cmd.spawn().unwrap();
-    let b = connect_serving(&format!("127.0.0.1:{port}")).await;
+    let mut b_process = Keyward::serve(&a.config)
+        .env("KEYWARD_LOG_LEVEL", "warn")
+        .spawn();
+    let b = b_process.channel().await;
     let within = Duration::from_secs(5);
 
     let (_, admin) = with_role(&a, &email("admin"), "admin").await;
@@ -1580,7 +1568,7 @@ async fn a_catalogue_change_made_on_one_replica_is_decided_on_another_within_sec
     )
     .await;
 
-    let status = terminate(&mut b_process).await;
+    let status = b_process.terminate().await;
     assert!(status.success(), "replica B exit status {status:?}");
 }
 
