@@ -526,6 +526,17 @@ pub fn reason(status: &tonic::Status) -> String {
         .unwrap_or_default()
 }
 
+/// Asserts a refusal with `code` and `why` (the `ErrorInfo` reason).
+#[track_caller]
+pub fn refused<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: tonic::Code, why: &str) {
+    let status = result.expect_err(why);
+    assert_eq!(
+        (status.code(), reason(&status).as_str()),
+        (code, why),
+        "{status:?}"
+    );
+}
+
 /// The `BadRequest` field violations of a status, as (field, description).
 pub fn violations(status: &tonic::Status) -> Vec<(String, String)> {
     use tonic_types::StatusExt;

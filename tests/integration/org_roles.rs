@@ -14,7 +14,7 @@ use tonic::Code;
 use crate::harness::*;
 use crate::permissions::{
     allowed, decide, denied, envoy_allowed, envoy_denied, in_org, invalid, member_signed_in,
-    refused, through_envoy,
+    through_envoy,
 };
 use crate::users::with_role;
 
@@ -140,7 +140,7 @@ async fn a_custom_role_grants_its_permissions_to_its_members_until_taken_away_or
         .orgs()
         .define_org_role(role_request(&org, "assistant", OrgRole::Member, &[SIGN]))
         .await
-        .unwrap_or_else(|e| panic!("define role {}: {e:?}", "assistant"))
+        .unwrap_or_else(|e| panic!("define role assistant: {e:?}"))
         .into_inner()
         .role
         .expect("a role");
@@ -490,7 +490,7 @@ async fn a_custom_role_grants_its_permissions_to_its_members_until_taken_away_or
         .orgs()
         .define_org_role(role_request(&org, "assistant", OrgRole::Member, &[SIGN]))
         .await
-        .unwrap_or_else(|e| panic!("define role {}: {e:?}", "assistant"))
+        .unwrap_or_else(|e| panic!("define role assistant: {e:?}"))
         .into_inner()
         .role
         .expect("a role");
@@ -706,7 +706,7 @@ async fn permissions_names_and_caps_that_do_not_fit_are_refused_naming_the_field
         .orgs()
         .define_org_role(role_request(&org, "assistant", OrgRole::Member, &[SIGN]))
         .await
-        .unwrap_or_else(|e| panic!("define role {}: {e:?}", "assistant"))
+        .unwrap_or_else(|e| panic!("define role assistant: {e:?}"))
         .into_inner()
         .role
         .expect("a role");
@@ -735,7 +735,7 @@ async fn permissions_names_and_caps_that_do_not_fit_are_refused_naming_the_field
         .orgs()
         .define_org_role(role_request(&other, "assistant", OrgRole::Member, &[]))
         .await
-        .unwrap_or_else(|e| panic!("define role {}: {e:?}", "assistant"))
+        .unwrap_or_else(|e| panic!("define role assistant: {e:?}"))
         .into_inner()
         .role
         .expect("a role");
@@ -781,7 +781,7 @@ async fn permissions_names_and_caps_that_do_not_fit_are_refused_naming_the_field
                 &[],
             ))
             .await
-            .unwrap_or_else(|e| panic!("define role {}: {e:?}", &format!("role-{i}")))
+            .unwrap_or_else(|e| panic!("define role role-{i}: {e:?}"))
             .into_inner()
             .role
             .expect("a role");
@@ -839,7 +839,7 @@ async fn nobody_grants_a_custom_role_or_permission_above_their_own() {
         .orgs()
         .define_org_role(role_request(&org, "signer", OrgRole::Member, &[SIGN, READ]))
         .await
-        .unwrap_or_else(|e| panic!("define role {}: {e:?}", "signer"))
+        .unwrap_or_else(|e| panic!("define role signer: {e:?}"))
         .into_inner()
         .role
         .expect("a role");
@@ -847,7 +847,7 @@ async fn nobody_grants_a_custom_role_or_permission_above_their_own() {
         .orgs()
         .define_org_role(role_request(&org, "deputy", OrgRole::Admin, &[SIGN]))
         .await
-        .unwrap_or_else(|e| panic!("define role {}: {e:?}", "deputy"))
+        .unwrap_or_else(|e| panic!("define role deputy: {e:?}"))
         .into_inner()
         .role
         .expect("a role");
@@ -885,7 +885,7 @@ async fn nobody_grants_a_custom_role_or_permission_above_their_own() {
         .orgs()
         .define_org_role(role_request(&org, "purger", OrgRole::Member, &[PURGE]))
         .await
-        .unwrap_or_else(|e| panic!("define role {}: {e:?}", "purger"))
+        .unwrap_or_else(|e| panic!("define role purger: {e:?}"))
         .into_inner()
         .role
         .expect("a role");
@@ -1051,7 +1051,7 @@ async fn nobody_grants_a_custom_role_or_permission_above_their_own() {
         .orgs()
         .define_org_role(role_request(&org, "chief", OrgRole::Admin, &[PURGE]))
         .await
-        .unwrap_or_else(|e| panic!("define role {}: {e:?}", "chief"))
+        .unwrap_or_else(|e| panic!("define role chief: {e:?}"))
         .into_inner()
         .role
         .expect("a role");
@@ -1069,7 +1069,7 @@ async fn nobody_grants_a_custom_role_or_permission_above_their_own() {
         .into_inner()
         .member
         .expect("a member");
-    app.as_token(&chief.access_token)
+    app.as_user(&chief)
         .orgs()
         .update_member(UpdateMemberRequest {
             org_id: org.clone(),
@@ -1087,11 +1087,11 @@ async fn nobody_grants_a_custom_role_or_permission_above_their_own() {
         decide(&app, &nurse.access_token, PURGE, &org).await,
         allowed("GRANTED_BY_CUSTOM_ROLE")
     );
-    app.as_token(&chief.access_token)
+    app.as_user(&chief)
         .orgs()
         .define_org_role(role_request(&org, "cleaner", OrgRole::Member, &[PURGE]))
         .await
-        .unwrap_or_else(|e| panic!("define role {}: {e:?}", "cleaner"))
+        .unwrap_or_else(|e| panic!("define role cleaner: {e:?}"))
         .into_inner()
         .role
         .expect("a role");
@@ -1111,7 +1111,7 @@ async fn nobody_grants_a_custom_role_or_permission_above_their_own() {
         .member
         .expect("a member");
     refused(
-        app.as_token(&chief.access_token)
+        app.as_user(&chief)
             .orgs()
             .define_org_role(role_request(&org, "cleaner-2", OrgRole::Member, &[PURGE]))
             .await,
@@ -1144,7 +1144,7 @@ async fn other_organizations_admins_and_service_account_keys_can_do_nothing_with
     let owner_a = app.signed_in(&email("owner-a")).await;
     let owner_b = app.signed_in(&email("owner-b")).await;
     let org_a = app
-        .as_token(&owner_a.access_token)
+        .as_user(&owner_a)
         .orgs()
         .create_org(CreateOrgRequest {
             name: "A".into(),
@@ -1157,7 +1157,7 @@ async fn other_organizations_admins_and_service_account_keys_can_do_nothing_with
         .unwrap()
         .id;
     let org_b = app
-        .as_token(&owner_b.access_token)
+        .as_user(&owner_b)
         .orgs()
         .create_org(CreateOrgRequest {
             name: "B".into(),
@@ -1186,19 +1186,19 @@ async fn other_organizations_admins_and_service_account_keys_can_do_nothing_with
         OrgRole::Member,
     )
     .await;
-    app.as_token(&owner_a.access_token)
+    app.as_user(&owner_a)
         .orgs()
         .define_org_role(role_request(&org_a, "signer", OrgRole::Member, &[SIGN]))
         .await
-        .unwrap_or_else(|e| panic!("define role {}: {e:?}", "signer"))
+        .unwrap_or_else(|e| panic!("define role signer: {e:?}"))
         .into_inner()
         .role
         .expect("a role");
-    app.as_token(&owner_b.access_token)
+    app.as_user(&owner_b)
         .orgs()
         .define_org_role(role_request(&org_b, "reader", OrgRole::Member, &[]))
         .await
-        .unwrap_or_else(|e| panic!("define role {}: {e:?}", "reader"))
+        .unwrap_or_else(|e| panic!("define role reader: {e:?}"))
         .into_inner()
         .role
         .expect("a role");
@@ -1279,7 +1279,7 @@ async fn other_organizations_admins_and_service_account_keys_can_do_nothing_with
     );
     // B's owner cannot use A's role name in B.
     refused(
-        app.as_token(&owner_b.access_token)
+        app.as_user(&owner_b)
             .orgs()
             .update_member(UpdateMemberRequest {
                 org_id: org_b.clone(),
@@ -1307,7 +1307,7 @@ async fn other_organizations_admins_and_service_account_keys_can_do_nothing_with
     );
     // An organization that does not exist.
     refused(
-        app.as_token(&owner_a.access_token)
+        app.as_user(&owner_a)
             .orgs()
             .define_org_role(role_request(
                 "0123456789abcdef0123456789abcdef",
@@ -1322,7 +1322,7 @@ async fn other_organizations_admins_and_service_account_keys_can_do_nothing_with
 
     // A service account's key — an admin of A — is refused every role RPC.
     let account = app
-        .as_token(&owner_a.access_token)
+        .as_user(&owner_a)
         .service_accounts()
         .create_service_account(crate::service_accounts::in_org(
             "robot",
@@ -1407,7 +1407,7 @@ async fn other_organizations_admins_and_service_account_keys_can_do_nothing_with
         denied("ORG_ROLE_TOO_LOW")
     );
     let roles = app
-        .as_token(&owner_a.access_token)
+        .as_user(&owner_a)
         .orgs()
         .list_org_roles(ListOrgRolesRequest {
             org_id: org_a.clone(),
@@ -1426,7 +1426,7 @@ async fn sixteen_concurrent_definitions_of_one_name_create_exactly_one_role() {
     notes_catalogue(&app).await;
     let owner = app.signed_in(&email("owner")).await;
     let org = app
-        .as_token(&owner.access_token)
+        .as_user(&owner)
         .orgs()
         .create_org(CreateOrgRequest {
             name: "Hospital".into(),
@@ -1464,7 +1464,7 @@ async fn sixteen_concurrent_definitions_of_one_name_create_exactly_one_role() {
     }
     assert_eq!(created, 1);
     assert_eq!(
-        app.as_token(&owner.access_token)
+        app.as_user(&owner)
             .orgs()
             .list_org_roles(ListOrgRolesRequest {
                 org_id: org.clone()
@@ -1504,7 +1504,7 @@ async fn a_permission_deleted_from_the_catalogue_grants_nothing_and_a_deleted_or
         .orgs()
         .define_org_role(role_request(&org, "assistant", OrgRole::Member, &[SIGN]))
         .await
-        .unwrap_or_else(|e| panic!("define role {}: {e:?}", "assistant"))
+        .unwrap_or_else(|e| panic!("define role assistant: {e:?}"))
         .into_inner()
         .role
         .expect("a role");
@@ -1633,7 +1633,7 @@ async fn a_custom_role_permission_that_requires_mfa_still_needs_a_two_factor_ses
             &[export, SIGN],
         ))
         .await
-        .unwrap_or_else(|e| panic!("define role {}: {e:?}", "exporter"))
+        .unwrap_or_else(|e| panic!("define role exporter: {e:?}"))
         .into_inner()
         .role
         .expect("a role");

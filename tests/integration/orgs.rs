@@ -11,23 +11,12 @@ use std::time::Duration;
 use keyward::grpc::pb::otp_service_client::OtpServiceClient;
 use keyward::grpc::pb::*;
 use mongodb::bson::{doc, Document};
-use tonic::{Code, Status};
+use tonic::Code;
 
 use crate::harness::*;
 
 fn uid(pair: &TokenPair) -> String {
     pair.user.as_ref().unwrap().id.clone()
-}
-
-/// Asserts a refusal with `code` and `reason`.
-#[track_caller]
-fn refused<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, why: &str) {
-    let status = result.expect_err(why);
-    assert_eq!(
-        (status.code(), reason(&status).as_str()),
-        (code, why),
-        "{status:?}"
-    );
 }
 
 /// A new account made a member of `org_id` with `role` by `owner`, signed in.
@@ -418,7 +407,7 @@ async fn cross_tenant_matrix_admin_of_a_can_do_nothing_in_b() {
     let alice = app.signed_in(&email("alice")).await;
     let bob = app.signed_in(&email("bob")).await;
     let a = app
-        .as_token(&alice.access_token)
+        .as_user(&alice)
         .orgs()
         .create_org(CreateOrgRequest {
             name: "Hospital A".into(),
@@ -430,7 +419,7 @@ async fn cross_tenant_matrix_admin_of_a_can_do_nothing_in_b() {
         .organization
         .unwrap();
     let b = app
-        .as_token(&bob.access_token)
+        .as_user(&bob)
         .orgs()
         .create_org(CreateOrgRequest {
             name: "Hospital B".into(),
@@ -506,7 +495,7 @@ async fn cross_tenant_matrix_admin_of_a_can_do_nothing_in_b() {
     // An invitation to B does not let someone from A in.
     let b_invite_for = email("b-invitee");
     let seen = invitation_tokens(&b_invite_for);
-    app.as_token(&bob.access_token)
+    app.as_user(&bob)
         .orgs()
         .invite_member(InviteMemberRequest {
             org_id: b.id.clone(),
@@ -578,7 +567,7 @@ async fn cross_tenant_matrix_admin_of_a_can_do_nothing_in_b() {
 
     // Nothing changed in B.
     let b_now = app
-        .as_token(&bob.access_token)
+        .as_user(&bob)
         .orgs()
         .get_org(GetOrgRequest {
             org_id: b.id.clone(),
@@ -588,7 +577,7 @@ async fn cross_tenant_matrix_admin_of_a_can_do_nothing_in_b() {
         .into_inner();
     assert_eq!(b_now.organization.unwrap().name, "Hospital B");
     let b_members = app
-        .as_token(&bob.access_token)
+        .as_user(&bob)
         .orgs()
         .list_members(ListMembersRequest {
             org_id: b.id.clone(),
@@ -604,7 +593,7 @@ async fn cross_tenant_matrix_admin_of_a_can_do_nothing_in_b() {
     // A removed member loses access at once: the very next Authorize says no.
     let (allowed, _) = authorize(&app, d, "org.read", &a.id).await;
     assert!(allowed);
-    app.as_token(&alice.access_token)
+    app.as_user(&alice)
         .orgs()
         .remove_member(RemoveMemberRequest {
             org_id: a.id.clone(),
@@ -626,7 +615,7 @@ async fn cross_tenant_matrix_admin_of_a_can_do_nothing_in_b() {
         "PERMISSION_DENIED",
     );
     refused(
-        app.as_token(&alice.access_token)
+        app.as_user(&alice)
             .orgs()
             .remove_member(RemoveMemberRequest {
                 org_id: a.id.clone(),
@@ -673,7 +662,7 @@ async fn nobody_rises_above_their_role_and_the_last_owner_stays() {
     let app = TestApp::start().await;
     let alice = app.signed_in(&email("owner")).await;
     let org = app
-        .as_token(&alice.access_token)
+        .as_user(&alice)
         .orgs()
         .create_org(CreateOrgRequest {
             name: "Escalation General".into(),
@@ -954,7 +943,7 @@ async fn owners_racing_to_demote_or_remove_each_other_leave_exactly_one_owner() 
     let app = Arc::new(TestApp::start().await);
     let alice = app.signed_in(&email("race-a")).await;
     let org = app
-        .as_token(&alice.access_token)
+        .as_user(&alice)
         .orgs()
         .create_org(CreateOrgRequest {
             name: "Race Clinic".into(),
@@ -1094,7 +1083,7 @@ async fn invitations_arrive_by_mail_work_once_and_each_refusal_has_its_reason() 
     let app = TestApp::start().await;
     let owner = app.signed_in(&email("inviter")).await;
     let org = app
-        .as_token(&owner.access_token)
+        .as_user(&owner)
         .orgs()
         .create_org(CreateOrgRequest {
             name: "Invitation Infirmary".into(),
@@ -1116,7 +1105,7 @@ async fn invitations_arrive_by_mail_work_once_and_each_refusal_has_its_reason() 
         .orgs()
         .invite_member(InviteMemberRequest {
             org_id: org.id.clone(),
-            email: (&invitee_email.to_uppercase()).to_string(),
+            email: invitee_email.to_uppercase(),
             role: OrgRole::Admin as i32,
             department: "radiology".into(),
         })
@@ -1150,7 +1139,7 @@ async fn invitations_arrive_by_mail_work_once_and_each_refusal_has_its_reason() 
     let (allowed, _) = authorize(&app, &invitee.access_token, "org.read", &org.id).await;
     assert!(!allowed);
     let joined = app
-        .as_token(&invitee.access_token)
+        .as_user(&invitee)
         .orgs()
         .accept_invitation(AcceptInvitationRequest {
             token: token.clone(),
@@ -1167,7 +1156,7 @@ async fn invitations_arrive_by_mail_work_once_and_each_refusal_has_its_reason() 
 
     // Reused.
     refused(
-        app.as_token(&invitee.access_token)
+        app.as_user(&invitee)
             .orgs()
             .accept_invitation(AcceptInvitationRequest {
                 token: token.clone(),
@@ -1178,7 +1167,7 @@ async fn invitations_arrive_by_mail_work_once_and_each_refusal_has_its_reason() 
     );
     // Unknown, and missing.
     refused(
-        app.as_token(&invitee.access_token)
+        app.as_user(&invitee)
             .orgs()
             .accept_invitation(AcceptInvitationRequest {
                 token: "kwi_not-a-real-token".into(),
@@ -1188,7 +1177,7 @@ async fn invitations_arrive_by_mail_work_once_and_each_refusal_has_its_reason() 
         "INVITATION_NOT_FOUND",
     );
     refused(
-        app.as_token(&invitee.access_token)
+        app.as_user(&invitee)
             .orgs()
             .accept_invitation(AcceptInvitationRequest { token: "".into() })
             .await,
@@ -1230,7 +1219,7 @@ async fn invitations_arrive_by_mail_work_once_and_each_refusal_has_its_reason() 
         .unwrap();
     let token = new_invitation_token(&target_email, &seen).await;
     refused(
-        app.as_token(&stranger.access_token)
+        app.as_user(&stranger)
             .orgs()
             .accept_invitation(AcceptInvitationRequest {
                 token: token.clone(),
@@ -1257,7 +1246,7 @@ async fn invitations_arrive_by_mail_work_once_and_each_refusal_has_its_reason() 
         .unwrap();
     let unverified_token = new_invitation_token(&unverified_email, &seen_unverified).await;
     refused(
-        app.as_token(&unverified.access_token)
+        app.as_user(&unverified)
             .orgs()
             .accept_invitation(AcceptInvitationRequest {
                 token: unverified_token.clone(),
@@ -1266,7 +1255,7 @@ async fn invitations_arrive_by_mail_work_once_and_each_refusal_has_its_reason() 
         Code::PermissionDenied,
         "INVITATION_EMAIL_MISMATCH",
     );
-    app.as_token(&target.access_token)
+    app.as_user(&target)
         .orgs()
         .accept_invitation(AcceptInvitationRequest {
             token: token.clone(),
@@ -1309,7 +1298,7 @@ async fn invitations_arrive_by_mail_work_once_and_each_refusal_has_its_reason() 
         .unwrap();
     let newer = new_invitation_token(&late_email, &seen).await;
     refused(
-        app.as_token(&late.access_token)
+        app.as_user(&late)
             .orgs()
             .accept_invitation(AcceptInvitationRequest {
                 token: older.clone(),
@@ -1330,7 +1319,7 @@ async fn invitations_arrive_by_mail_work_once_and_each_refusal_has_its_reason() 
         .await
         .unwrap();
     refused(
-        app.as_token(&late.access_token)
+        app.as_user(&late)
             .orgs()
             .accept_invitation(AcceptInvitationRequest {
                 token: newer.clone(),
@@ -1344,7 +1333,7 @@ async fn invitations_arrive_by_mail_work_once_and_each_refusal_has_its_reason() 
     let deputy_email = email("deputy");
     let deputy = verified(&app, &deputy_email).await;
     let seen = invitation_tokens(&deputy_email);
-    app.as_token(&invitee.access_token)
+    app.as_user(&invitee)
         .orgs()
         .invite_member(InviteMemberRequest {
             org_id: org.id.clone(),
@@ -1372,7 +1361,7 @@ async fn invitations_arrive_by_mail_work_once_and_each_refusal_has_its_reason() 
         .member
         .unwrap();
     refused(
-        app.as_token(&deputy.access_token)
+        app.as_user(&deputy)
             .orgs()
             .accept_invitation(AcceptInvitationRequest {
                 token: token.clone(),
@@ -1408,7 +1397,7 @@ async fn invitations_arrive_by_mail_work_once_and_each_refusal_has_its_reason() 
         .await
         .unwrap();
     refused(
-        app.as_token(&gone.access_token)
+        app.as_user(&gone)
             .orgs()
             .accept_invitation(AcceptInvitationRequest {
                 token: token.clone(),
@@ -1424,7 +1413,7 @@ async fn sixteen_concurrent_accepts_of_one_invitation_join_exactly_once() {
     let app = TestApp::start().await;
     let owner = app.signed_in(&email("race-owner")).await;
     let org = app
-        .as_token(&owner.access_token)
+        .as_user(&owner)
         .orgs()
         .create_org(CreateOrgRequest {
             name: "Race Clinic".into(),
@@ -1438,7 +1427,7 @@ async fn sixteen_concurrent_accepts_of_one_invitation_join_exactly_once() {
     let invitee_email = email("race-invitee");
     let invitee = verified(&app, &invitee_email).await;
     let seen = invitation_tokens(&invitee_email);
-    app.as_token(&owner.access_token)
+    app.as_user(&owner)
         .orgs()
         .invite_member(InviteMemberRequest {
             org_id: org.id.clone(),
@@ -1480,7 +1469,7 @@ async fn sixteen_concurrent_accepts_of_one_invitation_join_exactly_once() {
         .unwrap();
     assert_eq!(memberships, 1);
     let listed = app
-        .as_token(&owner.access_token)
+        .as_user(&owner)
         .orgs()
         .list_members(ListMembersRequest {
             org_id: org.id.clone(),
@@ -1506,7 +1495,7 @@ async fn invitations_and_created_members_are_rate_limited_per_organization() {
     let app = TestApp::start().await;
     let owner = app.signed_in(&email("busy")).await;
     let org = app
-        .as_token(&owner.access_token)
+        .as_user(&owner)
         .orgs()
         .create_org(CreateOrgRequest {
             name: "Busy Hospital".into(),
@@ -1518,7 +1507,7 @@ async fn invitations_and_created_members_are_rate_limited_per_organization() {
         .organization
         .unwrap();
     let other = app
-        .as_token(&owner.access_token)
+        .as_user(&owner)
         .orgs()
         .create_org(CreateOrgRequest {
             name: "Quiet Hospital".into(),
@@ -1544,7 +1533,7 @@ async fn invitations_and_created_members_are_rate_limited_per_organization() {
             .unwrap();
     }
     let status = app
-        .as_token(&owner.access_token)
+        .as_user(&owner)
         .orgs()
         .invite_member(InviteMemberRequest {
             org_id: org.id.clone(),
@@ -1565,7 +1554,7 @@ async fn invitations_and_created_members_are_rate_limited_per_organization() {
     app.register(&taken).await;
     for address in [email("z"), taken] {
         refused(
-            app.as_token(&owner.access_token)
+            app.as_user(&owner)
                 .orgs()
                 .create_member(CreateMemberRequest {
                     org_id: org.id.clone(),
@@ -1581,7 +1570,7 @@ async fn invitations_and_created_members_are_rate_limited_per_organization() {
         );
     }
     // Another organization has its own budget.
-    app.as_token(&owner.access_token)
+    app.as_user(&owner)
         .orgs()
         .invite_member(InviteMemberRequest {
             org_id: other.id.clone(),
@@ -1601,7 +1590,7 @@ async fn deleting_an_organization_ends_every_members_access_at_once() {
     let app = TestApp::start().await;
     let owner = app.signed_in(&email("deleter")).await;
     let org = app
-        .as_token(&owner.access_token)
+        .as_user(&owner)
         .orgs()
         .create_org(CreateOrgRequest {
             name: "Short Lived".into(),
@@ -1613,7 +1602,7 @@ async fn deleting_an_organization_ends_every_members_access_at_once() {
         .organization
         .unwrap();
     let keep = app
-        .as_token(&owner.access_token)
+        .as_user(&owner)
         .orgs()
         .create_org(CreateOrgRequest {
             name: "Long Lived".into(),
@@ -1626,7 +1615,7 @@ async fn deleting_an_organization_ends_every_members_access_at_once() {
         .unwrap();
     let member = member_signed_in(&app, &owner.access_token, &org.id, "m", OrgRole::Member).await;
     let admin = member_signed_in(&app, &owner.access_token, &org.id, "a", OrgRole::Admin).await;
-    app.as_token(&owner.access_token)
+    app.as_user(&owner)
         .orgs()
         .invite_member(InviteMemberRequest {
             org_id: org.id.clone(),
@@ -1648,7 +1637,7 @@ async fn deleting_an_organization_ends_every_members_access_at_once() {
     }
 
     refused(
-        app.as_token(&admin.access_token)
+        app.as_user(&admin)
             .orgs()
             .delete_org(DeleteOrgRequest {
                 org_id: org.id.clone(),
@@ -1657,7 +1646,7 @@ async fn deleting_an_organization_ends_every_members_access_at_once() {
         Code::PermissionDenied,
         "PERMISSION_DENIED",
     );
-    app.as_token(&owner.access_token)
+    app.as_user(&owner)
         .orgs()
         .delete_org(DeleteOrgRequest {
             org_id: org.id.clone(),
@@ -1668,7 +1657,7 @@ async fn deleting_an_organization_ends_every_members_access_at_once() {
         let (allowed, why) = authorize(&app, &p.access_token, "org.read", &org.id).await;
         assert!(!allowed && why == "NOT_A_MEMBER", "{why}");
         refused(
-            app.as_token(&p.access_token)
+            app.as_user(&p)
                 .orgs()
                 .get_org(GetOrgRequest {
                     org_id: org.id.clone(),
@@ -1679,7 +1668,7 @@ async fn deleting_an_organization_ends_every_members_access_at_once() {
         );
     }
     refused(
-        app.as_token(&owner.access_token)
+        app.as_user(&owner)
             .orgs()
             .delete_org(DeleteOrgRequest {
                 org_id: org.id.clone(),
@@ -1698,7 +1687,7 @@ async fn deleting_an_organization_ends_every_members_access_at_once() {
     }
     // The other organization and the accounts stay.
     let mine = app
-        .as_token(&owner.access_token)
+        .as_user(&owner)
         .orgs()
         .list_my_orgs(ListMyOrgsRequest {
             page_size: 0,
@@ -1710,7 +1699,7 @@ async fn deleting_an_organization_ends_every_members_access_at_once() {
     assert_eq!(mine.orgs.len(), 1);
     assert_eq!(mine.orgs[0].organization.as_ref().unwrap().id, keep.id);
     assert!(app
-        .as_token(&member.access_token)
+        .as_user(&member)
         .orgs()
         .list_my_orgs(ListMyOrgsRequest {
             page_size: 0,
@@ -2019,7 +2008,7 @@ async fn my_organizations_page_without_duplicates_while_i_join_more() {
     assert_eq!(unique, expected);
     // Another user's token is not mine.
     let other = app.signed_in(&email("other")).await;
-    app.as_token(&other.access_token)
+    app.as_user(&other)
         .orgs()
         .create_org(CreateOrgRequest {
             name: "Theirs".into(),
@@ -2031,7 +2020,7 @@ async fn my_organizations_page_without_duplicates_while_i_join_more() {
         .organization
         .unwrap();
     let theirs = app
-        .as_token(&other.access_token)
+        .as_user(&other)
         .orgs()
         .list_my_orgs(ListMyOrgsRequest {
             page_size: 1,
@@ -2052,7 +2041,7 @@ async fn my_organizations_page_without_duplicates_while_i_join_more() {
         .unwrap()
         .into_inner();
     refused(
-        app.as_token(&other.access_token)
+        app.as_user(&other)
             .orgs()
             .list_my_orgs(ListMyOrgsRequest {
                 page_size: 1,
@@ -2070,7 +2059,7 @@ async fn a_hospital_creates_an_assistant_who_must_verify_before_signing_in() {
     let sink = shared_sink();
     let hospital = verified(&app, &email("hospital")).await;
     let org = app
-        .as_token(&hospital.access_token)
+        .as_user(&hospital)
         .orgs()
         .create_org(CreateOrgRequest {
             name: "General Hospital".into(),
@@ -2084,7 +2073,7 @@ async fn a_hospital_creates_an_assistant_who_must_verify_before_signing_in() {
 
     let assistant_email = email("assistant");
     let member = app
-        .as_token(&hospital.access_token)
+        .as_user(&hospital)
         .orgs()
         .create_member(CreateMemberRequest {
             org_id: org.id.clone(),
@@ -2126,7 +2115,7 @@ async fn a_hospital_creates_an_assistant_who_must_verify_before_signing_in() {
     assert!(!allowed);
 
     refused(
-        app.as_token(&hospital.access_token)
+        app.as_user(&hospital)
             .orgs()
             .create_member(CreateMemberRequest {
                 org_id: org.id.clone(),
@@ -2141,7 +2130,7 @@ async fn a_hospital_creates_an_assistant_who_must_verify_before_signing_in() {
         "EMAIL_TAKEN",
     );
     let weak = app
-        .as_token(&hospital.access_token)
+        .as_user(&hospital)
         .orgs()
         .create_member(CreateMemberRequest {
             org_id: org.id.clone(),
@@ -2156,7 +2145,7 @@ async fn a_hospital_creates_an_assistant_who_must_verify_before_signing_in() {
     assert_eq!(reason(&weak), "INVALID_ARGUMENT");
     assert!(violations(&weak).iter().any(|(f, _)| f == "password"));
     refused(
-        app.as_token(&hospital.access_token)
+        app.as_user(&hospital)
             .orgs()
             .create_member(CreateMemberRequest {
                 org_id: "no-such-org".into(),
@@ -2204,7 +2193,7 @@ async fn hospital_registration_creates_the_account_and_its_organization_or_neith
     assert!(!registered.org_id.is_empty());
     let pair = app.login(&founder, PASSWORD).await.unwrap();
     let got = app
-        .as_token(&pair.access_token)
+        .as_user(&pair)
         .orgs()
         .get_org(GetOrgRequest {
             org_id: registered.org_id.clone(),
@@ -2263,7 +2252,7 @@ async fn hospital_registration_creates_the_account_and_its_organization_or_neith
     assert!(individual.org_id.is_empty());
     let pair = app.login(&second, PASSWORD).await.unwrap();
     assert!(app
-        .as_token(&pair.access_token)
+        .as_user(&pair)
         .orgs()
         .list_my_orgs(ListMyOrgsRequest {
             page_size: 0,
@@ -2366,7 +2355,7 @@ async fn an_invitation_dies_with_its_inviters_account() {
     let app = TestApp::start().await;
     let owner = verified(&app, &email("owner")).await;
     let org = app
-        .as_token(&owner.access_token)
+        .as_user(&owner)
         .orgs()
         .create_org(CreateOrgRequest {
             name: "Inviter Clinic".into(),
@@ -2381,7 +2370,7 @@ async fn an_invitation_dies_with_its_inviters_account() {
     let inviter = verified(&app, &inviter_email).await;
     let inviter_id = uid(&inviter);
     let seen = invitation_tokens(&inviter_email);
-    app.as_token(&owner.access_token)
+    app.as_user(&owner)
         .orgs()
         .invite_member(InviteMemberRequest {
             org_id: org.id.clone(),
@@ -2395,7 +2384,7 @@ async fn an_invitation_dies_with_its_inviters_account() {
         .invitation
         .unwrap();
     let token = new_invitation_token(&inviter_email, &seen).await;
-    app.as_token(&inviter.access_token)
+    app.as_user(&inviter)
         .orgs()
         .accept_invitation(AcceptInvitationRequest {
             token: token.clone(),
@@ -2407,7 +2396,7 @@ async fn an_invitation_dies_with_its_inviters_account() {
     let guest_email = email("guest");
     let guest = verified(&app, &guest_email).await;
     let seen = invitation_tokens(&guest_email);
-    app.as_token(&inviter.access_token)
+    app.as_user(&inviter)
         .orgs()
         .invite_member(InviteMemberRequest {
             org_id: org.id.clone(),
@@ -2423,7 +2412,7 @@ async fn an_invitation_dies_with_its_inviters_account() {
     let token = new_invitation_token(&guest_email, &seen).await;
 
     let (_, admin) = crate::users::with_role(&app, &email("platform-admin"), "admin").await;
-    app.as_token(&admin.access_token)
+    app.as_user(&admin)
         .users()
         .disable_user(DisableUserRequest {
             user_id: inviter_id,
@@ -2432,7 +2421,7 @@ async fn an_invitation_dies_with_its_inviters_account() {
         .await
         .unwrap();
     refused(
-        app.as_token(&guest.access_token)
+        app.as_user(&guest)
             .orgs()
             .accept_invitation(AcceptInvitationRequest {
                 token: token.clone(),

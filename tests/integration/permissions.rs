@@ -63,17 +63,6 @@ async fn catalogue_names(app: &TestApp, token: &str) -> Vec<String> {
         .collect()
 }
 
-/// Asserts a refusal with `code` and `reason`.
-#[track_caller]
-pub(crate) fn refused<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, why: &str) {
-    let status = result.expect_err(why);
-    assert_eq!(
-        (status.code(), reason(&status).as_str()),
-        (code, why),
-        "{status:?}"
-    );
-}
-
 /// Asserts INVALID_ARGUMENT with a field violation naming `field`.
 #[track_caller]
 pub(crate) fn invalid<T: std::fmt::Debug>(result: Result<T, Status>, field: &str, case: &str) {
@@ -360,7 +349,7 @@ async fn only_admins_change_the_catalogue_anyone_signed_in_reads_it_and_every_ch
     );
 
     // Users and moderators may not define, change or delete, whether the name exists or not.
-    app.as_token(&admin.access_token)
+    app.as_user(&admin)
         .permissions()
         .define_permission(platform(name, Role::Moderator))
         .await
@@ -427,7 +416,7 @@ async fn only_admins_change_the_catalogue_anyone_signed_in_reads_it_and_every_ch
 
     // The admin changes and deletes it; a super_admin may too.
     let updated = app
-        .as_token(&admin.access_token)
+        .as_user(&admin)
         .permissions()
         .update_permission(UpdatePermissionRequest {
             name: name.to_string(),
@@ -435,19 +424,19 @@ async fn only_admins_change_the_catalogue_anyone_signed_in_reads_it_and_every_ch
             ..Default::default()
         })
         .await
-        .unwrap_or_else(|e| panic!("update {}: {e:?}", name))
+        .unwrap_or_else(|e| panic!("update {name}: {e:?}"))
         .into_inner()
         .permission
         .expect("a permission");
     assert_eq!(updated.least_role, Role::Admin as i32);
-    app.as_token(&admin.access_token)
+    app.as_user(&admin)
         .permissions()
         .delete_permission(DeletePermissionRequest {
             name: name.to_string(),
         })
         .await
         .expect("admin deletes");
-    app.as_token(&root.access_token)
+    app.as_user(&root)
         .permissions()
         .define_permission(platform("notes.reports.print", Role::User))
         .await
@@ -455,7 +444,7 @@ async fn only_admins_change_the_catalogue_anyone_signed_in_reads_it_and_every_ch
         .into_inner()
         .permission
         .expect("a permission");
-    app.as_token(&root.access_token)
+    app.as_user(&root)
         .permissions()
         .delete_permission(DeletePermissionRequest {
             name: "notes.reports.print".into(),
@@ -752,7 +741,7 @@ async fn an_update_cannot_give_a_permission_a_role_of_the_other_scope() {
     let (_, moderator) = with_role(&app, &email("mod"), "moderator").await;
     let owner = app.signed_in(&email("owner")).await;
     let org = app
-        .as_token(&owner.access_token)
+        .as_user(&owner)
         .orgs()
         .create_org(CreateOrgRequest {
             name: "Scoped".into(),
@@ -1045,7 +1034,7 @@ async fn the_list_shows_every_built_in_permission_first_then_the_catalogue_by_na
         .expect("a permission");
 
     let all = app
-        .as_token(&guest.access_token)
+        .as_user(&guest)
         .permissions()
         .list_permissions(ListPermissionsRequest {})
         .await
@@ -1201,7 +1190,7 @@ async fn a_platform_catalogue_permission_is_decided_by_the_global_role() {
         );
     }
 
-    app.as_token(&admin.access_token)
+    app.as_user(&admin)
         .permissions()
         .define_permission(platform(export, Role::Moderator))
         .await
@@ -1227,7 +1216,7 @@ async fn a_platform_catalogue_permission_is_decided_by_the_global_role() {
 
     // Asked inside an organization, a platform permission is not granted (as for built-ins).
     let org = app
-        .as_token(&moderator.access_token)
+        .as_user(&moderator)
         .orgs()
         .create_org(CreateOrgRequest {
             name: "Moderated".into(),
@@ -1314,7 +1303,7 @@ async fn an_organization_catalogue_permission_is_decided_by_the_role_in_that_org
     let owner = app.signed_in(&email("owner")).await;
     let outsider = app.signed_in(&email("outsider")).await;
     let org = app
-        .as_token(&owner.access_token)
+        .as_user(&owner)
         .orgs()
         .create_org(CreateOrgRequest {
             name: "Clinic".into(),
@@ -1330,7 +1319,7 @@ async fn an_organization_catalogue_permission_is_decided_by_the_role_in_that_org
     let org_admin =
         member_signed_in(&app, &owner.access_token, &org, "oadmin", OrgRole::Admin).await;
     let (read, purge) = ("notes.notes.read", "notes.notes.purge");
-    app.as_token(&admin.access_token)
+    app.as_user(&admin)
         .permissions()
         .define_permission(in_org(read, OrgRole::Member))
         .await
@@ -1338,7 +1327,7 @@ async fn an_organization_catalogue_permission_is_decided_by_the_role_in_that_org
         .into_inner()
         .permission
         .expect("a permission");
-    app.as_token(&admin.access_token)
+    app.as_user(&admin)
         .permissions()
         .define_permission(in_org(purge, OrgRole::Admin))
         .await
@@ -1435,7 +1424,7 @@ async fn a_member_of_one_organization_gets_no_catalogue_permission_in_another() 
     let owner_a = app.signed_in(&email("owner-a")).await;
     let owner_b = app.signed_in(&email("owner-b")).await;
     let org_a = app
-        .as_token(&owner_a.access_token)
+        .as_user(&owner_a)
         .orgs()
         .create_org(CreateOrgRequest {
             name: "Tenant A".into(),
@@ -1448,7 +1437,7 @@ async fn a_member_of_one_organization_gets_no_catalogue_permission_in_another() 
         .unwrap()
         .id;
     let org_b = app
-        .as_token(&owner_b.access_token)
+        .as_user(&owner_b)
         .orgs()
         .create_org(CreateOrgRequest {
             name: "Tenant B".into(),
@@ -1470,7 +1459,7 @@ async fn a_member_of_one_organization_gets_no_catalogue_permission_in_another() 
         OrgRole::Admin,
     )
     .await;
-    app.as_token(&admin.access_token)
+    app.as_user(&admin)
         .permissions()
         .define_permission(in_org("notes.notes.read", OrgRole::Member))
         .await
@@ -1478,7 +1467,7 @@ async fn a_member_of_one_organization_gets_no_catalogue_permission_in_another() 
         .into_inner()
         .permission
         .expect("a permission");
-    app.as_token(&admin.access_token)
+    app.as_user(&admin)
         .permissions()
         .define_permission(in_org("notes.notes.purge", OrgRole::Owner))
         .await
@@ -1547,7 +1536,7 @@ async fn updates_and_deletions_change_the_decision_at_once_on_the_same_replica()
             ..Default::default()
         })
         .await
-        .unwrap_or_else(|e| panic!("update {}: {e:?}", export))
+        .unwrap_or_else(|e| panic!("update {export}: {e:?}"))
         .into_inner()
         .permission
         .expect("a permission");
@@ -1564,7 +1553,7 @@ async fn updates_and_deletions_change_the_decision_at_once_on_the_same_replica()
             ..Default::default()
         })
         .await
-        .unwrap_or_else(|e| panic!("update {}: {e:?}", export))
+        .unwrap_or_else(|e| panic!("update {export}: {e:?}"))
         .into_inner()
         .permission
         .expect("a permission");
@@ -1634,7 +1623,7 @@ async fn updates_and_deletions_change_the_decision_at_once_on_the_same_replica()
     // The same for an organization permission.
     let owner = app.signed_in(&email("owner")).await;
     let org = app
-        .as_token(&owner.access_token)
+        .as_user(&owner)
         .orgs()
         .create_org(CreateOrgRequest {
             name: "Notebooks".into(),
@@ -1669,7 +1658,7 @@ async fn updates_and_deletions_change_the_decision_at_once_on_the_same_replica()
             ..Default::default()
         })
         .await
-        .unwrap_or_else(|e| panic!("update {}: {e:?}", read))
+        .unwrap_or_else(|e| panic!("update {read}: {e:?}"))
         .into_inner()
         .permission
         .expect("a permission");
@@ -1689,7 +1678,7 @@ async fn updates_and_deletions_change_the_decision_at_once_on_the_same_replica()
             ..Default::default()
         })
         .await
-        .unwrap_or_else(|e| panic!("update {}: {e:?}", read))
+        .unwrap_or_else(|e| panic!("update {read}: {e:?}"))
         .into_inner()
         .permission
         .expect("a permission");
@@ -1734,7 +1723,7 @@ async fn a_catalogue_change_made_on_one_replica_is_decided_on_another_within_sec
     );
 
     // Defined on A: decided on A at once, and on B within a few seconds.
-    a.as_token(&admin.access_token)
+    a.as_user(&admin)
         .permissions()
         .define_permission(platform(export, Role::Moderator))
         .await
@@ -1751,7 +1740,7 @@ async fn a_catalogue_change_made_on_one_replica_is_decided_on_another_within_sec
     );
 
     // Raised on A.
-    a.as_token(&admin.access_token)
+    a.as_user(&admin)
         .permissions()
         .update_permission(UpdatePermissionRequest {
             name: export.to_string(),
@@ -1759,7 +1748,7 @@ async fn a_catalogue_change_made_on_one_replica_is_decided_on_another_within_sec
             ..Default::default()
         })
         .await
-        .unwrap_or_else(|e| panic!("update {}: {e:?}", export))
+        .unwrap_or_else(|e| panic!("update {export}: {e:?}"))
         .into_inner()
         .permission
         .expect("a permission");
@@ -1767,7 +1756,7 @@ async fn a_catalogue_change_made_on_one_replica_is_decided_on_another_within_sec
     until_decided(&b, m, export, "", denied("ROLE_TOO_LOW"), within).await;
 
     // Deleted on A: unknown on B within a few seconds.
-    a.as_token(&admin.access_token)
+    a.as_user(&admin)
         .permissions()
         .delete_permission(DeletePermissionRequest {
             name: export.to_string(),
@@ -1792,7 +1781,7 @@ async fn a_catalogue_change_made_on_one_replica_is_decided_on_another_within_sec
     // The other way: defined through B's PermissionService, decided on A.
     let owner = a.signed_in(&email("owner")).await;
     let org = a
-        .as_token(&owner.access_token)
+        .as_user(&owner)
         .orgs()
         .create_org(CreateOrgRequest {
             name: "Replicated".into(),
@@ -2053,7 +2042,7 @@ async fn envoy_routes_naming_a_catalogue_permission_pass_members_and_refuse_ever
     let owner = app.signed_in(&email("owner")).await;
     let outsider = app.signed_in(&email("outsider")).await;
     let org = app
-        .as_token(&owner.access_token)
+        .as_user(&owner)
         .orgs()
         .create_org(CreateOrgRequest {
             name: "Envoyed".into(),
@@ -2160,7 +2149,7 @@ async fn permissions_apply_creates_previews_applies_and_changes_nothing_the_seco
     let a = &admin.access_token;
     let owner = app.signed_in(&email("owner")).await;
     let org = app
-        .as_token(&owner.access_token)
+        .as_user(&owner)
         .orgs()
         .create_org(CreateOrgRequest {
             name: "Filed".into(),
@@ -2545,7 +2534,7 @@ async fn a_permissions_file_in_the_configuration_is_decided_once_keyward_serves(
     let (_, moderator) = with_role(&app, &email("mod"), "moderator").await;
     let owner = app.signed_in(&email("owner")).await;
     let org = app
-        .as_token(&owner.access_token)
+        .as_user(&owner)
         .orgs()
         .create_org(CreateOrgRequest {
             name: "Configured".into(),
@@ -2583,7 +2572,7 @@ async fn a_permissions_file_in_the_configuration_is_decided_once_keyward_serves(
         ["notes.notes.read", "notes.reports.export"]
     );
     // Defined by RPC meanwhile: one in the file's namespace, one in another.
-    app.as_token(&admin.access_token)
+    app.as_user(&admin)
         .permissions()
         .define_permission(platform("notes.notes.print", Role::User))
         .await
@@ -2591,7 +2580,7 @@ async fn a_permissions_file_in_the_configuration_is_decided_once_keyward_serves(
         .into_inner()
         .permission
         .expect("a permission");
-    app.as_token(&admin.access_token)
+    app.as_user(&admin)
         .permissions()
         .define_permission(platform("billing.invoices.approve", Role::Admin))
         .await

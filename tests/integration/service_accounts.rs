@@ -23,17 +23,6 @@ fn accounts(app: &TestApp) -> ServiceAccountServiceClient<Channel> {
     ServiceAccountServiceClient::new(app.channel())
 }
 
-/// Asserts a refusal with `code` and `why` (the ErrorInfo reason).
-#[track_caller]
-fn refused<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, why: &str) {
-    let status = result.expect_err(why);
-    assert_eq!(
-        (status.code(), reason(&status).as_str()),
-        (code, why),
-        "{status:?}"
-    );
-}
-
 /// The field names of an INVALID_ARGUMENT answer.
 #[track_caller]
 fn invalid_fields<T: std::fmt::Debug>(result: Result<T, Status>) -> Vec<String> {
@@ -317,7 +306,7 @@ async fn a_platform_key_signs_in_as_its_account_and_holds_exactly_its_role() {
     // The platform list (for users.read holders) shows the account.
     let (_, moderator) = with_role(&app, &email("sa-mod"), "moderator").await;
     let listed = app
-        .as_token(&moderator.access_token)
+        .as_user(&moderator)
         .service_accounts()
         .list_service_accounts(ListServiceAccountsRequest { org_id: "".into() })
         .await
@@ -1172,7 +1161,7 @@ async fn platform_accounts_never_exceed_their_creator_and_only_admins_create_the
     for role in ["user", "moderator"] {
         let (_, pair) = with_role(&app, &email(role), role).await;
         refused(
-            app.as_token(&pair.access_token)
+            app.as_user(&pair)
                 .service_accounts()
                 .create_service_account(platform("mine", Role::Guest))
                 .await,
