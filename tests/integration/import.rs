@@ -1,9 +1,10 @@
-//! `keyward admin import`: accounts from another system (bcrypt or argon2 hashes) log in with
-//! their old passwords and are re-hashed; lines keyward cannot take are refused by number.
+//! Accounts imported from another system: `keyward admin import` takes bcrypt or argon2 hashes
+//! and refuses the lines it cannot take by number; imported accounts log in with their old
+//! passwords and are re-hashed to argon2id.
 
 use keyward::grpc::pb::auth_service_client::AuthServiceClient;
 use keyward::grpc::pb::LoginRequest;
-use mongodb::bson::doc;
+use mongodb::bson::{doc, Document};
 
 use crate::harness::*;
 
@@ -105,4 +106,46 @@ async fn imported_bcrypt_accounts_log_in_with_old_passwords_and_are_rehashed() {
     // Old passwords keep working after the re-hash; wrong ones still do not.
     app.login(&people[7].0, &people[7].1).await.unwrap();
     assert!(app.login(&people[7].0, &people[8].1).await.is_err());
+}
+
+/// An account stored with a bcrypt hash (as an import leaves it) logs in with its old password
+/// and comes out argon2id.
+#[tokio::test]
+async fn imported_bcrypt_hashes_log_in_and_are_rehashed_to_argon2id() {
+    let app = TestApp::start().await;
+    let db = app.db().await;
+    let email = email("imported");
+    let bcrypt_hash = bcrypt::hash("legacy password 1", 10)
+        .unwrap()
+        .replacen("$2b$", "$2y$", 1);
+    let now = mongodb::bson::DateTime::now();
+    db.collection::<Document>("users")
+        .insert_one(doc! {
+            "_id": "imported-user-1", "email": &email, "display_name": "Legacy", "password_hash": &bcrypt_hash,
+            "role": "user", "status": "active", "email_verified": true, "created_at": now, "updated_at": now,
+            "last_login_at": null,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        reason(&app.login(&email, "legacy password 2").await.unwrap_err()),
+        "INVALID_CREDENTIALS"
+    );
+    app.login(&email, "legacy password 1")
+        .await
+        .expect("bcrypt hash verifies");
+    let stored = db
+        .collection::<Document>("users")
+        .find_one(doc! { "_id": "imported-user-1" })
+        .await
+        .unwrap()
+        .unwrap();
+    let hash = stored.get_str("password_hash").unwrap();
+    assert!(
+        hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+        "{hash}"
+    );
+    app.login(&email, "legacy password 1")
+        .await
+        .expect("argon2id hash verifies");
 }
