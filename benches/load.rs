@@ -67,8 +67,9 @@ use keyward::grpc::pb::user_service_client::UserServiceClient;
 use keyward::grpc::pb::{
     AuthenticateRequest, AuthorizeRequest, CodePurpose, CreateApiKeyRequest, CreateOrgRequest,
     CreateServiceAccountRequest, DefinePermissionRequest, ListUsersRequest, LoginRequest, OrgRole,
-    PermissionScope, RefreshRequest, RegisterRequest, SendCodeRequest,
+    PermissionScope, RefreshRequest, RegisterRequest, SendCodeRequest, TokenPair,
 };
+use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
@@ -439,66 +440,83 @@ async fn walk_user_pages(
     (times, errors)
 }
 
-#[tokio::main]
-async fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let seconds: u64 = args
-        .iter()
-        .position(|a| a == "--seconds")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
-    let phase = Duration::from_secs(seconds);
-    let dir = std::env::temp_dir().join(format!("keyward-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let (mut mongo, uri) = local_servers::start_secantus(&dir.join("mongo"), |_| {});
-    let sink = smtp_sink::SmtpSink::start(&dir.join("smtp"), |_| {});
-    let _ = std::fs::create_dir_all(&dir);
-    let providers = oidc_providers::start_oidc_providers(
-        FED_CLIENT,
-        FED_SECRET,
-        FED_REDIRECT,
-        &dir.join("oidc.log"),
-        |_| {},
-    );
-    let federation_env = match &providers {
-        Ok((_, issuers)) => serde_json::json!([{
-            "id": "bench",
-            "issuer": issuers.hostile,
-            "client_id": FED_CLIENT,
-            "client_secret": FED_SECRET,
-            "redirect_uris": [FED_REDIRECT],
-            "trust_email_verified": true,
-        }])
-        .to_string(),
-        Err(e) => {
-            eprintln!("no federated sign-in phase: {e}");
-            String::new()
-        }
-    };
+/// The bench's own servers: the database, the SMTP sink, the test OpenID Connect provider (when
+/// its dependencies are installed) and the keyward settings every replica of the bench shares.
+struct Servers {
+    dir: std::path::PathBuf,
+    mongo: std::process::Child,
+    uri: String,
+    sink: smtp_sink::SmtpSink,
+    providers: Result<(std::process::Child, oidc_providers::Issuers), String>,
+    federation_env: String,
+    secret: String,
+    hash_workers: usize,
+}
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let (secret, _, _) = keyward::domain::tokens::generate_key();
-    let hash_workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-    // `metrics_addr` empty: a keyward without metrics, for their cost.
-    let spawn_keyward = |port: u16, metrics_addr: &str| {
-        Command::new(env!("CARGO_BIN_EXE_keyward"))
+impl Servers {
+    fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!("keyward-bench-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (mongo, uri) = local_servers::start_secantus(&dir.join("mongo"), |_| {});
+        let sink = smtp_sink::SmtpSink::start(&dir.join("smtp"), |_| {});
+        let _ = std::fs::create_dir_all(&dir);
+        let providers = oidc_providers::start_oidc_providers(
+            FED_CLIENT,
+            FED_SECRET,
+            FED_REDIRECT,
+            &dir.join("oidc.log"),
+            |_| {},
+        );
+        let federation_env = match &providers {
+            Ok((_, issuers)) => serde_json::json!([{
+                "id": "bench",
+                "issuer": issuers.hostile,
+                "client_id": FED_CLIENT,
+                "client_secret": FED_SECRET,
+                "redirect_uris": [FED_REDIRECT],
+                "trust_email_verified": true,
+            }])
+            .to_string(),
+            Err(e) => {
+                eprintln!("no federated sign-in phase: {e}");
+                String::new()
+            }
+        };
+        let (secret, _, _) = keyward::domain::tokens::generate_key();
+        let hash_workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self {
+            dir,
+            mongo,
+            uri,
+            sink,
+            providers,
+            federation_env,
+            secret,
+            hash_workers,
+        }
+    }
+
+    /// The release keyward binary on a free loopback port (returned); `metrics_addr` empty: a
+    /// keyward without metrics, for their cost.
+    fn spawn_keyward(&self, metrics_addr: &str) -> (std::process::Child, u16) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(env!("CARGO_BIN_EXE_keyward"))
             .arg("serve")
             .env_clear()
-            .env("KEYWARD_MONGODB_URI", &uri)
-            .env("KEYWARD_SIGNING_KEY", &secret)
+            .env("KEYWARD_MONGODB_URI", &self.uri)
+            .env("KEYWARD_SIGNING_KEY", &self.secret)
             .env("KEYWARD_GRPC_ADDR", format!("127.0.0.1:{port}"))
             .env("KEYWARD_METRICS_ADDR", metrics_addr)
             .env("KEYWARD_LOG_LEVEL", "warn")
             // The bench logs in from one address on purpose; lockout stays on (its shared attempt
             // counter is part of every login's cost).
             .env("KEYWARD_LOGIN_ATTEMPTS_PER_ADDRESS_PER_MINUTE", "0")
-            .env("KEYWARD_HASH_WORKERS", hash_workers.to_string())
-            .env("KEYWARD_SMTP_URL", sink.url())
+            .env("KEYWARD_HASH_WORKERS", self.hash_workers.to_string())
+            .env("KEYWARD_SMTP_URL", self.sink.url())
             // Accounts sign in right after registering; code limits would stop the SendCode phase
             // after a few requests per address, and a new address gets a code only with
             // passwordless sign-up on.
@@ -507,23 +525,83 @@ async fn main() {
             .env("KEYWARD_CODE_SENDS_PER_HOUR", "1000000")
             .env("KEYWARD_CODE_REQUESTS_PER_ADDRESS_PER_MINUTE", "0")
             .env("KEYWARD_PASSWORDLESS_SIGNUP", "true")
-            .env("KEYWARD_OIDC_PROVIDERS", &federation_env)
+            .env("KEYWARD_OIDC_PROVIDERS", &self.federation_env)
             .spawn()
-            .expect("keyward binary")
-    };
-    let mut keyward = spawn_keyward(port, "127.0.0.1:0");
-    let pid = keyward.id();
+            .expect("keyward binary");
+        (child, port)
+    }
 
+    /// Stops the provider, keyward (after reading its peak RSS, returned), the database, and
+    /// removes the bench's files.
+    fn stop(mut self, mut keyward: std::process::Child) -> f64 {
+        if let Ok((mut provider, _)) = self.providers {
+            let _ = provider.kill();
+            let _ = provider.wait();
+        }
+        let pid = keyward.id();
+        let rss = peak_rss_mib(pid);
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
+        let _ = keyward.wait();
+        let _ = self.mongo.kill();
+        let _ = self.mongo.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        rss
+    }
+}
+
+/// `CONNECTIONS` channels to the keyward on `port`, once it serves.
+async fn connect(port: u16) -> Arc<Vec<Channel>> {
     let mut channels = Vec::new();
     for _ in 0..CONNECTIONS {
         channels.push(local_servers::connect_serving(&format!("127.0.0.1:{port}")).await);
     }
-    let channels = Arc::new(channels);
+    Arc::new(channels)
+}
 
-    // Users and sessions for the phases.
-    let users = 16;
+/// The bench accounts: `USERS` users, each owning an organization with a service account and
+/// one API key; `CONCURRENCY` sessions over them; bench0 an admin who defined the catalogue
+/// permission `bench.notes.read`.
+struct Fixture {
+    sessions: Vec<TokenPair>,
+    /// The sessions' access tokens, worker `w` using `access[w]`.
+    access: Arc<Vec<String>>,
+    org_of_user: Vec<String>,
+    api_keys: Arc<Vec<String>>,
+}
+
+const USERS: usize = 16;
+
+/// What every phase needs.
+struct Bench {
+    phase: Duration,
+    servers: Servers,
+    channels: Arc<Vec<Channel>>,
+    fixture: Fixture,
+}
+
+/// Makes an admin of the account with `email`, straight in the database.
+async fn make_admin(uri: &str, email: &str) {
+    mongodb::Client::with_uri_str(uri)
+        .await
+        .unwrap()
+        .database("keyward")
+        .collection::<mongodb::bson::Document>("users")
+        .update_one(
+            mongodb::bson::doc! { "email": email },
+            mongodb::bson::doc! { "$set": { "role": "admin" } },
+        )
+        .await
+        .unwrap();
+}
+
+/// Setup: users and sessions for the phases, an organization per user for Authorize's org
+/// checks, the catalogue permission and a service account with one API key per organization.
+async fn set_up(channels: &[Channel], uri: &str) -> Fixture {
     let mut auth = AuthServiceClient::new(channels[0].clone());
-    for u in 0..users {
+    for u in 0..USERS {
         auth.register(RegisterRequest {
             email: format!("bench{u}@example.com"),
             password: PASSWORD.into(),
@@ -536,7 +614,7 @@ async fn main() {
     for i in 0..CONCURRENCY {
         let pair = auth
             .login(LoginRequest {
-                email: format!("bench{}@example.com", i % users),
+                email: format!("bench{}@example.com", i % USERS),
                 password: PASSWORD.into(),
             })
             .await
@@ -551,7 +629,7 @@ async fn main() {
     // Each bench user owns an organization, for Authorize's org checks.
     let mut orgs = OrgServiceClient::new(channels[0].clone());
     let mut org_of_user = Vec::new();
-    for u in 0..users {
+    for u in 0..USERS {
         let created = orgs
             .create_org(bearer(
                 CreateOrgRequest {
@@ -568,17 +646,7 @@ async fn main() {
 
     // A catalogue permission (defined by an admin: bench0, made one in the database) and, in
     // each bench organization, a service account with one API key.
-    mongodb::Client::with_uri_str(&uri)
-        .await
-        .unwrap()
-        .database("keyward")
-        .collection::<mongodb::bson::Document>("users")
-        .update_one(
-            mongodb::bson::doc! { "email": "bench0@example.com" },
-            mongodb::bson::doc! { "$set": { "role": "admin" } },
-        )
-        .await
-        .unwrap();
+    make_admin(uri, "bench0@example.com").await;
     // keyward sees the new role once its cached standing expires (session_cache_ttl, 1 s).
     tokio::time::sleep(Duration::from_millis(1500)).await;
     PermissionServiceClient::new(channels[0].clone())
@@ -595,7 +663,7 @@ async fn main() {
         .unwrap();
     let mut accounts = ServiceAccountServiceClient::new(channels[0].clone());
     let mut api_keys = Vec::new();
-    for u in 0..users {
+    for u in 0..USERS {
         let account = accounts
             .create_service_account(bearer(
                 CreateServiceAccountRequest {
@@ -624,131 +692,28 @@ async fn main() {
             .into_inner();
         api_keys.push(key.secret);
     }
-    let api_keys = Arc::new(api_keys);
+    Fixture {
+        sessions,
+        access,
+        org_of_user,
+        api_keys: Arc::new(api_keys),
+    }
+}
 
-    println!("keyward load benchmark: concurrency {CONCURRENCY} over {CONNECTIONS} loopback HTTP/2 connections, {seconds}s per phase, {} cores, {hash_workers} hash workers", hash_workers);
-    println!();
-
-    let ch = Arc::clone(&channels);
-    let check = drive(CONCURRENCY, phase, move |w| {
+/// Phase 1: grpc.health.v1 Check, the server's ceiling.
+async fn health_check(bench: &Bench) -> Stats {
+    let ch = Arc::clone(&bench.channels);
+    drive(CONCURRENCY, bench.phase, move |w| {
         let mut c = HealthClient::new(ch[w % CONNECTIONS].clone());
         async move { c.check(HealthCheckRequest::default()).await.is_ok() }
     })
-    .await;
+    .await
+}
 
-    let authenticate = || {
-        let (ch, tokens) = (Arc::clone(&channels), Arc::clone(&access));
-        drive(CONCURRENCY, phase, move |w| {
-            let mut c = AuthServiceClient::new(ch[w % CONNECTIONS].clone());
-            let token = tokens[w].clone();
-            async move {
-                c.authenticate(AuthenticateRequest {
-                    access_token: token,
-                })
-                .await
-                .is_ok()
-            }
-        })
-    };
-    let authn = authenticate().await;
-
-    // Envoy ext_authz Check with the same tokens: the sidecar's view of Authenticate.
-    let checks: Arc<Vec<CheckRequest>> =
-        Arc::new(access.iter().map(|t| ext_authz_request(t)).collect());
-    let ch = Arc::clone(&channels);
-    let ext_authz = drive(CONCURRENCY, phase, move |w| {
-        let mut c = AuthorizationClient::new(ch[w % CONNECTIONS].clone());
-        let request = checks[w].clone();
-        async move {
-            c.check(request)
-                .await
-                .is_ok_and(|r| r.into_inner().status.is_some_and(|s| s.code == 0))
-        }
-    })
-    .await;
-
-    // Authorize with the same tokens: even workers ask a platform permission, odd ones a
-    // permission inside their own organization (membership read, briefly cached).
-    let authz_requests: Arc<Vec<AuthorizeRequest>> = Arc::new(
-        (0..CONCURRENCY)
-            .map(|w| {
-                let (permission, org_id) = if w % 2 == 0 {
-                    ("orgs.create", String::new())
-                } else {
-                    ("org.members.read", org_of_user[w % users].clone())
-                };
-                AuthorizeRequest {
-                    access_token: access[w].clone(),
-                    permission: permission.into(),
-                    org_id,
-                }
-            })
-            .collect(),
-    );
-    let ch = Arc::clone(&channels);
-    let authz = drive(CONCURRENCY, phase, move |w| {
-        let mut c = AuthServiceClient::new(ch[w % CONNECTIONS].clone());
-        let request = authz_requests[w].clone();
-        async move {
-            c.authorize(request)
-                .await
-                .is_ok_and(|r| r.into_inner().allowed)
-        }
-    })
-    .await;
-    // Authorize for a catalogue permission, in the caller's own organization.
-    let catalogue_requests: Arc<Vec<AuthorizeRequest>> = Arc::new(
-        (0..CONCURRENCY)
-            .map(|w| AuthorizeRequest {
-                access_token: access[w].clone(),
-                permission: "bench.notes.read".into(),
-                org_id: org_of_user[w % users].clone(),
-            })
-            .collect(),
-    );
-    let ch = Arc::clone(&channels);
-    let authz_catalogue = drive(CONCURRENCY, phase, move |w| {
-        let mut c = AuthServiceClient::new(ch[w % CONNECTIONS].clone());
-        let request = catalogue_requests[w].clone();
-        async move {
-            c.authorize(request)
-                .await
-                .is_ok_and(|r| r.into_inner().allowed)
-        }
-    })
-    .await;
-    // Authenticate with the service accounts' API keys.
-    let (ch, keys) = (Arc::clone(&channels), Arc::clone(&api_keys));
-    let authn_keys = drive(CONCURRENCY, phase, move |w| {
-        let mut c = AuthServiceClient::new(ch[w % CONNECTIONS].clone());
-        let key = keys[w % keys.len()].clone();
-        async move {
-            c.authenticate(AuthenticateRequest { access_token: key })
-                .await
-                .is_ok()
-        }
-    })
-    .await;
-    // Authenticate again: this VM's speed drifts over a run, so ext_authz and Authorize are
-    // compared with the mean of an Authenticate phase before and one after them.
-    let authn_after = authenticate().await;
-    let authn_mean_rate = (authn.rate() + authn_after.rate()) / 2.0;
-
-    // The cost of metrics: the same Authenticate load on a second keyward without them (same
-    // database and key), between two runs on the first.
-    let bare_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut bare = spawn_keyward(bare_port, "");
-    let mut bare_channels = Vec::new();
-    for _ in 0..CONNECTIONS {
-        bare_channels.push(local_servers::connect_serving(&format!("127.0.0.1:{bare_port}")).await);
-    }
-    let bare_channels = Arc::new(bare_channels);
-    let (ch, tokens) = (Arc::clone(&bare_channels), Arc::clone(&access));
-    let authn_bare = drive(CONCURRENCY, phase, move |w| {
+/// Phases 2, 2d and 2e: Authenticate on `channels` with the same tokens repeatedly.
+async fn authenticate(bench: &Bench, channels: &Arc<Vec<Channel>>) -> Stats {
+    let (ch, tokens) = (Arc::clone(channels), Arc::clone(&bench.fixture.access));
+    drive(CONCURRENCY, bench.phase, move |w| {
         let mut c = AuthServiceClient::new(ch[w % CONNECTIONS].clone());
         let token = tokens[w].clone();
         async move {
@@ -759,14 +724,113 @@ async fn main() {
             .is_ok()
         }
     })
-    .await;
+    .await
+}
+
+/// Phase 2b: Envoy ext_authz Check with the same tokens, the sidecar's view of Authenticate.
+async fn ext_authz_check(bench: &Bench) -> Stats {
+    let checks: Arc<Vec<CheckRequest>> = Arc::new(
+        bench
+            .fixture
+            .access
+            .iter()
+            .map(|t| ext_authz_request(t))
+            .collect(),
+    );
+    let ch = Arc::clone(&bench.channels);
+    drive(CONCURRENCY, bench.phase, move |w| {
+        let mut c = AuthorizationClient::new(ch[w % CONNECTIONS].clone());
+        let request = checks[w].clone();
+        async move {
+            c.check(request)
+                .await
+                .is_ok_and(|r| r.into_inner().status.is_some_and(|s| s.code == 0))
+        }
+    })
+    .await
+}
+
+/// Authorize with `requests[w]` for worker `w`; a call counts when it is allowed.
+async fn authorize(bench: &Bench, requests: Vec<AuthorizeRequest>) -> Stats {
+    let requests = Arc::new(requests);
+    let ch = Arc::clone(&bench.channels);
+    drive(CONCURRENCY, bench.phase, move |w| {
+        let mut c = AuthServiceClient::new(ch[w % CONNECTIONS].clone());
+        let request = requests[w].clone();
+        async move {
+            c.authorize(request)
+                .await
+                .is_ok_and(|r| r.into_inner().allowed)
+        }
+    })
+    .await
+}
+
+/// Phase 2c: Authorize with the same tokens: even workers ask a platform permission, odd ones a
+/// permission inside their own organization (membership read, briefly cached).
+async fn authorize_platform_or_org(bench: &Bench) -> Stats {
+    let f = &bench.fixture;
+    let requests = (0..CONCURRENCY)
+        .map(|w| {
+            let (permission, org_id) = if w % 2 == 0 {
+                ("orgs.create", String::new())
+            } else {
+                ("org.members.read", f.org_of_user[w % USERS].clone())
+            };
+            AuthorizeRequest {
+                access_token: f.access[w].clone(),
+                permission: permission.into(),
+                org_id,
+            }
+        })
+        .collect();
+    authorize(bench, requests).await
+}
+
+/// Phase 2c': Authorize for a catalogue permission, in the caller's own organization.
+async fn authorize_catalogue(bench: &Bench) -> Stats {
+    let f = &bench.fixture;
+    let requests = (0..CONCURRENCY)
+        .map(|w| AuthorizeRequest {
+            access_token: f.access[w].clone(),
+            permission: "bench.notes.read".into(),
+            org_id: f.org_of_user[w % USERS].clone(),
+        })
+        .collect();
+    authorize(bench, requests).await
+}
+
+/// Phase 2c'': Authenticate with the service accounts' API keys.
+async fn authenticate_api_keys(bench: &Bench) -> Stats {
+    let (ch, keys) = (
+        Arc::clone(&bench.channels),
+        Arc::clone(&bench.fixture.api_keys),
+    );
+    drive(CONCURRENCY, bench.phase, move |w| {
+        let mut c = AuthServiceClient::new(ch[w % CONNECTIONS].clone());
+        let key = keys[w % keys.len()].clone();
+        async move {
+            c.authenticate(AuthenticateRequest { access_token: key })
+                .await
+                .is_ok()
+        }
+    })
+    .await
+}
+
+/// Phase 2e, its middle: the same Authenticate load on a second keyward without metrics (same
+/// database and key), stopped afterwards.
+async fn authenticate_without_metrics(bench: &Bench) -> Stats {
+    let (mut bare, bare_port) = bench.servers.spawn_keyward("");
+    let bare_channels = connect(bare_port).await;
+    let stats = authenticate(bench, &bare_channels).await;
     let _ = bare.kill();
     let _ = bare.wait();
-    drop(bare_channels);
-    let authn_metrics_again = authenticate().await;
-    let metrics_ratio = (authn_after.rate() + authn_metrics_again.rate()) / 2.0 / authn_bare.rate();
+    stats
+}
 
-    // Raw argon2id on the same number of threads as keyward's pool, keyward idle.
+/// Phase 3: raw argon2id hashes/s on the same number of threads as keyward's pool, keyward idle.
+fn raw_argon2(phase: Duration, hash_workers: usize) -> f64 {
     let raw_start = Instant::now();
     let raw_deadline = raw_start + phase;
     let hashers: Vec<_> = (0..hash_workers)
@@ -782,14 +846,23 @@ async fn main() {
         })
         .collect();
     let raw_hashes: u64 = hashers.into_iter().map(|h| h.join().unwrap()).sum();
-    let raw_rate = raw_hashes as f64 / raw_start.elapsed().as_secs_f64();
+    raw_hashes as f64 / raw_start.elapsed().as_secs_f64()
+}
 
-    // Login flood with an Authenticate probe beside it.
+/// The Authenticate probe beside the login flood: calls answered, p50, p99.
+struct Probe {
+    n: usize,
+    p50: Duration,
+    p99: Duration,
+}
+
+/// Phase 4: a login flood with an Authenticate probe running beside it.
+async fn login_flood(bench: &Bench) -> (Stats, Probe) {
     let flooding = Arc::new(AtomicBool::new(true));
     let probe = {
         let (ch, tokens, flooding) = (
-            Arc::clone(&channels),
-            Arc::clone(&access),
+            Arc::clone(&bench.channels),
+            Arc::clone(&bench.fixture.access),
             Arc::clone(&flooding),
         );
         tokio::spawn(async move {
@@ -810,15 +883,15 @@ async fn main() {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             lat.sort();
-            (
-                lat.len(),
-                lat.get(lat.len() * 99 / 100).copied().unwrap_or_default(),
-                lat.get(lat.len() / 2).copied().unwrap_or_default(),
-            )
+            Probe {
+                n: lat.len(),
+                p99: lat.get(lat.len() * 99 / 100).copied().unwrap_or_default(),
+                p50: lat.get(lat.len() / 2).copied().unwrap_or_default(),
+            }
         })
     };
-    let ch = Arc::clone(&channels);
-    let logins = drive(CONCURRENCY, phase, move |w| {
+    let ch = Arc::clone(&bench.channels);
+    let logins = drive(CONCURRENCY, bench.phase, move |w| {
         let mut c = AuthServiceClient::new(ch[w % CONNECTIONS].clone());
         async move {
             c.login(LoginRequest {
@@ -831,17 +904,21 @@ async fn main() {
     })
     .await;
     flooding.store(false, Ordering::Relaxed);
-    let (probe_n, probe_p99, probe_p50) = probe.await.unwrap();
+    (logins, probe.await.unwrap())
+}
 
-    // Refresh: each worker rotates its own session's token chain.
+/// Phase 5: Refresh, each worker rotating its own session's token chain.
+async fn refresh(bench: &Bench) -> Stats {
     let chains: Arc<Vec<tokio::sync::Mutex<String>>> = Arc::new(
-        sessions
+        bench
+            .fixture
+            .sessions
             .iter()
             .map(|s| tokio::sync::Mutex::new(s.refresh_token.clone()))
             .collect(),
     );
-    let ch = Arc::clone(&channels);
-    let refresh = drive(CONCURRENCY, phase, move |w| {
+    let ch = Arc::clone(&bench.channels);
+    drive(CONCURRENCY, bench.phase, move |w| {
         let mut c = AuthServiceClient::new(ch[w % CONNECTIONS].clone());
         let chains = Arc::clone(&chains);
         async move {
@@ -860,16 +937,29 @@ async fn main() {
             }
         }
     })
-    .await;
+    .await
+}
 
+/// How the delivery workers emptied the outbox SendCode filled.
+struct Drain {
+    /// Codes queued by the phase.
+    backlog: usize,
+    /// Messages in the sink once drained (setup's included).
+    drained: usize,
+    took: Duration,
+}
+
+/// Phase 6: SendCode, each call to a new address (passwordless sign-up is on, so each one is
+/// mailed); then how long the delivery workers take to hand that backlog to SMTP.
+async fn send_codes(bench: &Bench) -> (Stats, Drain) {
+    let sink = &bench.servers.sink;
     // Registration mails of the setup must be out before the mail phases count files.
-    wait_for_mail(&sink, users, Duration::from_secs(60)).await;
+    wait_for_mail(sink, USERS, Duration::from_secs(60)).await;
 
-    // SendCode: each call a new address (passwordless sign-up is on, so each one is mailed).
-    let ch = Arc::clone(&channels);
+    let ch = Arc::clone(&bench.channels);
     let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let n = Arc::clone(&counter);
-    let send_codes = drive(CONCURRENCY, phase, move |w| {
+    let stats = drive(CONCURRENCY, bench.phase, move |w| {
         let mut c = OtpServiceClient::new(ch[w % CONNECTIONS].clone());
         let i = n.fetch_add(1, Ordering::Relaxed);
         async move {
@@ -883,16 +973,32 @@ async fn main() {
     })
     .await;
     let drain_start = Instant::now();
-    let backlog = send_codes.count;
-    let drained = wait_for_mail(&sink, users + backlog, Duration::from_secs(300)).await;
-    let drain = drain_start.elapsed();
+    let backlog = stats.count;
+    let drained = wait_for_mail(sink, USERS + backlog, Duration::from_secs(300)).await;
+    let drain = Drain {
+        backlog,
+        drained,
+        took: drain_start.elapsed(),
+    };
+    (stats, drain)
+}
 
-    // Delivery latency at a steady 50 codes/s beside an Authenticate load.
+/// Code delivery at a steady pace: codes asked for, delivered, and the latency p50/p99.
+struct Delivery {
+    sent: usize,
+    delivered: usize,
+    p50: Duration,
+    p99: Duration,
+}
+
+/// Phase 7: SendCode paced at 50/s beside an Authenticate load; the time from the RPC's answer
+/// to the message landing in the sink. `drained` is the number of messages already there.
+async fn code_delivery(bench: &Bench, drained: usize) -> Delivery {
     let loading = Arc::new(AtomicBool::new(true));
     let load = {
         let (ch, tokens, loading) = (
-            Arc::clone(&channels),
-            Arc::clone(&access),
+            Arc::clone(&bench.channels),
+            Arc::clone(&bench.fixture.access),
             Arc::clone(&loading),
         );
         (0..CONCURRENCY / 2)
@@ -912,9 +1018,9 @@ async fn main() {
             .collect::<Vec<_>>()
     };
     let mut sent_at = std::collections::HashMap::new();
-    let mut otp = OtpServiceClient::new(channels[0].clone());
+    let mut otp = OtpServiceClient::new(bench.channels[0].clone());
     let mut tick = tokio::time::interval(Duration::from_millis(20));
-    let paced_end = Instant::now() + phase;
+    let paced_end = Instant::now() + bench.phase;
     let mut paced = 0;
     while Instant::now() < paced_end {
         tick.tick().await;
@@ -931,7 +1037,8 @@ async fn main() {
         }
         paced += 1;
     }
-    wait_for_mail(&sink, drained + sent_at.len(), Duration::from_secs(60)).await;
+    let sink = &bench.servers.sink;
+    wait_for_mail(sink, drained + sent_at.len(), Duration::from_secs(60)).await;
     loading.store(false, Ordering::Relaxed);
     for task in load {
         let _ = task.await;
@@ -945,15 +1052,28 @@ async fn main() {
         })
         .collect();
     delivery.sort();
-    let delivered = delivery.len();
-    let (delivery_p50, delivery_p99) = (percentile(&delivery, 0.5), percentile(&delivery, 0.99));
+    Delivery {
+        sent: sent_at.len(),
+        delivered: delivery.len(),
+        p50: percentile(&delivery, 0.5),
+        p99: percentile(&delivery, 0.99),
+    }
+}
 
-    // Enumeration timing: RESET_PASSWORD codes for accounts (mailed) vs. unknown addresses
-    // (suppressed), interleaved so drift hits both alike.
+/// SendCode(RESET_PASSWORD) latencies, sorted, for accounts and for unknown addresses.
+struct Enumeration {
+    known: Vec<Duration>,
+    unknown: Vec<Duration>,
+}
+
+/// Phase 8: RESET_PASSWORD codes for accounts (mailed) vs. unknown addresses (suppressed),
+/// sequential and interleaved so drift hits both alike.
+async fn enumeration_timing(bench: &Bench) -> Enumeration {
+    let mut otp = OtpServiceClient::new(bench.channels[0].clone());
     let (mut known, mut unknown) = (Vec::new(), Vec::new());
     for i in 0..300 {
         for (list, email) in [
-            (&mut known, format!("bench{}@example.com", i % users)),
+            (&mut known, format!("bench{}@example.com", i % USERS)),
             (&mut unknown, format!("nobody{i}@example.com")),
         ] {
             let t = Instant::now();
@@ -971,48 +1091,68 @@ async fn main() {
     }
     known.sort();
     unknown.sort();
-    let median = |v: &Vec<Duration>| v.get(v.len() / 2).copied().unwrap_or_default();
-    let (known_median, unknown_median) = (median(&known), median(&unknown));
+    Enumeration { known, unknown }
+}
 
-    // ListUsers over 100,000 stored accounts, asked by an admin.
-    let seeded = seed_users(&uri, 100_000).await;
-    let admin_email = "bench0@example.com";
-    mongodb::Client::with_uri_str(&uri)
-        .await
-        .unwrap()
-        .database("keyward")
-        .collection::<mongodb::bson::Document>("users")
-        .update_one(
-            mongodb::bson::doc! { "email": admin_email },
-            mongodb::bson::doc! { "$set": { "role": "admin" } },
-        )
-        .await
-        .unwrap();
-    let mut admin_client = UserServiceClient::new(channels[0].clone());
-    let (walk, walk_errors) = walk_user_pages(&mut admin_client, &access[0], "", 200).await;
-    let (prefixed, prefix_errors) =
-        walk_user_pages(&mut admin_client, &access[0], "seed-1", 200).await;
-    let floor = database_floor(&uri, 20).await;
+/// ListUsers over many stored accounts: page latencies (sorted) and failed calls, unfiltered and
+/// by email prefix, and the database's own time for the same queries.
+struct ListUsers {
+    seeded: usize,
+    walk: Vec<Duration>,
+    walk_errors: usize,
+    prefixed: Vec<Duration>,
+    prefix_errors: usize,
+    floor: (Vec<Duration>, Vec<Duration>),
+}
 
-    let federated = match &providers {
-        Ok(_) => Some(federated_finish(Arc::clone(&channels), phase).await),
-        Err(_) => None,
-    };
-    if let Ok((mut provider, _)) = providers {
-        let _ = provider.kill();
-        let _ = provider.wait();
+/// Phase 9: ListUsers with 100,000 accounts stored, walked by an admin (bench0).
+async fn list_users(bench: &Bench) -> ListUsers {
+    let uri = &bench.servers.uri;
+    let seeded = seed_users(uri, 100_000).await;
+    make_admin(uri, "bench0@example.com").await;
+    let token = &bench.fixture.access[0];
+    let mut admin_client = UserServiceClient::new(bench.channels[0].clone());
+    let (walk, walk_errors) = walk_user_pages(&mut admin_client, token, "", 200).await;
+    let (prefixed, prefix_errors) = walk_user_pages(&mut admin_client, token, "seed-1", 200).await;
+    let floor = database_floor(uri, 20).await;
+    ListUsers {
+        seeded,
+        walk,
+        walk_errors,
+        prefixed,
+        prefix_errors,
+        floor,
     }
+}
 
-    let rss = peak_rss_mib(pid);
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status();
-    let _ = keyward.wait();
-    let _ = mongo.kill();
-    let _ = mongo.wait();
-    let _ = std::fs::remove_dir_all(&dir);
+/// Every figure of a run, for the report.
+struct Results {
+    hash_workers: usize,
+    check: Stats,
+    authn: Stats,
+    ext_authz: Stats,
+    authz: Stats,
+    authz_catalogue: Stats,
+    authn_keys: Stats,
+    authn_after: Stats,
+    authn_bare: Stats,
+    authn_metrics_again: Stats,
+    raw_rate: f64,
+    logins: Stats,
+    probe: Probe,
+    refresh: Stats,
+    send_codes: Stats,
+    drain: Drain,
+    delivery: Delivery,
+    enumeration: Enumeration,
+    list_users: ListUsers,
+    federated: Option<Stats>,
+    rss: f64,
+}
 
+/// The table of phases, the mail, enumeration and ListUsers lines, peak RSS, and the targets.
+fn report(r: &Results) {
+    let hash_workers = r.hash_workers;
     let row = |name: &str, s: &Stats| {
         println!(
             "| {name:<34} | {:>10.0} | {:>8.2} | {:>8.2} | {:>6} |",
@@ -1030,25 +1170,25 @@ async fn main() {
         "|{:-<36}|{:-<12}|{:-<10}|{:-<10}|{:-<8}|",
         "", "", "", "", ""
     );
-    row("grpc.health.v1 Check (ceiling)", &check);
-    row("Authenticate", &authn);
-    row("Authenticate (again, after Authorize)", &authn_after);
-    row("Authenticate, metrics off", &authn_bare);
-    row("Authenticate, metrics on (again)", &authn_metrics_again);
-    row("Envoy ext_authz Check", &ext_authz);
-    row("Authorize (platform / org, 50:50)", &authz);
-    row("Authorize (catalogue permission)", &authz_catalogue);
-    row("Authenticate (API key)", &authn_keys);
-    row("Login (flood)", &logins);
-    row("Refresh", &refresh);
-    row("SendCode (outbox write)", &send_codes);
-    if let Some(federated) = &federated {
+    row("grpc.health.v1 Check (ceiling)", &r.check);
+    row("Authenticate", &r.authn);
+    row("Authenticate (again, after Authorize)", &r.authn_after);
+    row("Authenticate, metrics off", &r.authn_bare);
+    row("Authenticate, metrics on (again)", &r.authn_metrics_again);
+    row("Envoy ext_authz Check", &r.ext_authz);
+    row("Authorize (platform / org, 50:50)", &r.authz);
+    row("Authorize (catalogue permission)", &r.authz_catalogue);
+    row("Authenticate (API key)", &r.authn_keys);
+    row("Login (flood)", &r.logins);
+    row("Refresh", &r.refresh);
+    row("SendCode (outbox write)", &r.send_codes);
+    if let Some(federated) = &r.federated {
         row("Federated finish (8 workers)", federated);
     }
     println!(
         "| {:<34} | {:>10.0} | {:>8} | {:>8} | {:>6} |",
         format!("raw argon2id, {hash_workers} threads"),
-        raw_rate,
+        r.raw_rate,
         "-",
         "-",
         "-"
@@ -1056,35 +1196,51 @@ async fn main() {
     println!(
         "| {:<34} | {:>10} | {:>8.2} | {:>8.2} | {:>6} |",
         "Authenticate probe during the flood",
-        probe_n,
-        ms(probe_p50),
-        ms(probe_p99),
+        r.probe.n,
+        ms(r.probe.p50),
+        ms(r.probe.p99),
         "-"
     );
     println!();
+    let Drain {
+        backlog,
+        drained,
+        took: drain,
+    } = &r.drain;
     println!(
         "mail: {backlog} queued codes handed to SMTP in {:.1} s ({:.0} messages/s, 4 delivery workers, aiosmtpd sink)",
         drain.as_secs_f64(),
-        (drained - users) as f64 / drain.as_secs_f64()
+        (*drained - USERS) as f64 / drain.as_secs_f64()
     );
+    let delivered = r.delivery.delivered;
     println!(
         "mail: code delivery at 50/s beside an Authenticate load: {delivered} of {} delivered, p50 {:.1} ms, p99 {:.1} ms",
-        sent_at.len(),
-        ms(delivery_p50),
-        ms(delivery_p99)
+        r.delivery.sent,
+        ms(r.delivery.p50),
+        ms(r.delivery.p99)
     );
+    let median = |v: &Vec<Duration>| v.get(v.len() / 2).copied().unwrap_or_default();
+    let (known, unknown) = (&r.enumeration.known, &r.enumeration.unknown);
     println!(
         "enumeration: SendCode median for an account {:.2} ms vs. an unknown address {:.2} ms ({} + {} calls)",
-        ms(known_median),
-        ms(unknown_median),
+        ms(median(known)),
+        ms(median(unknown)),
         known.len(),
         unknown.len()
     );
+    let ListUsers {
+        seeded,
+        walk,
+        walk_errors,
+        prefixed,
+        prefix_errors,
+        floor,
+    } = &r.list_users;
     println!(
         "ListUsers with {seeded} accounts stored: {} pages of 50 walked by keyset, p50 {:.2} ms, p99 {:.2} ms, {walk_errors} errors",
         walk.len(),
-        ms(percentile(&walk, 0.5)),
-        ms(percentile(&walk, 0.99))
+        ms(percentile(walk, 0.5)),
+        ms(percentile(walk, 0.99))
     );
     println!(
         "  the database alone, same queries (find, sort created_at+_id, limit 51): first page p50 {:.2} ms, page after a cursor p50 {:.2} ms",
@@ -1094,18 +1250,30 @@ async fn main() {
     println!(
         "ListUsers filtered by email prefix \"seed-1\": {} pages, p50 {:.2} ms, p99 {:.2} ms, {prefix_errors} errors",
         prefixed.len(),
-        ms(percentile(&prefixed, 0.5)),
-        ms(percentile(&prefixed, 0.99))
+        ms(percentile(prefixed, 0.5)),
+        ms(percentile(prefixed, 0.99))
     );
     println!();
+    let rss = r.rss;
     println!("peak RSS of keyward: {rss:.1} MiB");
     println!();
-    let authn_share = authn.rate() / check.rate();
-    let login_share = logins.rate() / raw_rate;
-    let check_share = ext_authz.rate() / authn_mean_rate;
-    let authz_share = authz.rate() / authn_mean_rate;
-    let catalogue_share = authz_catalogue.rate() / authn_mean_rate;
-    let key_share = authn_keys.rate() / authn_mean_rate;
+    targets(r);
+}
+
+/// Each target with the figure beside it and `ok` or `MISSED`.
+fn targets(r: &Results) {
+    // This VM's speed drifts over a run, so ext_authz and Authorize are compared with the mean
+    // of an Authenticate phase before and one after them.
+    let authn_mean_rate = (r.authn.rate() + r.authn_after.rate()) / 2.0;
+    let metrics_ratio =
+        (r.authn_after.rate() + r.authn_metrics_again.rate()) / 2.0 / r.authn_bare.rate();
+    let authn_share = r.authn.rate() / r.check.rate();
+    let login_share = r.logins.rate() / r.raw_rate;
+    let check_share = r.ext_authz.rate() / authn_mean_rate;
+    let authz_share = r.authz.rate() / authn_mean_rate;
+    let catalogue_share = r.authz_catalogue.rate() / authn_mean_rate;
+    let key_share = r.authn_keys.rate() / authn_mean_rate;
+    let rss = r.rss;
     println!("targets:");
     println!(
         "  Authenticate >= 70% of health Check rate: {:.0}%  {}",
@@ -1114,8 +1282,8 @@ async fn main() {
     );
     println!(
         "  Authenticate p99 < 5 ms:                  {:.2} ms  {}",
-        ms(authn.p99),
-        verdict(authn.p99 < Duration::from_millis(5))
+        ms(r.authn.p99),
+        verdict(r.authn.p99 < Duration::from_millis(5))
     );
     println!(
         "  ext_authz Check >= 80% of Authenticate (mean of both runs): {:.0}%  {}",
@@ -1124,8 +1292,8 @@ async fn main() {
     );
     println!(
         "  ext_authz Check p99 < 5 ms:               {:.2} ms  {}",
-        ms(ext_authz.p99),
-        verdict(ext_authz.p99 < Duration::from_millis(5))
+        ms(r.ext_authz.p99),
+        verdict(r.ext_authz.p99 < Duration::from_millis(5))
     );
     println!(
         "  Authorize >= 80% of Authenticate (mean of both runs):       {:.0}%  {}",
@@ -1154,11 +1322,88 @@ async fn main() {
     );
     println!(
         "  Authenticate p99 < 10 ms during flood:    {:.2} ms  {}",
-        ms(probe_p99),
-        verdict(probe_p99 < Duration::from_millis(10))
+        ms(r.probe.p99),
+        verdict(r.probe.p99 < Duration::from_millis(10))
     );
     println!(
         "  peak RSS < 150 MiB:                       {rss:.1} MiB  {}",
         verdict(rss < 150.0)
     );
+}
+
+/// `--seconds N` (default 5): how long each phase runs.
+fn seconds_per_phase() -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == "--seconds")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5)
+}
+
+#[tokio::main]
+async fn main() {
+    let seconds = seconds_per_phase();
+    let servers = Servers::start();
+    let (keyward, port) = servers.spawn_keyward("127.0.0.1:0");
+    let channels = connect(port).await;
+    let fixture = set_up(&channels, &servers.uri).await;
+    let hash_workers = servers.hash_workers;
+    let bench = Bench {
+        phase: Duration::from_secs(seconds),
+        servers,
+        channels,
+        fixture,
+    };
+
+    println!("keyward load benchmark: concurrency {CONCURRENCY} over {CONNECTIONS} loopback HTTP/2 connections, {seconds}s per phase, {} cores, {hash_workers} hash workers", hash_workers);
+    println!();
+
+    // The phases, in the order of the module doc (the figures depend on it: later phases run on
+    // a fuller database and warmer caches).
+    let check = health_check(&bench).await;
+    let authn = authenticate(&bench, &bench.channels).await;
+    let ext_authz = ext_authz_check(&bench).await;
+    let authz = authorize_platform_or_org(&bench).await;
+    let authz_catalogue = authorize_catalogue(&bench).await;
+    let authn_keys = authenticate_api_keys(&bench).await;
+    let authn_after = authenticate(&bench, &bench.channels).await;
+    let authn_bare = authenticate_without_metrics(&bench).await;
+    let authn_metrics_again = authenticate(&bench, &bench.channels).await;
+    let raw_rate = raw_argon2(bench.phase, hash_workers);
+    let (logins, probe) = login_flood(&bench).await;
+    let refresh = refresh(&bench).await;
+    let (send_codes, drain) = send_codes(&bench).await;
+    let delivery = code_delivery(&bench, drain.drained).await;
+    let enumeration = enumeration_timing(&bench).await;
+    let list_users = list_users(&bench).await;
+    let federated = match &bench.servers.providers {
+        Ok(_) => Some(federated_finish(Arc::clone(&bench.channels), bench.phase).await),
+        Err(_) => None,
+    };
+
+    let rss = bench.servers.stop(keyward);
+    report(&Results {
+        hash_workers,
+        check,
+        authn,
+        ext_authz,
+        authz,
+        authz_catalogue,
+        authn_keys,
+        authn_after,
+        authn_bare,
+        authn_metrics_again,
+        raw_rate,
+        logins,
+        probe,
+        refresh,
+        send_codes,
+        drain,
+        delivery,
+        enumeration,
+        list_users,
+        federated,
+        rss,
+    });
 }

@@ -1,8 +1,7 @@
-//! Registration, password login, GetMe, ChangePassword, bcrypt import and the audit trail.
+//! Registration, password login, GetMe, ChangePassword and the audit trail.
 
 use std::time::{Duration, Instant};
 
-use futures::future::join_all;
 use keyward::grpc::pb::{
     AuthenticateRequest, ChangePasswordRequest, GetMeRequest, LoginRequest, RegisterRequest, Role,
 };
@@ -91,7 +90,7 @@ async fn duplicate_email_is_already_exists_whatever_its_case() {
 async fn sixteen_concurrent_registrations_of_one_email_create_one_account() {
     let app = TestApp::start().await;
     let email = email("race");
-    let attempts = (0..16).map(|_| {
+    let results = race(16, |_| {
         let mut client = app.auth();
         let email = email.clone();
         async move {
@@ -103,8 +102,8 @@ async fn sixteen_concurrent_registrations_of_one_email_create_one_account() {
                 })
                 .await
         }
-    });
-    let results = join_all(attempts).await;
+    })
+    .await;
     let ok = results.iter().filter(|r| r.is_ok()).count();
     let taken = results
         .iter()
@@ -265,46 +264,6 @@ async fn change_password_ends_other_sessions_and_replaces_the_password() {
     app.login(&email, new_password)
         .await
         .expect("new password works");
-}
-
-#[tokio::test]
-async fn imported_bcrypt_hashes_log_in_and_are_rehashed_to_argon2id() {
-    let app = TestApp::start().await;
-    let db = app.db().await;
-    let email = email("imported");
-    let bcrypt_hash = bcrypt::hash("legacy password 1", 10)
-        .unwrap()
-        .replacen("$2b$", "$2y$", 1);
-    let now = mongodb::bson::DateTime::now();
-    db.collection::<Document>("users")
-        .insert_one(doc! {
-            "_id": "imported-user-1", "email": &email, "display_name": "Legacy", "password_hash": &bcrypt_hash,
-            "role": "user", "status": "active", "email_verified": true, "created_at": now, "updated_at": now,
-            "last_login_at": null,
-        })
-        .await
-        .unwrap();
-    assert_eq!(
-        reason(&app.login(&email, "legacy password 2").await.unwrap_err()),
-        "INVALID_CREDENTIALS"
-    );
-    app.login(&email, "legacy password 1")
-        .await
-        .expect("bcrypt hash verifies");
-    let stored = db
-        .collection::<Document>("users")
-        .find_one(doc! { "_id": "imported-user-1" })
-        .await
-        .unwrap()
-        .unwrap();
-    let hash = stored.get_str("password_hash").unwrap();
-    assert!(
-        hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
-        "{hash}"
-    );
-    app.login(&email, "legacy password 1")
-        .await
-        .expect("argon2id hash verifies");
 }
 
 #[tokio::test]

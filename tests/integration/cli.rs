@@ -8,16 +8,9 @@ use keyward::grpc::pb::{AuthenticateRequest, Role};
 
 use crate::harness::*;
 
-fn keyward() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyward"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
-    cmd
-}
-
 #[tokio::test]
 async fn keys_generate_then_bootstrap_a_super_admin_who_can_log_in() {
-    let out = keyward().args(["keys", "generate"]).output().unwrap();
+    let out = Keyward::command(["keys", "generate"]).output();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     let secret = text
@@ -31,8 +24,9 @@ async fn keys_generate_then_bootstrap_a_super_admin_who_can_log_in() {
     let mut config = test_config();
     config.signing_key = Some(secret.clone());
     let email = email("root");
-    let mut child = keyward()
-        .args([
+    let mut child = Keyward::on(
+        &config,
+        [
             "admin",
             "create-user",
             "--role",
@@ -41,18 +35,14 @@ async fn keys_generate_then_bootstrap_a_super_admin_who_can_log_in() {
             "Root",
             "--email",
             &email,
-        ])
-        .env(
-            "KEYWARD_MONGODB_URI",
-            config.mongodb_uri.as_deref().unwrap(),
-        )
-        .env("KEYWARD_MONGODB_DATABASE", &config.mongodb_database)
-        .env("KEYWARD_SIGNING_KEY", &secret)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        ],
+    )
+    .cmd()
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     child
         .stdin
         .take()
@@ -107,11 +97,9 @@ fn serve_refuses_to_start_on_bad_configuration_and_names_the_key() {
         ),
     ];
     for (env, named) in cases {
-        let out = keyward()
-            .arg("serve")
-            .envs(env.iter().copied())
-            .output()
-            .unwrap();
+        let mut keyward = Keyward::command(["serve"]);
+        keyward.cmd().envs(env.iter().copied());
+        let out = keyward.output();
         assert!(!out.status.success(), "started with {env:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(named), "{named} not named in: {stderr}");
@@ -125,31 +113,24 @@ fn serve_refuses_to_start_on_bad_configuration_and_names_the_key() {
 async fn the_dev_walkthrough_works_pasted_as_printed() {
     let data_dir =
         std::env::temp_dir().join(format!("keyward-dev-{}", uuid::Uuid::new_v4().simple()));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
     let config = test_config();
     std::fs::create_dir_all(&data_dir).unwrap();
     let log_path = data_dir.join("keyward.log");
-    let mut server = keyward();
+    let mut server = Keyward::command(["serve", "--dev"]);
     server
-        .args(["serve", "--dev"])
         .env(
             "KEYWARD_MONGODB_URI",
             config.mongodb_uri.as_deref().unwrap(),
         )
         .env("KEYWARD_MONGODB_DATABASE", &config.mongodb_database)
-        .env("KEYWARD_GRPC_ADDR", &addr)
-        .env("KEYWARD_METRICS_ADDR", "127.0.0.1:0")
+        .listen_on_free_ports()
         .env("KEYWARD_DATA_DIR", &data_dir)
+        .cmd()
         .stdout(std::fs::File::create(&log_path).unwrap())
         .stderr(Stdio::inherit());
-    kill_with_parent(&mut server);
-    let mut server = server.spawn().unwrap();
-    connect_serving(&addr).await;
+    let mut server = server.spawn();
+    server.channel().await;
+    let addr = server.addr.clone();
 
     let root = env!("CARGO_MANIFEST_DIR");
     let printed = Command::new("bash")
@@ -190,7 +171,7 @@ async fn the_dev_walkthrough_works_pasted_as_printed() {
         "{code:?}"
     );
 
-    let _ = terminate(&mut server).await;
+    let _ = server.terminate().await;
     // The log has the one-line marker a newcomer looks for.
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(
@@ -202,20 +183,7 @@ async fn the_dev_walkthrough_works_pasted_as_printed() {
 
 /// Runs `keyward admin <args>` against `app`'s database; returns (success, stdout + stderr).
 fn admin_cli(app: &TestApp, args: &[&str]) -> (bool, String) {
-    let out = keyward()
-        .arg("admin")
-        .args(args)
-        .env(
-            "KEYWARD_MONGODB_URI",
-            app.config.mongodb_uri.as_deref().unwrap(),
-        )
-        .env("KEYWARD_MONGODB_DATABASE", &app.config.mongodb_database)
-        .env(
-            "KEYWARD_SIGNING_KEY",
-            app.config.signing_key.as_deref().unwrap(),
-        )
-        .output()
-        .unwrap();
+    let out = Keyward::on(&app.config, ["admin"].iter().chain(args)).output();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

@@ -33,7 +33,6 @@
 //! comes (a fix may write differently), keyward is killed at a fixed time instead.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -130,12 +129,12 @@ struct Held {
     register_in_flight: Option<RegisterRequest>,
 }
 
-/// `keyward serve` on `config`'s database as a process of its own (see `replica_command`), with
+/// `keyward serve` on `config`'s database as a process of its own (see `Keyward::serve`), with
 /// the settings this test changes passed on as well (the harness passes the connection ones).
-fn spawn_keyward(config: &Config) -> (Child, String) {
-    let (mut cmd, port) = replica_command(config);
+fn spawn_keyward(config: &Config) -> KeywardProcess {
     let ms = |d: Duration| format!("{}ms", d.as_millis());
-    cmd.env("KEYWARD_HASH_WORKERS", config.hash_workers.to_string())
+    Keyward::serve(config)
+        .env("KEYWARD_HASH_WORKERS", config.hash_workers.to_string())
         .env(
             "KEYWARD_REGISTRATIONS_PER_ADDRESS_PER_HOUR",
             config.registrations_per_address_per_hour.to_string(),
@@ -162,9 +161,8 @@ fn spawn_keyward(config: &Config) -> (Child, String) {
             config.require_verified_email.to_string(),
         )
         // Mail retries while SMTP is down would flood the test's stderr.
-        .env("KEYWARD_LOG_LEVEL", "error");
-    let child = cmd.spawn().expect("start keyward serve");
-    (child, format!("127.0.0.1:{port}"))
+        .env("KEYWARD_LOG_LEVEL", "error")
+        .spawn()
 }
 
 /// Whether the flood is over for a flooder whose call failed with `e`: it is once keyward was
@@ -661,9 +659,9 @@ struct Killed {
 
 impl Killed {
     /// A fresh keyward on the same database, once it is SERVING.
-    async fn restart(&self) -> (Child, Channel) {
-        let (second, addr) = spawn_keyward(&self.config);
-        let channel = connect_serving(&addr).await;
+    async fn restart(&self) -> (KeywardProcess, Channel) {
+        let second = spawn_keyward(&self.config);
+        let channel = second.channel().await;
         println!(
             "restarted and SERVING {:?} after the kill",
             self.killed_at.elapsed()
@@ -672,8 +670,8 @@ impl Killed {
     }
 
     /// Stops the restarted keyward and fails with `failures`, if any.
-    async fn finish(self, mut second: Child, failures: Vec<String>) {
-        let _ = terminate(&mut second).await;
+    async fn finish(self, mut second: KeywardProcess, failures: Vec<String>) {
+        let _ = second.terminate().await;
         // Closed before this test's runtime ends, which would otherwise drop the driver's pool
         // tasks under its own pending work (the driver panics then).
         self.reader.store.shutdown(Duration::from_secs(5)).await;
@@ -732,9 +730,9 @@ async fn flood_until_killed(registrations: Registrations) -> Option<Killed> {
     // SMTP is down from here until after the restart: nothing can be delivered, so nothing can
     // be in flight at the kill.
     sink.pause();
-    let (mut first, addr) = spawn_keyward(&first_config);
-    switch.pid.store(first.id() as i32, Ordering::SeqCst);
-    let channel = connect_serving(&addr).await;
+    let mut first = spawn_keyward(&first_config);
+    switch.pid.store(first.child.id() as i32, Ordering::SeqCst);
+    let channel = first.channel().await;
 
     // The flood.
     let ledger = Arc::new(Mutex::new(Ledger::default()));
@@ -760,7 +758,7 @@ async fn flood_until_killed(registrations: Registrations) -> Option<Killed> {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let status = first.wait().unwrap();
+    let status = first.child.wait().unwrap();
     let (killed_at, kill_point) = switch.at.lock().unwrap().clone().unwrap();
     let flood_len = killed_at - flood_start;
     let mut held = Vec::new();

@@ -598,24 +598,20 @@ async fn sixteen_concurrent_finishes_with_one_state_give_one_session() {
     let app = Arc::new(app().await);
     let url = authorization_url(&app, REAL).await;
     let callback = Arc::new(sign_in_at_real(&url, &email("fed-race")).await);
-    let barrier = Arc::new(tokio::sync::Barrier::new(16));
-    let tasks: Vec<_> = (0..16)
-        .map(|_| {
-            let (app, callback, barrier) = (app.clone(), callback.clone(), barrier.clone());
-            tokio::spawn(async move {
-                let mut client = federation(&app);
-                barrier.wait().await;
-                client
-                    .finish_federated_login(callback.finish())
-                    .await
-                    .map(|r| r.into_inner())
-            })
-        })
-        .collect();
+    let results = race(16, |_| {
+        let (mut client, request) = (federation(&app), callback.finish());
+        async move {
+            client
+                .finish_federated_login(request)
+                .await
+                .map(|r| r.into_inner())
+        }
+    })
+    .await;
     let mut won = 0;
     let mut lost = 0;
-    for task in tasks {
-        match task.await.unwrap() {
+    for result in results {
+        match result {
             Ok(answer) => {
                 tokens(&answer);
                 won += 1;
@@ -646,25 +642,20 @@ async fn concurrent_first_sign_ins_of_one_identity_make_one_account() {
         let url = authorization_url(&app, HOSTILE).await;
         callbacks.push(callback_from_hostile(&url, Scenario::Good, &sub, &address, true).await);
     }
-    let barrier = Arc::new(tokio::sync::Barrier::new(callbacks.len()));
-    let tasks: Vec<_> = callbacks
-        .into_iter()
-        .map(|callback| {
-            let (app, barrier) = (app.clone(), barrier.clone());
-            tokio::spawn(async move {
-                let mut client = federation(&app);
-                barrier.wait().await;
-                client
-                    .finish_federated_login(callback.finish())
-                    .await
-                    .map(|r| r.into_inner())
-            })
-        })
-        .collect();
+    let results = race(callbacks.len(), |i| {
+        let (mut client, request) = (federation(&app), callbacks[i].finish());
+        async move {
+            client
+                .finish_federated_login(request)
+                .await
+                .map(|r| r.into_inner())
+        }
+    })
+    .await;
     let mut ids = std::collections::HashSet::new();
     let mut created = 0;
-    for task in tasks {
-        let answer = task.await.unwrap().expect("every tab signs in");
+    for result in results {
+        let answer = result.expect("every tab signs in");
         ids.insert(user_id(&answer));
         created += answer.account_created as usize;
     }

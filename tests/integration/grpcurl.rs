@@ -1,26 +1,7 @@
 //! The real grpcurl against keyward: reflection (list, describe), health, and
 //! Register -> Login -> Authenticate in JSON, as an operator would do it.
 
-use std::process::Command;
-
 use crate::harness::*;
-
-fn grpcurl(args: &[&str]) -> (bool, String) {
-    let out = Command::new("grpcurl")
-        .args(args)
-        .output()
-        .expect("grpcurl not found: run scripts/setup.sh first");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
-fn json(text: &str) -> serde_json::Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
-}
 
 #[tokio::test]
 async fn grpcurl_lists_describes_checks_health_and_logs_in() {

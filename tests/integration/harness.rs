@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
 
+pub use crate::clients::*;
 pub use crate::local_servers::connect_serving;
 use crate::local_servers::start_secantus as start_secantus_at;
 use crate::smtp_sink::SmtpSink;
@@ -83,34 +84,123 @@ pub fn kill_with_parent(cmd: &mut Command) {
     }
 }
 
-/// The real `keyward serve` binary as another replica on `config`'s database, key and SMTP
-/// sink, listening on a free loopback port (returned); stdout dropped, dies with the test.
-pub fn replica_command(config: &Config) -> (Command, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
-        .port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyward"));
-    cmd.arg("serve")
-        .env_clear()
-        .env(
-            "KEYWARD_MONGODB_URI",
-            config.mongodb_uri.as_deref().unwrap(),
-        )
-        .env("KEYWARD_MONGODB_DATABASE", &config.mongodb_database)
-        .env(
-            "KEYWARD_SIGNING_KEY",
-            config.signing_key.as_deref().unwrap(),
-        )
-        .env("KEYWARD_GRPC_ADDR", format!("127.0.0.1:{port}"))
-        // Not the default 0.0.0.0:9090, which two replicas could not share.
-        .env("KEYWARD_METRICS_ADDR", "127.0.0.1:0")
-        .env("KEYWARD_SMTP_URL", config.smtp_url.as_deref().unwrap())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::inherit());
-    kill_with_parent(&mut cmd);
-    (cmd, port)
+        .port()
+}
+
+/// The real `keyward` binary, to run as a process of its own: an empty environment but `PATH`,
+/// the settings a test gives it, and it dies with the test's thread that spawned it.
+pub struct Keyward {
+    cmd: Command,
+    port: Option<u16>,
+}
+
+impl Keyward {
+    /// `keyward <args>` with no settings at all.
+    pub fn command<I, S>(args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyward"));
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default());
+        kill_with_parent(&mut cmd);
+        Self { cmd, port: None }
+    }
+
+    /// `keyward <args>` on `config`'s database and signing key.
+    pub fn on<I, S>(config: &Config, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut keyward = Self::command(args);
+        keyward
+            .env(
+                "KEYWARD_MONGODB_URI",
+                config.mongodb_uri.as_deref().unwrap(),
+            )
+            .env("KEYWARD_MONGODB_DATABASE", &config.mongodb_database)
+            .env(
+                "KEYWARD_SIGNING_KEY",
+                config.signing_key.as_deref().unwrap(),
+            );
+        keyward
+    }
+
+    /// `keyward serve` as another replica on `config`'s database, key and SMTP sink, listening
+    /// on a free loopback port; stdout dropped, stderr the test's.
+    pub fn serve(config: &Config) -> Self {
+        let mut keyward = Self::on(config, ["serve"]);
+        keyward
+            .listen_on_free_ports()
+            .env("KEYWARD_SMTP_URL", config.smtp_url.as_deref().unwrap());
+        keyward
+            .cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit());
+        keyward
+    }
+
+    /// gRPC on a free loopback port (see [`KeywardProcess::addr`]), metrics on another.
+    pub fn listen_on_free_ports(&mut self) -> &mut Self {
+        let port = free_port();
+        self.port = Some(port);
+        self.env("KEYWARD_GRPC_ADDR", format!("127.0.0.1:{port}"))
+            // Not the default 0.0.0.0:9090, which two replicas could not share.
+            .env("KEYWARD_METRICS_ADDR", "127.0.0.1:0")
+    }
+
+    /// One more setting.
+    pub fn env(&mut self, key: &str, value: impl AsRef<std::ffi::OsStr>) -> &mut Self {
+        self.cmd.env(key, value);
+        self
+    }
+
+    /// The command itself, for what the builder does not cover (stdin, pipes).
+    pub fn cmd(&mut self) -> &mut Command {
+        &mut self.cmd
+    }
+
+    /// Runs it to the end, collecting its output.
+    pub fn output(&mut self) -> std::process::Output {
+        self.cmd.output().expect("run keyward")
+    }
+
+    /// Starts it (a `serve`'s address is known at once; see [`KeywardProcess::channel`]).
+    pub fn spawn(&mut self) -> KeywardProcess {
+        let child = self.cmd.spawn().expect("start keyward");
+        KeywardProcess {
+            child,
+            addr: format!("127.0.0.1:{}", self.port.unwrap_or(0)),
+        }
+    }
+}
+
+/// A running `keyward` process.
+pub struct KeywardProcess {
+    pub child: std::process::Child,
+    /// Where a `serve` listens for gRPC.
+    pub addr: String,
+}
+
+impl KeywardProcess {
+    /// A channel to it once its health reports SERVING.
+    pub async fn channel(&self) -> Channel {
+        connect_serving(&self.addr).await
+    }
+
+    /// SIGTERM, then its exit (see [`terminate`]).
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        terminate(&mut self.child).await
+    }
 }
 
 /// Sends SIGTERM and waits (15 s at most) for the process to exit; returns how it exited.
@@ -128,6 +218,80 @@ pub async fn terminate(child: &mut std::process::Child) -> std::process::ExitSta
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Builds `n` tasks with `task(i)`, releases them together (each waits on one barrier before its
+/// first step) and returns their results in order. Race tests then assert exactly one winner.
+pub async fn race<T, F, Fut>(n: usize, task: F) -> Vec<T>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(n));
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let barrier = barrier.clone();
+            let run = task(i);
+            tokio::spawn(async move {
+                barrier.wait().await;
+                run.await
+            })
+        })
+        .collect();
+    let mut results = Vec::with_capacity(n);
+    for handle in handles {
+        results.push(handle.await.expect("a racer panicked"));
+    }
+    results
+}
+
+/// The real grpcurl with `args`: whether it succeeded, and its stdout then stderr.
+pub fn grpcurl(args: &[&str]) -> (bool, String) {
+    let out = Command::new("grpcurl")
+        .args(args)
+        .output()
+        .expect("grpcurl not found: run scripts/setup.sh first");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// [`grpcurl`] off the test's runtime threads.
+pub async fn grpcurl_blocking(args: Vec<String>) -> (bool, String) {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        grpcurl(&args)
+    })
+    .await
+    .unwrap()
+}
+
+/// grpcurl calling `keyward.v1.<method>` at `addr` with a bearer token (if not empty) and a JSON
+/// body; panics unless it succeeds, returns the JSON answer.
+pub async fn grpcurl_call(
+    addr: &str,
+    token: &str,
+    method: &str,
+    body: String,
+) -> serde_json::Value {
+    let method = format!("keyward.v1.{method}");
+    let mut args = vec!["-plaintext".to_string()];
+    if !token.is_empty() {
+        args.extend(["-H".to_string(), format!("authorization: Bearer {token}")]);
+    }
+    args.extend(["-d".to_string(), body, addr.to_string(), method.clone()]);
+    let (ok, out) = grpcurl_blocking(args).await;
+    assert!(ok, "{method}: {out}");
+    json(&out)
+}
+
+/// `text` as JSON, or a panic showing it.
+pub fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
 
 /// A config for a test: fresh database, fresh signing key, loopback port 0 (gRPC and metrics).
@@ -377,6 +541,17 @@ pub fn reason(status: &tonic::Status) -> String {
         .get_details_error_info()
         .map(|i| i.reason)
         .unwrap_or_default()
+}
+
+/// Asserts a refusal with `code` and `why` (the `ErrorInfo` reason).
+#[track_caller]
+pub fn refused<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: tonic::Code, why: &str) {
+    let status = result.expect_err(why);
+    assert_eq!(
+        (status.code(), reason(&status).as_str()),
+        (code, why),
+        "{status:?}"
+    );
 }
 
 /// The `BadRequest` field violations of a status, as (field, description).

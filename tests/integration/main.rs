@@ -1,6 +1,7 @@
 //! keyward's integration tests: one binary, a real MongoDB-compatible server, keyward on
 //! 127.0.0.1:0 and real gRPC clients (plus the real grpcurl and a second keyward process).
 
+mod clients;
 mod harness;
 #[path = "../support/local_servers.rs"]
 mod local_servers;
@@ -23,6 +24,7 @@ mod fuzz;
 mod gateway;
 mod gateway_hardening;
 mod grpcurl;
+mod import;
 mod lockout;
 mod metrics;
 mod mfa;

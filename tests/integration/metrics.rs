@@ -255,28 +255,19 @@ fn rpc(
     [("service", service), ("method", method), ("code", code)]
 }
 
-/// A free loopback port (as `replica_command` picks the gRPC one).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn a_scripted_mix_of_calls_moves_each_counter_by_what_it_did() {
     // keyward in a process of its own, so nothing but this test moves its counters.
     let config = test_config();
-    let (mut cmd, port) = replica_command(&config);
     let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    cmd.env("KEYWARD_METRICS_ADDR", metrics_addr.to_string())
+    let mut child = Keyward::serve(&config)
+        .env("KEYWARD_METRICS_ADDR", metrics_addr.to_string())
         .env("KEYWARD_REQUIRE_VERIFIED_EMAIL", "false")
         .env("KEYWARD_HASH_WORKERS", "2")
-        .env("KEYWARD_LOG_LEVEL", "warn");
-    let mut child = cmd.spawn().unwrap();
-    let grpc_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let channel = connect_serving(&grpc_addr.to_string()).await;
+        .env("KEYWARD_LOG_LEVEL", "warn")
+        .spawn();
+    let grpc_addr: SocketAddr = child.addr.parse().unwrap();
+    let channel = child.channel().await;
     let mut auth = AuthServiceClient::new(channel.clone());
 
     let before = Scrape::take(metrics_addr).await;
@@ -470,7 +461,7 @@ async fn a_scripted_mix_of_calls_moves_each_counter_by_what_it_did() {
     let elsewhere = http_get(metrics_addr, "/").await.unwrap();
     assert!(elsewhere.starts_with("HTTP/1.0 404"), "{elsewhere}");
 
-    assert!(terminate(&mut child).await.success());
+    assert!(child.terminate().await.success());
 }
 
 #[tokio::test]

@@ -245,19 +245,16 @@ async fn concurrent_uses_of_the_right_code_succeed_exactly_once() {
     sink.wait_for(&email_a, 1, Duration::from_secs(30)).await;
     send(&app, &email_a, CodePurpose::Login).await.unwrap();
     let code = sink.code(&email_a, 2).await;
-    let attempts = (0..16).map(|_| {
+    let results = race(16, |_| {
         let (app_channel, email, code) = (app.channel(), email_a.clone(), code.clone());
-        tokio::spawn(async move {
+        async move {
             OtpServiceClient::new(app_channel)
                 .login_with_code(LoginWithCodeRequest { email, code })
                 .await
-        })
-    });
-    let results = futures::future::join_all(attempts).await;
-    let wins = results
-        .iter()
-        .filter(|r| r.as_ref().unwrap().is_ok())
-        .count();
+        }
+    })
+    .await;
+    let wins = results.iter().filter(|r| r.is_ok()).count();
     assert_eq!(wins, 1, "{results:?}");
     let sessions = app
         .db()
@@ -272,19 +269,16 @@ async fn concurrent_uses_of_the_right_code_succeed_exactly_once() {
     let email_b = email("race-verify");
     app.register(&email_b).await;
     let code = sink.code(&email_b, 1).await;
-    let attempts = (0..16).map(|_| {
+    let results = race(16, |_| {
         let (app_channel, email, code) = (app.channel(), email_b.clone(), code.clone());
-        tokio::spawn(async move {
+        async move {
             OtpServiceClient::new(app_channel)
                 .verify_email(VerifyEmailRequest { email, code })
                 .await
-        })
-    });
-    let results = futures::future::join_all(attempts).await;
-    let wins = results
-        .iter()
-        .filter(|r| r.as_ref().unwrap().is_ok())
-        .count();
+        }
+    })
+    .await;
+    let wins = results.iter().filter(|r| r.is_ok()).count();
     assert_eq!(wins, 1, "{results:?}");
 }
 
@@ -570,20 +564,7 @@ async fn grpcurl_sends_and_verifies_a_code_in_json() {
     let code = sink.code(&email, 1).await;
     let run = |method: &'static str, body: String| {
         let addr = addr.clone();
-        tokio::task::spawn_blocking(move || {
-            let out = std::process::Command::new("grpcurl")
-                .args(["-plaintext", "-d", &body, &addr, method])
-                .output()
-                .expect("grpcurl not found: run scripts/setup.sh first");
-            (
-                out.status.success(),
-                format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                ),
-            )
-        })
+        tokio::task::spawn_blocking(move || grpcurl(&["-plaintext", "-d", &body, &addr, method]))
     };
     let (ok, out) = run(
         "keyward.v1.OtpService/SendCode",

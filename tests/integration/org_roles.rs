@@ -9,12 +9,12 @@ use std::sync::Arc;
 use keyward::grpc::pb::auth_service_client::AuthServiceClient;
 use keyward::grpc::pb::*;
 use mongodb::bson::{doc, Document};
-use tonic::{Code, Status};
+use tonic::Code;
 
 use crate::harness::*;
 use crate::permissions::{
-    allowed, create_org, decide, define, denied, envoy_allowed, envoy_denied, in_org, invalid,
-    member_signed_in, orgs, refused, through_envoy, try_delete,
+    allowed, decide, denied, envoy_allowed, envoy_denied, in_org, invalid, member_signed_in,
+    through_envoy,
 };
 use crate::users::with_role;
 
@@ -41,159 +41,48 @@ fn role_request(
     }
 }
 
-async fn try_define_role(
-    app: &TestApp,
-    token: &str,
-    request: DefineOrgRoleRequest,
-) -> Result<OrgCustomRole, Status> {
-    orgs(app)
-        .define_org_role(bearer(request, token))
-        .await
-        .map(|r| r.into_inner().role.expect("a role"))
-}
-
-async fn define_role(
-    app: &TestApp,
-    token: &str,
-    org_id: &str,
-    name: &str,
-    base: OrgRole,
-    permissions: &[&str],
-) -> OrgCustomRole {
-    try_define_role(app, token, role_request(org_id, name, base, permissions))
-        .await
-        .unwrap_or_else(|e| panic!("define role {name}: {e:?}"))
-}
-
-async fn list_roles(
-    app: &TestApp,
-    token: &str,
-    org_id: &str,
-) -> Result<Vec<OrgCustomRole>, Status> {
-    orgs(app)
-        .list_org_roles(bearer(
-            ListOrgRolesRequest {
-                org_id: org_id.into(),
-            },
-            token,
-        ))
-        .await
-        .map(|r| r.into_inner().roles)
-}
-
-async fn try_update_role(
-    app: &TestApp,
-    token: &str,
-    org_id: &str,
-    name: &str,
-    permissions: &[&str],
-) -> Result<OrgCustomRole, Status> {
-    let request = UpdateOrgRoleRequest {
-        org_id: org_id.into(),
-        name: name.into(),
-        description: None,
-        permissions: Some(PermissionNames {
-            names: permissions.iter().map(|p| p.to_string()).collect(),
-        }),
-    };
-    orgs(app)
-        .update_org_role(bearer(request, token))
-        .await
-        .map(|r| r.into_inner().role.expect("a role"))
-}
-
-async fn try_delete_role(
-    app: &TestApp,
-    token: &str,
-    org_id: &str,
-    name: &str,
-) -> Result<(), Status> {
-    let request = DeleteOrgRoleRequest {
-        org_id: org_id.into(),
-        name: name.into(),
-    };
-    orgs(app)
-        .delete_org_role(bearer(request, token))
-        .await
-        .map(|_| ())
-}
-
-/// UpdateMember with `role` and `custom_role` (`None`: unset).
-async fn update(
-    app: &TestApp,
-    token: &str,
-    org_id: &str,
-    user_id: &str,
-    role: OrgRole,
-    custom_role: Option<&str>,
-) -> Result<Member, Status> {
-    let request = UpdateMemberRequest {
-        org_id: org_id.into(),
-        user_id: user_id.into(),
-        role: role as i32,
-        department: None,
-        custom_role: custom_role.map(str::to_string),
-    };
-    orgs(app)
-        .update_member(bearer(request, token))
-        .await
-        .map(|r| r.into_inner().member.expect("a member"))
-}
-
-/// Gives `user_id` the custom role `name` (or takes it away, with "").
-async fn assign(
-    app: &TestApp,
-    token: &str,
-    org_id: &str,
-    user_id: &str,
-    name: &str,
-) -> Result<Member, Status> {
-    update(
-        app,
-        token,
-        org_id,
-        user_id,
-        OrgRole::Unspecified,
-        Some(name),
-    )
-    .await
-}
-
-async fn members(app: &TestApp, token: &str, org_id: &str) -> Vec<Member> {
-    orgs(app)
-        .list_members(bearer(
-            ListMembersRequest {
-                org_id: org_id.into(),
-                page_size: 200,
-                ..Default::default()
-            },
-            token,
-        ))
-        .await
-        .expect("list members")
-        .into_inner()
-        .members
-}
-
 /// The catalogue the tests use: READ for members, SIGN for admins, PURGE for owners, and a
 /// platform permission. Returns the platform admin's token.
 async fn notes_catalogue(app: &TestApp) -> String {
     let (_, admin) = with_role(app, &email("platform-admin"), "admin").await;
     let a = &admin.access_token;
-    define(app, a, in_org(READ, OrgRole::Member)).await;
-    define(app, a, in_org(SIGN, OrgRole::Admin)).await;
-    define(app, a, in_org(PURGE, OrgRole::Owner)).await;
-    define(
-        app,
-        a,
-        DefinePermissionRequest {
+    app.as_token(a)
+        .permissions()
+        .define_permission(in_org(READ, OrgRole::Member))
+        .await
+        .unwrap_or_else(|e| panic!("define permission: {e:?}"))
+        .into_inner()
+        .permission
+        .expect("a permission");
+    app.as_token(a)
+        .permissions()
+        .define_permission(in_org(SIGN, OrgRole::Admin))
+        .await
+        .unwrap_or_else(|e| panic!("define permission: {e:?}"))
+        .into_inner()
+        .permission
+        .expect("a permission");
+    app.as_token(a)
+        .permissions()
+        .define_permission(in_org(PURGE, OrgRole::Owner))
+        .await
+        .unwrap_or_else(|e| panic!("define permission: {e:?}"))
+        .into_inner()
+        .permission
+        .expect("a permission");
+    app.as_token(a)
+        .permissions()
+        .define_permission(DefinePermissionRequest {
             name: "notes.reports.export".into(),
             scope: PermissionScope::Platform as i32,
             least_role: Role::User as i32,
             ..Default::default()
-        },
-    )
-    .await;
+        })
+        .await
+        .unwrap_or_else(|e| panic!("define permission: {e:?}"))
+        .into_inner()
+        .permission
+        .expect("a permission");
     admin.access_token
 }
 
@@ -216,13 +105,45 @@ async fn a_custom_role_grants_its_permissions_to_its_members_until_taken_away_or
     notes_catalogue(&app).await;
     let owner = app.signed_in(&email("owner")).await;
     let o = &owner.access_token;
-    let org = create_org(&app, o, "Hospital").await;
-    let other_org = create_org(&app, o, "Other hospital").await;
+    let org = app
+        .as_token(o)
+        .orgs()
+        .create_org(CreateOrgRequest {
+            name: "Hospital".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create org")
+        .into_inner()
+        .organization
+        .unwrap()
+        .id;
+    let other_org = app
+        .as_token(o)
+        .orgs()
+        .create_org(CreateOrgRequest {
+            name: "Other hospital".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create org")
+        .into_inner()
+        .organization
+        .unwrap()
+        .id;
     let assistant = member_signed_in(&app, o, &org, "assistant", OrgRole::Member).await;
     let colleague = member_signed_in(&app, o, &org, "colleague", OrgRole::Member).await;
     let (a, c) = (&assistant.access_token, &colleague.access_token);
 
-    let role = define_role(&app, o, &org, "assistant", OrgRole::Member, &[SIGN]).await;
+    let role = app
+        .as_token(o)
+        .orgs()
+        .define_org_role(role_request(&org, "assistant", OrgRole::Member, &[SIGN]))
+        .await
+        .unwrap_or_else(|e| panic!("define role assistant: {e:?}"))
+        .into_inner()
+        .role
+        .expect("a role");
     assert_eq!(
         (
             role.org_id.as_str(),
@@ -242,9 +163,21 @@ async fn a_custom_role_grants_its_permissions_to_its_members_until_taken_away_or
         denied("ORG_ROLE_TOO_LOW")
     );
 
-    let member = assign(&app, o, &org, &uid(&assistant), "assistant")
+    let member = app
+        .as_token(o)
+        .orgs()
+        .update_member(UpdateMemberRequest {
+            org_id: org.clone(),
+            user_id: uid(&assistant),
+            role: OrgRole::Unspecified as i32,
+            department: None,
+            custom_role: Some("assistant".into()),
+        })
         .await
-        .expect("assign");
+        .expect("assign")
+        .into_inner()
+        .member
+        .expect("a member");
     assert_eq!(
         (member.role, member.custom_role.as_str()),
         (OrgRole::Member as i32, "assistant")
@@ -313,25 +246,61 @@ async fn a_custom_role_grants_its_permissions_to_its_members_until_taken_away_or
     );
 
     // Members see it in the listings.
-    let listed = members(&app, c, &org).await;
+    let listed = app
+        .as_token(c)
+        .orgs()
+        .list_members(ListMembersRequest {
+            org_id: org.clone(),
+            page_size: 200,
+            ..Default::default()
+        })
+        .await
+        .expect("list members")
+        .into_inner()
+        .members;
     let shown = listed
         .iter()
         .find(|m| m.user.as_ref().unwrap().id == uid(&assistant))
         .unwrap();
     assert_eq!(shown.custom_role, "assistant");
-    let mine = orgs(&app)
-        .list_my_orgs(bearer(ListMyOrgsRequest::default(), a))
+    let mine = app
+        .as_token(a)
+        .orgs()
+        .list_my_orgs(ListMyOrgsRequest::default())
         .await
         .unwrap()
         .into_inner()
         .orgs;
     assert_eq!(mine[0].custom_role, "assistant");
-    let roles = list_roles(&app, c, &org).await.expect("members list roles");
+    let roles = app
+        .as_token(c)
+        .orgs()
+        .list_org_roles(ListOrgRolesRequest {
+            org_id: org.clone(),
+        })
+        .await
+        .expect("members list roles")
+        .into_inner()
+        .roles;
     assert_eq!(roles.len(), 1);
     assert_eq!(roles[0].name, "assistant");
 
     // Taken away: refused from the next call.
-    let member = assign(&app, o, &org, &uid(&assistant), "").await.unwrap();
+    let member = app
+        .as_token(o)
+        .orgs()
+        .update_member(UpdateMemberRequest {
+            org_id: org.clone(),
+            user_id: uid(&assistant),
+            role: OrgRole::Unspecified as i32,
+            department: None,
+            custom_role: Some("".into()),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .member
+        .expect("a member");
     assert_eq!(
         (member.role, member.custom_role.as_str()),
         (OrgRole::Member as i32, "")
@@ -342,52 +311,104 @@ async fn a_custom_role_grants_its_permissions_to_its_members_until_taken_away_or
     );
 
     // A change of built-in role takes it away too.
-    assign(&app, o, &org, &uid(&assistant), "assistant")
+    app.as_token(o)
+        .orgs()
+        .update_member(UpdateMemberRequest {
+            org_id: org.clone(),
+            user_id: uid(&assistant),
+            role: OrgRole::Unspecified as i32,
+            department: None,
+            custom_role: Some("assistant".into()),
+        })
         .await
-        .unwrap();
-    let member = update(&app, o, &org, &uid(&assistant), OrgRole::Admin, None)
+        .unwrap()
+        .into_inner()
+        .member
+        .expect("a member");
+    let member = app
+        .as_token(o)
+        .orgs()
+        .update_member(UpdateMemberRequest {
+            org_id: org.clone(),
+            user_id: uid(&assistant),
+            role: OrgRole::Admin as i32,
+            department: None,
+            custom_role: None,
+        })
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner()
+        .member
+        .expect("a member");
     assert_eq!(
         (member.role, member.custom_role.as_str()),
         (OrgRole::Admin as i32, "")
     );
-    update(&app, o, &org, &uid(&assistant), OrgRole::Member, None)
+    app.as_token(o)
+        .orgs()
+        .update_member(UpdateMemberRequest {
+            org_id: org.clone(),
+            user_id: uid(&assistant),
+            role: OrgRole::Member as i32,
+            department: None,
+            custom_role: None,
+        })
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner()
+        .member
+        .expect("a member");
     assert_eq!(
         decide(&app, a, SIGN, &org).await,
         denied("ORG_ROLE_TOO_LOW")
     );
     // Asking its own base role with it is fine; another role is not.
-    update(
-        &app,
-        o,
-        &org,
-        &uid(&assistant),
-        OrgRole::Member,
-        Some("assistant"),
-    )
-    .await
-    .expect("assign with its base role");
+    app.as_token(o)
+        .orgs()
+        .update_member(UpdateMemberRequest {
+            org_id: org.clone(),
+            user_id: uid(&assistant),
+            role: OrgRole::Member as i32,
+            department: None,
+            custom_role: Some("assistant".into()),
+        })
+        .await
+        .expect("assign with its base role")
+        .into_inner()
+        .member
+        .expect("a member");
     invalid(
-        update(
-            &app,
-            o,
-            &org,
-            &uid(&assistant),
-            OrgRole::Admin,
-            Some("assistant"),
-        )
-        .await,
+        app.as_token(o)
+            .orgs()
+            .update_member(UpdateMemberRequest {
+                org_id: org.clone(),
+                user_id: uid(&assistant),
+                role: OrgRole::Admin as i32,
+                department: None,
+                custom_role: Some("assistant".into()),
+            })
+            .await
+            .map(|r| r.into_inner().member.expect("a member")),
         "role",
         "a role other than the base role",
     );
 
     // A widened role grants more from the next call.
-    try_update_role(&app, o, &org, "assistant", &[SIGN, PURGE])
+    app.as_token(o)
+        .orgs()
+        .update_org_role(UpdateOrgRoleRequest {
+            org_id: org.clone(),
+            name: "assistant".into(),
+            description: None,
+            permissions: Some(PermissionNames {
+                names: [SIGN, PURGE].iter().map(|p| p.to_string()).collect(),
+            }),
+        })
         .await
-        .expect("owner widens the role");
+        .expect("owner widens the role")
+        .into_inner()
+        .role
+        .expect("a role");
     assert_eq!(
         decide(&app, a, PURGE, &org).await,
         allowed("GRANTED_BY_CUSTOM_ROLE")
@@ -405,7 +426,12 @@ async fn a_custom_role_grants_its_permissions_to_its_members_until_taken_away_or
         .get_str("_id")
         .unwrap()
         .to_string();
-    try_delete_role(&app, o, &org, "assistant")
+    app.as_token(o)
+        .orgs()
+        .delete_org_role(DeleteOrgRoleRequest {
+            org_id: org.clone(),
+            name: "assistant".into(),
+        })
         .await
         .expect("delete role");
     assert_eq!(
@@ -416,7 +442,18 @@ async fn a_custom_role_grants_its_permissions_to_its_members_until_taken_away_or
         decide(&app, a, READ, &org).await,
         allowed("GRANTED_BY_ORG_ROLE")
     );
-    let listed = members(&app, o, &org).await;
+    let listed = app
+        .as_token(o)
+        .orgs()
+        .list_members(ListMembersRequest {
+            org_id: org.clone(),
+            page_size: 200,
+            ..Default::default()
+        })
+        .await
+        .expect("list members")
+        .into_inner()
+        .members;
     let shown = listed
         .iter()
         .find(|m| m.user.as_ref().unwrap().id == uid(&assistant))
@@ -425,15 +462,38 @@ async fn a_custom_role_grants_its_permissions_to_its_members_until_taken_away_or
         (shown.role, shown.custom_role.as_str()),
         (OrgRole::Member as i32, "")
     );
-    assert!(list_roles(&app, o, &org).await.unwrap().is_empty());
+    assert!(app
+        .as_token(o)
+        .orgs()
+        .list_org_roles(ListOrgRolesRequest {
+            org_id: org.clone()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .roles
+        .is_empty());
     refused(
-        try_delete_role(&app, o, &org, "assistant").await,
+        app.as_token(o)
+            .orgs()
+            .delete_org_role(DeleteOrgRoleRequest {
+                org_id: org.clone(),
+                name: "assistant".into(),
+            })
+            .await,
         Code::NotFound,
         "ORG_ROLE_NOT_FOUND",
     );
     // A new role of the same name starts with nobody — even for a member a deletion cut short
     // left naming the old one (memberships name their role by id).
-    define_role(&app, o, &org, "assistant", OrgRole::Member, &[SIGN]).await;
+    app.as_token(o)
+        .orgs()
+        .define_org_role(role_request(&org, "assistant", OrgRole::Member, &[SIGN]))
+        .await
+        .unwrap_or_else(|e| panic!("define role assistant: {e:?}"))
+        .into_inner()
+        .role
+        .expect("a role");
     assert_eq!(
         decide(&app, a, SIGN, &org).await,
         denied("ORG_ROLE_TOO_LOW")
@@ -480,7 +540,19 @@ async fn permissions_names_and_caps_that_do_not_fit_are_refused_naming_the_field
     notes_catalogue(&app).await;
     let owner = app.signed_in(&email("owner")).await;
     let o = &owner.access_token;
-    let org = create_org(&app, o, "Hospital").await;
+    let org = app
+        .as_token(o)
+        .orgs()
+        .create_org(CreateOrgRequest {
+            name: "Hospital".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create org")
+        .into_inner()
+        .organization
+        .unwrap()
+        .id;
     let request =
         |name: &str, permissions: &[&str]| role_request(&org, name, OrgRole::Member, permissions);
 
@@ -493,27 +565,34 @@ async fn permissions_names_and_caps_that_do_not_fit_are_refused_naming_the_field
         ("NOTES", "malformed"),
     ] {
         invalid(
-            try_define_role(&app, o, request("assistant", &[permission])).await,
+            app.as_token(o)
+                .orgs()
+                .define_org_role(request("assistant", &[permission]))
+                .await
+                .map(|r| r.into_inner().role.expect("a role")),
             "permissions[0]",
             case,
         );
     }
     invalid(
-        try_define_role(&app, o, request("assistant", &[SIGN, READ, SIGN])).await,
+        app.as_token(o)
+            .orgs()
+            .define_org_role(request("assistant", &[SIGN, READ, SIGN]))
+            .await
+            .map(|r| r.into_inner().role.expect("a role")),
         "permissions[2]",
         "a repeated permission",
     );
     let many: Vec<String> = (0..65).map(|i| format!("notes.n{i}.read")).collect();
     invalid(
-        try_define_role(
-            &app,
-            o,
-            DefineOrgRoleRequest {
+        app.as_token(o)
+            .orgs()
+            .define_org_role(DefineOrgRoleRequest {
                 permissions: many,
                 ..request("assistant", &[])
-            },
-        )
-        .await,
+            })
+            .await
+            .map(|r| r.into_inner().role.expect("a role")),
         "permissions",
         "65 permissions",
     );
@@ -532,94 +611,199 @@ async fn permissions_names_and_caps_that_do_not_fit_are_refused_naming_the_field
         "member",
     ] {
         invalid(
-            try_define_role(&app, o, request(name, &[SIGN])).await,
+            app.as_token(o)
+                .orgs()
+                .define_org_role(request(name, &[SIGN]))
+                .await
+                .map(|r| r.into_inner().role.expect("a role")),
             "name",
             &format!("name {name:?}"),
         );
     }
     invalid(
-        try_define_role(
-            &app,
-            o,
-            DefineOrgRoleRequest {
+        app.as_token(o)
+            .orgs()
+            .define_org_role(DefineOrgRoleRequest {
                 description: "x".repeat(501),
                 ..request("assistant", &[])
-            },
-        )
-        .await,
+            })
+            .await
+            .map(|r| r.into_inner().role.expect("a role")),
         "description",
         "a long description",
     );
     invalid(
-        try_define_role(&app, o, role_request(&org, "boss", OrgRole::Owner, &[])).await,
+        app.as_token(o)
+            .orgs()
+            .define_org_role(role_request(&org, "boss", OrgRole::Owner, &[]))
+            .await
+            .map(|r| r.into_inner().role.expect("a role")),
         "base_role",
         "an owner base role",
     );
     invalid(
-        try_define_role(
-            &app,
-            o,
-            DefineOrgRoleRequest {
+        app.as_token(o)
+            .orgs()
+            .define_org_role(DefineOrgRoleRequest {
                 base_role: 42,
                 ..request("assistant", &[])
-            },
-        )
-        .await,
+            })
+            .await
+            .map(|r| r.into_inner().role.expect("a role")),
         "base_role",
         "an unknown base role",
     );
     invalid(
-        try_update_role(&app, o, &org, "assistant", &["notes.reports.export"]).await,
+        app.as_token(o)
+            .orgs()
+            .update_org_role(UpdateOrgRoleRequest {
+                org_id: org.clone(),
+                name: "assistant".into(),
+                description: None,
+                permissions: Some(PermissionNames {
+                    names: ["notes.reports.export"]
+                        .iter()
+                        .map(|p| p.to_string())
+                        .collect(),
+                }),
+            })
+            .await
+            .map(|r| r.into_inner().role.expect("a role")),
         "permissions[0]",
         "update with a platform permission",
     );
-    assert!(list_roles(&app, o, &org).await.unwrap().is_empty());
+    assert!(app
+        .as_token(o)
+        .orgs()
+        .list_org_roles(ListOrgRolesRequest {
+            org_id: org.clone()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .roles
+        .is_empty());
 
     // Unspecified base role: member. The longest name and description fit.
     let longest = "a".repeat(40);
-    let role = try_define_role(
-        &app,
-        o,
-        DefineOrgRoleRequest {
+    let role = app
+        .as_token(o)
+        .orgs()
+        .define_org_role(DefineOrgRoleRequest {
             base_role: OrgRole::Unspecified as i32,
             description: "é".repeat(500),
             ..request(&longest, &[])
-        },
-    )
-    .await
-    .expect("the limits fit");
+        })
+        .await
+        .expect("the limits fit")
+        .into_inner()
+        .role
+        .expect("a role");
     assert_eq!(role.base_role, OrgRole::Member as i32);
 
     // A name is unique per organization, not across them.
-    define_role(&app, o, &org, "assistant", OrgRole::Member, &[SIGN]).await;
+    app.as_token(o)
+        .orgs()
+        .define_org_role(role_request(&org, "assistant", OrgRole::Member, &[SIGN]))
+        .await
+        .unwrap_or_else(|e| panic!("define role assistant: {e:?}"))
+        .into_inner()
+        .role
+        .expect("a role");
     refused(
-        try_define_role(&app, o, request("assistant", &[])).await,
+        app.as_token(o)
+            .orgs()
+            .define_org_role(request("assistant", &[]))
+            .await,
         Code::AlreadyExists,
         "ORG_ROLE_EXISTS",
     );
-    let other = create_org(&app, o, "Other").await;
-    define_role(&app, o, &other, "assistant", OrgRole::Member, &[]).await;
+    let other = app
+        .as_token(o)
+        .orgs()
+        .create_org(CreateOrgRequest {
+            name: "Other".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create org")
+        .into_inner()
+        .organization
+        .unwrap()
+        .id;
+    app.as_token(o)
+        .orgs()
+        .define_org_role(role_request(&other, "assistant", OrgRole::Member, &[]))
+        .await
+        .unwrap_or_else(|e| panic!("define role assistant: {e:?}"))
+        .into_inner()
+        .role
+        .expect("a role");
 
     // Unknown roles.
     let member = member_signed_in(&app, o, &org, "member", OrgRole::Member).await;
     refused(
-        assign(&app, o, &org, &uid(&member), "nurse").await,
+        app.as_token(o)
+            .orgs()
+            .update_member(UpdateMemberRequest {
+                org_id: org.clone(),
+                user_id: uid(&member),
+                role: OrgRole::Unspecified as i32,
+                department: None,
+                custom_role: Some("nurse".into()),
+            })
+            .await,
         Code::NotFound,
         "ORG_ROLE_NOT_FOUND",
     );
     refused(
-        try_update_role(&app, o, &org, "nurse", &[]).await,
+        app.as_token(o)
+            .orgs()
+            .update_org_role(UpdateOrgRoleRequest {
+                org_id: org.clone(),
+                name: "nurse".into(),
+                description: None,
+                permissions: Some(PermissionNames { names: vec![] }),
+            })
+            .await,
         Code::NotFound,
         "ORG_ROLE_NOT_FOUND",
     );
 
     // At most 50 roles per organization.
     for i in 2..50 {
-        define_role(&app, o, &org, &format!("role-{i}"), OrgRole::Member, &[]).await;
+        app.as_token(o)
+            .orgs()
+            .define_org_role(role_request(
+                &org,
+                &format!("role-{i}"),
+                OrgRole::Member,
+                &[],
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("define role role-{i}: {e:?}"))
+            .into_inner()
+            .role
+            .expect("a role");
     }
-    assert_eq!(list_roles(&app, o, &org).await.unwrap().len(), 50);
+    assert_eq!(
+        app.as_token(o)
+            .orgs()
+            .list_org_roles(ListOrgRolesRequest {
+                org_id: org.clone()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .roles
+            .len(),
+        50
+    );
     refused(
-        try_define_role(&app, o, request("one-too-many", &[])).await,
+        app.as_token(o)
+            .orgs()
+            .define_org_role(request("one-too-many", &[]))
+            .await,
         Code::FailedPrecondition,
         "TOO_MANY_ORG_ROLES",
     );
@@ -631,7 +815,19 @@ async fn nobody_grants_a_custom_role_or_permission_above_their_own() {
     notes_catalogue(&app).await;
     let owner = app.signed_in(&email("owner")).await;
     let o = &owner.access_token;
-    let org = create_org(&app, o, "Hospital").await;
+    let org = app
+        .as_token(o)
+        .orgs()
+        .create_org(CreateOrgRequest {
+            name: "Hospital".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create org")
+        .into_inner()
+        .organization
+        .unwrap()
+        .id;
     let admin = member_signed_in(&app, o, &org, "org-admin", OrgRole::Admin).await;
     let ad = &admin.access_token;
     let member = member_signed_in(&app, o, &org, "member", OrgRole::Member).await;
@@ -639,28 +835,71 @@ async fn nobody_grants_a_custom_role_or_permission_above_their_own() {
     let nurse = member_signed_in(&app, o, &org, "nurse", OrgRole::Member).await;
 
     // An org admin defines roles up to admin with what an admin holds.
-    define_role(&app, ad, &org, "signer", OrgRole::Member, &[SIGN, READ]).await;
-    define_role(&app, ad, &org, "deputy", OrgRole::Admin, &[SIGN]).await;
+    app.as_token(ad)
+        .orgs()
+        .define_org_role(role_request(&org, "signer", OrgRole::Member, &[SIGN, READ]))
+        .await
+        .unwrap_or_else(|e| panic!("define role signer: {e:?}"))
+        .into_inner()
+        .role
+        .expect("a role");
+    app.as_token(ad)
+        .orgs()
+        .define_org_role(role_request(&org, "deputy", OrgRole::Admin, &[SIGN]))
+        .await
+        .unwrap_or_else(|e| panic!("define role deputy: {e:?}"))
+        .into_inner()
+        .role
+        .expect("a role");
     // Not a permission they lack, nor a role above their own.
     refused(
-        try_define_role(
-            &app,
-            ad,
-            role_request(&org, "purger", OrgRole::Member, &[SIGN, PURGE]),
-        )
-        .await,
+        app.as_token(ad)
+            .orgs()
+            .define_org_role(role_request(
+                &org,
+                "purger",
+                OrgRole::Member,
+                &[SIGN, PURGE],
+            ))
+            .await,
         Code::PermissionDenied,
         "PERMISSION_NOT_HELD",
     );
     refused(
-        try_update_role(&app, ad, &org, "signer", &[SIGN, PURGE]).await,
+        app.as_token(ad)
+            .orgs()
+            .update_org_role(UpdateOrgRoleRequest {
+                org_id: org.clone(),
+                name: "signer".into(),
+                description: None,
+                permissions: Some(PermissionNames {
+                    names: [SIGN, PURGE].iter().map(|p| p.to_string()).collect(),
+                }),
+            })
+            .await,
         Code::PermissionDenied,
         "PERMISSION_NOT_HELD",
     );
     // The owner may; the admin still cannot hand that role out.
-    define_role(&app, o, &org, "purger", OrgRole::Member, &[PURGE]).await;
+    app.as_token(o)
+        .orgs()
+        .define_org_role(role_request(&org, "purger", OrgRole::Member, &[PURGE]))
+        .await
+        .unwrap_or_else(|e| panic!("define role purger: {e:?}"))
+        .into_inner()
+        .role
+        .expect("a role");
     refused(
-        assign(&app, ad, &org, &uid(&nurse), "purger").await,
+        app.as_token(ad)
+            .orgs()
+            .update_member(UpdateMemberRequest {
+                org_id: org.clone(),
+                user_id: uid(&nurse),
+                role: OrgRole::Unspecified as i32,
+                department: None,
+                custom_role: Some("purger".into()),
+            })
+            .await,
         Code::PermissionDenied,
         "PERMISSION_NOT_HELD",
     );
@@ -669,50 +908,134 @@ async fn nobody_grants_a_custom_role_or_permission_above_their_own() {
         denied("ORG_ROLE_TOO_LOW")
     );
     // But may take it away from someone (nothing is granted by that).
-    assign(&app, o, &org, &uid(&nurse), "purger").await.unwrap();
-    assign(&app, ad, &org, &uid(&nurse), "")
+    app.as_token(o)
+        .orgs()
+        .update_member(UpdateMemberRequest {
+            org_id: org.clone(),
+            user_id: uid(&nurse),
+            role: OrgRole::Unspecified as i32,
+            department: None,
+            custom_role: Some("purger".into()),
+        })
         .await
-        .expect("admin clears");
+        .unwrap()
+        .into_inner()
+        .member
+        .expect("a member");
+    app.as_token(ad)
+        .orgs()
+        .update_member(UpdateMemberRequest {
+            org_id: org.clone(),
+            user_id: uid(&nurse),
+            role: OrgRole::Unspecified as i32,
+            department: None,
+            custom_role: Some("".into()),
+        })
+        .await
+        .expect("admin clears")
+        .into_inner()
+        .member
+        .expect("a member");
 
     // An admin assigns roles based on admin, within their reach.
-    let promoted = assign(&app, ad, &org, &uid(&nurse), "deputy")
+    let promoted = app
+        .as_token(ad)
+        .orgs()
+        .update_member(UpdateMemberRequest {
+            org_id: org.clone(),
+            user_id: uid(&nurse),
+            role: OrgRole::Unspecified as i32,
+            department: None,
+            custom_role: Some("deputy".into()),
+        })
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner()
+        .member
+        .expect("a member");
     assert_eq!(promoted.role, OrgRole::Admin as i32);
     // Never to an owner (their role is above the admin's).
     refused(
-        assign(&app, ad, &org, &uid(&owner), "signer").await,
+        app.as_token(ad)
+            .orgs()
+            .update_member(UpdateMemberRequest {
+                org_id: org.clone(),
+                user_id: uid(&owner),
+                role: OrgRole::Unspecified as i32,
+                department: None,
+                custom_role: Some("signer".into()),
+            })
+            .await,
         Code::PermissionDenied,
         "ROLE_TOO_HIGH",
     );
 
     // A member can define, change, delete and assign nothing — themself included, and a custom
     // role with extra permissions changes nothing of that.
-    assign(&app, o, &org, &uid(&member), "signer")
+    app.as_token(o)
+        .orgs()
+        .update_member(UpdateMemberRequest {
+            org_id: org.clone(),
+            user_id: uid(&member),
+            role: OrgRole::Unspecified as i32,
+            department: None,
+            custom_role: Some("signer".into()),
+        })
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner()
+        .member
+        .expect("a member");
     assert_eq!(
         decide(&app, m, SIGN, &org).await,
         allowed("GRANTED_BY_CUSTOM_ROLE")
     );
     refused(
-        try_define_role(&app, m, role_request(&org, "mine", OrgRole::Member, &[])).await,
+        app.as_token(m)
+            .orgs()
+            .define_org_role(role_request(&org, "mine", OrgRole::Member, &[]))
+            .await,
         Code::PermissionDenied,
         "PERMISSION_DENIED",
     );
     refused(
-        try_update_role(&app, m, &org, "signer", &[SIGN, PURGE]).await,
+        app.as_token(m)
+            .orgs()
+            .update_org_role(UpdateOrgRoleRequest {
+                org_id: org.clone(),
+                name: "signer".into(),
+                description: None,
+                permissions: Some(PermissionNames {
+                    names: [SIGN, PURGE].iter().map(|p| p.to_string()).collect(),
+                }),
+            })
+            .await,
         Code::PermissionDenied,
         "PERMISSION_DENIED",
     );
     refused(
-        try_delete_role(&app, m, &org, "purger").await,
+        app.as_token(m)
+            .orgs()
+            .delete_org_role(DeleteOrgRoleRequest {
+                org_id: org.clone(),
+                name: "purger".into(),
+            })
+            .await,
         Code::PermissionDenied,
         "PERMISSION_DENIED",
     );
     for name in ["deputy", "purger", ""] {
         refused(
-            assign(&app, m, &org, &uid(&member), name).await,
+            app.as_token(m)
+                .orgs()
+                .update_member(UpdateMemberRequest {
+                    org_id: org.clone(),
+                    user_id: uid(&member),
+                    role: OrgRole::Unspecified as i32,
+                    department: None,
+                    custom_role: Some(name.to_string()),
+                })
+                .await,
             Code::PermissionDenied,
             "PERMISSION_DENIED",
         );
@@ -724,33 +1047,74 @@ async fn nobody_grants_a_custom_role_or_permission_above_their_own() {
 
     // What an admin holds through their own custom role, they may grant.
     let chief = member_signed_in(&app, o, &org, "chief", OrgRole::Admin).await;
-    define_role(&app, o, &org, "chief", OrgRole::Admin, &[PURGE]).await;
-    assign(&app, o, &org, &uid(&chief), "chief").await.unwrap();
-    assign(&app, &chief.access_token, &org, &uid(&nurse), "purger")
+    app.as_token(o)
+        .orgs()
+        .define_org_role(role_request(&org, "chief", OrgRole::Admin, &[PURGE]))
         .await
-        .expect("the chief holds purge");
+        .unwrap_or_else(|e| panic!("define role chief: {e:?}"))
+        .into_inner()
+        .role
+        .expect("a role");
+    app.as_token(o)
+        .orgs()
+        .update_member(UpdateMemberRequest {
+            org_id: org.clone(),
+            user_id: uid(&chief),
+            role: OrgRole::Unspecified as i32,
+            department: None,
+            custom_role: Some("chief".into()),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .member
+        .expect("a member");
+    app.as_user(&chief)
+        .orgs()
+        .update_member(UpdateMemberRequest {
+            org_id: org.clone(),
+            user_id: uid(&nurse),
+            role: OrgRole::Unspecified as i32,
+            department: None,
+            custom_role: Some("purger".into()),
+        })
+        .await
+        .expect("the chief holds purge")
+        .into_inner()
+        .member
+        .expect("a member");
     assert_eq!(
         decide(&app, &nurse.access_token, PURGE, &org).await,
         allowed("GRANTED_BY_CUSTOM_ROLE")
     );
-    define_role(
-        &app,
-        &chief.access_token,
-        &org,
-        "cleaner",
-        OrgRole::Member,
-        &[PURGE],
-    )
-    .await;
+    app.as_user(&chief)
+        .orgs()
+        .define_org_role(role_request(&org, "cleaner", OrgRole::Member, &[PURGE]))
+        .await
+        .unwrap_or_else(|e| panic!("define role cleaner: {e:?}"))
+        .into_inner()
+        .role
+        .expect("a role");
     // Once it is gone, so is that reach.
-    assign(&app, o, &org, &uid(&chief), "").await.unwrap();
+    app.as_token(o)
+        .orgs()
+        .update_member(UpdateMemberRequest {
+            org_id: org.clone(),
+            user_id: uid(&chief),
+            role: OrgRole::Unspecified as i32,
+            department: None,
+            custom_role: Some("".into()),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .member
+        .expect("a member");
     refused(
-        try_define_role(
-            &app,
-            &chief.access_token,
-            role_request(&org, "cleaner-2", OrgRole::Member, &[PURGE]),
-        )
-        .await,
+        app.as_user(&chief)
+            .orgs()
+            .define_org_role(role_request(&org, "cleaner-2", OrgRole::Member, &[PURGE]))
+            .await,
         Code::PermissionDenied,
         "PERMISSION_NOT_HELD",
     );
@@ -758,7 +1122,16 @@ async fn nobody_grants_a_custom_role_or_permission_above_their_own() {
     // Nobody rises above their own role either: an admin's self-assignment of a role based on
     // member is a demotion they may make, never a promotion to owner.
     refused(
-        update(&app, ad, &org, &uid(&admin), OrgRole::Owner, None).await,
+        app.as_token(ad)
+            .orgs()
+            .update_member(UpdateMemberRequest {
+                org_id: org.clone(),
+                user_id: uid(&admin),
+                role: OrgRole::Owner as i32,
+                department: None,
+                custom_role: None,
+            })
+            .await,
         Code::PermissionDenied,
         "ROLE_TOO_HIGH",
     );
@@ -770,8 +1143,32 @@ async fn other_organizations_admins_and_service_account_keys_can_do_nothing_with
     let platform_admin = notes_catalogue(&app).await;
     let owner_a = app.signed_in(&email("owner-a")).await;
     let owner_b = app.signed_in(&email("owner-b")).await;
-    let org_a = create_org(&app, &owner_a.access_token, "A").await;
-    let org_b = create_org(&app, &owner_b.access_token, "B").await;
+    let org_a = app
+        .as_user(&owner_a)
+        .orgs()
+        .create_org(CreateOrgRequest {
+            name: "A".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create org")
+        .into_inner()
+        .organization
+        .unwrap()
+        .id;
+    let org_b = app
+        .as_user(&owner_b)
+        .orgs()
+        .create_org(CreateOrgRequest {
+            name: "B".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create org")
+        .into_inner()
+        .organization
+        .unwrap()
+        .id;
     let admin_a = member_signed_in(
         &app,
         &owner_a.access_token,
@@ -789,72 +1186,109 @@ async fn other_organizations_admins_and_service_account_keys_can_do_nothing_with
         OrgRole::Member,
     )
     .await;
-    define_role(
-        &app,
-        &owner_a.access_token,
-        &org_a,
-        "signer",
-        OrgRole::Member,
-        &[SIGN],
-    )
-    .await;
-    define_role(
-        &app,
-        &owner_b.access_token,
-        &org_b,
-        "reader",
-        OrgRole::Member,
-        &[],
-    )
-    .await;
+    app.as_user(&owner_a)
+        .orgs()
+        .define_org_role(role_request(&org_a, "signer", OrgRole::Member, &[SIGN]))
+        .await
+        .unwrap_or_else(|e| panic!("define role signer: {e:?}"))
+        .into_inner()
+        .role
+        .expect("a role");
+    app.as_user(&owner_b)
+        .orgs()
+        .define_org_role(role_request(&org_b, "reader", OrgRole::Member, &[]))
+        .await
+        .unwrap_or_else(|e| panic!("define role reader: {e:?}"))
+        .into_inner()
+        .role
+        .expect("a role");
 
     // Admin of A in B: nothing.
     refused(
-        try_define_role(
-            &app,
-            aa,
-            role_request(&org_b, "signer", OrgRole::Member, &[SIGN]),
-        )
-        .await,
+        app.as_token(aa)
+            .orgs()
+            .define_org_role(role_request(&org_b, "signer", OrgRole::Member, &[SIGN]))
+            .await,
         Code::PermissionDenied,
         "PERMISSION_DENIED",
     );
     refused(
-        list_roles(&app, aa, &org_b).await,
+        app.as_token(aa)
+            .orgs()
+            .list_org_roles(ListOrgRolesRequest {
+                org_id: org_b.clone(),
+            })
+            .await,
         Code::PermissionDenied,
         "PERMISSION_DENIED",
     );
     refused(
-        try_update_role(&app, aa, &org_b, "reader", &[SIGN]).await,
+        app.as_token(aa)
+            .orgs()
+            .update_org_role(UpdateOrgRoleRequest {
+                org_id: org_b.clone(),
+                name: "reader".into(),
+                description: None,
+                permissions: Some(PermissionNames {
+                    names: [SIGN].iter().map(|p| p.to_string()).collect(),
+                }),
+            })
+            .await,
         Code::PermissionDenied,
         "PERMISSION_DENIED",
     );
     refused(
-        try_delete_role(&app, aa, &org_b, "reader").await,
+        app.as_token(aa)
+            .orgs()
+            .delete_org_role(DeleteOrgRoleRequest {
+                org_id: org_b.clone(),
+                name: "reader".into(),
+            })
+            .await,
         Code::PermissionDenied,
         "PERMISSION_DENIED",
     );
     // Nor A's role to B's member, through either organization.
     refused(
-        assign(&app, aa, &org_b, &uid(&member_b), "signer").await,
+        app.as_token(aa)
+            .orgs()
+            .update_member(UpdateMemberRequest {
+                org_id: org_b.clone(),
+                user_id: uid(&member_b),
+                role: OrgRole::Unspecified as i32,
+                department: None,
+                custom_role: Some("signer".into()),
+            })
+            .await,
         Code::PermissionDenied,
         "PERMISSION_DENIED",
     );
     refused(
-        assign(&app, aa, &org_a, &uid(&member_b), "signer").await,
+        app.as_token(aa)
+            .orgs()
+            .update_member(UpdateMemberRequest {
+                org_id: org_a.clone(),
+                user_id: uid(&member_b),
+                role: OrgRole::Unspecified as i32,
+                department: None,
+                custom_role: Some("signer".into()),
+            })
+            .await,
         Code::NotFound,
         "MEMBER_NOT_FOUND",
     );
     // B's owner cannot use A's role name in B.
     refused(
-        assign(
-            &app,
-            &owner_b.access_token,
-            &org_b,
-            &uid(&member_b),
-            "signer",
-        )
-        .await,
+        app.as_user(&owner_b)
+            .orgs()
+            .update_member(UpdateMemberRequest {
+                org_id: org_b.clone(),
+                user_id: uid(&member_b),
+                role: OrgRole::Unspecified as i32,
+                department: None,
+                custom_role: Some("signer".into()),
+            })
+            .await,
         Code::NotFound,
         "ORG_ROLE_NOT_FOUND",
     );
@@ -864,39 +1298,42 @@ async fn other_organizations_admins_and_service_account_keys_can_do_nothing_with
     );
     // Not even a platform admin, who is no member.
     refused(
-        try_define_role(
-            &app,
-            &platform_admin,
-            role_request(&org_a, "root", OrgRole::Member, &[]),
-        )
-        .await,
+        app.as_token(&platform_admin)
+            .orgs()
+            .define_org_role(role_request(&org_a, "root", OrgRole::Member, &[]))
+            .await,
         Code::PermissionDenied,
         "PERMISSION_DENIED",
     );
     // An organization that does not exist.
     refused(
-        try_define_role(
-            &app,
-            &owner_a.access_token,
-            role_request(
+        app.as_user(&owner_a)
+            .orgs()
+            .define_org_role(role_request(
                 "0123456789abcdef0123456789abcdef",
                 "x1",
                 OrgRole::Member,
                 &[],
-            ),
-        )
-        .await,
+            ))
+            .await,
         Code::NotFound,
         "ORG_NOT_FOUND",
     );
 
     // A service account's key — an admin of A — is refused every role RPC.
-    let account = crate::service_accounts::create_account(
-        &app,
-        &owner_a.access_token,
-        crate::service_accounts::in_org("robot", &org_a, OrgRole::Admin),
-    )
-    .await;
+    let account = app
+        .as_user(&owner_a)
+        .service_accounts()
+        .create_service_account(crate::service_accounts::in_org(
+            "robot",
+            &org_a,
+            OrgRole::Admin,
+        ))
+        .await
+        .expect("create service account")
+        .into_inner()
+        .service_account
+        .unwrap();
     let (_, key) =
         crate::service_accounts::create_key(&app, &owner_a.access_token, &account.id).await;
     let member_a = member_signed_in(
@@ -908,32 +1345,60 @@ async fn other_organizations_admins_and_service_account_keys_can_do_nothing_with
     )
     .await;
     refused(
-        try_define_role(
-            &app,
-            &key,
-            role_request(&org_a, "robots", OrgRole::Member, &[]),
-        )
-        .await,
+        app.as_token(&key)
+            .orgs()
+            .define_org_role(role_request(&org_a, "robots", OrgRole::Member, &[]))
+            .await,
         Code::PermissionDenied,
         "HUMAN_ONLY",
     );
     refused(
-        list_roles(&app, &key, &org_a).await,
+        app.as_token(&key)
+            .orgs()
+            .list_org_roles(ListOrgRolesRequest {
+                org_id: org_a.clone(),
+            })
+            .await,
         Code::PermissionDenied,
         "HUMAN_ONLY",
     );
     refused(
-        try_update_role(&app, &key, &org_a, "signer", &[SIGN, PURGE]).await,
+        app.as_token(&key)
+            .orgs()
+            .update_org_role(UpdateOrgRoleRequest {
+                org_id: org_a.clone(),
+                name: "signer".into(),
+                description: None,
+                permissions: Some(PermissionNames {
+                    names: [SIGN, PURGE].iter().map(|p| p.to_string()).collect(),
+                }),
+            })
+            .await,
         Code::PermissionDenied,
         "HUMAN_ONLY",
     );
     refused(
-        try_delete_role(&app, &key, &org_a, "signer").await,
+        app.as_token(&key)
+            .orgs()
+            .delete_org_role(DeleteOrgRoleRequest {
+                org_id: org_a.clone(),
+                name: "signer".into(),
+            })
+            .await,
         Code::PermissionDenied,
         "HUMAN_ONLY",
     );
     refused(
-        assign(&app, &key, &org_a, &uid(&member_a), "signer").await,
+        app.as_token(&key)
+            .orgs()
+            .update_member(UpdateMemberRequest {
+                org_id: org_a.clone(),
+                user_id: uid(&member_a),
+                role: OrgRole::Unspecified as i32,
+                department: None,
+                custom_role: Some("signer".into()),
+            })
+            .await,
         Code::PermissionDenied,
         "HUMAN_ONLY",
     );
@@ -941,9 +1406,16 @@ async fn other_organizations_admins_and_service_account_keys_can_do_nothing_with
         decide(&app, &member_a.access_token, SIGN, &org_a).await,
         denied("ORG_ROLE_TOO_LOW")
     );
-    let roles = list_roles(&app, &owner_a.access_token, &org_a)
+    let roles = app
+        .as_user(&owner_a)
+        .orgs()
+        .list_org_roles(ListOrgRolesRequest {
+            org_id: org_a.clone(),
+        })
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner()
+        .roles;
     assert_eq!(roles.len(), 1);
     assert_eq!(roles[0].permissions, [SIGN.to_string()]);
 }
@@ -953,23 +1425,35 @@ async fn sixteen_concurrent_definitions_of_one_name_create_exactly_one_role() {
     let app = Arc::new(TestApp::start().await);
     notes_catalogue(&app).await;
     let owner = app.signed_in(&email("owner")).await;
-    let org = create_org(&app, &owner.access_token, "Hospital").await;
-    let barrier = Arc::new(tokio::sync::Barrier::new(16));
-    let tasks: Vec<_> = (0..16)
-        .map(|i| {
-            let (app, barrier) = (app.clone(), barrier.clone());
-            let (token, org) = (owner.access_token.clone(), org.clone());
-            tokio::spawn(async move {
-                let mut request = role_request(&org, "assistant", OrgRole::Member, &[SIGN]);
-                request.description = format!("attempt {i}");
-                barrier.wait().await;
-                try_define_role(&app, &token, request).await
-            })
+    let org = app
+        .as_user(&owner)
+        .orgs()
+        .create_org(CreateOrgRequest {
+            name: "Hospital".into(),
+            ..Default::default()
         })
-        .collect();
+        .await
+        .expect("create org")
+        .into_inner()
+        .organization
+        .unwrap()
+        .id;
+    let results = race(16, |i| {
+        let (app, token) = (app.clone(), owner.access_token.clone());
+        let mut request = role_request(&org, "assistant", OrgRole::Member, &[SIGN]);
+        request.description = format!("attempt {i}");
+        async move {
+            app.as_token(&token)
+                .orgs()
+                .define_org_role(request)
+                .await
+                .map(|r| r.into_inner().role.expect("a role"))
+        }
+    })
+    .await;
     let mut created = 0;
-    for task in tasks {
-        match task.await.unwrap() {
+    for result in results {
+        match result {
             Ok(_) => created += 1,
             Err(e) => assert_eq!(
                 (e.code(), reason(&e).as_str()),
@@ -980,9 +1464,15 @@ async fn sixteen_concurrent_definitions_of_one_name_create_exactly_one_role() {
     }
     assert_eq!(created, 1);
     assert_eq!(
-        list_roles(&app, &owner.access_token, &org)
+        app.as_user(&owner)
+            .orgs()
+            .list_org_roles(ListOrgRolesRequest {
+                org_id: org.clone()
+            })
             .await
             .unwrap()
+            .into_inner()
+            .roles
             .len(),
         1
     );
@@ -995,20 +1485,54 @@ async fn a_permission_deleted_from_the_catalogue_grants_nothing_and_a_deleted_or
     let platform_admin = notes_catalogue(&app).await;
     let owner = app.signed_in(&email("owner")).await;
     let o = &owner.access_token;
-    let org = create_org(&app, o, "Hospital").await;
+    let org = app
+        .as_token(o)
+        .orgs()
+        .create_org(CreateOrgRequest {
+            name: "Hospital".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create org")
+        .into_inner()
+        .organization
+        .unwrap()
+        .id;
     let assistant = member_signed_in(&app, o, &org, "assistant", OrgRole::Member).await;
     let a = &assistant.access_token;
-    define_role(&app, o, &org, "assistant", OrgRole::Member, &[SIGN]).await;
-    assign(&app, o, &org, &uid(&assistant), "assistant")
+    app.as_token(o)
+        .orgs()
+        .define_org_role(role_request(&org, "assistant", OrgRole::Member, &[SIGN]))
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("define role assistant: {e:?}"))
+        .into_inner()
+        .role
+        .expect("a role");
+    app.as_token(o)
+        .orgs()
+        .update_member(UpdateMemberRequest {
+            org_id: org.clone(),
+            user_id: uid(&assistant),
+            role: OrgRole::Unspecified as i32,
+            department: None,
+            custom_role: Some("assistant".into()),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .member
+        .expect("a member");
     assert_eq!(
         decide(&app, a, SIGN, &org).await,
         allowed("GRANTED_BY_CUSTOM_ROLE")
     );
 
     // Deleted from the catalogue: unknown, whatever the role lists; through Envoy too.
-    try_delete(&app, &platform_admin, SIGN)
+    app.as_token(&platform_admin)
+        .permissions()
+        .delete_permission(DeletePermissionRequest {
+            name: SIGN.to_string(),
+        })
         .await
         .expect("delete permission");
     assert_eq!(
@@ -1020,17 +1544,19 @@ async fn a_permission_deleted_from_the_catalogue_grants_nothing_and_a_deleted_or
         (7, 403, "UNKNOWN_PERMISSION".to_string())
     );
     // Defined again as a platform permission, the old listing grants nothing in the organization.
-    define(
-        &app,
-        &platform_admin,
-        DefinePermissionRequest {
+    app.as_token(&platform_admin)
+        .permissions()
+        .define_permission(DefinePermissionRequest {
             name: SIGN.into(),
             scope: PermissionScope::Platform as i32,
             least_role: Role::Admin as i32,
             ..Default::default()
-        },
-    )
-    .await;
+        })
+        .await
+        .unwrap_or_else(|e| panic!("define permission: {e:?}"))
+        .into_inner()
+        .permission
+        .expect("a permission");
     assert_eq!(
         decide(&app, a, SIGN, &org).await,
         denied("NOT_AN_ORG_PERMISSION")
@@ -1046,13 +1572,11 @@ async fn a_permission_deleted_from_the_catalogue_grants_nothing_and_a_deleted_or
             .unwrap(),
         1
     );
-    orgs(&app)
-        .delete_org(bearer(
-            DeleteOrgRequest {
-                org_id: org.clone(),
-            },
-            o,
-        ))
+    app.as_token(o)
+        .orgs()
+        .delete_org(DeleteOrgRequest {
+            org_id: org.clone(),
+        })
         .await
         .expect("delete org");
     assert_eq!(
@@ -1070,26 +1594,64 @@ async fn a_custom_role_permission_that_requires_mfa_still_needs_a_two_factor_ses
     let app = TestApp::start().await;
     let platform_admin = notes_catalogue(&app).await;
     let export = "notes.records.export";
-    define(
-        &app,
-        &platform_admin,
-        DefinePermissionRequest {
+    app.as_token(&platform_admin)
+        .permissions()
+        .define_permission(DefinePermissionRequest {
             requires_mfa: true,
             ..in_org(export, OrgRole::Admin)
-        },
-    )
-    .await;
+        })
+        .await
+        .unwrap_or_else(|e| panic!("define permission: {e:?}"))
+        .into_inner()
+        .permission
+        .expect("a permission");
     // A user with an authenticator owns an organization, makes a second owner, who then gives
     // them a custom role based on member.
     let enrolled = crate::mfa::enrolled(&app, "mfa-assistant").await;
     let e = &enrolled.session.access_token;
-    let org = create_org(&app, e, "Two factors").await;
+    let org = app
+        .as_token(e)
+        .orgs()
+        .create_org(CreateOrgRequest {
+            name: "Two factors".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create org")
+        .into_inner()
+        .organization
+        .unwrap()
+        .id;
     let second = member_signed_in(&app, e, &org, "second-owner", OrgRole::Owner).await;
     let s = &second.access_token;
-    define_role(&app, s, &org, "exporter", OrgRole::Member, &[export, SIGN]).await;
-    let member = assign(&app, s, &org, &enrolled.user_id, "exporter")
+    app.as_token(s)
+        .orgs()
+        .define_org_role(role_request(
+            &org,
+            "exporter",
+            OrgRole::Member,
+            &[export, SIGN],
+        ))
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("define role exporter: {e:?}"))
+        .into_inner()
+        .role
+        .expect("a role");
+    let member = app
+        .as_token(s)
+        .orgs()
+        .update_member(UpdateMemberRequest {
+            org_id: org.clone(),
+            user_id: enrolled.user_id.clone(),
+            role: OrgRole::Unspecified as i32,
+            department: None,
+            custom_role: Some("exporter".into()),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .member
+        .expect("a member");
     assert_eq!(member.role, OrgRole::Member as i32);
 
     assert_eq!(

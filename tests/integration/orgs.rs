@@ -8,76 +8,15 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyward::grpc::pb::org_service_client::OrgServiceClient;
 use keyward::grpc::pb::otp_service_client::OtpServiceClient;
 use keyward::grpc::pb::*;
 use mongodb::bson::{doc, Document};
-use tonic::transport::Channel;
-use tonic::{Code, Status};
+use tonic::Code;
 
 use crate::harness::*;
 
-fn orgs(app: &TestApp) -> OrgServiceClient<Channel> {
-    OrgServiceClient::new(app.channel())
-}
-
 fn uid(pair: &TokenPair) -> String {
     pair.user.as_ref().unwrap().id.clone()
-}
-
-/// Asserts a refusal with `code` and `reason`.
-#[track_caller]
-fn refused<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, why: &str) {
-    let status = result.expect_err(why);
-    assert_eq!(
-        (status.code(), reason(&status).as_str()),
-        (code, why),
-        "{status:?}"
-    );
-}
-
-async fn try_create_org(
-    app: &TestApp,
-    token: &str,
-    name: &str,
-    slug: &str,
-) -> Result<Organization, Status> {
-    let request = CreateOrgRequest {
-        name: name.into(),
-        slug: slug.into(),
-        website: String::new(),
-    };
-    orgs(app)
-        .create_org(bearer(request, token))
-        .await
-        .map(|r| r.into_inner().organization.unwrap())
-}
-
-async fn create_org(app: &TestApp, token: &str, name: &str) -> Organization {
-    try_create_org(app, token, name, "")
-        .await
-        .expect("create org")
-}
-
-async fn create_member(
-    app: &TestApp,
-    token: &str,
-    org_id: &str,
-    email: &str,
-    role: OrgRole,
-) -> Result<Member, Status> {
-    let request = CreateMemberRequest {
-        org_id: org_id.into(),
-        email: email.into(),
-        display_name: "Assistant".into(),
-        password: PASSWORD.into(),
-        role: role as i32,
-        department: "cardiology".into(),
-    };
-    orgs(app)
-        .create_member(bearer(request, token))
-        .await
-        .map(|r| r.into_inner().member.unwrap())
 }
 
 /// A new account made a member of `org_id` with `role` by `owner`, signed in.
@@ -89,135 +28,22 @@ async fn member_signed_in(
     role: OrgRole,
 ) -> TokenPair {
     let email = email(tag);
-    create_member(app, owner, org_id, &email, role)
+    app.as_token(owner)
+        .orgs()
+        .create_member(CreateMemberRequest {
+            org_id: org_id.to_string(),
+            email: email.clone(),
+            display_name: "Assistant".into(),
+            password: PASSWORD.into(),
+            role: role as i32,
+            department: "cardiology".into(),
+        })
         .await
-        .expect("create member");
+        .expect("create member")
+        .into_inner()
+        .member
+        .unwrap();
     app.login(&email, PASSWORD).await.expect("member login")
-}
-
-async fn update_member(
-    app: &TestApp,
-    token: &str,
-    org_id: &str,
-    user_id: &str,
-    role: OrgRole,
-) -> Result<Member, Status> {
-    let request = UpdateMemberRequest {
-        org_id: org_id.into(),
-        user_id: user_id.into(),
-        role: role as i32,
-        department: None,
-        custom_role: None,
-    };
-    orgs(app)
-        .update_member(bearer(request, token))
-        .await
-        .map(|r| r.into_inner().member.unwrap())
-}
-
-async fn remove_member(
-    app: &TestApp,
-    token: &str,
-    org_id: &str,
-    user_id: &str,
-) -> Result<(), Status> {
-    let request = RemoveMemberRequest {
-        org_id: org_id.into(),
-        user_id: user_id.into(),
-    };
-    orgs(app)
-        .remove_member(bearer(request, token))
-        .await
-        .map(|_| ())
-}
-
-async fn invite(
-    app: &TestApp,
-    token: &str,
-    org_id: &str,
-    email: &str,
-    role: OrgRole,
-) -> Result<Invitation, Status> {
-    let request = InviteMemberRequest {
-        org_id: org_id.into(),
-        email: email.into(),
-        role: role as i32,
-        department: "radiology".into(),
-    };
-    orgs(app)
-        .invite_member(bearer(request, token))
-        .await
-        .map(|r| r.into_inner().invitation.unwrap())
-}
-
-async fn accept(
-    app: &TestApp,
-    token: &str,
-    invitation_token: &str,
-) -> Result<AcceptInvitationResponse, Status> {
-    let request = AcceptInvitationRequest {
-        token: invitation_token.into(),
-    };
-    orgs(app)
-        .accept_invitation(bearer(request, token))
-        .await
-        .map(|r| r.into_inner())
-}
-
-async fn get_org(app: &TestApp, token: &str, org_id: &str) -> Result<GetOrgResponse, Status> {
-    let request = GetOrgRequest {
-        org_id: org_id.into(),
-    };
-    orgs(app)
-        .get_org(bearer(request, token))
-        .await
-        .map(|r| r.into_inner())
-}
-
-async fn delete_org(app: &TestApp, token: &str, org_id: &str) -> Result<(), Status> {
-    let request = DeleteOrgRequest {
-        org_id: org_id.into(),
-    };
-    orgs(app)
-        .delete_org(bearer(request, token))
-        .await
-        .map(|_| ())
-}
-
-async fn list_members(
-    app: &TestApp,
-    token: &str,
-    org_id: &str,
-    role: OrgRole,
-    page_size: i32,
-    page_token: &str,
-) -> Result<ListMembersResponse, Status> {
-    let request = ListMembersRequest {
-        org_id: org_id.into(),
-        page_size,
-        page_token: page_token.into(),
-        role: role as i32,
-    };
-    orgs(app)
-        .list_members(bearer(request, token))
-        .await
-        .map(|r| r.into_inner())
-}
-
-async fn list_my_orgs(
-    app: &TestApp,
-    token: &str,
-    page_size: i32,
-    page_token: &str,
-) -> Result<ListMyOrgsResponse, Status> {
-    let request = ListMyOrgsRequest {
-        page_size,
-        page_token: page_token.into(),
-    };
-    orgs(app)
-        .list_my_orgs(bearer(request, token))
-        .await
-        .map(|r| r.into_inner())
 }
 
 /// Authorize's verdict and reason for `token` on `permission` in `org_id`.
@@ -289,31 +115,80 @@ async fn organizations_are_created_read_changed_and_their_slugs_stay_unique() {
     let owner = app.signed_in(&email("founder")).await;
     let t = &owner.access_token;
 
-    let first = create_org(&app, t, "St. Mary's").await;
+    let first = app
+        .as_token(t)
+        .orgs()
+        .create_org(CreateOrgRequest {
+            name: "St. Mary's".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create org")
+        .into_inner()
+        .organization
+        .unwrap();
     assert_eq!(first.slug, "st-marys");
-    let second = create_org(&app, t, "St Marys").await;
+    let second = app
+        .as_token(t)
+        .orgs()
+        .create_org(CreateOrgRequest {
+            name: "St Marys".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create org")
+        .into_inner()
+        .organization
+        .unwrap();
     assert_eq!(second.slug, "st-marys-2", "a derived slug gets a suffix");
-    let third = create_org(&app, t, "ST. MARY’S").await;
+    let third = app
+        .as_token(t)
+        .orgs()
+        .create_org(CreateOrgRequest {
+            name: "ST. MARY’S".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create org")
+        .into_inner()
+        .organization
+        .unwrap();
     assert_eq!(third.slug, "st-marys-3");
     refused(
-        try_create_org(&app, t, "Another", "st-marys").await,
+        app.as_token(t)
+            .orgs()
+            .create_org(CreateOrgRequest {
+                name: "Another".into(),
+                slug: "st-marys".into(),
+                website: String::new(),
+            })
+            .await,
         Code::AlreadyExists,
         "SLUG_TAKEN",
     );
-    let explicit = try_create_org(&app, t, "Another", "another-one")
+    let explicit = app
+        .as_token(t)
+        .orgs()
+        .create_org(CreateOrgRequest {
+            name: "Another".into(),
+            slug: "another-one".into(),
+            website: String::new(),
+        })
         .await
+        .unwrap()
+        .into_inner()
+        .organization
         .unwrap();
     assert_eq!(explicit.slug, "another-one");
 
-    let status = orgs(&app)
-        .create_org(bearer(
-            CreateOrgRequest {
-                name: "  ".into(),
-                slug: "Not A Slug".into(),
-                website: "ftp://example.com".into(),
-            },
-            t,
-        ))
+    let status = app
+        .as_token(t)
+        .orgs()
+        .create_org(CreateOrgRequest {
+            name: "  ".into(),
+            slug: "Not A Slug".into(),
+            website: "ftp://example.com".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(reason(&status), "INVALID_ARGUMENT");
@@ -323,21 +198,28 @@ async fn organizations_are_created_read_changed_and_their_slugs_stay_unique() {
         HashSet::from(["name".into(), "slug".into(), "website".into()])
     );
 
-    let got = get_org(&app, t, &first.id).await.unwrap();
+    let got = app
+        .as_token(t)
+        .orgs()
+        .get_org(GetOrgRequest {
+            org_id: first.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(got.organization.as_ref().unwrap().name, "St. Mary's");
     assert_eq!(got.role, OrgRole::Owner as i32);
 
     // Only the fields set change; an empty website clears it.
-    let updated = orgs(&app)
-        .update_org(bearer(
-            UpdateOrgRequest {
-                org_id: first.id.clone(),
-                name: None,
-                website: Some("https://st-marys.example".into()),
-                require_mfa: None,
-            },
-            t,
-        ))
+    let updated = app
+        .as_token(t)
+        .orgs()
+        .update_org(UpdateOrgRequest {
+            org_id: first.id.clone(),
+            name: None,
+            website: Some("https://st-marys.example".into()),
+            require_mfa: None,
+        })
         .await
         .unwrap()
         .into_inner()
@@ -351,16 +233,15 @@ async fn organizations_are_created_read_changed_and_their_slugs_stay_unique() {
         ),
         ("St. Mary's", "https://st-marys.example", "st-marys")
     );
-    let updated = orgs(&app)
-        .update_org(bearer(
-            UpdateOrgRequest {
-                org_id: first.id.clone(),
-                name: Some("St. Mary's Hospital".into()),
-                website: Some(String::new()),
-                require_mfa: None,
-            },
-            t,
-        ))
+    let updated = app
+        .as_token(t)
+        .orgs()
+        .update_org(UpdateOrgRequest {
+            org_id: first.id.clone(),
+            name: Some("St. Mary's Hospital".into()),
+            website: Some(String::new()),
+            require_mfa: None,
+        })
         .await
         .unwrap()
         .into_inner()
@@ -371,33 +252,50 @@ async fn organizations_are_created_read_changed_and_their_slugs_stay_unique() {
         ("St. Mary's Hospital", "")
     );
     refused(
-        orgs(&app)
-            .update_org(bearer(
-                UpdateOrgRequest {
-                    org_id: first.id.clone(),
-                    name: Some(" ".into()),
-                    website: None,
-                    require_mfa: None,
-                },
-                t,
-            ))
+        app.as_token(t)
+            .orgs()
+            .update_org(UpdateOrgRequest {
+                org_id: first.id.clone(),
+                name: Some(" ".into()),
+                website: None,
+                require_mfa: None,
+            })
             .await,
         Code::InvalidArgument,
         "INVALID_ARGUMENT",
     );
 
     refused(
-        get_org(&app, t, "no-such-org").await,
+        app.as_token(t)
+            .orgs()
+            .get_org(GetOrgRequest {
+                org_id: "no-such-org".into(),
+            })
+            .await,
         Code::NotFound,
         "ORG_NOT_FOUND",
     );
     refused(
-        get_org(&app, "not a token", &first.id).await,
+        app.as_token("not a token")
+            .orgs()
+            .get_org(GetOrgRequest {
+                org_id: first.id.clone(),
+            })
+            .await,
         Code::Unauthenticated,
         "TOKEN_INVALID",
     );
 
-    let mine = list_my_orgs(&app, t, 0, "").await.unwrap();
+    let mine = app
+        .as_token(t)
+        .orgs()
+        .list_my_orgs(ListMyOrgsRequest {
+            page_size: 0,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     let slugs: Vec<&str> = mine
         .orgs
         .iter()
@@ -429,24 +327,78 @@ async fn assert_no_admin_rpc(app: &TestApp, token: &str, org_id: &str, victim: &
         website: None,
         require_mfa: None,
     };
-    refused(orgs(app).update_org(bearer(update, token)).await, code, why);
     refused(
-        invite(app, token, org_id, &email("intruder"), OrgRole::Member).await,
+        app.as_token(token).orgs().update_org(update).await,
         code,
         why,
     );
     refused(
-        create_member(app, token, org_id, &email("planted"), OrgRole::Member).await,
+        app.as_token(token)
+            .orgs()
+            .invite_member(InviteMemberRequest {
+                org_id: org_id.to_string(),
+                email: email("intruder"),
+                role: OrgRole::Member as i32,
+                department: "radiology".into(),
+            })
+            .await
+            .map(|r| r.into_inner().invitation.unwrap()),
         code,
         why,
     );
     refused(
-        update_member(app, token, org_id, victim, OrgRole::Member).await,
+        app.as_token(token)
+            .orgs()
+            .create_member(CreateMemberRequest {
+                org_id: org_id.to_string(),
+                email: email("planted"),
+                display_name: "Assistant".into(),
+                password: PASSWORD.into(),
+                role: OrgRole::Member as i32,
+                department: "cardiology".into(),
+            })
+            .await
+            .map(|r| r.into_inner().member.unwrap()),
         code,
         why,
     );
-    refused(remove_member(app, token, org_id, victim).await, code, why);
-    refused(delete_org(app, token, org_id).await, code, why);
+    refused(
+        app.as_token(token)
+            .orgs()
+            .update_member(UpdateMemberRequest {
+                org_id: org_id.to_string(),
+                user_id: victim.to_string(),
+                role: OrgRole::Member as i32,
+                ..Default::default()
+            })
+            .await
+            .map(|r| r.into_inner().member.unwrap()),
+        code,
+        why,
+    );
+    refused(
+        app.as_token(token)
+            .orgs()
+            .remove_member(RemoveMemberRequest {
+                org_id: org_id.to_string(),
+                user_id: victim.to_string(),
+            })
+            .await
+            .map(|_| ()),
+        code,
+        why,
+    );
+    refused(
+        app.as_token(token)
+            .orgs()
+            .delete_org(DeleteOrgRequest {
+                org_id: org_id.to_string(),
+            })
+            .await
+            .map(|_| ()),
+        code,
+        why,
+    );
 }
 
 #[tokio::test]
@@ -454,8 +406,30 @@ async fn cross_tenant_matrix_admin_of_a_can_do_nothing_in_b() {
     let app = TestApp::start().await;
     let alice = app.signed_in(&email("alice")).await;
     let bob = app.signed_in(&email("bob")).await;
-    let a = create_org(&app, &alice.access_token, "Hospital A").await;
-    let b = create_org(&app, &bob.access_token, "Hospital B").await;
+    let a = app
+        .as_user(&alice)
+        .orgs()
+        .create_org(CreateOrgRequest {
+            name: "Hospital A".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create org")
+        .into_inner()
+        .organization
+        .unwrap();
+    let b = app
+        .as_user(&bob)
+        .orgs()
+        .create_org(CreateOrgRequest {
+            name: "Hospital B".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create org")
+        .into_inner()
+        .organization
+        .unwrap();
     let carol = member_signed_in(&app, &alice.access_token, &a.id, "carol", OrgRole::Admin).await;
     let dave = member_signed_in(&app, &alice.access_token, &a.id, "dave", OrgRole::Member).await;
     let erin = member_signed_in(&app, &bob.access_token, &b.id, "erin", OrgRole::Member).await;
@@ -463,12 +437,25 @@ async fn cross_tenant_matrix_admin_of_a_can_do_nothing_in_b() {
     // Admin of A in B: every RPC, reads included, is refused; so is Authorize.
     let c = &carol.access_token;
     refused(
-        get_org(&app, c, &b.id).await,
+        app.as_token(c)
+            .orgs()
+            .get_org(GetOrgRequest {
+                org_id: b.id.clone(),
+            })
+            .await,
         Code::PermissionDenied,
         "PERMISSION_DENIED",
     );
     refused(
-        list_members(&app, c, &b.id, OrgRole::Unspecified, 0, "").await,
+        app.as_token(c)
+            .orgs()
+            .list_members(ListMembersRequest {
+                org_id: b.id.clone(),
+                page_size: 0,
+                page_token: String::new(),
+                role: OrgRole::Unspecified as i32,
+            })
+            .await,
         Code::PermissionDenied,
         "PERMISSION_DENIED",
     );
@@ -496,31 +483,52 @@ async fn cross_tenant_matrix_admin_of_a_can_do_nothing_in_b() {
     .await;
     // An admin of A cannot delete A (owners only).
     refused(
-        delete_org(&app, c, &a.id).await,
+        app.as_token(c)
+            .orgs()
+            .delete_org(DeleteOrgRequest {
+                org_id: a.id.clone(),
+            })
+            .await,
         Code::PermissionDenied,
         "PERMISSION_DENIED",
     );
     // An invitation to B does not let someone from A in.
     let b_invite_for = email("b-invitee");
     let seen = invitation_tokens(&b_invite_for);
-    invite(
-        &app,
-        &bob.access_token,
-        &b.id,
-        &b_invite_for,
-        OrgRole::Member,
-    )
-    .await
-    .unwrap();
+    app.as_user(&bob)
+        .orgs()
+        .invite_member(InviteMemberRequest {
+            org_id: b.id.clone(),
+            email: b_invite_for.clone(),
+            role: OrgRole::Member as i32,
+            department: "radiology".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .invitation
+        .unwrap();
     let token = new_invitation_token(&b_invite_for, &seen).await;
     refused(
-        accept(&app, c, &token).await,
+        app.as_token(c)
+            .orgs()
+            .accept_invitation(AcceptInvitationRequest {
+                token: token.clone(),
+            })
+            .await,
         Code::PermissionDenied,
         "INVITATION_EMAIL_MISMATCH",
     );
-    let carols: Vec<String> = list_my_orgs(&app, c, 0, "")
+    let carols: Vec<String> = app
+        .as_token(c)
+        .orgs()
+        .list_my_orgs(ListMyOrgsRequest {
+            page_size: 0,
+            page_token: String::new(),
+        })
         .await
         .unwrap()
+        .into_inner()
         .orgs
         .into_iter()
         .map(|m| m.organization.unwrap().id)
@@ -529,11 +537,28 @@ async fn cross_tenant_matrix_admin_of_a_can_do_nothing_in_b() {
 
     // A member of A reads A but cannot administer it.
     let d = &dave.access_token;
-    let got = get_org(&app, d, &a.id).await.unwrap();
-    assert_eq!(got.role, OrgRole::Member as i32);
-    let members = list_members(&app, d, &a.id, OrgRole::Unspecified, 0, "")
+    let got = app
+        .as_token(d)
+        .orgs()
+        .get_org(GetOrgRequest {
+            org_id: a.id.clone(),
+        })
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.role, OrgRole::Member as i32);
+    let members = app
+        .as_token(d)
+        .orgs()
+        .list_members(ListMembersRequest {
+            org_id: a.id.clone(),
+            page_size: 0,
+            page_token: String::new(),
+            role: OrgRole::Unspecified as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(members.members.len(), 3);
     assert_no_admin_rpc(&app, d, &a.id, &uid(&carol), "PERMISSION_DENIED").await;
     let (allowed, why) = authorize(&app, d, "org.write", &a.id).await;
@@ -541,29 +566,62 @@ async fn cross_tenant_matrix_admin_of_a_can_do_nothing_in_b() {
     assert_eq!(why, "ORG_ROLE_TOO_LOW");
 
     // Nothing changed in B.
-    let b_now = get_org(&app, &bob.access_token, &b.id).await.unwrap();
-    assert_eq!(b_now.organization.unwrap().name, "Hospital B");
-    let b_members = list_members(&app, &bob.access_token, &b.id, OrgRole::Unspecified, 0, "")
+    let b_now = app
+        .as_user(&bob)
+        .orgs()
+        .get_org(GetOrgRequest {
+            org_id: b.id.clone(),
+        })
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
+    assert_eq!(b_now.organization.unwrap().name, "Hospital B");
+    let b_members = app
+        .as_user(&bob)
+        .orgs()
+        .list_members(ListMembersRequest {
+            org_id: b.id.clone(),
+            page_size: 0,
+            page_token: String::new(),
+            role: OrgRole::Unspecified as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(b_members.members.len(), 2);
 
     // A removed member loses access at once: the very next Authorize says no.
     let (allowed, _) = authorize(&app, d, "org.read", &a.id).await;
     assert!(allowed);
-    remove_member(&app, &alice.access_token, &a.id, &uid(&dave))
+    app.as_user(&alice)
+        .orgs()
+        .remove_member(RemoveMemberRequest {
+            org_id: a.id.clone(),
+            user_id: uid(&dave),
+        })
         .await
         .unwrap();
     let (allowed, why) = authorize(&app, d, "org.read", &a.id).await;
     assert!(!allowed, "removal counts from the next call");
     assert_eq!(why, "NOT_A_MEMBER");
     refused(
-        get_org(&app, d, &a.id).await,
+        app.as_token(d)
+            .orgs()
+            .get_org(GetOrgRequest {
+                org_id: a.id.clone(),
+            })
+            .await,
         Code::PermissionDenied,
         "PERMISSION_DENIED",
     );
     refused(
-        remove_member(&app, &alice.access_token, &a.id, &uid(&dave)).await,
+        app.as_user(&alice)
+            .orgs()
+            .remove_member(RemoveMemberRequest {
+                org_id: a.id.clone(),
+                user_id: uid(&dave),
+            })
+            .await,
         Code::NotFound,
         "MEMBER_NOT_FOUND",
     );
@@ -603,7 +661,18 @@ fn members_email(list: &ListMembersResponse, user_id: &str) -> String {
 async fn nobody_rises_above_their_role_and_the_last_owner_stays() {
     let app = TestApp::start().await;
     let alice = app.signed_in(&email("owner")).await;
-    let org = create_org(&app, &alice.access_token, "Escalation General").await;
+    let org = app
+        .as_user(&alice)
+        .orgs()
+        .create_org(CreateOrgRequest {
+            name: "Escalation General".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create org")
+        .into_inner()
+        .organization
+        .unwrap();
     let carol = member_signed_in(&app, &alice.access_token, &org.id, "admin", OrgRole::Admin).await;
     let dave = member_signed_in(
         &app,
@@ -617,26 +686,68 @@ async fn nobody_rises_above_their_role_and_the_last_owner_stays() {
 
     // An org admin makes nobody owner, themself least of all, and touches no owner.
     for (target, who) in [(uid(&carol), "themself"), (uid(&dave), "a member")] {
-        let result = update_member(&app, c, &org.id, &target, OrgRole::Owner).await;
+        let result = app
+            .as_token(c)
+            .orgs()
+            .update_member(UpdateMemberRequest {
+                org_id: org.id.clone(),
+                user_id: target.clone(),
+                role: OrgRole::Owner as i32,
+                ..Default::default()
+            })
+            .await
+            .map(|r| r.into_inner().member.unwrap());
         assert_eq!(reason(&result.unwrap_err()), "ROLE_TOO_HIGH", "{who}");
     }
     refused(
-        update_member(&app, c, &org.id, &uid(&alice), OrgRole::Member).await,
+        app.as_token(c)
+            .orgs()
+            .update_member(UpdateMemberRequest {
+                org_id: org.id.clone(),
+                user_id: uid(&alice),
+                role: OrgRole::Member as i32,
+                ..Default::default()
+            })
+            .await,
         Code::PermissionDenied,
         "ROLE_TOO_HIGH",
     );
     refused(
-        remove_member(&app, c, &org.id, &uid(&alice)).await,
+        app.as_token(c)
+            .orgs()
+            .remove_member(RemoveMemberRequest {
+                org_id: org.id.clone(),
+                user_id: uid(&alice),
+            })
+            .await,
         Code::PermissionDenied,
         "ROLE_TOO_HIGH",
     );
     refused(
-        invite(&app, c, &org.id, &email("would-be-owner"), OrgRole::Owner).await,
+        app.as_token(c)
+            .orgs()
+            .invite_member(InviteMemberRequest {
+                org_id: org.id.clone(),
+                email: email("would-be-owner"),
+                role: OrgRole::Owner as i32,
+                department: "radiology".into(),
+            })
+            .await,
         Code::PermissionDenied,
         "ROLE_TOO_HIGH",
     );
     refused(
-        create_member(&app, c, &org.id, &email("would-be-owner"), OrgRole::Owner).await,
+        app.as_token(c)
+            .orgs()
+            .create_member(CreateMemberRequest {
+                org_id: org.id.clone(),
+                email: email("would-be-owner"),
+                display_name: "Assistant".into(),
+                password: PASSWORD.into(),
+                role: OrgRole::Owner as i32,
+                department: "cardiology".into(),
+            })
+            .await,
         Code::PermissionDenied,
         "ROLE_TOO_HIGH",
     );
@@ -649,22 +760,21 @@ async fn nobody_rises_above_their_role_and_the_last_owner_stays() {
         custom_role: None,
     };
     refused(
-        orgs(&app).update_member(bearer(dept_change, c)).await,
+        app.as_token(c).orgs().update_member(dept_change).await,
         Code::PermissionDenied,
         "ROLE_TOO_HIGH",
     );
     // Within their reach: a member's role and department.
-    let changed = orgs(&app)
-        .update_member(bearer(
-            UpdateMemberRequest {
-                org_id: org.id.clone(),
-                user_id: uid(&dave),
-                role: OrgRole::Admin as i32,
-                department: Some("oncology".into()),
-                custom_role: None,
-            },
-            c,
-        ))
+    let changed = app
+        .as_token(c)
+        .orgs()
+        .update_member(UpdateMemberRequest {
+            org_id: org.id.clone(),
+            user_id: uid(&dave),
+            role: OrgRole::Admin as i32,
+            department: Some("oncology".into()),
+            custom_role: None,
+        })
         .await
         .unwrap()
         .into_inner()
@@ -673,64 +783,150 @@ async fn nobody_rises_above_their_role_and_the_last_owner_stays() {
     assert_eq!(changed.role, OrgRole::Admin as i32);
     assert_eq!(changed.department, "oncology");
     refused(
-        update_member(&app, c, &org.id, "nobody", OrgRole::Member).await,
+        app.as_token(c)
+            .orgs()
+            .update_member(UpdateMemberRequest {
+                org_id: org.id.clone(),
+                user_id: "nobody".into(),
+                role: OrgRole::Member as i32,
+                ..Default::default()
+            })
+            .await,
         Code::NotFound,
         "MEMBER_NOT_FOUND",
     );
 
     // The only owner can neither step down nor leave.
     refused(
-        update_member(&app, a, &org.id, &uid(&alice), OrgRole::Admin).await,
+        app.as_token(a)
+            .orgs()
+            .update_member(UpdateMemberRequest {
+                org_id: org.id.clone(),
+                user_id: uid(&alice),
+                role: OrgRole::Admin as i32,
+                ..Default::default()
+            })
+            .await,
         Code::FailedPrecondition,
         "LAST_OWNER",
     );
     refused(
-        remove_member(&app, a, &org.id, &uid(&alice)).await,
+        app.as_token(a)
+            .orgs()
+            .remove_member(RemoveMemberRequest {
+                org_id: org.id.clone(),
+                user_id: uid(&alice),
+            })
+            .await,
         Code::FailedPrecondition,
         "LAST_OWNER",
     );
 
     // With a second owner both work, and a lowered role counts from the next call.
-    update_member(&app, a, &org.id, &uid(&carol), OrgRole::Owner)
+    app.as_token(a)
+        .orgs()
+        .update_member(UpdateMemberRequest {
+            org_id: org.id.clone(),
+            user_id: uid(&carol),
+            role: OrgRole::Owner as i32,
+            ..Default::default()
+        })
         .await
+        .unwrap()
+        .into_inner()
+        .member
         .unwrap();
     let (allowed, _) = authorize(&app, c, "org.delete", &org.id).await;
     assert!(allowed, "carol is an owner now");
-    update_member(&app, a, &org.id, &uid(&alice), OrgRole::Member)
+    app.as_token(a)
+        .orgs()
+        .update_member(UpdateMemberRequest {
+            org_id: org.id.clone(),
+            user_id: uid(&alice),
+            role: OrgRole::Member as i32,
+            ..Default::default()
+        })
         .await
+        .unwrap()
+        .into_inner()
+        .member
         .unwrap();
     let (allowed, why) = authorize(&app, a, "org.write", &org.id).await;
     assert!(!allowed, "the demotion counts at once");
     assert_eq!(why, "ORG_ROLE_TOO_LOW");
     refused(
-        update_member(&app, a, &org.id, &uid(&alice), OrgRole::Owner).await,
+        app.as_token(a)
+            .orgs()
+            .update_member(UpdateMemberRequest {
+                org_id: org.id.clone(),
+                user_id: uid(&alice),
+                role: OrgRole::Owner as i32,
+                ..Default::default()
+            })
+            .await,
         Code::PermissionDenied,
         "PERMISSION_DENIED",
     );
     // A member may leave; carol, now the only owner, may not.
-    remove_member(&app, a, &org.id, &uid(&alice)).await.unwrap();
+    app.as_token(a)
+        .orgs()
+        .remove_member(RemoveMemberRequest {
+            org_id: org.id.clone(),
+            user_id: uid(&alice),
+        })
+        .await
+        .unwrap();
     refused(
-        get_org(&app, a, &org.id).await,
+        app.as_token(a)
+            .orgs()
+            .get_org(GetOrgRequest {
+                org_id: org.id.clone(),
+            })
+            .await,
         Code::PermissionDenied,
         "PERMISSION_DENIED",
     );
     refused(
-        remove_member(&app, c, &org.id, &uid(&carol)).await,
+        app.as_token(c)
+            .orgs()
+            .remove_member(RemoveMemberRequest {
+                org_id: org.id.clone(),
+                user_id: uid(&carol),
+            })
+            .await,
         Code::FailedPrecondition,
         "LAST_OWNER",
     );
-    let owners = list_members(&app, c, &org.id, OrgRole::Owner, 0, "")
+    let owners = app
+        .as_token(c)
+        .orgs()
+        .list_members(ListMembersRequest {
+            org_id: org.id.clone(),
+            page_size: 0,
+            page_token: String::new(),
+            role: OrgRole::Owner as i32,
+        })
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
     assert_eq!(owners.members.len(), 1);
     assert_eq!(owners.members[0].user.as_ref().unwrap().id, uid(&carol));
 }
 
 /// The number of owners, as the members list and the stored count see them.
 async fn owners(app: &TestApp, token: &str, org_id: &str) -> (usize, i32) {
-    let listed = list_members(app, token, org_id, OrgRole::Owner, 200, "")
+    let listed = app
+        .as_token(token)
+        .orgs()
+        .list_members(ListMembersRequest {
+            org_id: org_id.to_string(),
+            page_size: 200,
+            page_token: String::new(),
+            role: OrgRole::Owner as i32,
+        })
         .await
         .unwrap()
+        .into_inner()
         .members
         .len();
     let org = collection(app, "orgs")
@@ -746,32 +942,55 @@ async fn owners(app: &TestApp, token: &str, org_id: &str) -> (usize, i32) {
 async fn owners_racing_to_demote_or_remove_each_other_leave_exactly_one_owner() {
     let app = Arc::new(TestApp::start().await);
     let alice = app.signed_in(&email("race-a")).await;
-    let org = create_org(&app, &alice.access_token, "Race Clinic").await;
+    let org = app
+        .as_user(&alice)
+        .orgs()
+        .create_org(CreateOrgRequest {
+            name: "Race Clinic".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create org")
+        .into_inner()
+        .organization
+        .unwrap();
     let bob = member_signed_in(&app, &alice.access_token, &org.id, "race-b", OrgRole::Owner).await;
     let mut pair = [alice, bob];
 
     for round in 0..8 {
         // Both owners demote (even rounds) or remove (odd rounds) the other, released together.
-        let barrier = Arc::new(tokio::sync::Barrier::new(2));
-        let tasks: Vec<_> = (0..2)
-            .map(|i| {
-                let (app, barrier, org_id) = (app.clone(), barrier.clone(), org.id.clone());
-                let (me, other) = (pair[i].access_token.clone(), uid(&pair[1 - i]));
-                tokio::spawn(async move {
-                    barrier.wait().await;
-                    if round % 2 == 0 {
-                        update_member(&app, &me, &org_id, &other, OrgRole::Admin)
-                            .await
-                            .map(|_| ())
-                    } else {
-                        remove_member(&app, &me, &org_id, &other).await
-                    }
-                })
-            })
-            .collect();
+        let results = race(2, |i| {
+            let (app, org_id) = (app.clone(), org.id.clone());
+            let (me, other) = (pair[i].access_token.clone(), uid(&pair[1 - i]));
+            async move {
+                if round % 2 == 0 {
+                    app.as_token(&me)
+                        .orgs()
+                        .update_member(UpdateMemberRequest {
+                            org_id: org_id.clone(),
+                            user_id: other.clone(),
+                            role: OrgRole::Admin as i32,
+                            ..Default::default()
+                        })
+                        .await
+                        .map(|r| r.into_inner().member.unwrap())
+                        .map(|_| ())
+                } else {
+                    app.as_token(&me)
+                        .orgs()
+                        .remove_member(RemoveMemberRequest {
+                            org_id: org_id.clone(),
+                            user_id: other.clone(),
+                        })
+                        .await
+                        .map(|_| ())
+                }
+            }
+        })
+        .await;
         let mut winners = Vec::new();
-        for (i, task) in tasks.into_iter().enumerate() {
-            match task.await.unwrap() {
+        for (i, result) in results.into_iter().enumerate() {
+            match result {
                 Ok(()) => winners.push(i),
                 // Refused by the owner count, or (when the other call finished first) because
                 // the caller is no owner any more.
@@ -793,8 +1012,18 @@ async fn owners_racing_to_demote_or_remove_each_other_leave_exactly_one_owner() 
         // A second owner again for the next round: the demoted one promoted back, or a new one
         // in place of the removed one.
         if round % 2 == 0 {
-            update_member(&app, &winner, &org.id, &uid(&pair[l]), OrgRole::Owner)
+            app.as_token(&winner)
+                .orgs()
+                .update_member(UpdateMemberRequest {
+                    org_id: org.id.clone(),
+                    user_id: uid(&pair[l]),
+                    role: OrgRole::Owner as i32,
+                    ..Default::default()
+                })
                 .await
+                .unwrap()
+                .into_inner()
+                .member
                 .unwrap();
         } else {
             pair[l] = member_signed_in(&app, &winner, &org.id, "race-new", OrgRole::Owner).await;
@@ -816,22 +1045,25 @@ async fn owners_racing_to_demote_or_remove_each_other_leave_exactly_one_owner() 
             .await,
         );
     }
-    let barrier = Arc::new(tokio::sync::Barrier::new(all.len()));
-    let tasks: Vec<_> = all
-        .iter()
-        .map(|p| {
-            let (app, barrier, org_id) = (app.clone(), barrier.clone(), org.id.clone());
-            let (token, me) = (p.access_token.clone(), uid(p));
-            tokio::spawn(async move {
-                barrier.wait().await;
-                remove_member(&app, &token, &org_id, &me).await
-            })
-        })
-        .collect();
+    let results = race(all.len(), |i| {
+        let (app, org_id) = (app.clone(), org.id.clone());
+        let (token, me) = (all[i].access_token.clone(), uid(&all[i]));
+        async move {
+            app.as_token(&token)
+                .orgs()
+                .remove_member(RemoveMemberRequest {
+                    org_id: org_id.clone(),
+                    user_id: me.clone(),
+                })
+                .await
+                .map(|_| ())
+        }
+    })
+    .await;
     let mut left = 0;
     let mut stayed = Vec::new();
-    for (i, task) in tasks.into_iter().enumerate() {
-        match task.await.unwrap() {
+    for (i, result) in results.into_iter().enumerate() {
+        match result {
             Ok(()) => left += 1,
             Err(status) => {
                 assert_eq!(reason(&status), "LAST_OWNER");
@@ -850,22 +1082,38 @@ async fn owners_racing_to_demote_or_remove_each_other_leave_exactly_one_owner() 
 async fn invitations_arrive_by_mail_work_once_and_each_refusal_has_its_reason() {
     let app = TestApp::start().await;
     let owner = app.signed_in(&email("inviter")).await;
-    let org = create_org(&app, &owner.access_token, "Invitation Infirmary").await;
+    let org = app
+        .as_user(&owner)
+        .orgs()
+        .create_org(CreateOrgRequest {
+            name: "Invitation Infirmary".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create org")
+        .into_inner()
+        .organization
+        .unwrap();
     let o = &owner.access_token;
 
     // The invitee's verified email gets a token; accepting it joins with the preassigned role.
     let invitee_email = email("invitee");
     let invitee = verified(&app, &invitee_email).await;
     let seen = invitation_tokens(&invitee_email);
-    let invitation = invite(
-        &app,
-        o,
-        &org.id,
-        &invitee_email.to_uppercase(),
-        OrgRole::Admin,
-    )
-    .await
-    .unwrap();
+    let invitation = app
+        .as_token(o)
+        .orgs()
+        .invite_member(InviteMemberRequest {
+            org_id: org.id.clone(),
+            email: invitee_email.to_uppercase(),
+            role: OrgRole::Admin as i32,
+            department: "radiology".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .invitation
+        .unwrap();
     assert_eq!(invitation.email, invitee_email, "normalised");
     assert_eq!(invitation.role, OrgRole::Admin as i32);
     assert_eq!(invitation.invited_by, uid(&owner));
@@ -890,7 +1138,15 @@ async fn invitations_arrive_by_mail_work_once_and_each_refusal_has_its_reason() 
 
     let (allowed, _) = authorize(&app, &invitee.access_token, "org.read", &org.id).await;
     assert!(!allowed);
-    let joined = accept(&app, &invitee.access_token, &token).await.unwrap();
+    let joined = app
+        .as_user(&invitee)
+        .orgs()
+        .accept_invitation(AcceptInvitationRequest {
+            token: token.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     let member = joined.member.unwrap();
     assert_eq!(member.role, OrgRole::Admin as i32);
     assert_eq!(member.department, "radiology");
@@ -900,24 +1156,45 @@ async fn invitations_arrive_by_mail_work_once_and_each_refusal_has_its_reason() 
 
     // Reused.
     refused(
-        accept(&app, &invitee.access_token, &token).await,
+        app.as_user(&invitee)
+            .orgs()
+            .accept_invitation(AcceptInvitationRequest {
+                token: token.clone(),
+            })
+            .await,
         Code::FailedPrecondition,
         "INVITATION_USED",
     );
     // Unknown, and missing.
     refused(
-        accept(&app, &invitee.access_token, "kwi_not-a-real-token").await,
+        app.as_user(&invitee)
+            .orgs()
+            .accept_invitation(AcceptInvitationRequest {
+                token: "kwi_not-a-real-token".into(),
+            })
+            .await,
         Code::NotFound,
         "INVITATION_NOT_FOUND",
     );
     refused(
-        accept(&app, &invitee.access_token, "").await,
+        app.as_user(&invitee)
+            .orgs()
+            .accept_invitation(AcceptInvitationRequest { token: "".into() })
+            .await,
         Code::InvalidArgument,
         "INVALID_ARGUMENT",
     );
     // Inviting a member again.
     refused(
-        invite(&app, o, &org.id, &invitee_email, OrgRole::Member).await,
+        app.as_token(o)
+            .orgs()
+            .invite_member(InviteMemberRequest {
+                org_id: org.id.clone(),
+                email: invitee_email.clone(),
+                role: OrgRole::Member as i32,
+                department: "radiology".into(),
+            })
+            .await,
         Code::AlreadyExists,
         "ALREADY_MEMBER",
     );
@@ -927,44 +1204,106 @@ async fn invitations_arrive_by_mail_work_once_and_each_refusal_has_its_reason() 
     let target = verified(&app, &target_email).await;
     let stranger = verified(&app, &email("stranger")).await;
     let seen = invitation_tokens(&target_email);
-    invite(&app, o, &org.id, &target_email, OrgRole::Member)
+    app.as_token(o)
+        .orgs()
+        .invite_member(InviteMemberRequest {
+            org_id: org.id.clone(),
+            email: target_email.clone(),
+            role: OrgRole::Member as i32,
+            department: "radiology".into(),
+        })
         .await
+        .unwrap()
+        .into_inner()
+        .invitation
         .unwrap();
     let token = new_invitation_token(&target_email, &seen).await;
     refused(
-        accept(&app, &stranger.access_token, &token).await,
+        app.as_user(&stranger)
+            .orgs()
+            .accept_invitation(AcceptInvitationRequest {
+                token: token.clone(),
+            })
+            .await,
         Code::PermissionDenied,
         "INVITATION_EMAIL_MISMATCH",
     );
     let unverified_email = email("unverified");
     let unverified = app.signed_in(&unverified_email).await;
     let seen_unverified = invitation_tokens(&unverified_email);
-    invite(&app, o, &org.id, &unverified_email, OrgRole::Member)
+    app.as_token(o)
+        .orgs()
+        .invite_member(InviteMemberRequest {
+            org_id: org.id.clone(),
+            email: unverified_email.clone(),
+            role: OrgRole::Member as i32,
+            department: "radiology".into(),
+        })
         .await
+        .unwrap()
+        .into_inner()
+        .invitation
         .unwrap();
     let unverified_token = new_invitation_token(&unverified_email, &seen_unverified).await;
     refused(
-        accept(&app, &unverified.access_token, &unverified_token).await,
+        app.as_user(&unverified)
+            .orgs()
+            .accept_invitation(AcceptInvitationRequest {
+                token: unverified_token.clone(),
+            })
+            .await,
         Code::PermissionDenied,
         "INVITATION_EMAIL_MISMATCH",
     );
-    accept(&app, &target.access_token, &token).await.unwrap();
+    app.as_user(&target)
+        .orgs()
+        .accept_invitation(AcceptInvitationRequest {
+            token: token.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
 
     // Revoked: a newer invitation replaces the pending one.
     let late_email = email("late");
     let late = verified(&app, &late_email).await;
     let seen = invitation_tokens(&late_email);
-    invite(&app, o, &org.id, &late_email, OrgRole::Member)
+    app.as_token(o)
+        .orgs()
+        .invite_member(InviteMemberRequest {
+            org_id: org.id.clone(),
+            email: late_email.clone(),
+            role: OrgRole::Member as i32,
+            department: "radiology".into(),
+        })
         .await
+        .unwrap()
+        .into_inner()
+        .invitation
         .unwrap();
     let older = new_invitation_token(&late_email, &seen).await;
     let seen = invitation_tokens(&late_email);
-    invite(&app, o, &org.id, &late_email, OrgRole::Admin)
+    app.as_token(o)
+        .orgs()
+        .invite_member(InviteMemberRequest {
+            org_id: org.id.clone(),
+            email: late_email.clone(),
+            role: OrgRole::Admin as i32,
+            department: "radiology".into(),
+        })
         .await
+        .unwrap()
+        .into_inner()
+        .invitation
         .unwrap();
     let newer = new_invitation_token(&late_email, &seen).await;
     refused(
-        accept(&app, &late.access_token, &older).await,
+        app.as_user(&late)
+            .orgs()
+            .accept_invitation(AcceptInvitationRequest {
+                token: older.clone(),
+            })
+            .await,
         Code::FailedPrecondition,
         "INVITATION_REVOKED",
     );
@@ -980,7 +1319,12 @@ async fn invitations_arrive_by_mail_work_once_and_each_refusal_has_its_reason() 
         .await
         .unwrap();
     refused(
-        accept(&app, &late.access_token, &newer).await,
+        app.as_user(&late)
+            .orgs()
+            .accept_invitation(AcceptInvitationRequest {
+                token: newer.clone(),
+            })
+            .await,
         Code::FailedPrecondition,
         "INVITATION_EXPIRED",
     );
@@ -989,21 +1333,40 @@ async fn invitations_arrive_by_mail_work_once_and_each_refusal_has_its_reason() 
     let deputy_email = email("deputy");
     let deputy = verified(&app, &deputy_email).await;
     let seen = invitation_tokens(&deputy_email);
-    invite(
-        &app,
-        &invitee.access_token,
-        &org.id,
-        &deputy_email,
-        OrgRole::Admin,
-    )
-    .await
-    .unwrap();
-    let token = new_invitation_token(&deputy_email, &seen).await;
-    update_member(&app, o, &org.id, &uid(&invitee), OrgRole::Member)
+    app.as_user(&invitee)
+        .orgs()
+        .invite_member(InviteMemberRequest {
+            org_id: org.id.clone(),
+            email: deputy_email.clone(),
+            role: OrgRole::Admin as i32,
+            department: "radiology".into(),
+        })
         .await
+        .unwrap()
+        .into_inner()
+        .invitation
+        .unwrap();
+    let token = new_invitation_token(&deputy_email, &seen).await;
+    app.as_token(o)
+        .orgs()
+        .update_member(UpdateMemberRequest {
+            org_id: org.id.clone(),
+            user_id: uid(&invitee),
+            role: OrgRole::Member as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .member
         .unwrap();
     refused(
-        accept(&app, &deputy.access_token, &token).await,
+        app.as_user(&deputy)
+            .orgs()
+            .accept_invitation(AcceptInvitationRequest {
+                token: token.clone(),
+            })
+            .await,
         Code::FailedPrecondition,
         "INVITATION_REVOKED",
     );
@@ -1012,13 +1375,34 @@ async fn invitations_arrive_by_mail_work_once_and_each_refusal_has_its_reason() 
     let gone_email = email("gone");
     let gone = verified(&app, &gone_email).await;
     let seen = invitation_tokens(&gone_email);
-    invite(&app, o, &org.id, &gone_email, OrgRole::Member)
+    app.as_token(o)
+        .orgs()
+        .invite_member(InviteMemberRequest {
+            org_id: org.id.clone(),
+            email: gone_email.clone(),
+            role: OrgRole::Member as i32,
+            department: "radiology".into(),
+        })
         .await
+        .unwrap()
+        .into_inner()
+        .invitation
         .unwrap();
     let token = new_invitation_token(&gone_email, &seen).await;
-    delete_org(&app, o, &org.id).await.unwrap();
+    app.as_token(o)
+        .orgs()
+        .delete_org(DeleteOrgRequest {
+            org_id: org.id.clone(),
+        })
+        .await
+        .unwrap();
     refused(
-        accept(&app, &gone.access_token, &token).await,
+        app.as_user(&gone)
+            .orgs()
+            .accept_invitation(AcceptInvitationRequest {
+                token: token.clone(),
+            })
+            .await,
         Code::NotFound,
         "INVITATION_NOT_FOUND",
     );
@@ -1028,37 +1412,48 @@ async fn invitations_arrive_by_mail_work_once_and_each_refusal_has_its_reason() 
 async fn sixteen_concurrent_accepts_of_one_invitation_join_exactly_once() {
     let app = TestApp::start().await;
     let owner = app.signed_in(&email("race-owner")).await;
-    let org = create_org(&app, &owner.access_token, "Race Clinic").await;
+    let org = app
+        .as_user(&owner)
+        .orgs()
+        .create_org(CreateOrgRequest {
+            name: "Race Clinic".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create org")
+        .into_inner()
+        .organization
+        .unwrap();
     let invitee_email = email("race-invitee");
     let invitee = verified(&app, &invitee_email).await;
     let seen = invitation_tokens(&invitee_email);
-    invite(
-        &app,
-        &owner.access_token,
-        &org.id,
-        &invitee_email,
-        OrgRole::Member,
-    )
-    .await
-    .unwrap();
+    app.as_user(&owner)
+        .orgs()
+        .invite_member(InviteMemberRequest {
+            org_id: org.id.clone(),
+            email: invitee_email.clone(),
+            role: OrgRole::Member as i32,
+            department: "radiology".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .invitation
+        .unwrap();
     let token = new_invitation_token(&invitee_email, &seen).await;
 
-    let start = Arc::new(tokio::sync::Barrier::new(16));
-    let tasks: Vec<_> = (0..16)
-        .map(|_| {
-            let (channel, start) = (app.channel(), Arc::clone(&start));
-            let (access, token) = (invitee.access_token.clone(), token.clone());
-            tokio::spawn(async move {
-                start.wait().await;
-                OrgServiceClient::new(channel)
-                    .accept_invitation(bearer(AcceptInvitationRequest { token }, &access))
-                    .await
-            })
-        })
-        .collect();
+    let invitee_calls = app.as_user(&invitee);
+    let results = race(16, |_| {
+        let (mut orgs, token) = (invitee_calls.orgs(), token.clone());
+        async move {
+            orgs.accept_invitation(AcceptInvitationRequest { token })
+                .await
+        }
+    })
+    .await;
     let mut joined = 0;
-    for task in tasks {
-        match task.await.unwrap() {
+    for result in results {
+        match result {
             Ok(_) => joined += 1,
             Err(status) => assert!(
                 ["INVITATION_USED", "ALREADY_MEMBER"].contains(&reason(&status).as_str()),
@@ -1073,16 +1468,18 @@ async fn sixteen_concurrent_accepts_of_one_invitation_join_exactly_once() {
         .await
         .unwrap();
     assert_eq!(memberships, 1);
-    let listed = list_members(
-        &app,
-        &owner.access_token,
-        &org.id,
-        OrgRole::Unspecified,
-        0,
-        "",
-    )
-    .await
-    .unwrap();
+    let listed = app
+        .as_user(&owner)
+        .orgs()
+        .list_members(ListMembersRequest {
+            org_id: org.id.clone(),
+            page_size: 0,
+            page_token: String::new(),
+            role: OrgRole::Unspecified as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(listed.members.len(), 2, "the owner and the invitee, once");
     let invitation = collection(&app, "invitations")
         .await
@@ -1097,8 +1494,30 @@ async fn sixteen_concurrent_accepts_of_one_invitation_join_exactly_once() {
 async fn invitations_and_created_members_are_rate_limited_per_organization() {
     let app = TestApp::start().await;
     let owner = app.signed_in(&email("busy")).await;
-    let org = create_org(&app, &owner.access_token, "Busy Hospital").await;
-    let other = create_org(&app, &owner.access_token, "Quiet Hospital").await;
+    let org = app
+        .as_user(&owner)
+        .orgs()
+        .create_org(CreateOrgRequest {
+            name: "Busy Hospital".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create org")
+        .into_inner()
+        .organization
+        .unwrap();
+    let other = app
+        .as_user(&owner)
+        .orgs()
+        .create_org(CreateOrgRequest {
+            name: "Quiet Hospital".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create org")
+        .into_inner()
+        .organization
+        .unwrap();
     // This hour's (and, at a boundary, the next hour's) counter is already at the limit.
     let now = chrono::Utc::now();
     let (index, _) = keyward::domain::lockout::window(now, Duration::from_secs(3600));
@@ -1113,15 +1532,18 @@ async fn invitations_and_created_members_are_rate_limited_per_organization() {
             .await
             .unwrap();
     }
-    let status = invite(
-        &app,
-        &owner.access_token,
-        &org.id,
-        &email("x"),
-        OrgRole::Member,
-    )
-    .await
-    .unwrap_err();
+    let status = app
+        .as_user(&owner)
+        .orgs()
+        .invite_member(InviteMemberRequest {
+            org_id: org.id.clone(),
+            email: email("x"),
+            role: OrgRole::Member as i32,
+            department: "radiology".into(),
+        })
+        .await
+        .map(|r| r.into_inner().invitation.unwrap())
+        .unwrap_err();
     assert_eq!(
         (status.code(), reason(&status).as_str()),
         (Code::ResourceExhausted, "RATE_LIMITED")
@@ -1132,47 +1554,80 @@ async fn invitations_and_created_members_are_rate_limited_per_organization() {
     app.register(&taken).await;
     for address in [email("z"), taken] {
         refused(
-            create_member(
-                &app,
-                &owner.access_token,
-                &org.id,
-                &address,
-                OrgRole::Member,
-            )
-            .await,
+            app.as_user(&owner)
+                .orgs()
+                .create_member(CreateMemberRequest {
+                    org_id: org.id.clone(),
+                    email: address.clone(),
+                    display_name: "Assistant".into(),
+                    password: PASSWORD.into(),
+                    role: OrgRole::Member as i32,
+                    department: "cardiology".into(),
+                })
+                .await,
             Code::ResourceExhausted,
             "RATE_LIMITED",
         );
     }
     // Another organization has its own budget.
-    invite(
-        &app,
-        &owner.access_token,
-        &other.id,
-        &email("y"),
-        OrgRole::Member,
-    )
-    .await
-    .unwrap();
+    app.as_user(&owner)
+        .orgs()
+        .invite_member(InviteMemberRequest {
+            org_id: other.id.clone(),
+            email: email("y"),
+            role: OrgRole::Member as i32,
+            department: "radiology".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .invitation
+        .unwrap();
 }
 
 #[tokio::test]
 async fn deleting_an_organization_ends_every_members_access_at_once() {
     let app = TestApp::start().await;
     let owner = app.signed_in(&email("deleter")).await;
-    let org = create_org(&app, &owner.access_token, "Short Lived").await;
-    let keep = create_org(&app, &owner.access_token, "Long Lived").await;
+    let org = app
+        .as_user(&owner)
+        .orgs()
+        .create_org(CreateOrgRequest {
+            name: "Short Lived".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create org")
+        .into_inner()
+        .organization
+        .unwrap();
+    let keep = app
+        .as_user(&owner)
+        .orgs()
+        .create_org(CreateOrgRequest {
+            name: "Long Lived".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create org")
+        .into_inner()
+        .organization
+        .unwrap();
     let member = member_signed_in(&app, &owner.access_token, &org.id, "m", OrgRole::Member).await;
     let admin = member_signed_in(&app, &owner.access_token, &org.id, "a", OrgRole::Admin).await;
-    invite(
-        &app,
-        &owner.access_token,
-        &org.id,
-        &email("pending"),
-        OrgRole::Member,
-    )
-    .await
-    .unwrap();
+    app.as_user(&owner)
+        .orgs()
+        .invite_member(InviteMemberRequest {
+            org_id: org.id.clone(),
+            email: email("pending"),
+            role: OrgRole::Member as i32,
+            department: "radiology".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .invitation
+        .unwrap();
     for p in [&member, &admin, &owner] {
         assert!(
             authorize(&app, &p.access_token, "org.read", &org.id)
@@ -1182,24 +1637,43 @@ async fn deleting_an_organization_ends_every_members_access_at_once() {
     }
 
     refused(
-        delete_org(&app, &admin.access_token, &org.id).await,
+        app.as_user(&admin)
+            .orgs()
+            .delete_org(DeleteOrgRequest {
+                org_id: org.id.clone(),
+            })
+            .await,
         Code::PermissionDenied,
         "PERMISSION_DENIED",
     );
-    delete_org(&app, &owner.access_token, &org.id)
+    app.as_user(&owner)
+        .orgs()
+        .delete_org(DeleteOrgRequest {
+            org_id: org.id.clone(),
+        })
         .await
         .unwrap();
     for p in [&member, &admin, &owner] {
         let (allowed, why) = authorize(&app, &p.access_token, "org.read", &org.id).await;
         assert!(!allowed && why == "NOT_A_MEMBER", "{why}");
         refused(
-            get_org(&app, &p.access_token, &org.id).await,
+            app.as_user(&p)
+                .orgs()
+                .get_org(GetOrgRequest {
+                    org_id: org.id.clone(),
+                })
+                .await,
             Code::NotFound,
             "ORG_NOT_FOUND",
         );
     }
     refused(
-        delete_org(&app, &owner.access_token, &org.id).await,
+        app.as_user(&owner)
+            .orgs()
+            .delete_org(DeleteOrgRequest {
+                org_id: org.id.clone(),
+            })
+            .await,
         Code::NotFound,
         "ORG_NOT_FOUND",
     );
@@ -1212,14 +1686,28 @@ async fn deleting_an_organization_ends_every_members_access_at_once() {
         assert_eq!(left, 0, "{name}");
     }
     // The other organization and the accounts stay.
-    let mine = list_my_orgs(&app, &owner.access_token, 0, "")
-        .await
-        .unwrap();
-    assert_eq!(mine.orgs.len(), 1);
-    assert_eq!(mine.orgs[0].organization.as_ref().unwrap().id, keep.id);
-    assert!(list_my_orgs(&app, &member.access_token, 0, "")
+    let mine = app
+        .as_user(&owner)
+        .orgs()
+        .list_my_orgs(ListMyOrgsRequest {
+            page_size: 0,
+            page_token: String::new(),
+        })
         .await
         .unwrap()
+        .into_inner();
+    assert_eq!(mine.orgs.len(), 1);
+    assert_eq!(mine.orgs[0].organization.as_ref().unwrap().id, keep.id);
+    assert!(app
+        .as_user(&member)
+        .orgs()
+        .list_my_orgs(ListMyOrgsRequest {
+            page_size: 0,
+            page_token: String::new()
+        })
+        .await
+        .unwrap()
+        .into_inner()
         .orgs
         .is_empty());
     app.authenticate(&member.access_token).await.unwrap();
@@ -1270,7 +1758,18 @@ async fn member_pages_have_no_duplicates_and_no_gaps_while_members_join() {
     let app = TestApp::start().await;
     let owner = app.signed_in(&email("pager")).await;
     let t = &owner.access_token;
-    let org = create_org(&app, t, "Paged Practice").await;
+    let org = app
+        .as_token(t)
+        .orgs()
+        .create_org(CreateOrgRequest {
+            name: "Paged Practice".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create org")
+        .into_inner()
+        .organization
+        .unwrap();
     let past = chrono::Utc::now().timestamp_millis() - 3_600_000;
     let mut expected: HashSet<String> = seed_members(&app, &org.id, 40, past)
         .await
@@ -1282,9 +1781,18 @@ async fn member_pages_have_no_duplicates_and_no_gaps_while_members_join() {
     let mut token = String::new();
     let mut pages = 0;
     loop {
-        let page = list_members(&app, t, &org.id, OrgRole::Unspecified, 7, &token)
+        let page = app
+            .as_token(t)
+            .orgs()
+            .list_members(ListMembersRequest {
+                org_id: org.id.clone(),
+                page_size: 7,
+                page_token: token.clone(),
+                role: OrgRole::Unspecified as i32,
+            })
             .await
-            .unwrap();
+            .unwrap()
+            .into_inner();
         assert!(page.members.len() <= 7);
         seen.extend(
             page.members
@@ -1295,15 +1803,22 @@ async fn member_pages_have_no_duplicates_and_no_gaps_while_members_join() {
         if pages <= 3 {
             // Members joining between pages show up on a later page, pushing nobody out.
             for i in 0..2 {
-                let m = create_member(
-                    &app,
-                    t,
-                    &org.id,
-                    &email(&format!("joiner{i}")),
-                    OrgRole::Member,
-                )
-                .await
-                .unwrap();
+                let m = app
+                    .as_token(t)
+                    .orgs()
+                    .create_member(CreateMemberRequest {
+                        org_id: org.id.clone(),
+                        email: email(&format!("joiner{i}")),
+                        display_name: "Assistant".into(),
+                        password: PASSWORD.into(),
+                        role: OrgRole::Member as i32,
+                        department: "cardiology".into(),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .member
+                    .unwrap();
                 expected.insert(m.user.unwrap().id);
             }
         }
@@ -1320,9 +1835,18 @@ async fn member_pages_have_no_duplicates_and_no_gaps_while_members_join() {
     let mut admins = Vec::new();
     let mut token = String::new();
     loop {
-        let page = list_members(&app, t, &org.id, OrgRole::Admin, 4, &token)
+        let page = app
+            .as_token(t)
+            .orgs()
+            .list_members(ListMembersRequest {
+                org_id: org.id.clone(),
+                page_size: 4,
+                page_token: token.clone(),
+                role: OrgRole::Admin as i32,
+            })
             .await
-            .unwrap();
+            .unwrap()
+            .into_inner();
         assert!(page.members.iter().all(|m| m.role == OrgRole::Admin as i32));
         admins.extend(
             page.members
@@ -1334,7 +1858,15 @@ async fn member_pages_have_no_duplicates_and_no_gaps_while_members_join() {
         }
         // The token is only good for the filter it was issued for.
         refused(
-            list_members(&app, t, &org.id, OrgRole::Member, 4, &page.next_page_token).await,
+            app.as_token(t)
+                .orgs()
+                .list_members(ListMembersRequest {
+                    org_id: org.id.clone(),
+                    page_size: 4,
+                    page_token: page.next_page_token.clone(),
+                    role: OrgRole::Member as i32,
+                })
+                .await,
             Code::InvalidArgument,
             "PAGE_TOKEN_INVALID",
         );
@@ -1342,31 +1874,68 @@ async fn member_pages_have_no_duplicates_and_no_gaps_while_members_join() {
     }
     assert_eq!(admins.len(), 20);
     refused(
-        list_members(&app, t, &org.id, OrgRole::Unspecified, 4, "garbage!").await,
+        app.as_token(t)
+            .orgs()
+            .list_members(ListMembersRequest {
+                org_id: org.id.clone(),
+                page_size: 4,
+                page_token: "garbage!".into(),
+                role: OrgRole::Unspecified as i32,
+            })
+            .await,
         Code::InvalidArgument,
         "PAGE_TOKEN_INVALID",
     );
-    let first = list_members(&app, t, &org.id, OrgRole::Unspecified, 1, "")
+    let first = app
+        .as_token(t)
+        .orgs()
+        .list_members(ListMembersRequest {
+            org_id: org.id.clone(),
+            page_size: 1,
+            page_token: String::new(),
+            role: OrgRole::Unspecified as i32,
+        })
         .await
+        .unwrap()
+        .into_inner();
+    let other = app
+        .as_token(t)
+        .orgs()
+        .create_org(CreateOrgRequest {
+            name: "Other Practice".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create org")
+        .into_inner()
+        .organization
         .unwrap();
-    let other = create_org(&app, t, "Other Practice").await;
     refused(
-        list_members(
-            &app,
-            t,
-            &other.id,
-            OrgRole::Unspecified,
-            1,
-            &first.next_page_token,
-        )
-        .await,
+        app.as_token(t)
+            .orgs()
+            .list_members(ListMembersRequest {
+                org_id: other.id.clone(),
+                page_size: 1,
+                page_token: first.next_page_token.clone(),
+                role: OrgRole::Unspecified as i32,
+            })
+            .await,
         Code::InvalidArgument,
         "PAGE_TOKEN_INVALID",
     );
     // Page sizes: 0 means 50, more than 200 means 200.
-    let default = list_members(&app, t, &org.id, OrgRole::Unspecified, 0, "")
+    let default = app
+        .as_token(t)
+        .orgs()
+        .list_members(ListMembersRequest {
+            org_id: org.id.clone(),
+            page_size: 0,
+            page_token: String::new(),
+            role: OrgRole::Unspecified as i32,
+        })
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
     assert_eq!(default.members.len(), 47);
     assert!(default.next_page_token.is_empty());
 }
@@ -1378,13 +1947,35 @@ async fn my_organizations_page_without_duplicates_while_i_join_more() {
     let t = &me.access_token;
     let mut expected = HashSet::new();
     for i in 0..5 {
-        expected.insert(create_org(&app, t, &format!("Clinic {i}")).await.id);
+        expected.insert(
+            app.as_token(t)
+                .orgs()
+                .create_org(CreateOrgRequest {
+                    name: format!("Clinic {i}"),
+                    ..Default::default()
+                })
+                .await
+                .expect("create org")
+                .into_inner()
+                .organization
+                .unwrap()
+                .id,
+        );
     }
     let mut seen = Vec::new();
     let mut token = String::new();
     let mut pages = 0;
     loop {
-        let page = list_my_orgs(&app, t, 2, &token).await.unwrap();
+        let page = app
+            .as_token(t)
+            .orgs()
+            .list_my_orgs(ListMyOrgsRequest {
+                page_size: 2,
+                page_token: token.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
         seen.extend(
             page.orgs
                 .iter()
@@ -1392,7 +1983,20 @@ async fn my_organizations_page_without_duplicates_while_i_join_more() {
         );
         pages += 1;
         if pages == 1 {
-            expected.insert(create_org(&app, t, "Joined Meanwhile").await.id);
+            expected.insert(
+                app.as_token(t)
+                    .orgs()
+                    .create_org(CreateOrgRequest {
+                        name: "Joined Meanwhile".into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("create org")
+                    .into_inner()
+                    .organization
+                    .unwrap()
+                    .id,
+            );
         }
         if page.next_page_token.is_empty() {
             break;
@@ -1404,14 +2008,46 @@ async fn my_organizations_page_without_duplicates_while_i_join_more() {
     assert_eq!(unique, expected);
     // Another user's token is not mine.
     let other = app.signed_in(&email("other")).await;
-    create_org(&app, &other.access_token, "Theirs").await;
-    let theirs = list_my_orgs(&app, &other.access_token, 1, "")
+    app.as_user(&other)
+        .orgs()
+        .create_org(CreateOrgRequest {
+            name: "Theirs".into(),
+            ..Default::default()
+        })
         .await
+        .expect("create org")
+        .into_inner()
+        .organization
         .unwrap();
+    let theirs = app
+        .as_user(&other)
+        .orgs()
+        .list_my_orgs(ListMyOrgsRequest {
+            page_size: 1,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(theirs.next_page_token.is_empty());
-    let mine = list_my_orgs(&app, t, 1, "").await.unwrap();
+    let mine = app
+        .as_token(t)
+        .orgs()
+        .list_my_orgs(ListMyOrgsRequest {
+            page_size: 1,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     refused(
-        list_my_orgs(&app, &other.access_token, 1, &mine.next_page_token).await,
+        app.as_user(&other)
+            .orgs()
+            .list_my_orgs(ListMyOrgsRequest {
+                page_size: 1,
+                page_token: mine.next_page_token.clone(),
+            })
+            .await,
         Code::InvalidArgument,
         "PAGE_TOKEN_INVALID",
     );
@@ -1422,18 +2058,36 @@ async fn a_hospital_creates_an_assistant_who_must_verify_before_signing_in() {
     let app = TestApp::start_with_config(|c| c.require_verified_email = true).await;
     let sink = shared_sink();
     let hospital = verified(&app, &email("hospital")).await;
-    let org = create_org(&app, &hospital.access_token, "General Hospital").await;
+    let org = app
+        .as_user(&hospital)
+        .orgs()
+        .create_org(CreateOrgRequest {
+            name: "General Hospital".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create org")
+        .into_inner()
+        .organization
+        .unwrap();
 
     let assistant_email = email("assistant");
-    let member = create_member(
-        &app,
-        &hospital.access_token,
-        &org.id,
-        &assistant_email,
-        OrgRole::Member,
-    )
-    .await
-    .unwrap();
+    let member = app
+        .as_user(&hospital)
+        .orgs()
+        .create_member(CreateMemberRequest {
+            org_id: org.id.clone(),
+            email: assistant_email.clone(),
+            display_name: "Assistant".into(),
+            password: PASSWORD.into(),
+            role: OrgRole::Member as i32,
+            department: "cardiology".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .member
+        .unwrap();
     let user = member.user.unwrap();
     assert!(!user.email_verified);
     assert_eq!(user.role, Role::User as i32);
@@ -1461,42 +2115,47 @@ async fn a_hospital_creates_an_assistant_who_must_verify_before_signing_in() {
     assert!(!allowed);
 
     refused(
-        create_member(
-            &app,
-            &hospital.access_token,
-            &org.id,
-            &assistant_email,
-            OrgRole::Member,
-        )
-        .await,
+        app.as_user(&hospital)
+            .orgs()
+            .create_member(CreateMemberRequest {
+                org_id: org.id.clone(),
+                email: assistant_email.clone(),
+                display_name: "Assistant".into(),
+                password: PASSWORD.into(),
+                role: OrgRole::Member as i32,
+                department: "cardiology".into(),
+            })
+            .await,
         Code::AlreadyExists,
         "EMAIL_TAKEN",
     );
-    let weak = orgs(&app)
-        .create_member(bearer(
-            CreateMemberRequest {
-                org_id: org.id.clone(),
-                email: email("weak"),
-                display_name: String::new(),
-                password: "password".into(),
-                role: OrgRole::Member as i32,
-                department: String::new(),
-            },
-            &hospital.access_token,
-        ))
+    let weak = app
+        .as_user(&hospital)
+        .orgs()
+        .create_member(CreateMemberRequest {
+            org_id: org.id.clone(),
+            email: email("weak"),
+            display_name: String::new(),
+            password: "password".into(),
+            role: OrgRole::Member as i32,
+            department: String::new(),
+        })
         .await
         .unwrap_err();
     assert_eq!(reason(&weak), "INVALID_ARGUMENT");
     assert!(violations(&weak).iter().any(|(f, _)| f == "password"));
     refused(
-        create_member(
-            &app,
-            &hospital.access_token,
-            "no-such-org",
-            &email("lost"),
-            OrgRole::Member,
-        )
-        .await,
+        app.as_user(&hospital)
+            .orgs()
+            .create_member(CreateMemberRequest {
+                org_id: "no-such-org".into(),
+                email: email("lost"),
+                display_name: "Assistant".into(),
+                password: PASSWORD.into(),
+                role: OrgRole::Member as i32,
+                department: "cardiology".into(),
+            })
+            .await,
         Code::NotFound,
         "ORG_NOT_FOUND",
     );
@@ -1533,9 +2192,15 @@ async fn hospital_registration_creates_the_account_and_its_organization_or_neith
     assert!(registered.pending_verification);
     assert!(!registered.org_id.is_empty());
     let pair = app.login(&founder, PASSWORD).await.unwrap();
-    let got = get_org(&app, &pair.access_token, &registered.org_id)
+    let got = app
+        .as_user(&pair)
+        .orgs()
+        .get_org(GetOrgRequest {
+            org_id: registered.org_id.clone(),
+        })
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
     assert_eq!(got.role, OrgRole::Owner as i32);
     let org = got.organization.unwrap();
     assert_eq!(
@@ -1586,47 +2251,18 @@ async fn hospital_registration_creates_the_account_and_its_organization_or_neith
     let individual = app.try_register(&second).await.unwrap();
     assert!(individual.org_id.is_empty());
     let pair = app.login(&second, PASSWORD).await.unwrap();
-    assert!(list_my_orgs(&app, &pair.access_token, 0, "")
+    assert!(app
+        .as_user(&pair)
+        .orgs()
+        .list_my_orgs(ListMyOrgsRequest {
+            page_size: 0,
+            page_token: String::new()
+        })
         .await
         .unwrap()
+        .into_inner()
         .orgs
         .is_empty());
-}
-
-fn grpcurl(args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new("grpcurl")
-        .args(args)
-        .output()
-        .expect("grpcurl not found: run scripts/setup.sh first");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
-fn json(text: &str) -> serde_json::Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
-}
-
-/// grpcurl with a bearer token (if any) and a JSON body; panics unless it succeeds.
-async fn grpcurl_call(addr: &str, token: &str, method: &str, body: String) -> serde_json::Value {
-    let (addr, header) = (addr.to_string(), format!("authorization: Bearer {token}"));
-    let (method, signed_in) = (format!("keyward.v1.{method}"), !token.is_empty());
-    let full_method = method.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        let mut args = vec!["-plaintext", "-d", &body, &addr, &full_method];
-        if signed_in {
-            args.splice(1..1, ["-H", header.as_str()]);
-        }
-        grpcurl(&args)
-    })
-    .await
-    .unwrap();
-    let (ok, out) = result;
-    assert!(ok, "{method}: {out}");
-    json(&out)
 }
 
 #[tokio::test]
@@ -1718,50 +2354,79 @@ async fn an_invitation_dies_with_its_inviters_account() {
     // while it was active may still let anyone in.
     let app = TestApp::start().await;
     let owner = verified(&app, &email("owner")).await;
-    let org = create_org(&app, &owner.access_token, "Inviter Clinic").await;
+    let org = app
+        .as_user(&owner)
+        .orgs()
+        .create_org(CreateOrgRequest {
+            name: "Inviter Clinic".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create org")
+        .into_inner()
+        .organization
+        .unwrap();
     let inviter_email = email("inviter");
     let inviter = verified(&app, &inviter_email).await;
     let inviter_id = uid(&inviter);
     let seen = invitation_tokens(&inviter_email);
-    invite(
-        &app,
-        &owner.access_token,
-        &org.id,
-        &inviter_email,
-        OrgRole::Admin,
-    )
-    .await
-    .unwrap();
+    app.as_user(&owner)
+        .orgs()
+        .invite_member(InviteMemberRequest {
+            org_id: org.id.clone(),
+            email: inviter_email.clone(),
+            role: OrgRole::Admin as i32,
+            department: "radiology".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .invitation
+        .unwrap();
     let token = new_invitation_token(&inviter_email, &seen).await;
-    accept(&app, &inviter.access_token, &token).await.unwrap();
+    app.as_user(&inviter)
+        .orgs()
+        .accept_invitation(AcceptInvitationRequest {
+            token: token.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
 
     let guest_email = email("guest");
     let guest = verified(&app, &guest_email).await;
     let seen = invitation_tokens(&guest_email);
-    invite(
-        &app,
-        &inviter.access_token,
-        &org.id,
-        &guest_email,
-        OrgRole::Member,
-    )
-    .await
-    .unwrap();
+    app.as_user(&inviter)
+        .orgs()
+        .invite_member(InviteMemberRequest {
+            org_id: org.id.clone(),
+            email: guest_email.clone(),
+            role: OrgRole::Member as i32,
+            department: "radiology".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .invitation
+        .unwrap();
     let token = new_invitation_token(&guest_email, &seen).await;
 
     let (_, admin) = crate::users::with_role(&app, &email("platform-admin"), "admin").await;
-    crate::users::users(&app)
-        .disable_user(bearer(
-            DisableUserRequest {
-                user_id: inviter_id,
-                reason: "left the company".into(),
-            },
-            &admin.access_token,
-        ))
+    app.as_user(&admin)
+        .users()
+        .disable_user(DisableUserRequest {
+            user_id: inviter_id,
+            reason: "left the company".into(),
+        })
         .await
         .unwrap();
     refused(
-        accept(&app, &guest.access_token, &token).await,
+        app.as_user(&guest)
+            .orgs()
+            .accept_invitation(AcceptInvitationRequest {
+                token: token.clone(),
+            })
+            .await,
         Code::FailedPrecondition,
         "INVITATION_REVOKED",
     );

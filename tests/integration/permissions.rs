@@ -6,15 +6,12 @@
 //! [--dry-run]` through the real binary, and `permissions_file` applied at start-up.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
 use keyward::config::Config;
 use keyward::grpc::pb::auth_service_client::AuthServiceClient;
-use keyward::grpc::pb::mfa_service_client::MfaServiceClient;
-use keyward::grpc::pb::org_service_client::OrgServiceClient;
 use keyward::grpc::pb::otp_service_client::OtpServiceClient;
 use keyward::grpc::pb::permission_service_client::PermissionServiceClient;
 use keyward::grpc::pb::*;
@@ -24,14 +21,10 @@ use tonic::{Code, Status};
 use crate::ext_authz::{check, http_request};
 use crate::harness::*;
 use crate::mfa::{current_step, totp_codes};
-use crate::users::{users, with_role};
+use crate::users::with_role;
 
 // ---------------------------------------------------------------------------------------------
 // PermissionService
-
-fn catalogue(channel: Channel) -> PermissionServiceClient<Channel> {
-    PermissionServiceClient::new(channel)
-}
 
 /// A platform permission held from global role `least` up.
 fn platform(name: &str, least: Role) -> DefinePermissionRequest {
@@ -55,110 +48,19 @@ pub(crate) fn in_org(name: &str, least: OrgRole) -> DefinePermissionRequest {
     }
 }
 
-async fn try_define_on(
-    channel: Channel,
-    token: &str,
-    request: DefinePermissionRequest,
-) -> Result<Permission, Status> {
-    catalogue(channel)
-        .define_permission(bearer(request, token))
-        .await
-        .map(|r| r.into_inner().permission.expect("a permission"))
-}
-
-pub(crate) async fn try_define(
-    app: &TestApp,
-    token: &str,
-    request: DefinePermissionRequest,
-) -> Result<Permission, Status> {
-    try_define_on(app.channel(), token, request).await
-}
-
-pub(crate) async fn define(
-    app: &TestApp,
-    token: &str,
-    request: DefinePermissionRequest,
-) -> Permission {
-    let name = request.name.clone();
-    try_define(app, token, request)
-        .await
-        .unwrap_or_else(|e| panic!("define {name}: {e:?}"))
-}
-
-pub(crate) async fn try_update(
-    app: &TestApp,
-    token: &str,
-    request: UpdatePermissionRequest,
-) -> Result<Permission, Status> {
-    catalogue(app.channel())
-        .update_permission(bearer(request, token))
-        .await
-        .map(|r| r.into_inner().permission.expect("a permission"))
-}
-
-/// Changes the least global role of the platform permission `name`.
-async fn set_least_role(app: &TestApp, token: &str, name: &str, least: Role) -> Permission {
-    let request = UpdatePermissionRequest {
-        name: name.into(),
-        least_role: Some(least as i32),
-        ..Default::default()
-    };
-    try_update(app, token, request)
-        .await
-        .unwrap_or_else(|e| panic!("update {name}: {e:?}"))
-}
-
-/// Changes the least organization role of the organization permission `name`.
-async fn set_least_org_role(app: &TestApp, token: &str, name: &str, least: OrgRole) -> Permission {
-    let request = UpdatePermissionRequest {
-        name: name.into(),
-        least_org_role: Some(least as i32),
-        ..Default::default()
-    };
-    try_update(app, token, request)
-        .await
-        .unwrap_or_else(|e| panic!("update {name}: {e:?}"))
-}
-
-async fn try_delete_on(channel: Channel, token: &str, name: &str) -> Result<(), Status> {
-    catalogue(channel)
-        .delete_permission(bearer(DeletePermissionRequest { name: name.into() }, token))
-        .await
-        .map(|_| ())
-}
-
-pub(crate) async fn try_delete(app: &TestApp, token: &str, name: &str) -> Result<(), Status> {
-    try_delete_on(app.channel(), token, name).await
-}
-
-async fn list(app: &TestApp, token: &str) -> Vec<Permission> {
-    catalogue(app.channel())
-        .list_permissions(bearer(ListPermissionsRequest {}, token))
+/// The catalogue (not built-in) permissions' names, as listed.
+async fn catalogue_names(app: &TestApp, token: &str) -> Vec<String> {
+    app.as_token(token)
+        .permissions()
+        .list_permissions(ListPermissionsRequest {})
         .await
         .expect("list permissions")
         .into_inner()
         .permissions
-}
-
-/// The catalogue (not built-in) permissions' names, as listed.
-async fn catalogue_names(app: &TestApp, token: &str) -> Vec<String> {
-    list(app, token)
-        .await
         .into_iter()
         .filter(|p| !p.built_in)
         .map(|p| p.name)
         .collect()
-}
-
-/// Asserts a refusal with `code` and `reason`.
-#[track_caller]
-pub(crate) fn refused<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, why: &str) {
-    let status = result.expect_err(why);
-    assert_eq!(
-        (status.code(), reason(&status).as_str()),
-        (code, why),
-        "{status:?}"
-    );
 }
 
 /// Asserts INVALID_ARGUMENT with a field violation naming `field`.
@@ -260,27 +162,6 @@ async fn until_decided(
 // ---------------------------------------------------------------------------------------------
 // Organizations
 
-pub(crate) fn orgs(app: &TestApp) -> OrgServiceClient<Channel> {
-    OrgServiceClient::new(app.channel())
-}
-
-/// A new organization owned by `owner`; its id.
-pub(crate) async fn create_org(app: &TestApp, owner: &str, name: &str) -> String {
-    let request = CreateOrgRequest {
-        name: name.into(),
-        slug: String::new(),
-        website: String::new(),
-    };
-    orgs(app)
-        .create_org(bearer(request, owner))
-        .await
-        .expect("create org")
-        .into_inner()
-        .organization
-        .unwrap()
-        .id
-}
-
 /// A new account made a member of `org_id` with `role` by `owner`, signed in.
 pub(crate) async fn member_signed_in(
     app: &TestApp,
@@ -298,8 +179,9 @@ pub(crate) async fn member_signed_in(
         role: role as i32,
         department: String::new(),
     };
-    orgs(app)
-        .create_member(bearer(request, owner))
+    app.as_token(owner)
+        .orgs()
+        .create_member(request)
         .await
         .expect("create member");
     app.login(&email, PASSWORD).await.expect("member login")
@@ -404,25 +286,14 @@ struct Run {
 
 /// `keyward permissions apply FILE [--dry-run]` against `config`'s database.
 fn apply(config: &Config, file: &Path, dry_run: bool) -> Run {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyward"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env(
-            "KEYWARD_MONGODB_URI",
-            config.mongodb_uri.as_deref().unwrap(),
-        )
-        .env("KEYWARD_MONGODB_DATABASE", &config.mongodb_database)
-        .env(
-            "KEYWARD_SIGNING_KEY",
-            config.signing_key.as_deref().unwrap(),
-        )
-        .env("KEYWARD_LOG_LEVEL", "warn")
-        .args(["permissions", "apply"])
-        .arg(file);
+    let mut args: Vec<&std::ffi::OsStr> =
+        vec!["permissions".as_ref(), "apply".as_ref(), file.as_os_str()];
     if dry_run {
-        cmd.arg("--dry-run");
+        args.push("--dry-run".as_ref());
     }
-    let out = cmd.output().expect("keyward runs");
+    let out = Keyward::on(config, args)
+        .env("KEYWARD_LOG_LEVEL", "warn")
+        .output();
     Run {
         success: out.status.success(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -463,14 +334,14 @@ async fn only_admins_change_the_catalogue_anyone_signed_in_reads_it_and_every_ch
 
     // Not signed in: nothing at all.
     refused(
-        catalogue(app.channel())
+        PermissionServiceClient::new(app.channel())
             .list_permissions(ListPermissionsRequest {})
             .await,
         Code::Unauthenticated,
         "TOKEN_INVALID",
     );
     refused(
-        catalogue(app.channel())
+        PermissionServiceClient::new(app.channel())
             .define_permission(platform(name, Role::User))
             .await,
         Code::Unauthenticated,
@@ -478,37 +349,59 @@ async fn only_admins_change_the_catalogue_anyone_signed_in_reads_it_and_every_ch
     );
 
     // Users and moderators may not define, change or delete, whether the name exists or not.
-    define(&app, &admin.access_token, platform(name, Role::Moderator)).await;
+    app.as_user(&admin)
+        .permissions()
+        .define_permission(platform(name, Role::Moderator))
+        .await
+        .unwrap_or_else(|e| panic!("define permission: {e:?}"))
+        .into_inner()
+        .permission
+        .expect("a permission");
     for pair in [&guest, &user, &moderator] {
         let t = &pair.access_token;
         refused(
-            try_define(&app, t, platform("notes.reports.print", Role::User)).await,
+            app.as_token(t)
+                .permissions()
+                .define_permission(platform("notes.reports.print", Role::User))
+                .await,
             Code::PermissionDenied,
             "PERMISSION_DENIED",
         );
         for target in [name, "notes.reports.missing"] {
             refused(
-                try_update(
-                    &app,
-                    t,
-                    UpdatePermissionRequest {
+                app.as_token(t)
+                    .permissions()
+                    .update_permission(UpdatePermissionRequest {
                         name: target.into(),
                         least_role: Some(Role::Guest as i32),
                         ..Default::default()
-                    },
-                )
-                .await,
+                    })
+                    .await,
                 Code::PermissionDenied,
                 "PERMISSION_DENIED",
             );
             refused(
-                try_delete(&app, t, target).await,
+                app.as_token(t)
+                    .permissions()
+                    .delete_permission(DeletePermissionRequest {
+                        name: target.to_string(),
+                    })
+                    .await,
                 Code::PermissionDenied,
                 "PERMISSION_DENIED",
             );
         }
         // …but every signed-in user reads the catalogue.
-        assert!(list(&app, t).await.iter().any(|p| p.name == name));
+        assert!(app
+            .as_token(t)
+            .permissions()
+            .list_permissions(ListPermissionsRequest {})
+            .await
+            .expect("list permissions")
+            .into_inner()
+            .permissions
+            .iter()
+            .any(|p| p.name == name));
     }
     // The refused calls changed nothing.
     assert_eq!(catalogue_names(&app, &user.access_token).await, [name]);
@@ -522,18 +415,40 @@ async fn only_admins_change_the_catalogue_anyone_signed_in_reads_it_and_every_ch
     );
 
     // The admin changes and deletes it; a super_admin may too.
-    let updated = set_least_role(&app, &admin.access_token, name, Role::Admin).await;
+    let updated = app
+        .as_user(&admin)
+        .permissions()
+        .update_permission(UpdatePermissionRequest {
+            name: name.to_string(),
+            least_role: Some(Role::Admin as i32),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("update {name}: {e:?}"))
+        .into_inner()
+        .permission
+        .expect("a permission");
     assert_eq!(updated.least_role, Role::Admin as i32);
-    try_delete(&app, &admin.access_token, name)
+    app.as_user(&admin)
+        .permissions()
+        .delete_permission(DeletePermissionRequest {
+            name: name.to_string(),
+        })
         .await
         .expect("admin deletes");
-    define(
-        &app,
-        &root.access_token,
-        platform("notes.reports.print", Role::User),
-    )
-    .await;
-    try_delete(&app, &root.access_token, "notes.reports.print")
+    app.as_user(&root)
+        .permissions()
+        .define_permission(platform("notes.reports.print", Role::User))
+        .await
+        .unwrap_or_else(|e| panic!("define permission: {e:?}"))
+        .into_inner()
+        .permission
+        .expect("a permission");
+    app.as_user(&root)
+        .permissions()
+        .delete_permission(DeletePermissionRequest {
+            name: "notes.reports.print".into(),
+        })
         .await
         .expect("super_admin deletes");
 
@@ -590,12 +505,20 @@ async fn malformed_built_in_and_taken_names_and_roles_that_do_not_fit_the_scope_
         "permissions.write",
     ] {
         invalid(
-            try_define(&app, t, platform(bad, Role::User)).await,
+            app.as_token(t)
+                .permissions()
+                .define_permission(platform(bad, Role::User))
+                .await
+                .map(|r| r.into_inner().permission.expect("a permission")),
             "name",
             bad,
         );
         invalid(
-            try_define(&app, t, in_org(bad, OrgRole::Member)).await,
+            app.as_token(t)
+                .permissions()
+                .define_permission(in_org(bad, OrgRole::Member))
+                .await
+                .map(|r| r.into_inner().permission.expect("a permission")),
             "name",
             bad,
         );
@@ -608,7 +531,11 @@ async fn malformed_built_in_and_taken_names_and_roles_that_do_not_fit_the_scope_
             ..platform("notes.notes.read", Role::User)
         };
         invalid(
-            try_define(&app, t, request).await,
+            app.as_token(t)
+                .permissions()
+                .define_permission(request)
+                .await
+                .map(|r| r.into_inner().permission.expect("a permission")),
             "scope",
             &format!("scope {scope}"),
         );
@@ -661,24 +588,52 @@ async fn malformed_built_in_and_taken_names_and_roles_that_do_not_fit_the_scope_
         ),
     ];
     for (case, request, field) in cases {
-        invalid(try_define(&app, t, request).await, field, case);
+        invalid(
+            app.as_token(t)
+                .permissions()
+                .define_permission(request)
+                .await
+                .map(|r| r.into_inner().permission.expect("a permission")),
+            field,
+            case,
+        );
     }
     // Nothing refused was stored.
     assert!(catalogue_names(&app, t).await.is_empty());
 
     // Taken: the second definition of a name is refused, whatever it says.
-    define(&app, t, in_org("notes.notes.read", OrgRole::Member)).await;
+    app.as_token(t)
+        .permissions()
+        .define_permission(in_org("notes.notes.read", OrgRole::Member))
+        .await
+        .unwrap_or_else(|e| panic!("define permission: {e:?}"))
+        .into_inner()
+        .permission
+        .expect("a permission");
     refused(
-        try_define(&app, t, in_org("notes.notes.read", OrgRole::Owner)).await,
+        app.as_token(t)
+            .permissions()
+            .define_permission(in_org("notes.notes.read", OrgRole::Owner))
+            .await,
         Code::AlreadyExists,
         "PERMISSION_EXISTS",
     );
     refused(
-        try_define(&app, t, platform("notes.notes.read", Role::Admin)).await,
+        app.as_token(t)
+            .permissions()
+            .define_permission(platform("notes.notes.read", Role::Admin))
+            .await,
         Code::AlreadyExists,
         "PERMISSION_EXISTS",
     );
-    let listed = list(&app, t).await;
+    let listed = app
+        .as_token(t)
+        .permissions()
+        .list_permissions(ListPermissionsRequest {})
+        .await
+        .expect("list permissions")
+        .into_inner()
+        .permissions;
     let stored = listed
         .iter()
         .find(|p| p.name == "notes.notes.read")
@@ -697,21 +652,24 @@ async fn malformed_built_in_and_taken_names_and_roles_that_do_not_fit_the_scope_
         "org.delete",
     ] {
         refused(
-            try_update(
-                &app,
-                t,
-                UpdatePermissionRequest {
+            app.as_token(t)
+                .permissions()
+                .update_permission(UpdatePermissionRequest {
                     name: name.into(),
                     description: Some("mine now".into()),
                     ..Default::default()
-                },
-            )
-            .await,
+                })
+                .await,
             Code::NotFound,
             "PERMISSION_NOT_FOUND",
         );
         refused(
-            try_delete(&app, t, name).await,
+            app.as_token(t)
+                .permissions()
+                .delete_permission(DeletePermissionRequest {
+                    name: name.to_string(),
+                })
+                .await,
             Code::NotFound,
             "PERMISSION_NOT_FOUND",
         );
@@ -728,31 +686,29 @@ async fn malformed_built_in_and_taken_names_and_roles_that_do_not_fit_the_scope_
     );
     // A role that does not fit on update is refused too.
     invalid(
-        try_update(
-            &app,
-            t,
-            UpdatePermissionRequest {
+        app.as_token(t)
+            .permissions()
+            .update_permission(UpdatePermissionRequest {
                 name: "notes.notes.read".into(),
                 least_role: Some(Role::Moderator as i32),
                 ..Default::default()
-            },
-        )
-        .await,
+            })
+            .await
+            .map(|r| r.into_inner().permission.expect("a permission")),
         "least_role",
         "a moderator least role on an organization permission",
     );
     refused_as_bad_input(
-        try_update(
-            &app,
-            t,
-            UpdatePermissionRequest {
+        app.as_token(t)
+            .permissions()
+            .update_permission(UpdatePermissionRequest {
                 name: "notes.notes.read".into(),
                 least_role: Some(Role::User as i32),
                 least_org_role: Some(OrgRole::Admin as i32),
                 ..Default::default()
-            },
-        )
-        .await,
+            })
+            .await
+            .map(|r| r.into_inner().permission.expect("a permission")),
         &[Code::InvalidArgument],
         "both roles at once",
     );
@@ -766,33 +722,59 @@ async fn an_update_cannot_give_a_permission_a_role_of_the_other_scope() {
     let app = TestApp::start().await;
     let (_, admin) = with_role(&app, &email("admin"), "admin").await;
     let t = &admin.access_token;
-    define(&app, t, in_org("notes.notes.read", OrgRole::Member)).await;
-    define(&app, t, platform("notes.reports.export", Role::Moderator)).await;
+    app.as_token(t)
+        .permissions()
+        .define_permission(in_org("notes.notes.read", OrgRole::Member))
+        .await
+        .unwrap_or_else(|e| panic!("define permission: {e:?}"))
+        .into_inner()
+        .permission
+        .expect("a permission");
+    app.as_token(t)
+        .permissions()
+        .define_permission(platform("notes.reports.export", Role::Moderator))
+        .await
+        .unwrap_or_else(|e| panic!("define permission: {e:?}"))
+        .into_inner()
+        .permission
+        .expect("a permission");
     let (_, moderator) = with_role(&app, &email("mod"), "moderator").await;
     let owner = app.signed_in(&email("owner")).await;
-    let org = create_org(&app, &owner.access_token, "Scoped").await;
+    let org = app
+        .as_user(&owner)
+        .orgs()
+        .create_org(CreateOrgRequest {
+            name: "Scoped".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create org")
+        .into_inner()
+        .organization
+        .unwrap()
+        .id;
     let member = member_signed_in(&app, &owner.access_token, &org, "member", OrgRole::Member).await;
 
-    let global_role_on_org_permission = try_update(
-        &app,
-        t,
-        UpdatePermissionRequest {
+    let global_role_on_org_permission = app
+        .as_token(t)
+        .permissions()
+        .update_permission(UpdatePermissionRequest {
             name: "notes.notes.read".into(),
             least_role: Some(Role::Admin as i32),
             ..Default::default()
-        },
-    )
-    .await;
-    let org_role_on_platform_permission = try_update(
-        &app,
-        t,
-        UpdatePermissionRequest {
+        })
+        .await
+        .map(|r| r.into_inner().permission.expect("a permission"));
+    let org_role_on_platform_permission = app
+        .as_token(t)
+        .permissions()
+        .update_permission(UpdatePermissionRequest {
             name: "notes.reports.export".into(),
             least_org_role: Some(OrgRole::Admin as i32),
             ..Default::default()
-        },
-    )
-    .await;
+        })
+        .await
+        .map(|r| r.into_inner().permission.expect("a permission"));
     // The decisions are the old ones…
     assert_eq!(
         decide(&app, &member.access_token, "notes.notes.read", &org).await,
@@ -805,7 +787,14 @@ async fn an_update_cannot_give_a_permission_a_role_of_the_other_scope() {
         "a moderator lost a platform permission to an organization role set on it"
     );
     // …and so is the catalogue…
-    let listed = list(&app, t).await;
+    let listed = app
+        .as_token(t)
+        .permissions()
+        .list_permissions(ListPermissionsRequest {})
+        .await
+        .expect("list permissions")
+        .into_inner()
+        .permissions;
     let get = |name: &str| listed.iter().find(|p| p.name == name).unwrap().clone();
     assert_eq!(
         get("notes.notes.read").least_org_role,
@@ -861,50 +850,70 @@ async fn garbage_is_refused_as_invalid_argument_and_never_breaks_keyward() {
     for name in &garbage {
         let case = format!("name {:?}", name.chars().take(40).collect::<String>());
         invalid(
-            try_define(&app, t, platform(name, Role::User)).await,
+            app.as_token(t)
+                .permissions()
+                .define_permission(platform(name, Role::User))
+                .await
+                .map(|r| r.into_inner().permission.expect("a permission")),
             "name",
             &case,
         );
         invalid(
-            try_define(&app, t, in_org(name, OrgRole::Member)).await,
+            app.as_token(t)
+                .permissions()
+                .define_permission(in_org(name, OrgRole::Member))
+                .await
+                .map(|r| r.into_inner().permission.expect("a permission")),
             "name",
             &case,
         );
         // Not in the catalogue, so nothing to change: refused, never an internal error.
         let codes = [Code::InvalidArgument, Code::NotFound];
         refused_as_bad_input(
-            try_update(
-                &app,
-                t,
-                UpdatePermissionRequest {
+            app.as_token(t)
+                .permissions()
+                .update_permission(UpdatePermissionRequest {
                     name: name.clone(),
                     requires_mfa: Some(true),
                     ..Default::default()
-                },
-            )
-            .await,
+                })
+                .await
+                .map(|r| r.into_inner().permission.expect("a permission")),
             &codes,
             &case,
         );
-        refused_as_bad_input(try_delete(&app, t, name).await, &codes, &case);
+        refused_as_bad_input(
+            app.as_token(t)
+                .permissions()
+                .delete_permission(DeletePermissionRequest {
+                    name: name.to_string(),
+                })
+                .await
+                .map(|_| ()),
+            &codes,
+            &case,
+        );
     }
     // Empty is a missing name, not a missing permission.
     invalid(
-        try_update(
-            &app,
-            t,
-            UpdatePermissionRequest {
+        app.as_token(t)
+            .permissions()
+            .update_permission(UpdatePermissionRequest {
                 name: String::new(),
                 requires_mfa: Some(true),
                 ..Default::default()
-            },
-        )
-        .await,
+            })
+            .await
+            .map(|r| r.into_inner().permission.expect("a permission")),
         "name",
         "update without a name",
     );
     invalid(
-        try_delete(&app, t, "").await,
+        app.as_token(t)
+            .permissions()
+            .delete_permission(DeletePermissionRequest { name: "".into() })
+            .await
+            .map(|_| ()),
         "name",
         "delete without a name",
     );
@@ -917,15 +926,14 @@ async fn garbage_is_refused_as_invalid_argument_and_never_breaks_keyward() {
         "bell\u{7}".into(),
     ] {
         invalid(
-            try_define(
-                &app,
-                t,
-                DefinePermissionRequest {
+            app.as_token(t)
+                .permissions()
+                .define_permission(DefinePermissionRequest {
                     description: description.clone(),
                     ..platform("notes.notes.read", Role::User)
-                },
-            )
-            .await,
+                })
+                .await
+                .map(|r| r.into_inner().permission.expect("a permission")),
             "description",
             &format!("description of {} chars", description.chars().count()),
         );
@@ -933,29 +941,38 @@ async fn garbage_is_refused_as_invalid_argument_and_never_breaks_keyward() {
     assert!(catalogue_names(&app, t).await.is_empty(), "nothing stored");
 
     // The limits themselves are fine.
-    define(&app, t, platform(&longest, Role::User)).await;
+    app.as_token(t)
+        .permissions()
+        .define_permission(platform(&longest, Role::User))
+        .await
+        .unwrap_or_else(|e| panic!("define permission: {e:?}"))
+        .into_inner()
+        .permission
+        .expect("a permission");
     let unicode = "é".repeat(512);
-    let kept = define(
-        &app,
-        t,
-        DefinePermissionRequest {
+    let kept = app
+        .as_token(t)
+        .permissions()
+        .define_permission(DefinePermissionRequest {
             description: unicode.clone(),
             ..in_org("notes.notes.read", OrgRole::Member)
-        },
-    )
-    .await;
+        })
+        .await
+        .unwrap_or_else(|e| panic!("define permission: {e:?}"))
+        .into_inner()
+        .permission
+        .expect("a permission");
     assert_eq!(kept.description, unicode);
     invalid(
-        try_update(
-            &app,
-            t,
-            UpdatePermissionRequest {
+        app.as_token(t)
+            .permissions()
+            .update_permission(UpdatePermissionRequest {
                 name: "notes.notes.read".into(),
                 description: Some(huge.clone()),
                 ..Default::default()
-            },
-        )
-        .await,
+            })
+            .await
+            .map(|r| r.into_inner().permission.expect("a permission")),
         "description",
         "a huge description on update",
     );
@@ -987,19 +1004,43 @@ async fn the_list_shows_every_built_in_permission_first_then_the_catalogue_by_na
     let (_, admin) = with_role(&app, &email("admin"), "admin").await;
     let (_, guest) = with_role(&app, &email("guest"), "guest").await;
     let t = &admin.access_token;
-    define(&app, t, platform("zeta.reports.export", Role::Moderator)).await;
-    let org_defined = define(
-        &app,
-        t,
-        DefinePermissionRequest {
+    app.as_token(t)
+        .permissions()
+        .define_permission(platform("zeta.reports.export", Role::Moderator))
+        .await
+        .unwrap_or_else(|e| panic!("define permission: {e:?}"))
+        .into_inner()
+        .permission
+        .expect("a permission");
+    let org_defined = app
+        .as_token(t)
+        .permissions()
+        .define_permission(DefinePermissionRequest {
             description: "purge a notebook".into(),
             ..in_org("notes.notebooks.purge", OrgRole::Owner)
-        },
-    )
-    .await;
-    define(&app, t, platform("alpha.things.read", Role::Guest)).await;
+        })
+        .await
+        .unwrap_or_else(|e| panic!("define permission: {e:?}"))
+        .into_inner()
+        .permission
+        .expect("a permission");
+    app.as_token(t)
+        .permissions()
+        .define_permission(platform("alpha.things.read", Role::Guest))
+        .await
+        .unwrap_or_else(|e| panic!("define permission: {e:?}"))
+        .into_inner()
+        .permission
+        .expect("a permission");
 
-    let all = list(&app, &guest.access_token).await;
+    let all = app
+        .as_user(&guest)
+        .permissions()
+        .list_permissions(ListPermissionsRequest {})
+        .await
+        .expect("list permissions")
+        .into_inner()
+        .permissions;
     let names: Vec<&str> = all.iter().map(|p| p.name.as_str()).collect();
     let built_in = [
         "users.read",
@@ -1075,17 +1116,19 @@ async fn the_list_shows_every_built_in_permission_first_then_the_catalogue_by_na
 
     // An update changes only what it sets, and the update time.
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let updated = try_update(
-        &app,
-        t,
-        UpdatePermissionRequest {
+    let updated = app
+        .as_token(t)
+        .permissions()
+        .update_permission(UpdatePermissionRequest {
             name: "notes.notebooks.purge".into(),
             requires_mfa: Some(true),
             ..Default::default()
-        },
-    )
-    .await
-    .expect("update");
+        })
+        .await
+        .expect("update")
+        .into_inner()
+        .permission
+        .expect("a permission");
     assert!(updated.requires_mfa);
     assert_eq!(updated.description, "purge a notebook");
     assert_eq!(updated.least_org_role, OrgRole::Owner as i32);
@@ -1102,14 +1145,12 @@ async fn the_list_shows_every_built_in_permission_first_then_the_catalogue_by_na
 }
 
 async fn audit_events(app: &TestApp, token: &str, action: &str) -> Vec<AuditEvent> {
-    users(app)
-        .list_audit_events(bearer(
-            ListAuditEventsRequest {
-                action: action.into(),
-                ..Default::default()
-            },
-            token,
-        ))
+    app.as_token(token)
+        .users()
+        .list_audit_events(ListAuditEventsRequest {
+            action: action.into(),
+            ..Default::default()
+        })
         .await
         .expect("list audit events")
         .into_inner()
@@ -1117,8 +1158,13 @@ async fn audit_events(app: &TestApp, token: &str, action: &str) -> Vec<AuditEven
 }
 
 async fn get_after(app: &TestApp, token: &str, name: &str) -> Permission {
-    list(app, token)
+    app.as_token(token)
+        .permissions()
+        .list_permissions(ListPermissionsRequest {})
         .await
+        .expect("list permissions")
+        .into_inner()
+        .permissions
         .into_iter()
         .find(|p| p.name == name)
         .unwrap()
@@ -1144,7 +1190,14 @@ async fn a_platform_catalogue_permission_is_decided_by_the_global_role() {
         );
     }
 
-    define(&app, &admin.access_token, platform(export, Role::Moderator)).await;
+    app.as_user(&admin)
+        .permissions()
+        .define_permission(platform(export, Role::Moderator))
+        .await
+        .unwrap_or_else(|e| panic!("define permission: {e:?}"))
+        .into_inner()
+        .permission
+        .expect("a permission");
     assert_eq!(
         decide(&app, &user.access_token, export, "").await,
         denied("ROLE_TOO_LOW")
@@ -1162,7 +1215,19 @@ async fn a_platform_catalogue_permission_is_decided_by_the_global_role() {
     );
 
     // Asked inside an organization, a platform permission is not granted (as for built-ins).
-    let org = create_org(&app, &moderator.access_token, "Moderated").await;
+    let org = app
+        .as_user(&moderator)
+        .orgs()
+        .create_org(CreateOrgRequest {
+            name: "Moderated".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create org")
+        .into_inner()
+        .organization
+        .unwrap()
+        .id;
     assert_eq!(
         decide(&app, &moderator.access_token, export, &org).await,
         decide(&app, &moderator.access_token, "users.read", &org).await,
@@ -1237,13 +1302,39 @@ async fn an_organization_catalogue_permission_is_decided_by_the_role_in_that_org
     let (_, root) = with_role(&app, &email("root"), "super_admin").await;
     let owner = app.signed_in(&email("owner")).await;
     let outsider = app.signed_in(&email("outsider")).await;
-    let org = create_org(&app, &owner.access_token, "Clinic").await;
+    let org = app
+        .as_user(&owner)
+        .orgs()
+        .create_org(CreateOrgRequest {
+            name: "Clinic".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create org")
+        .into_inner()
+        .organization
+        .unwrap()
+        .id;
     let member = member_signed_in(&app, &owner.access_token, &org, "member", OrgRole::Member).await;
     let org_admin =
         member_signed_in(&app, &owner.access_token, &org, "oadmin", OrgRole::Admin).await;
     let (read, purge) = ("notes.notes.read", "notes.notes.purge");
-    define(&app, &admin.access_token, in_org(read, OrgRole::Member)).await;
-    define(&app, &admin.access_token, in_org(purge, OrgRole::Admin)).await;
+    app.as_user(&admin)
+        .permissions()
+        .define_permission(in_org(read, OrgRole::Member))
+        .await
+        .unwrap_or_else(|e| panic!("define permission: {e:?}"))
+        .into_inner()
+        .permission
+        .expect("a permission");
+    app.as_user(&admin)
+        .permissions()
+        .define_permission(in_org(purge, OrgRole::Admin))
+        .await
+        .unwrap_or_else(|e| panic!("define permission: {e:?}"))
+        .into_inner()
+        .permission
+        .expect("a permission");
 
     let m = &member.access_token;
     assert_eq!(
@@ -1332,8 +1423,32 @@ async fn a_member_of_one_organization_gets_no_catalogue_permission_in_another() 
     let (_, admin) = with_role(&app, &email("admin"), "admin").await;
     let owner_a = app.signed_in(&email("owner-a")).await;
     let owner_b = app.signed_in(&email("owner-b")).await;
-    let org_a = create_org(&app, &owner_a.access_token, "Tenant A").await;
-    let org_b = create_org(&app, &owner_b.access_token, "Tenant B").await;
+    let org_a = app
+        .as_user(&owner_a)
+        .orgs()
+        .create_org(CreateOrgRequest {
+            name: "Tenant A".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create org")
+        .into_inner()
+        .organization
+        .unwrap()
+        .id;
+    let org_b = app
+        .as_user(&owner_b)
+        .orgs()
+        .create_org(CreateOrgRequest {
+            name: "Tenant B".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create org")
+        .into_inner()
+        .organization
+        .unwrap()
+        .id;
     let member_a =
         member_signed_in(&app, &owner_a.access_token, &org_a, "a", OrgRole::Member).await;
     let admin_a = member_signed_in(
@@ -1344,18 +1459,22 @@ async fn a_member_of_one_organization_gets_no_catalogue_permission_in_another() 
         OrgRole::Admin,
     )
     .await;
-    define(
-        &app,
-        &admin.access_token,
-        in_org("notes.notes.read", OrgRole::Member),
-    )
-    .await;
-    define(
-        &app,
-        &admin.access_token,
-        in_org("notes.notes.purge", OrgRole::Owner),
-    )
-    .await;
+    app.as_user(&admin)
+        .permissions()
+        .define_permission(in_org("notes.notes.read", OrgRole::Member))
+        .await
+        .unwrap_or_else(|e| panic!("define permission: {e:?}"))
+        .into_inner()
+        .permission
+        .expect("a permission");
+    app.as_user(&admin)
+        .permissions()
+        .define_permission(in_org("notes.notes.purge", OrgRole::Owner))
+        .await
+        .unwrap_or_else(|e| panic!("define permission: {e:?}"))
+        .into_inner()
+        .permission
+        .expect("a permission");
 
     for pair in [&member_a, &admin_a, &owner_a] {
         let t = &pair.access_token;
@@ -1396,19 +1515,48 @@ async fn updates_and_deletions_change_the_decision_at_once_on_the_same_replica()
     let a = &admin.access_token;
     let export = "notes.reports.export";
 
-    define(&app, a, platform(export, Role::Moderator)).await;
+    app.as_token(a)
+        .permissions()
+        .define_permission(platform(export, Role::Moderator))
+        .await
+        .unwrap_or_else(|e| panic!("define permission: {e:?}"))
+        .into_inner()
+        .permission
+        .expect("a permission");
     assert_eq!(
         decide(&app, &user.access_token, export, "").await,
         denied("ROLE_TOO_LOW")
     );
     // Lowered: the user holds it now — the very next call.
-    set_least_role(&app, a, export, Role::User).await;
+    app.as_token(a)
+        .permissions()
+        .update_permission(UpdatePermissionRequest {
+            name: export.to_string(),
+            least_role: Some(Role::User as i32),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("update {export}: {e:?}"))
+        .into_inner()
+        .permission
+        .expect("a permission");
     assert_eq!(
         decide(&app, &user.access_token, export, "").await,
         allowed("GRANTED_BY_ROLE")
     );
     // Raised: the moderator no longer does.
-    set_least_role(&app, a, export, Role::Admin).await;
+    app.as_token(a)
+        .permissions()
+        .update_permission(UpdatePermissionRequest {
+            name: export.to_string(),
+            least_role: Some(Role::Admin as i32),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("update {export}: {e:?}"))
+        .into_inner()
+        .permission
+        .expect("a permission");
     assert_eq!(
         decide(&app, &moderator.access_token, export, "").await,
         denied("ROLE_TOO_LOW")
@@ -1418,23 +1566,30 @@ async fn updates_and_deletions_change_the_decision_at_once_on_the_same_replica()
         allowed("GRANTED_BY_ROLE")
     );
     // A description-only change keeps the decision.
-    try_update(
-        &app,
-        a,
-        UpdatePermissionRequest {
+    app.as_token(a)
+        .permissions()
+        .update_permission(UpdatePermissionRequest {
             name: export.into(),
             description: Some("export reports as CSV".into()),
             ..Default::default()
-        },
-    )
-    .await
-    .expect("update the description");
+        })
+        .await
+        .expect("update the description")
+        .into_inner()
+        .permission
+        .expect("a permission");
     assert_eq!(
         decide(&app, &moderator.access_token, export, "").await,
         denied("ROLE_TOO_LOW")
     );
     // Deleted: unknown again, at once; and deleting twice is NOT_FOUND.
-    try_delete(&app, a, export).await.expect("delete");
+    app.as_token(a)
+        .permissions()
+        .delete_permission(DeletePermissionRequest {
+            name: export.to_string(),
+        })
+        .await
+        .expect("delete");
     for pair in [&user, &moderator, &admin] {
         assert_eq!(
             decide(&app, &pair.access_token, export, "").await,
@@ -1442,12 +1597,24 @@ async fn updates_and_deletions_change_the_decision_at_once_on_the_same_replica()
         );
     }
     refused(
-        try_delete(&app, a, export).await,
+        app.as_token(a)
+            .permissions()
+            .delete_permission(DeletePermissionRequest {
+                name: export.to_string(),
+            })
+            .await,
         Code::NotFound,
         "PERMISSION_NOT_FOUND",
     );
     // The name is free again, and the new definition is the one decided.
-    define(&app, a, platform(export, Role::User)).await;
+    app.as_token(a)
+        .permissions()
+        .define_permission(platform(export, Role::User))
+        .await
+        .unwrap_or_else(|e| panic!("define permission: {e:?}"))
+        .into_inner()
+        .permission
+        .expect("a permission");
     assert_eq!(
         decide(&app, &user.access_token, export, "").await,
         allowed("GRANTED_BY_ROLE")
@@ -1455,16 +1622,46 @@ async fn updates_and_deletions_change_the_decision_at_once_on_the_same_replica()
 
     // The same for an organization permission.
     let owner = app.signed_in(&email("owner")).await;
-    let org = create_org(&app, &owner.access_token, "Notebooks").await;
+    let org = app
+        .as_user(&owner)
+        .orgs()
+        .create_org(CreateOrgRequest {
+            name: "Notebooks".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create org")
+        .into_inner()
+        .organization
+        .unwrap()
+        .id;
     let member = member_signed_in(&app, &owner.access_token, &org, "member", OrgRole::Member).await;
     let read = "notes.notes.read";
-    define(&app, a, in_org(read, OrgRole::Member)).await;
+    app.as_token(a)
+        .permissions()
+        .define_permission(in_org(read, OrgRole::Member))
+        .await
+        .unwrap_or_else(|e| panic!("define permission: {e:?}"))
+        .into_inner()
+        .permission
+        .expect("a permission");
     let m = &member.access_token;
     assert_eq!(
         decide(&app, m, read, &org).await,
         allowed("GRANTED_BY_ORG_ROLE")
     );
-    set_least_org_role(&app, a, read, OrgRole::Owner).await;
+    app.as_token(a)
+        .permissions()
+        .update_permission(UpdatePermissionRequest {
+            name: read.to_string(),
+            least_org_role: Some(OrgRole::Owner as i32),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("update {read}: {e:?}"))
+        .into_inner()
+        .permission
+        .expect("a permission");
     assert_eq!(
         decide(&app, m, read, &org).await,
         denied("ORG_ROLE_TOO_LOW")
@@ -1473,12 +1670,29 @@ async fn updates_and_deletions_change_the_decision_at_once_on_the_same_replica()
         decide(&app, &owner.access_token, read, &org).await,
         allowed("GRANTED_BY_ORG_ROLE")
     );
-    set_least_org_role(&app, a, read, OrgRole::Member).await;
+    app.as_token(a)
+        .permissions()
+        .update_permission(UpdatePermissionRequest {
+            name: read.to_string(),
+            least_org_role: Some(OrgRole::Member as i32),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("update {read}: {e:?}"))
+        .into_inner()
+        .permission
+        .expect("a permission");
     assert_eq!(
         decide(&app, m, read, &org).await,
         allowed("GRANTED_BY_ORG_ROLE")
     );
-    try_delete(&app, a, read).await.expect("delete");
+    app.as_token(a)
+        .permissions()
+        .delete_permission(DeletePermissionRequest {
+            name: read.to_string(),
+        })
+        .await
+        .expect("delete");
     assert_eq!(
         decide(&app, m, read, &org).await,
         denied("UNKNOWN_PERMISSION")
@@ -1492,10 +1706,10 @@ async fn updates_and_deletions_change_the_decision_at_once_on_the_same_replica()
 #[tokio::test]
 async fn a_catalogue_change_made_on_one_replica_is_decided_on_another_within_seconds() {
     let a = TestApp::start().await;
-    let (mut cmd, port) = replica_command(&a.config);
-    cmd.env("KEYWARD_LOG_LEVEL", "warn");
-    let mut b_process = cmd.spawn().unwrap();
-    let b = connect_serving(&format!("127.0.0.1:{port}")).await;
+    let mut b_process = Keyward::serve(&a.config)
+        .env("KEYWARD_LOG_LEVEL", "warn")
+        .spawn();
+    let b = b_process.channel().await;
     let within = Duration::from_secs(5);
 
     let (_, admin) = with_role(&a, &email("admin"), "admin").await;
@@ -1509,7 +1723,14 @@ async fn a_catalogue_change_made_on_one_replica_is_decided_on_another_within_sec
     );
 
     // Defined on A: decided on A at once, and on B within a few seconds.
-    define(&a, &admin.access_token, platform(export, Role::Moderator)).await;
+    a.as_user(&admin)
+        .permissions()
+        .define_permission(platform(export, Role::Moderator))
+        .await
+        .unwrap_or_else(|e| panic!("define permission: {e:?}"))
+        .into_inner()
+        .permission
+        .expect("a permission");
     assert_eq!(decide(&a, m, export, "").await, allowed("GRANTED_BY_ROLE"));
     let took = until_decided(&b, m, export, "", allowed("GRANTED_BY_ROLE"), within).await;
     println!("replica B decided the new permission after {took:?}");
@@ -1519,12 +1740,27 @@ async fn a_catalogue_change_made_on_one_replica_is_decided_on_another_within_sec
     );
 
     // Raised on A.
-    set_least_role(&a, &admin.access_token, export, Role::Admin).await;
+    a.as_user(&admin)
+        .permissions()
+        .update_permission(UpdatePermissionRequest {
+            name: export.to_string(),
+            least_role: Some(Role::Admin as i32),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("update {export}: {e:?}"))
+        .into_inner()
+        .permission
+        .expect("a permission");
     assert_eq!(decide(&a, m, export, "").await, denied("ROLE_TOO_LOW"));
     until_decided(&b, m, export, "", denied("ROLE_TOO_LOW"), within).await;
 
     // Deleted on A: unknown on B within a few seconds.
-    try_delete(&a, &admin.access_token, export)
+    a.as_user(&admin)
+        .permissions()
+        .delete_permission(DeletePermissionRequest {
+            name: export.to_string(),
+        })
         .await
         .expect("delete");
     assert_eq!(
@@ -1544,15 +1780,28 @@ async fn a_catalogue_change_made_on_one_replica_is_decided_on_another_within_sec
 
     // The other way: defined through B's PermissionService, decided on A.
     let owner = a.signed_in(&email("owner")).await;
-    let org = create_org(&a, &owner.access_token, "Replicated").await;
+    let org = a
+        .as_user(&owner)
+        .orgs()
+        .create_org(CreateOrgRequest {
+            name: "Replicated".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create org")
+        .into_inner()
+        .organization
+        .unwrap()
+        .id;
     let member = member_signed_in(&a, &owner.access_token, &org, "member", OrgRole::Member).await;
-    try_define_on(
-        b.clone(),
-        &admin.access_token,
-        in_org("notes.notes.read", OrgRole::Member),
-    )
-    .await
-    .expect("define on B");
+    SignedIn::new(b.clone(), &admin.access_token)
+        .permissions()
+        .define_permission(in_org("notes.notes.read", OrgRole::Member))
+        .await
+        .expect("define on B")
+        .into_inner()
+        .permission
+        .expect("a permission");
     assert_eq!(
         decide_on(b.clone(), &member.access_token, "notes.notes.read", &org).await,
         allowed("GRANTED_BY_ORG_ROLE"),
@@ -1567,7 +1816,11 @@ async fn a_catalogue_change_made_on_one_replica_is_decided_on_another_within_sec
         within,
     )
     .await;
-    try_delete_on(b.clone(), &admin.access_token, "notes.notes.read")
+    SignedIn::new(b.clone(), &admin.access_token)
+        .permissions()
+        .delete_permission(DeletePermissionRequest {
+            name: "notes.notes.read".into(),
+        })
         .await
         .expect("delete on B");
     until_decided(
@@ -1580,7 +1833,7 @@ async fn a_catalogue_change_made_on_one_replica_is_decided_on_another_within_sec
     )
     .await;
 
-    let status = terminate(&mut b_process).await;
+    let status = b_process.terminate().await;
     assert!(status.success(), "replica B exit status {status:?}");
 }
 
@@ -1593,16 +1846,25 @@ async fn a_catalogue_permission_that_requires_mfa_refuses_one_factor_sessions_un
     let (_, admin) = with_role(&app, &email("admin"), "admin").await;
     let a = &admin.access_token;
     let (records, reports) = ("notes.records.export", "notes.reports.export");
-    define(
-        &app,
-        a,
-        DefinePermissionRequest {
+    app.as_token(a)
+        .permissions()
+        .define_permission(DefinePermissionRequest {
             requires_mfa: true,
             ..platform(records, Role::User)
-        },
-    )
-    .await;
-    define(&app, a, platform(reports, Role::User)).await;
+        })
+        .await
+        .unwrap_or_else(|e| panic!("define permission: {e:?}"))
+        .into_inner()
+        .permission
+        .expect("a permission");
+    app.as_token(a)
+        .permissions()
+        .define_permission(platform(reports, Role::User))
+        .await
+        .unwrap_or_else(|e| panic!("define permission: {e:?}"))
+        .into_inner()
+        .permission
+        .expect("a permission");
 
     // No authenticator: told to enrol, not allowed; the permission without the flag is granted.
     let plain = app.signed_in(&email("plain")).await;
@@ -1629,16 +1891,30 @@ async fn a_catalogue_permission_that_requires_mfa_refuses_one_factor_sessions_un
     );
 
     // An organization permission with the flag: the same for a member.
-    let org = create_org(&app, p, "Records").await;
-    define(
-        &app,
-        a,
-        DefinePermissionRequest {
+    let org = app
+        .as_token(p)
+        .orgs()
+        .create_org(CreateOrgRequest {
+            name: "Records".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create org")
+        .into_inner()
+        .organization
+        .unwrap()
+        .id;
+    app.as_token(a)
+        .permissions()
+        .define_permission(DefinePermissionRequest {
             requires_mfa: true,
             ..in_org("notes.records.read", OrgRole::Member)
-        },
-    )
-    .await;
+        })
+        .await
+        .unwrap_or_else(|e| panic!("define permission: {e:?}"))
+        .into_inner()
+        .permission
+        .expect("a permission");
     assert_eq!(
         decide(&app, p, "notes.records.read", &org).await,
         denied("MFA_ENROLLMENT_REQUIRED")
@@ -1657,20 +1933,17 @@ async fn a_catalogue_permission_that_requires_mfa_refuses_one_factor_sessions_un
         .expect("verify email");
     let session = app.login(&email, PASSWORD).await.expect("login");
     let s = &session.access_token;
-    let mut mfa = MfaServiceClient::new(app.channel());
+    let mut mfa = app.as_token(s).mfa();
     let started = mfa
-        .start_totp_enrollment(bearer(StartTotpEnrollmentRequest {}, s))
+        .start_totp_enrollment(StartTotpEnrollmentRequest {})
         .await
         .expect("start enrolment")
         .into_inner();
     let step = current_step();
     let codes = totp_codes(&started.otpauth_uri, &[step, step + 1]);
-    mfa.confirm_totp_enrollment(bearer(
-        ConfirmTotpEnrollmentRequest {
-            code: codes[0].clone(),
-        },
-        s,
-    ))
+    mfa.confirm_totp_enrollment(ConfirmTotpEnrollmentRequest {
+        code: codes[0].clone(),
+    })
     .await
     .expect("confirm enrolment");
     assert_eq!(decide(&app, s, records, "").await, denied("MFA_REQUIRED"));
@@ -1679,13 +1952,10 @@ async fn a_catalogue_permission_that_requires_mfa_refuses_one_factor_sessions_un
         allowed("GRANTED_BY_ROLE")
     );
     let stepped = mfa
-        .step_up(bearer(
-            StepUpRequest {
-                totp_code: codes[1].clone(),
-                recovery_code: String::new(),
-            },
-            s,
-        ))
+        .step_up(StepUpRequest {
+            totp_code: codes[1].clone(),
+            recovery_code: String::new(),
+        })
         .await
         .expect("step up")
         .into_inner();
@@ -1701,7 +1971,13 @@ async fn a_catalogue_permission_that_requires_mfa_refuses_one_factor_sessions_un
         requires_mfa: Some(false),
         ..Default::default()
     };
-    let refused = try_update(&app, a, drop_flag()).await.unwrap_err();
+    let refused = app
+        .as_token(a)
+        .permissions()
+        .update_permission(drop_flag())
+        .await
+        .map(|r| r.into_inner().permission.expect("a permission"))
+        .unwrap_err();
     assert_eq!(
         (refused.code(), reason(&refused).as_str()),
         (Code::PermissionDenied, "MFA_REQUIRED"),
@@ -1724,24 +2000,30 @@ async fn a_catalogue_permission_that_requires_mfa_refuses_one_factor_sessions_un
     // (session_cache_ttl, 1 s).
     tokio::time::sleep(Duration::from_millis(1100)).await;
     // Dropping the flag lets one-factor sessions through at once; setting it again refuses them.
-    try_update(&app, &stepped.access_token, drop_flag())
+    app.as_token(&stepped.access_token)
+        .permissions()
+        .update_permission(drop_flag())
         .await
-        .expect("update");
+        .expect("update")
+        .into_inner()
+        .permission
+        .expect("a permission");
     assert_eq!(
         decide(&app, p, records, "").await,
         allowed("GRANTED_BY_ROLE")
     );
-    try_update(
-        &app,
-        a,
-        UpdatePermissionRequest {
+    app.as_token(a)
+        .permissions()
+        .update_permission(UpdatePermissionRequest {
             name: reports.into(),
             requires_mfa: Some(true),
             ..Default::default()
-        },
-    )
-    .await
-    .expect("update");
+        })
+        .await
+        .expect("update")
+        .into_inner()
+        .permission
+        .expect("a permission");
     assert_eq!(
         decide(&app, p, reports, "").await,
         denied("MFA_ENROLLMENT_REQUIRED")
@@ -1759,12 +2041,45 @@ async fn envoy_routes_naming_a_catalogue_permission_pass_members_and_refuse_ever
     let a = &admin.access_token;
     let owner = app.signed_in(&email("owner")).await;
     let outsider = app.signed_in(&email("outsider")).await;
-    let org = create_org(&app, &owner.access_token, "Envoyed").await;
+    let org = app
+        .as_user(&owner)
+        .orgs()
+        .create_org(CreateOrgRequest {
+            name: "Envoyed".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create org")
+        .into_inner()
+        .organization
+        .unwrap()
+        .id;
     let member = member_signed_in(&app, &owner.access_token, &org, "member", OrgRole::Member).await;
     let m = &member.access_token;
-    define(&app, a, in_org("notes.notes.read", OrgRole::Member)).await;
-    define(&app, a, in_org("notes.notes.purge", OrgRole::Admin)).await;
-    define(&app, a, platform("notes.reports.export", Role::Moderator)).await;
+    app.as_token(a)
+        .permissions()
+        .define_permission(in_org("notes.notes.read", OrgRole::Member))
+        .await
+        .unwrap_or_else(|e| panic!("define permission: {e:?}"))
+        .into_inner()
+        .permission
+        .expect("a permission");
+    app.as_token(a)
+        .permissions()
+        .define_permission(in_org("notes.notes.purge", OrgRole::Admin))
+        .await
+        .unwrap_or_else(|e| panic!("define permission: {e:?}"))
+        .into_inner()
+        .permission
+        .expect("a permission");
+    app.as_token(a)
+        .permissions()
+        .define_permission(platform("notes.reports.export", Role::Moderator))
+        .await
+        .unwrap_or_else(|e| panic!("define permission: {e:?}"))
+        .into_inner()
+        .permission
+        .expect("a permission");
 
     // A member: allowed, the organization and role passed upstream.
     let headers = envoy_allowed(&through_envoy(&app, m, "notes.notes.read", &org).await);
@@ -1809,7 +2124,11 @@ async fn envoy_routes_naming_a_catalogue_permission_pass_members_and_refuse_ever
     assert_eq!(headers["x-keyward-role"], "moderator");
 
     // Deleted: the route fails closed at once.
-    try_delete(&app, a, "notes.notes.read")
+    app.as_token(a)
+        .permissions()
+        .delete_permission(DeletePermissionRequest {
+            name: "notes.notes.read".into(),
+        })
         .await
         .expect("delete");
     assert_eq!(
@@ -1829,16 +2148,30 @@ async fn permissions_apply_creates_previews_applies_and_changes_nothing_the_seco
     let (_, moderator) = with_role(&app, &email("mod"), "moderator").await;
     let a = &admin.access_token;
     let owner = app.signed_in(&email("owner")).await;
-    let org = create_org(&app, &owner.access_token, "Filed").await;
+    let org = app
+        .as_user(&owner)
+        .orgs()
+        .create_org(CreateOrgRequest {
+            name: "Filed".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create org")
+        .into_inner()
+        .organization
+        .unwrap()
+        .id;
     let member = member_signed_in(&app, &owner.access_token, &org, "member", OrgRole::Member).await;
     let m = &member.access_token;
     // Another service's permission, defined by RPC: no file of the notes service touches it.
-    define(
-        &app,
-        a,
-        platform("billing.invoices.approve", Role::Moderator),
-    )
-    .await;
+    app.as_token(a)
+        .permissions()
+        .define_permission(platform("billing.invoices.approve", Role::Moderator))
+        .await
+        .unwrap_or_else(|e| panic!("define permission: {e:?}"))
+        .into_inner()
+        .permission
+        .expect("a permission");
     let settle = Duration::from_secs(4);
 
     let file = TempFile::new("apply");
@@ -1881,7 +2214,14 @@ async fn permissions_apply_creates_previews_applies_and_changes_nothing_the_seco
         decide(&app, m, "notes.notes.purge", &org).await,
         denied("ORG_ROLE_TOO_LOW")
     );
-    let listed = list(&app, a).await;
+    let listed = app
+        .as_token(a)
+        .permissions()
+        .list_permissions(ListPermissionsRequest {})
+        .await
+        .expect("list permissions")
+        .into_inner()
+        .permissions;
     let purge = listed
         .iter()
         .find(|p| p.name == "notes.notes.purge")
@@ -1919,7 +2259,16 @@ async fn permissions_apply_creates_previews_applies_and_changes_nothing_the_seco
     assert!(!run.stdout.contains("notes.notes.read"), "{}", run.stdout);
     // Nothing written: the stored catalogue, and (after a reload period) the decisions, are the
     // old ones.
-    assert_eq!(list(&app, a).await, listed);
+    assert_eq!(
+        app.as_token(a)
+            .permissions()
+            .list_permissions(ListPermissionsRequest {})
+            .await
+            .expect("list permissions")
+            .into_inner()
+            .permissions,
+        listed
+    );
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(
         decide(&app, &user.access_token, "notes.reports.export", "").await,
@@ -1984,7 +2333,14 @@ async fn permissions_apply_creates_previews_applies_and_changes_nothing_the_seco
     );
 
     // Idempotent.
-    let listed = list(&app, a).await;
+    let listed = app
+        .as_token(a)
+        .permissions()
+        .list_permissions(ListPermissionsRequest {})
+        .await
+        .expect("list permissions")
+        .into_inner()
+        .permissions;
     let run = apply(&app.config, file.path(), false);
     assert_applied(&run, &[], "0 created, 0 updated, 0 deleted, 2 unchanged");
     assert!(
@@ -1992,7 +2348,17 @@ async fn permissions_apply_creates_previews_applies_and_changes_nothing_the_seco
         "{}",
         run.stdout
     );
-    assert_eq!(list(&app, a).await, listed, "not even rewritten");
+    assert_eq!(
+        app.as_token(a)
+            .permissions()
+            .list_permissions(ListPermissionsRequest {})
+            .await
+            .expect("list permissions")
+            .into_inner()
+            .permissions,
+        listed,
+        "not even rewritten"
+    );
 
     // The applications that changed something are audited.
     let applied = audit_events(&app, a, "permissions_apply").await;
@@ -2004,8 +2370,22 @@ async fn a_malformed_catalogue_file_is_refused_whole_naming_the_entry_and_field(
     let app = TestApp::start().await;
     let (_, admin) = with_role(&app, &email("admin"), "admin").await;
     let a = &admin.access_token;
-    define(&app, a, in_org("notes.keep.read", OrgRole::Member)).await;
-    let listed = list(&app, a).await;
+    app.as_token(a)
+        .permissions()
+        .define_permission(in_org("notes.keep.read", OrgRole::Member))
+        .await
+        .unwrap_or_else(|e| panic!("define permission: {e:?}"))
+        .into_inner()
+        .permission
+        .expect("a permission");
+    let listed = app
+        .as_token(a)
+        .permissions()
+        .list_permissions(ListPermissionsRequest {})
+        .await
+        .expect("list permissions")
+        .into_inner()
+        .permissions;
     let ok = entry("notes.notes.read", "organization", "member", false);
 
     let cases: Vec<(&str, String, Vec<&str>)> = vec![
@@ -2103,7 +2483,17 @@ async fn a_malformed_catalogue_file_is_refused_whole_naming_the_entry_and_field(
         assert!(!dry.success, "{case}: dry run accepted:\n{}", dry.stdout);
         // Nothing changed: the valid entries were not created, the namespace's other
         // permission was not deleted.
-        assert_eq!(list(&app, a).await, listed, "{case}");
+        assert_eq!(
+            app.as_token(a)
+                .permissions()
+                .list_permissions(ListPermissionsRequest {})
+                .await
+                .expect("list permissions")
+                .into_inner()
+                .permissions,
+            listed,
+            "{case}"
+        );
     }
     // A file that is not there.
     let run = apply(
@@ -2117,7 +2507,16 @@ async fn a_malformed_catalogue_file_is_refused_whole_naming_the_entry_and_field(
         "{}",
         run.stderr
     );
-    assert_eq!(list(&app, a).await, listed);
+    assert_eq!(
+        app.as_token(a)
+            .permissions()
+            .list_permissions(ListPermissionsRequest {})
+            .await
+            .expect("list permissions")
+            .into_inner()
+            .permissions,
+        listed
+    );
 }
 
 #[tokio::test]
@@ -2134,7 +2533,19 @@ async fn a_permissions_file_in_the_configuration_is_decided_once_keyward_serves(
     let (_, user) = with_role(&app, &email("user"), "user").await;
     let (_, moderator) = with_role(&app, &email("mod"), "moderator").await;
     let owner = app.signed_in(&email("owner")).await;
-    let org = create_org(&app, &owner.access_token, "Configured").await;
+    let org = app
+        .as_user(&owner)
+        .orgs()
+        .create_org(CreateOrgRequest {
+            name: "Configured".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create org")
+        .into_inner()
+        .organization
+        .unwrap()
+        .id;
     let member = member_signed_in(&app, &owner.access_token, &org, "member", OrgRole::Member).await;
     let soon = Duration::from_secs(3);
 
@@ -2161,18 +2572,22 @@ async fn a_permissions_file_in_the_configuration_is_decided_once_keyward_serves(
         ["notes.notes.read", "notes.reports.export"]
     );
     // Defined by RPC meanwhile: one in the file's namespace, one in another.
-    define(
-        &app,
-        &admin.access_token,
-        platform("notes.notes.print", Role::User),
-    )
-    .await;
-    define(
-        &app,
-        &admin.access_token,
-        platform("billing.invoices.approve", Role::Admin),
-    )
-    .await;
+    app.as_user(&admin)
+        .permissions()
+        .define_permission(platform("notes.notes.print", Role::User))
+        .await
+        .unwrap_or_else(|e| panic!("define permission: {e:?}"))
+        .into_inner()
+        .permission
+        .expect("a permission");
+    app.as_user(&admin)
+        .permissions()
+        .define_permission(platform("billing.invoices.approve", Role::Admin))
+        .await
+        .unwrap_or_else(|e| panic!("define permission: {e:?}"))
+        .into_inner()
+        .permission
+        .expect("a permission");
     let config = app.config.clone();
     app.stop().await;
 

@@ -11,12 +11,10 @@ use crate::harness::*;
 #[tokio::test]
 async fn revocation_reaches_another_replica_within_two_seconds() {
     let a = TestApp::start().await;
-    let (mut cmd, port) = replica_command(&a.config);
-    cmd.env("KEYWARD_LOG_LEVEL", "warn");
-    let mut b_process = cmd.spawn().unwrap();
-
-    let channel = connect_serving(&format!("127.0.0.1:{port}")).await;
-    let mut b = AuthServiceClient::new(channel);
+    let mut b_process = Keyward::serve(&a.config)
+        .env("KEYWARD_LOG_LEVEL", "warn")
+        .spawn();
+    let mut b = AuthServiceClient::new(b_process.channel().await);
 
     let pair = a.signed_in(&email("replicas")).await;
     let check = |token: String| AuthenticateRequest {
@@ -59,6 +57,6 @@ async fn revocation_reaches_another_replica_within_two_seconds() {
     println!("replica B saw the revocation after {seen_after:?}");
 
     // SIGTERM: NOT_SERVING, drain, exit 0.
-    let status = terminate(&mut b_process).await;
+    let status = b_process.terminate().await;
     assert!(status.success(), "exit status {status:?}");
 }

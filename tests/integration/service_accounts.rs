@@ -8,36 +8,19 @@ use std::time::{Duration, SystemTime};
 
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
-use keyward::grpc::pb::mfa_service_client::MfaServiceClient;
-use keyward::grpc::pb::org_service_client::OrgServiceClient;
 use keyward::grpc::pb::service_account_service_client::ServiceAccountServiceClient;
 use keyward::grpc::pb::*;
 use mongodb::bson::{doc, Document};
 use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
-use tonic::{Code, Status};
+use tonic::{Code, Response, Status};
 
 use crate::ext_authz::{check, http_request};
 use crate::harness::*;
-use crate::users::{users, with_role};
+use crate::users::with_role;
 
 fn accounts(app: &TestApp) -> ServiceAccountServiceClient<Channel> {
     ServiceAccountServiceClient::new(app.channel())
-}
-
-fn orgs(app: &TestApp) -> OrgServiceClient<Channel> {
-    OrgServiceClient::new(app.channel())
-}
-
-/// Asserts a refusal with `code` and `why` (the ErrorInfo reason).
-#[track_caller]
-fn refused<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, why: &str) {
-    let status = result.expect_err(why);
-    assert_eq!(
-        (status.code(), reason(&status).as_str()),
-        (code, why),
-        "{status:?}"
-    );
 }
 
 /// The field names of an INVALID_ARGUMENT answer.
@@ -68,120 +51,20 @@ pub(crate) fn in_org(name: &str, org_id: &str, org_role: OrgRole) -> CreateServi
     }
 }
 
-async fn try_create_account(
-    app: &TestApp,
-    token: &str,
-    request: CreateServiceAccountRequest,
-) -> Result<ServiceAccount, Status> {
-    accounts(app)
-        .create_service_account(bearer(request, token))
-        .await
-        .map(|r| r.into_inner().service_account.unwrap())
-}
-
-pub(crate) async fn create_account(
-    app: &TestApp,
-    token: &str,
-    request: CreateServiceAccountRequest,
-) -> ServiceAccount {
-    try_create_account(app, token, request)
-        .await
-        .expect("create service account")
-}
-
-async fn try_create_key(
-    app: &TestApp,
-    token: &str,
-    account_id: &str,
-    expires_at: Option<SystemTime>,
-) -> Result<CreateApiKeyResponse, Status> {
-    let request = CreateApiKeyRequest {
-        service_account_id: account_id.into(),
-        description: "ci".into(),
-        expires_at: expires_at.map(prost_types::Timestamp::from),
-    };
-    accounts(app)
-        .create_api_key(bearer(request, token))
-        .await
-        .map(|r| r.into_inner())
-}
-
 /// A new key of `account_id`: (its id, its secret).
 pub(crate) async fn create_key(app: &TestApp, token: &str, account_id: &str) -> (String, String) {
-    let r = try_create_key(app, token, account_id, None)
+    let r = app
+        .as_token(token)
+        .service_accounts()
+        .create_api_key(CreateApiKeyRequest {
+            service_account_id: account_id.to_string(),
+            description: "ci".into(),
+            expires_at: None,
+        })
         .await
-        .expect("create api key");
+        .expect("create api key")
+        .into_inner();
     (r.api_key.unwrap().id, r.secret)
-}
-
-async fn list_keys(app: &TestApp, token: &str, account_id: &str) -> Result<Vec<ApiKey>, Status> {
-    accounts(app)
-        .list_api_keys(bearer(
-            ListApiKeysRequest {
-                service_account_id: account_id.into(),
-            },
-            token,
-        ))
-        .await
-        .map(|r| r.into_inner().api_keys)
-}
-
-async fn revoke_key(
-    app: &TestApp,
-    token: &str,
-    account_id: &str,
-    key_id: &str,
-) -> Result<(), Status> {
-    accounts(app)
-        .revoke_api_key(bearer(
-            RevokeApiKeyRequest {
-                service_account_id: account_id.into(),
-                api_key_id: key_id.into(),
-            },
-            token,
-        ))
-        .await
-        .map(|_| ())
-}
-
-async fn disable_account(app: &TestApp, token: &str, account_id: &str) -> Result<(), Status> {
-    accounts(app)
-        .disable_service_account(bearer(
-            DisableServiceAccountRequest {
-                service_account_id: account_id.into(),
-            },
-            token,
-        ))
-        .await
-        .map(|_| ())
-}
-
-async fn delete_account(app: &TestApp, token: &str, account_id: &str) -> Result<(), Status> {
-    accounts(app)
-        .delete_service_account(bearer(
-            DeleteServiceAccountRequest {
-                service_account_id: account_id.into(),
-            },
-            token,
-        ))
-        .await
-        .map(|_| ())
-}
-
-async fn list_accounts(
-    app: &TestApp,
-    token: &str,
-    org_id: &str,
-) -> Result<Vec<ServiceAccount>, Status> {
-    accounts(app)
-        .list_service_accounts(bearer(
-            ListServiceAccountsRequest {
-                org_id: org_id.into(),
-            },
-            token,
-        ))
-        .await
-        .map(|r| r.into_inner().service_accounts)
 }
 
 /// Authenticate with `key` as the access token.
@@ -230,15 +113,14 @@ async fn admin(app: &TestApp) -> (String, String) {
 /// An organization created by a new signed-in user: (owner's access token, org id).
 async fn org_with_owner(app: &TestApp, name: &str) -> (String, String) {
     let owner = app.signed_in(&email("sa-owner")).await.access_token;
-    let org = orgs(app)
-        .create_org(bearer(
-            CreateOrgRequest {
-                name: name.into(),
-                slug: String::new(),
-                website: String::new(),
-            },
-            &owner,
-        ))
+    let org = app
+        .as_token(&owner)
+        .orgs()
+        .create_org(CreateOrgRequest {
+            name: name.into(),
+            slug: String::new(),
+            website: String::new(),
+        })
         .await
         .expect("create org")
         .into_inner()
@@ -250,18 +132,16 @@ async fn org_with_owner(app: &TestApp, name: &str) -> (String, String) {
 /// A new account made a member of `org_id` with `role` by `owner`, signed in.
 async fn member(app: &TestApp, owner: &str, org_id: &str, role: OrgRole) -> String {
     let email = email("sa-member");
-    orgs(app)
-        .create_member(bearer(
-            CreateMemberRequest {
-                org_id: org_id.into(),
-                email: email.clone(),
-                display_name: "Member".into(),
-                password: PASSWORD.into(),
-                role: role as i32,
-                department: String::new(),
-            },
-            owner,
-        ))
+    app.as_token(owner)
+        .orgs()
+        .create_member(CreateMemberRequest {
+            org_id: org_id.into(),
+            email: email.clone(),
+            display_name: "Member".into(),
+            password: PASSWORD.into(),
+            role: role as i32,
+            department: String::new(),
+        })
         .await
         .expect("create member");
     app.login(&email, PASSWORD)
@@ -330,13 +210,29 @@ fn denied(r: &CheckResponse) -> (i32, String) {
 async fn a_platform_key_signs_in_as_its_account_and_holds_exactly_its_role() {
     let app = TestApp::start().await;
     let (_, admin) = admin(&app).await;
-    let account = create_account(&app, &admin, platform("nightly-export", Role::Moderator)).await;
+    let account = app
+        .as_token(&admin)
+        .service_accounts()
+        .create_service_account(platform("nightly-export", Role::Moderator))
+        .await
+        .expect("create service account")
+        .into_inner()
+        .service_account
+        .unwrap();
     assert_eq!(account.role, Role::Moderator as i32);
     assert!(account.org_id.is_empty() && !account.disabled);
 
-    let created = try_create_key(&app, &admin, &account.id, None)
+    let created = app
+        .as_token(&admin)
+        .service_accounts()
+        .create_api_key(CreateApiKeyRequest {
+            service_account_id: account.id.clone(),
+            description: "ci".into(),
+            expires_at: None,
+        })
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
     let key = created.secret.clone();
     assert!(key.starts_with("kwk_"), "{key}");
     let listed = created.api_key.unwrap();
@@ -409,9 +305,14 @@ async fn a_platform_key_signs_in_as_its_account_and_holds_exactly_its_role() {
 
     // The platform list (for users.read holders) shows the account.
     let (_, moderator) = with_role(&app, &email("sa-mod"), "moderator").await;
-    let listed = list_accounts(&app, &moderator.access_token, "")
+    let listed = app
+        .as_user(&moderator)
+        .service_accounts()
+        .list_service_accounts(ListServiceAccountsRequest { org_id: "".into() })
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner()
+        .service_accounts;
     assert_eq!(
         listed.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
         [account.id.as_str()]
@@ -422,25 +323,65 @@ async fn a_platform_key_signs_in_as_its_account_and_holds_exactly_its_role() {
 async fn a_key_secret_is_shown_once_and_kept_nowhere_not_even_in_the_audit_trail() {
     let app = TestApp::start().await;
     let (admin_id, admin) = admin(&app).await;
-    let account = create_account(&app, &admin, platform("billing-sync", Role::User)).await;
+    let account = app
+        .as_token(&admin)
+        .service_accounts()
+        .create_service_account(platform("billing-sync", Role::User))
+        .await
+        .expect("create service account")
+        .into_inner()
+        .service_account
+        .unwrap();
     let (key_id, key) = create_key(&app, &admin, &account.id).await;
     let (old_id, old_key) = create_key(&app, &admin, &account.id).await;
 
-    let before = list_keys(&app, &admin, &account.id).await.unwrap();
+    let before = app
+        .as_token(&admin)
+        .service_accounts()
+        .list_api_keys(ListApiKeysRequest {
+            service_account_id: account.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .api_keys;
     assert_eq!(before.len(), 2);
     assert!(before.iter().all(|k| k.last_used_at.is_none()));
 
     principal(&app, &key).await.expect("the key works");
-    let after = list_keys(&app, &admin, &account.id).await.unwrap();
+    let after = app
+        .as_token(&admin)
+        .service_accounts()
+        .list_api_keys(ListApiKeysRequest {
+            service_account_id: account.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .api_keys;
     let used = after.iter().find(|k| k.id == key_id).unwrap();
     assert!(used.last_used_at.is_some(), "{used:?}");
     assert!(used.prefix.starts_with("kwk_") && used.prefix.len() == 12);
     let unused = after.iter().find(|k| k.id == old_id).unwrap();
     assert!(unused.last_used_at.is_none(), "{unused:?}");
-    revoke_key(&app, &admin, &account.id, &old_id)
+    app.as_token(&admin)
+        .service_accounts()
+        .revoke_api_key(RevokeApiKeyRequest {
+            service_account_id: account.id.clone(),
+            api_key_id: old_id.clone(),
+        })
         .await
         .unwrap();
-    let revoked = list_keys(&app, &admin, &account.id).await.unwrap();
+    let revoked = app
+        .as_token(&admin)
+        .service_accounts()
+        .list_api_keys(ListApiKeysRequest {
+            service_account_id: account.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .api_keys;
     assert!(revoked
         .iter()
         .find(|k| k.id == old_id)
@@ -492,14 +433,27 @@ async fn a_key_secret_is_shown_once_and_kept_nowhere_not_even_in_the_audit_trail
 async fn a_revoked_key_stops_at_once_while_the_rotated_one_works_and_live_keys_are_capped() {
     let app = TestApp::start().await;
     let (_, admin) = admin(&app).await;
-    let account = create_account(&app, &admin, platform("deployer", Role::User)).await;
+    let account = app
+        .as_token(&admin)
+        .service_accounts()
+        .create_service_account(platform("deployer", Role::User))
+        .await
+        .expect("create service account")
+        .into_inner()
+        .service_account
+        .unwrap();
     let (old_id, old) = create_key(&app, &admin, &account.id).await;
     // Used (and so cached) before the rotation.
     principal(&app, &old).await.expect("the old key works");
     let (new_id, new) = create_key(&app, &admin, &account.id).await;
     principal(&app, &new).await.expect("the new key works");
 
-    revoke_key(&app, &admin, &account.id, &old_id)
+    app.as_token(&admin)
+        .service_accounts()
+        .revoke_api_key(RevokeApiKeyRequest {
+            service_account_id: account.id.clone(),
+            api_key_id: old_id.clone(),
+        })
         .await
         .unwrap();
     assert_key_refused(principal(&app, &old).await, "revoked key, right after");
@@ -519,7 +473,13 @@ async fn a_revoked_key_stops_at_once_while_the_rotated_one_works_and_live_keys_a
         "the other key of the account keeps working"
     );
     refused(
-        revoke_key(&app, &admin, &account.id, &old_id).await,
+        app.as_token(&admin)
+            .service_accounts()
+            .revoke_api_key(RevokeApiKeyRequest {
+                service_account_id: account.id.clone(),
+                api_key_id: old_id.clone(),
+            })
+            .await,
         Code::NotFound,
         "API_KEY_NOT_FOUND",
     );
@@ -532,17 +492,36 @@ async fn a_revoked_key_stops_at_once_while_the_rotated_one_works_and_live_keys_a
         create_key(&app, &admin, &account.id).await;
     }
     refused(
-        try_create_key(&app, &admin, &account.id, None).await,
+        app.as_token(&admin)
+            .service_accounts()
+            .create_api_key(CreateApiKeyRequest {
+                service_account_id: account.id.clone(),
+                description: "ci".into(),
+                expires_at: None,
+            })
+            .await,
         Code::FailedPrecondition,
         "TOO_MANY_API_KEYS",
     );
     // Revoking one makes room again (rotation).
-    revoke_key(&app, &admin, &account.id, &new_id)
+    app.as_token(&admin)
+        .service_accounts()
+        .revoke_api_key(RevokeApiKeyRequest {
+            service_account_id: account.id.clone(),
+            api_key_id: new_id.clone(),
+        })
         .await
         .unwrap();
     create_key(&app, &admin, &account.id).await;
     refused(
-        try_create_key(&app, &admin, &account.id, None).await,
+        app.as_token(&admin)
+            .service_accounts()
+            .create_api_key(CreateApiKeyRequest {
+                service_account_id: account.id.clone(),
+                description: "ci".into(),
+                expires_at: None,
+            })
+            .await,
         Code::FailedPrecondition,
         "TOO_MANY_API_KEYS",
     );
@@ -552,16 +531,42 @@ async fn a_revoked_key_stops_at_once_while_the_rotated_one_works_and_live_keys_a
 async fn a_key_stops_working_when_it_expires_and_cannot_be_made_already_expired() {
     let app = TestApp::start().await;
     let (_, admin) = admin(&app).await;
-    let account = create_account(&app, &admin, platform("short-lived", Role::User)).await;
+    let account = app
+        .as_token(&admin)
+        .service_accounts()
+        .create_service_account(platform("short-lived", Role::User))
+        .await
+        .expect("create service account")
+        .into_inner()
+        .service_account
+        .unwrap();
 
     let past = SystemTime::now() - Duration::from_secs(60);
-    let fields = invalid_fields(try_create_key(&app, &admin, &account.id, Some(past)).await);
+    let fields = invalid_fields(
+        app.as_token(&admin)
+            .service_accounts()
+            .create_api_key(CreateApiKeyRequest {
+                service_account_id: account.id.clone(),
+                description: "ci".into(),
+                expires_at: Some(prost_types::Timestamp::from(past)),
+            })
+            .await
+            .map(Response::into_inner),
+    );
     assert_eq!(fields, ["expires_at"]);
 
     let expires = SystemTime::now() + Duration::from_secs(2);
-    let created = try_create_key(&app, &admin, &account.id, Some(expires))
+    let created = app
+        .as_token(&admin)
+        .service_accounts()
+        .create_api_key(CreateApiKeyRequest {
+            service_account_id: account.id.clone(),
+            description: "ci".into(),
+            expires_at: Some(prost_types::Timestamp::from(expires)),
+        })
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
     assert!(created.api_key.unwrap().expires_at.is_some());
     let key = created.secret;
     // Used once shortly before it expires: a fresh check, which this replica may then cache...
@@ -599,9 +604,33 @@ async fn a_key_stops_working_when_it_expires_and_cannot_be_made_already_expired(
 async fn disabling_or_deleting_an_account_stops_its_keys_at_once() {
     let app = TestApp::start().await;
     let (_, admin) = admin(&app).await;
-    let disabled = create_account(&app, &admin, platform("to-disable", Role::User)).await;
-    let deleted = create_account(&app, &admin, platform("to-delete", Role::User)).await;
-    let bystander = create_account(&app, &admin, platform("bystander", Role::User)).await;
+    let disabled = app
+        .as_token(&admin)
+        .service_accounts()
+        .create_service_account(platform("to-disable", Role::User))
+        .await
+        .expect("create service account")
+        .into_inner()
+        .service_account
+        .unwrap();
+    let deleted = app
+        .as_token(&admin)
+        .service_accounts()
+        .create_service_account(platform("to-delete", Role::User))
+        .await
+        .expect("create service account")
+        .into_inner()
+        .service_account
+        .unwrap();
+    let bystander = app
+        .as_token(&admin)
+        .service_accounts()
+        .create_service_account(platform("bystander", Role::User))
+        .await
+        .expect("create service account")
+        .into_inner()
+        .service_account
+        .unwrap();
     let (_, k1) = create_key(&app, &admin, &disabled.id).await;
     let (_, k2) = create_key(&app, &admin, &disabled.id).await;
     let (_, k3) = create_key(&app, &admin, &deleted.id).await;
@@ -610,10 +639,23 @@ async fn disabling_or_deleting_an_account_stops_its_keys_at_once() {
         principal(&app, k).await.expect("works at first");
     }
 
-    disable_account(&app, &admin, &disabled.id).await.unwrap();
+    app.as_token(&admin)
+        .service_accounts()
+        .disable_service_account(DisableServiceAccountRequest {
+            service_account_id: disabled.id.clone(),
+        })
+        .await
+        .unwrap();
     assert_key_refused(principal(&app, &k1).await, "key of a disabled account");
     assert_key_refused(principal(&app, &k2).await, "key of a disabled account");
-    let listed = list_accounts(&app, &admin, "").await.unwrap();
+    let listed = app
+        .as_token(&admin)
+        .service_accounts()
+        .list_service_accounts(ListServiceAccountsRequest { org_id: "".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .service_accounts;
     assert!(
         listed
             .iter()
@@ -622,20 +664,43 @@ async fn disabling_or_deleting_an_account_stops_its_keys_at_once() {
             .disabled
     );
 
-    delete_account(&app, &admin, &deleted.id).await.unwrap();
+    app.as_token(&admin)
+        .service_accounts()
+        .delete_service_account(DeleteServiceAccountRequest {
+            service_account_id: deleted.id.clone(),
+        })
+        .await
+        .unwrap();
     assert_key_refused(principal(&app, &k3).await, "key of a deleted account");
     refused(
-        list_keys(&app, &admin, &deleted.id).await,
+        app.as_token(&admin)
+            .service_accounts()
+            .list_api_keys(ListApiKeysRequest {
+                service_account_id: deleted.id.clone(),
+            })
+            .await,
         Code::NotFound,
         "SERVICE_ACCOUNT_NOT_FOUND",
     );
     refused(
-        try_create_key(&app, &admin, &deleted.id, None).await,
+        app.as_token(&admin)
+            .service_accounts()
+            .create_api_key(CreateApiKeyRequest {
+                service_account_id: deleted.id.clone(),
+                description: "ci".into(),
+                expires_at: None,
+            })
+            .await,
         Code::NotFound,
         "SERVICE_ACCOUNT_NOT_FOUND",
     );
     refused(
-        delete_account(&app, &admin, &deleted.id).await,
+        app.as_token(&admin)
+            .service_accounts()
+            .delete_service_account(DeleteServiceAccountRequest {
+                service_account_id: deleted.id.clone(),
+            })
+            .await,
         Code::NotFound,
         "SERVICE_ACCOUNT_NOT_FOUND",
     );
@@ -658,79 +723,109 @@ async fn a_key_is_refused_by_every_rpc_meant_for_people() {
     let app = TestApp::start().await;
     let (_, admin) = admin(&app).await;
     // Even an admin-role account's key gets nothing from the people's RPCs.
-    let account = create_account(&app, &admin, platform("robot", Role::Admin)).await;
+    let account = app
+        .as_token(&admin)
+        .service_accounts()
+        .create_service_account(platform("robot", Role::Admin))
+        .await
+        .expect("create service account")
+        .into_inner()
+        .service_account
+        .unwrap();
     let (_, key) = create_key(&app, &admin, &account.id).await;
     principal(&app, &key).await.expect("the key is valid");
 
     refused(
-        app.auth()
-            .get_me(bearer(GetMeRequest::default(), &key))
+        app.as_token(&key)
+            .auth()
+            .get_me(GetMeRequest::default())
             .await,
         Code::PermissionDenied,
         "HUMAN_ONLY",
     );
     refused(
-        app.auth()
-            .change_password(bearer(
-                ChangePasswordRequest {
-                    current_password: PASSWORD.into(),
-                    new_password: "another correct horse battery".into(),
-                    keep_other_sessions: false,
-                },
-                &key,
-            ))
+        app.as_token(&key)
+            .auth()
+            .change_password(ChangePasswordRequest {
+                current_password: PASSWORD.into(),
+                new_password: "another correct horse battery".into(),
+                keep_other_sessions: false,
+            })
             .await,
         Code::PermissionDenied,
         "HUMAN_ONLY",
     );
     refused(
-        app.auth()
-            .list_sessions(bearer(ListSessionsRequest::default(), &key))
+        app.as_token(&key)
+            .auth()
+            .list_sessions(ListSessionsRequest::default())
             .await,
         Code::PermissionDenied,
         "HUMAN_ONLY",
     );
     refused(
-        MfaServiceClient::new(app.channel())
-            .start_totp_enrollment(bearer(StartTotpEnrollmentRequest::default(), &key))
+        app.as_token(&key)
+            .mfa()
+            .start_totp_enrollment(StartTotpEnrollmentRequest::default())
             .await,
         Code::PermissionDenied,
         "HUMAN_ONLY",
     );
     refused(
-        users(&app)
-            .list_users(bearer(ListUsersRequest::default(), &key))
+        app.as_token(&key)
+            .users()
+            .list_users(ListUsersRequest::default())
             .await,
         Code::PermissionDenied,
         "HUMAN_ONLY",
     );
     refused(
-        orgs(&app)
-            .create_org(bearer(
-                CreateOrgRequest {
-                    name: "Robot Org".into(),
-                    slug: String::new(),
-                    website: String::new(),
-                },
-                &key,
-            ))
+        app.as_token(&key)
+            .orgs()
+            .create_org(CreateOrgRequest {
+                name: "Robot Org".into(),
+                slug: String::new(),
+                website: String::new(),
+            })
             .await,
         Code::PermissionDenied,
         "HUMAN_ONLY",
     );
     // Nor can a key mint keys or accounts for itself.
     refused(
-        try_create_key(&app, &key, &account.id, None).await,
+        app.as_token(&key)
+            .service_accounts()
+            .create_api_key(CreateApiKeyRequest {
+                service_account_id: account.id.clone(),
+                description: "ci".into(),
+                expires_at: None,
+            })
+            .await,
         Code::PermissionDenied,
         "HUMAN_ONLY",
     );
     refused(
-        try_create_account(&app, &key, platform("child", Role::User)).await,
+        app.as_token(&key)
+            .service_accounts()
+            .create_service_account(platform("child", Role::User))
+            .await,
         Code::PermissionDenied,
         "HUMAN_ONLY",
     );
     // Nothing was made on the key's behalf.
-    assert_eq!(list_keys(&app, &admin, &account.id).await.unwrap().len(), 1);
+    assert_eq!(
+        app.as_token(&admin)
+            .service_accounts()
+            .list_api_keys(ListApiKeysRequest {
+                service_account_id: account.id.clone()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .api_keys
+            .len(),
+        1
+    );
     assert!(collection(&app, "orgs").await.is_empty());
 }
 
@@ -741,12 +836,15 @@ async fn an_organizations_account_holds_its_role_there_and_nothing_in_another_or
     let (owner_b, org_b) = org_with_owner(&app, "Clinic B").await;
     let admin_a = member(&app, &owner_a, &org_a, OrgRole::Admin).await;
 
-    let account = create_account(
-        &app,
-        &admin_a,
-        in_org("lab-import", &org_a, OrgRole::Member),
-    )
-    .await;
+    let account = app
+        .as_token(&admin_a)
+        .service_accounts()
+        .create_service_account(in_org("lab-import", &org_a, OrgRole::Member))
+        .await
+        .expect("create service account")
+        .into_inner()
+        .service_account
+        .unwrap();
     assert_eq!(account.org_id, org_a);
     assert_eq!(account.org_role, OrgRole::Member as i32);
     assert_eq!(account.role, Role::Unspecified as i32);
@@ -770,16 +868,37 @@ async fn an_organizations_account_holds_its_role_there_and_nothing_in_another_or
     assert!(!decide(&app, &key, "orgs.create", "").await.0);
 
     // Listing: org A's members see it, org B and the platform list do not.
-    let listed = list_accounts(&app, &owner_a, &org_a).await.unwrap();
-    assert_eq!(listed.len(), 1);
-    assert!(list_accounts(&app, &owner_b, &org_b)
+    let listed = app
+        .as_token(&owner_a)
+        .service_accounts()
+        .list_service_accounts(ListServiceAccountsRequest {
+            org_id: org_a.clone(),
+        })
         .await
         .unwrap()
+        .into_inner()
+        .service_accounts;
+    assert_eq!(listed.len(), 1);
+    assert!(app
+        .as_token(&owner_b)
+        .service_accounts()
+        .list_service_accounts(ListServiceAccountsRequest {
+            org_id: org_b.clone()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .service_accounts
         .is_empty());
     let (_, platform_admin) = admin(&app).await;
-    assert!(list_accounts(&app, &platform_admin, "")
+    assert!(app
+        .as_token(&platform_admin)
+        .service_accounts()
+        .list_service_accounts(ListServiceAccountsRequest { org_id: "".into() })
         .await
         .unwrap()
+        .into_inner()
+        .service_accounts
         .is_empty());
 
     // ext_authz agrees: allowed in A, forbidden in B.
@@ -840,73 +959,155 @@ async fn organization_admins_cannot_escalate_and_other_tenants_cannot_see_or_tou
     let admin_b = member(&app, &owner_b, &org_b, OrgRole::Admin).await;
 
     refused(
-        try_create_account(&app, &admin_a, in_org("boss", &org_a, OrgRole::Owner)).await,
+        app.as_token(&admin_a)
+            .service_accounts()
+            .create_service_account(in_org("boss", &org_a, OrgRole::Owner))
+            .await,
         Code::PermissionDenied,
         "ROLE_TOO_HIGH",
     );
     refused(
-        try_create_account(&app, &member_a, in_org("sneaky", &org_a, OrgRole::Member)).await,
+        app.as_token(&member_a)
+            .service_accounts()
+            .create_service_account(in_org("sneaky", &org_a, OrgRole::Member))
+            .await,
         Code::PermissionDenied,
         "PERMISSION_DENIED",
     );
     // A person of another organization, even its owner, cannot make one in A.
     refused(
-        try_create_account(&app, &owner_b, in_org("implant", &org_a, OrgRole::Member)).await,
+        app.as_token(&owner_b)
+            .service_accounts()
+            .create_service_account(in_org("implant", &org_a, OrgRole::Member))
+            .await,
         Code::PermissionDenied,
         "PERMISSION_DENIED",
     );
     // An owner may make an owner-level account, an admin one of its own level.
-    create_account(&app, &owner_a, in_org("owner-made", &org_a, OrgRole::Owner)).await;
-    let account = create_account(&app, &admin_a, in_org("a-admin", &org_a, OrgRole::Admin)).await;
+    app.as_token(&owner_a)
+        .service_accounts()
+        .create_service_account(in_org("owner-made", &org_a, OrgRole::Owner))
+        .await
+        .expect("create service account")
+        .into_inner()
+        .service_account
+        .unwrap();
+    let account = app
+        .as_token(&admin_a)
+        .service_accounts()
+        .create_service_account(in_org("a-admin", &org_a, OrgRole::Admin))
+        .await
+        .expect("create service account")
+        .into_inner()
+        .service_account
+        .unwrap();
     let (key_id, key) = create_key(&app, &admin_a, &account.id).await;
 
     // Org B's admin: A's account is simply not there; A's list is refused.
     refused(
-        list_accounts(&app, &admin_b, &org_a).await,
+        app.as_token(&admin_b)
+            .service_accounts()
+            .list_service_accounts(ListServiceAccountsRequest {
+                org_id: org_a.clone(),
+            })
+            .await,
         Code::PermissionDenied,
         "PERMISSION_DENIED",
     );
     refused(
-        list_keys(&app, &admin_b, &account.id).await,
+        app.as_token(&admin_b)
+            .service_accounts()
+            .list_api_keys(ListApiKeysRequest {
+                service_account_id: account.id.clone(),
+            })
+            .await,
         Code::NotFound,
         "SERVICE_ACCOUNT_NOT_FOUND",
     );
     refused(
-        try_create_key(&app, &admin_b, &account.id, None).await,
+        app.as_token(&admin_b)
+            .service_accounts()
+            .create_api_key(CreateApiKeyRequest {
+                service_account_id: account.id.clone(),
+                description: "ci".into(),
+                expires_at: None,
+            })
+            .await,
         Code::NotFound,
         "SERVICE_ACCOUNT_NOT_FOUND",
     );
     refused(
-        revoke_key(&app, &admin_b, &account.id, &key_id).await,
+        app.as_token(&admin_b)
+            .service_accounts()
+            .revoke_api_key(RevokeApiKeyRequest {
+                service_account_id: account.id.clone(),
+                api_key_id: key_id.clone(),
+            })
+            .await,
         Code::NotFound,
         "SERVICE_ACCOUNT_NOT_FOUND",
     );
     refused(
-        disable_account(&app, &admin_b, &account.id).await,
+        app.as_token(&admin_b)
+            .service_accounts()
+            .disable_service_account(DisableServiceAccountRequest {
+                service_account_id: account.id.clone(),
+            })
+            .await,
         Code::NotFound,
         "SERVICE_ACCOUNT_NOT_FOUND",
     );
     refused(
-        delete_account(&app, &admin_b, &account.id).await,
+        app.as_token(&admin_b)
+            .service_accounts()
+            .delete_service_account(DeleteServiceAccountRequest {
+                service_account_id: account.id.clone(),
+            })
+            .await,
         Code::NotFound,
         "SERVICE_ACCOUNT_NOT_FOUND",
     );
     // Nor through an account of B's own: the key id belongs to A's account.
-    let b_account = create_account(&app, &admin_b, in_org("b-bot", &org_b, OrgRole::Member)).await;
+    let b_account = app
+        .as_token(&admin_b)
+        .service_accounts()
+        .create_service_account(in_org("b-bot", &org_b, OrgRole::Member))
+        .await
+        .expect("create service account")
+        .into_inner()
+        .service_account
+        .unwrap();
     refused(
-        revoke_key(&app, &admin_b, &b_account.id, &key_id).await,
+        app.as_token(&admin_b)
+            .service_accounts()
+            .revoke_api_key(RevokeApiKeyRequest {
+                service_account_id: b_account.id.clone(),
+                api_key_id: key_id.clone(),
+            })
+            .await,
         Code::NotFound,
         "API_KEY_NOT_FOUND",
     );
     // A's plain member cannot manage it either, and a platform admin is not org A's admin.
     refused(
-        disable_account(&app, &member_a, &account.id).await,
+        app.as_token(&member_a)
+            .service_accounts()
+            .disable_service_account(DisableServiceAccountRequest {
+                service_account_id: account.id.clone(),
+            })
+            .await,
         Code::NotFound,
         "SERVICE_ACCOUNT_NOT_FOUND",
     );
     let (_, platform_admin) = admin(&app).await;
     refused(
-        revoke_key(&app, &platform_admin, &account.id, &key_id).await,
+        app.as_token(&platform_admin)
+            .service_accounts()
+            .revoke_api_key(RevokeApiKeyRequest {
+                service_account_id: account.id.clone(),
+                api_key_id: key_id.clone(),
+            })
+            .await,
         Code::NotFound,
         "SERVICE_ACCOUNT_NOT_FOUND",
     );
@@ -916,10 +1117,28 @@ async fn organization_admins_cannot_escalate_and_other_tenants_cannot_see_or_tou
         decide(&app, &key, "org.members.write", &org_a).await,
         (true, "GRANTED_BY_ORG_ROLE".into())
     );
-    let keys = list_keys(&app, &admin_a, &account.id).await.unwrap();
+    let keys = app
+        .as_token(&admin_a)
+        .service_accounts()
+        .list_api_keys(ListApiKeysRequest {
+            service_account_id: account.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .api_keys;
     assert_eq!(keys.len(), 1);
     assert!(keys[0].revoked_at.is_none());
-    let listed = list_accounts(&app, &owner_a, &org_a).await.unwrap();
+    let listed = app
+        .as_token(&owner_a)
+        .service_accounts()
+        .list_service_accounts(ListServiceAccountsRequest {
+            org_id: org_a.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .service_accounts;
     assert_eq!(listed.len(), 2);
     assert!(!listed.iter().find(|a| a.id == account.id).unwrap().disabled);
 }
@@ -932,35 +1151,75 @@ async fn platform_accounts_never_exceed_their_creator_and_only_admins_create_the
     let super_admin = super_admin.access_token;
 
     refused(
-        try_create_account(&app, &admin, platform("root-bot", Role::SuperAdmin)).await,
+        app.as_token(&admin)
+            .service_accounts()
+            .create_service_account(platform("root-bot", Role::SuperAdmin))
+            .await,
         Code::PermissionDenied,
         "ROLE_TOO_HIGH",
     );
     for role in ["user", "moderator"] {
         let (_, pair) = with_role(&app, &email(role), role).await;
         refused(
-            try_create_account(&app, &pair.access_token, platform("mine", Role::Guest)).await,
+            app.as_user(&pair)
+                .service_accounts()
+                .create_service_account(platform("mine", Role::Guest))
+                .await,
             Code::PermissionDenied,
             "PERMISSION_DENIED",
         );
     }
     // An admin may make an account of its own level; a super_admin one of theirs, which an
     // admin then cannot touch.
-    let peer = create_account(&app, &admin, platform("peer-bot", Role::Admin)).await;
-    let root = create_account(&app, &super_admin, platform("root-bot", Role::SuperAdmin)).await;
+    let peer = app
+        .as_token(&admin)
+        .service_accounts()
+        .create_service_account(platform("peer-bot", Role::Admin))
+        .await
+        .expect("create service account")
+        .into_inner()
+        .service_account
+        .unwrap();
+    let root = app
+        .as_token(&super_admin)
+        .service_accounts()
+        .create_service_account(platform("root-bot", Role::SuperAdmin))
+        .await
+        .expect("create service account")
+        .into_inner()
+        .service_account
+        .unwrap();
     let (root_key_id, root_key) = create_key(&app, &super_admin, &root.id).await;
     refused(
-        try_create_key(&app, &admin, &root.id, None).await,
+        app.as_token(&admin)
+            .service_accounts()
+            .create_api_key(CreateApiKeyRequest {
+                service_account_id: root.id.clone(),
+                description: "ci".into(),
+                expires_at: None,
+            })
+            .await,
         Code::PermissionDenied,
         "ROLE_TOO_HIGH",
     );
     refused(
-        revoke_key(&app, &admin, &root.id, &root_key_id).await,
+        app.as_token(&admin)
+            .service_accounts()
+            .revoke_api_key(RevokeApiKeyRequest {
+                service_account_id: root.id.clone(),
+                api_key_id: root_key_id.clone(),
+            })
+            .await,
         Code::PermissionDenied,
         "ROLE_TOO_HIGH",
     );
     refused(
-        disable_account(&app, &admin, &root.id).await,
+        app.as_token(&admin)
+            .service_accounts()
+            .disable_service_account(DisableServiceAccountRequest {
+                service_account_id: root.id.clone(),
+            })
+            .await,
         Code::PermissionDenied,
         "ROLE_TOO_HIGH",
     );
@@ -969,11 +1228,23 @@ async fn platform_accounts_never_exceed_their_creator_and_only_admins_create_the
     // allowed_permissions: unknown names are named; a permission the creator lacks is refused.
     let mut request = platform("typo", Role::User);
     request.allowed_permissions = vec!["users.read".into(), "users.raed".into()];
-    let fields = invalid_fields(try_create_account(&app, &admin, request).await);
+    let fields = invalid_fields(
+        app.as_token(&admin)
+            .service_accounts()
+            .create_service_account(request)
+            .await
+            .map(|r| r.into_inner().service_account.unwrap()),
+    );
     assert_eq!(fields, ["allowed_permissions[1]"]);
     let mut request = platform("org-perm", Role::Admin);
     request.allowed_permissions = vec!["org.read".into()];
-    invalid_fields(try_create_account(&app, &admin, request).await);
+    invalid_fields(
+        app.as_token(&admin)
+            .service_accounts()
+            .create_service_account(request)
+            .await
+            .map(|r| r.into_inner().service_account.unwrap()),
+    );
     // An org admin (global role user) cannot hand out a platform permission or an owner's.
     let (owner, org) = org_with_owner(&app, "Perm Org").await;
     let org_admin = member(&app, &owner, &org, OrgRole::Admin).await;
@@ -981,7 +1252,10 @@ async fn platform_accounts_never_exceed_their_creator_and_only_admins_create_the
         let mut request = in_org("greedy", &org, OrgRole::Admin);
         request.allowed_permissions = vec!["org.read".into(), p.into()];
         refused(
-            try_create_account(&app, &org_admin, request).await,
+            app.as_token(&org_admin)
+                .service_accounts()
+                .create_service_account(request)
+                .await,
             Code::PermissionDenied,
             "PERMISSION_DENIED",
         );
@@ -990,7 +1264,15 @@ async fn platform_accounts_never_exceed_their_creator_and_only_admins_create_the
     // An admin account limited to users.read holds only that.
     let mut request = platform("reader", Role::Admin);
     request.allowed_permissions = vec!["users.read".into()];
-    let reader = create_account(&app, &admin, request).await;
+    let reader = app
+        .as_token(&admin)
+        .service_accounts()
+        .create_service_account(request)
+        .await
+        .expect("create service account")
+        .into_inner()
+        .service_account
+        .unwrap();
     assert_eq!(reader.allowed_permissions, ["users.read"]);
     let (_, key) = create_key(&app, &admin, &reader.id).await;
     assert_eq!(
@@ -1042,7 +1324,15 @@ async fn platform_accounts_never_exceed_their_creator_and_only_admins_create_the
 async fn envoy_lets_a_key_through_as_its_account_until_the_key_is_revoked() {
     let app = TestApp::start().await;
     let (_, admin) = admin(&app).await;
-    let account = create_account(&app, &admin, platform("gateway-bot", Role::Moderator)).await;
+    let account = app
+        .as_token(&admin)
+        .service_accounts()
+        .create_service_account(platform("gateway-bot", Role::Moderator))
+        .await
+        .expect("create service account")
+        .into_inner()
+        .service_account
+        .unwrap();
     let (key_id, key) = create_key(&app, &admin, &account.id).await;
     let auth = format!("Bearer {key}");
     let route = [("permission", "users.read")];
@@ -1106,10 +1396,24 @@ async fn envoy_lets_a_key_through_as_its_account_until_the_key_is_revoked() {
     assert_eq!((http, body.contains("ROLE_TOO_LOW")), (403, true), "{body}");
 
     // The envoy use is the key's last use.
-    let keys = list_keys(&app, &admin, &account.id).await.unwrap();
+    let keys = app
+        .as_token(&admin)
+        .service_accounts()
+        .list_api_keys(ListApiKeysRequest {
+            service_account_id: account.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .api_keys;
     assert!(keys[0].last_used_at.is_some());
 
-    revoke_key(&app, &admin, &account.id, &key_id)
+    app.as_token(&admin)
+        .service_accounts()
+        .revoke_api_key(RevokeApiKeyRequest {
+            service_account_id: account.id.clone(),
+            api_key_id: key_id.clone(),
+        })
         .await
         .unwrap();
     let r = check(&app, http_request(&[("authorization", &auth)], &route)).await;
@@ -1123,7 +1427,15 @@ async fn envoy_lets_a_key_through_as_its_account_until_the_key_is_revoked() {
 async fn malformed_and_forged_keys_are_unauthenticated_never_an_internal_error() {
     let app = TestApp::start().await;
     let (_, admin) = admin(&app).await;
-    let account = create_account(&app, &admin, platform("real", Role::User)).await;
+    let account = app
+        .as_token(&admin)
+        .service_accounts()
+        .create_service_account(platform("real", Role::User))
+        .await
+        .expect("create service account")
+        .into_inner()
+        .service_account
+        .unwrap();
     let (_, key) = create_key(&app, &admin, &account.id).await;
 
     // One character changed, still well formed.
@@ -1228,18 +1540,22 @@ async fn malformed_account_requests_name_each_offending_field() {
     for (request, field) in cases {
         let shown = format!("{request:?}").chars().take(200).collect::<String>();
         for token in [&admin, &owner] {
-            let fields = invalid_fields(try_create_account(&app, token, request.clone()).await);
+            let fields = invalid_fields(
+                app.as_token(token)
+                    .service_accounts()
+                    .create_service_account(request.clone())
+                    .await
+                    .map(|r| r.into_inner().service_account.unwrap()),
+            );
             assert!(fields.iter().any(|f| f == field), "{shown}: {fields:?}");
         }
     }
     // A well-formed id of no organization is NOT_FOUND, and nothing was created.
     refused(
-        try_create_account(
-            &app,
-            &owner,
-            in_org("ghost", &"0".repeat(32), OrgRole::Member),
-        )
-        .await,
+        app.as_token(&owner)
+            .service_accounts()
+            .create_service_account(in_org("ghost", &"0".repeat(32), OrgRole::Member))
+            .await,
         Code::NotFound,
         "ORG_NOT_FOUND",
     );
@@ -1259,7 +1575,15 @@ async fn deleting_an_organization_ends_its_service_accounts_access_there_at_once
     let app = TestApp::start().await;
     let (owner, org) = org_with_owner(&app, "Closing Down").await;
     let member = member(&app, &owner, &org, OrgRole::Member).await;
-    let account = create_account(&app, &owner, in_org("archiver", &org, OrgRole::Admin)).await;
+    let account = app
+        .as_token(&owner)
+        .service_accounts()
+        .create_service_account(in_org("archiver", &org, OrgRole::Admin))
+        .await
+        .expect("create service account")
+        .into_inner()
+        .service_account
+        .unwrap();
     let (_, key) = create_key(&app, &owner, &account.id).await;
     assert!(decide(&app, &key, "org.read", &org).await.0);
     let auth = format!("Bearer {key}");
@@ -1272,13 +1596,11 @@ async fn deleting_an_organization_ends_its_service_accounts_access_there_at_once
         .await,
     );
 
-    orgs(&app)
-        .delete_org(bearer(
-            DeleteOrgRequest {
-                org_id: org.clone(),
-            },
-            &owner,
-        ))
+    app.as_token(&owner)
+        .orgs()
+        .delete_org(DeleteOrgRequest {
+            org_id: org.clone(),
+        })
         .await
         .expect("delete org");
     // Like its people, its account holds nothing there any more.
@@ -1327,29 +1649,31 @@ async fn deleting_an_organization_ends_its_service_accounts_access_there_at_once
 async fn live_keys_stay_capped_at_five_when_created_all_at_once() {
     let app = TestApp::start().await;
     let (_, admin) = admin(&app).await;
-    let account = create_account(&app, &admin, platform("racy", Role::User)).await;
-    let tasks: Vec<_> = (0..12)
-        .map(|_| {
-            let channel = app.channel();
-            let admin = admin.clone();
-            let id = account.id.clone();
-            tokio::spawn(async move {
-                ServiceAccountServiceClient::new(channel)
-                    .create_api_key(bearer(
-                        CreateApiKeyRequest {
-                            service_account_id: id,
-                            ..Default::default()
-                        },
-                        &admin,
-                    ))
-                    .await
-                    .map(|r| r.into_inner().secret)
+    let account = app
+        .as_token(&admin)
+        .service_accounts()
+        .create_service_account(platform("racy", Role::User))
+        .await
+        .expect("create service account")
+        .into_inner()
+        .service_account
+        .unwrap();
+    let as_admin = app.as_token(&admin);
+    let results = race(12, |_| {
+        let (mut keys, id) = (as_admin.service_accounts(), account.id.clone());
+        async move {
+            keys.create_api_key(CreateApiKeyRequest {
+                service_account_id: id,
+                ..Default::default()
             })
-        })
-        .collect();
+            .await
+            .map(|r| r.into_inner().secret)
+        }
+    })
+    .await;
     let mut made = Vec::new();
-    for task in tasks {
-        match task.await.unwrap() {
+    for result in results {
+        match result {
             Ok(secret) => made.push(secret),
             Err(status) => assert_eq!(
                 (status.code(), reason(&status).as_str()),
@@ -1358,9 +1682,16 @@ async fn live_keys_stay_capped_at_five_when_created_all_at_once() {
             ),
         }
     }
-    let live = list_keys(&app, &admin, &account.id)
+    let live = app
+        .as_token(&admin)
+        .service_accounts()
+        .list_api_keys(ListApiKeysRequest {
+            service_account_id: account.id.clone(),
+        })
         .await
         .unwrap()
+        .into_inner()
+        .api_keys
         .into_iter()
         .filter(|k| k.revoked_at.is_none())
         .count();

@@ -121,15 +121,14 @@ async fn each_rpc_is_exported_as_a_span_joined_to_the_callers_trace() {
     let endpoint = receiver.start().await;
 
     let config = test_config();
-    let (mut cmd, port) = replica_command(&config);
-    cmd.env("PATH", std::env::var("PATH").unwrap_or_default())
+    let mut child = Keyward::serve(&config)
         .env("KEYWARD_REQUIRE_VERIFIED_EMAIL", "false")
         .env("KEYWARD_OTLP_ENDPOINT", &endpoint)
         // The batch exporter's default 5 s between exports, shortened (milliseconds).
-        .env("OTEL_BSP_SCHEDULE_DELAY", "200");
-    let mut child = cmd.spawn().unwrap();
+        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
+        .spawn();
 
-    let channel = connect_serving(&format!("127.0.0.1:{port}")).await;
+    let channel = child.channel().await;
     let mut auth = AuthServiceClient::new(channel.clone());
 
     // The caller's trace and its span, which keyward's spans must hang under.
@@ -287,7 +286,7 @@ async fn each_rpc_is_exported_as_a_span_joined_to_the_callers_trace() {
     }
 
     // SIGTERM: drains and exits 0 (dropping the exporter flushes what is left).
-    let status = terminate(&mut child).await;
+    let status = child.terminate().await;
     assert!(status.success(), "exit status {status:?}");
 }
 
