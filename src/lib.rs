@@ -180,3 +180,106 @@ fn dev_signing_key(dir: &Path) -> anyhow::Result<String> {
     tracing::info!(path = %path.display(), key_id, "generated a dev signing key");
     Ok(secret)
 }
+
+/// The layering of the crate, checked: each layer names what it must never reach. Adapters
+/// (`grpc`) call use cases (`app`), which combine pure rules (`domain`) with storage (`store`);
+/// only `store` speaks BSON, only `grpc`, `server` and the one error mapping speak gRPC.
+#[cfg(test)]
+mod layering {
+    use std::path::{Path, PathBuf};
+
+    /// (files under `src/`, what their code must not mention)
+    const RULES: &[(&str, &[&str])] = &[
+        (
+            "domain",
+            &[
+                "tonic",
+                "prost",
+                "mongodb",
+                "bson",
+                "crate::error",
+                "crate::app",
+                "crate::store",
+                "crate::grpc",
+                "crate::server",
+                "crate::config",
+                "crate::mail",
+                "crate::oidc",
+            ],
+        ),
+        (
+            "store",
+            &[
+                "tonic",
+                "prost",
+                "crate::app",
+                "crate::grpc",
+                "crate::server",
+            ],
+        ),
+        (
+            "app",
+            &[
+                "tonic",
+                "prost",
+                "mongodb",
+                "bson",
+                "crate::grpc",
+                "crate::server",
+            ],
+        ),
+        ("grpc", &["mongodb", "bson", "crate::store"]),
+        (
+            "mail",
+            &[
+                "tonic",
+                "crate::config",
+                "crate::app",
+                "crate::store",
+                "crate::grpc",
+            ],
+        ),
+        (
+            "config.rs",
+            &["crate::app", "crate::store", "crate::grpc", "crate::server"],
+        ),
+    ];
+
+    fn rust_files(path: &Path, out: &mut Vec<PathBuf>) {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(path).unwrap() {
+                rust_files(&entry.unwrap().path(), out);
+            }
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path.to_path_buf());
+        }
+    }
+
+    #[test]
+    fn each_layer_reaches_only_the_layers_below_it() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut crossings = Vec::new();
+        for (layer, forbidden) in RULES {
+            let mut files = Vec::new();
+            rust_files(&src.join(layer), &mut files);
+            assert!(!files.is_empty(), "no files under src/{layer}");
+            for file in files {
+                let text = std::fs::read_to_string(&file).unwrap();
+                for (n, line) in text.lines().enumerate() {
+                    let code = line.split("//").next().unwrap_or_default();
+                    for word in *forbidden {
+                        if code.contains(word) {
+                            crossings.push(format!(
+                                "{}:{}: {layer} must not use {word}: {}",
+                                file.strip_prefix(&src).unwrap().display(),
+                                n + 1,
+                                line.trim()
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        assert!(crossings.is_empty(), "{}", crossings.join("\n"));
+    }
+}
