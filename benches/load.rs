@@ -4,6 +4,7 @@
 //!   scripts/bench.sh               (or: cargo bench --bench load -- [--seconds N])
 //!
 //! Phases (each `--seconds`, default 5):
+//! ```text
 //!   1. grpc.health.v1 Check          — the server's ceiling on this machine
 //!   2. Authenticate                  — the hot path, same tokens repeatedly (as sidecars do)
 //!   2b. Envoy ext_authz Check        — the same decision, asked the way an Envoy sidecar asks
@@ -37,6 +38,7 @@
 //!                                      exchange, ID token checks, session; p50/p99 of the
 //!                                      finish alone (the start and the browser's visit are not
 //!                                      timed)
+//! ```
 //! Then keyward's peak RSS (VmHWM).
 
 use std::process::Command;

@@ -158,7 +158,7 @@ async fn watch_database(app: Arc<App>, health: HealthReporter) {
     loop {
         tokio::time::sleep(DATABASE_CHECK_EVERY).await;
         checks += 1;
-        if checks % SETTLE_EVERY_CHECKS == 0 && app.ensure_ready().is_ok() {
+        if checks.is_multiple_of(SETTLE_EVERY_CHECKS) && app.ensure_ready().is_ok() {
             settle_registrations(&app).await;
         }
         let answered = matches!(

@@ -325,8 +325,7 @@ impl App {
         if self
             .config
             .mfa_required_permissions
-            .iter()
-            .any(|p| *p == check.permission)
+            .contains(&check.permission)
             || self
                 .permission_rule(&check.permission)
                 .is_some_and(|r| r.requires_mfa)
@@ -424,9 +423,7 @@ impl App {
             .authenticate_principal(access_token, client_address)
             .await?;
         if let Some(grant) = claims.service_account.clone() {
-            return Ok(self
-                .authorize_service_account(claims, &grant, checks)
-                .await?);
+            return self.authorize_service_account(claims, &grant, checks).await;
         }
         // Deleted or disabled: disabling ends every session, so a session still alive here is one
         // that should have ended — treated as revoked, for Authenticate too.

@@ -55,7 +55,8 @@ fn page_request(
     use crate::domain::paging;
     let size = paging::page_size(page_size)
         .ok_or_else(|| Error::invalid("page_size", "must not be negative"))?;
-    let after = paging::decode(token, filters.as_str()).map_err(|()| Error::PageTokenInvalid)?;
+    let after = paging::decode(token, filters.as_str())
+        .map_err(|paging::InvalidPageToken| Error::PageTokenInvalid)?;
     Ok((size, after))
 }
 

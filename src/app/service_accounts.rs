@@ -192,16 +192,13 @@ impl App {
             .await?
             .filter(|k| k.is_live(now))
         {
-            Some(key) => match self
+            Some(key) => self
                 .store
                 .service_accounts
                 .find(&key.service_account_id)
                 .await?
                 .filter(|a| !a.disabled)
-            {
-                Some(account) => Some(Arc::new(self.key_principal(&account, &key, now))),
-                None => None,
-            },
+                .map(|account| Arc::new(self.key_principal(&account, &key, now))),
             None => None,
         };
         if self.access_generation() == generation {

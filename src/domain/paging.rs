@@ -104,23 +104,29 @@ pub fn encode(cursor: &Cursor, filters: &str) -> String {
     URL_SAFE_NO_PAD.encode(raw)
 }
 
+/// A page token that is malformed, or was issued for other filters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvalidPageToken;
+
 /// The cursor in `token` (`Ok(None)` for an empty token), or `Err` when it is malformed or was
 /// issued for other filters.
-pub fn decode(token: &str, filters: &str) -> Result<Option<Cursor>, ()> {
+pub fn decode(token: &str, filters: &str) -> Result<Option<Cursor>, InvalidPageToken> {
     if token.is_empty() {
         return Ok(None);
     }
-    let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| ())?;
-    let raw = String::from_utf8(raw).map_err(|_| ())?;
+    let raw = URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| InvalidPageToken)?;
+    let raw = String::from_utf8(raw).map_err(|_| InvalidPageToken)?;
     let mut parts = raw.splitn(3, '|');
     let (Some(at), Some(print), Some(id)) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(());
+        return Err(InvalidPageToken);
     };
     if print != fingerprint(filters) || id.is_empty() {
-        return Err(());
+        return Err(InvalidPageToken);
     }
     Ok(Some(Cursor {
-        at_millis: at.parse().map_err(|_| ())?,
+        at_millis: at.parse().map_err(|_| InvalidPageToken)?,
         id: id.to_string(),
     }))
 }
@@ -137,10 +143,13 @@ mod tests {
         };
         let token = encode(&cursor, "role=admin");
         assert_eq!(decode(&token, "role=admin"), Ok(Some(cursor)));
-        assert_eq!(decode(&token, "role=user"), Err(()));
+        assert_eq!(decode(&token, "role=user"), Err(InvalidPageToken));
         assert_eq!(decode("", "role=admin"), Ok(None));
-        assert_eq!(decode("not a token!", "role=admin"), Err(()));
-        assert_eq!(decode(&URL_SAFE_NO_PAD.encode("x|y"), ""), Err(()));
+        assert_eq!(decode("not a token!", "role=admin"), Err(InvalidPageToken));
+        assert_eq!(
+            decode(&URL_SAFE_NO_PAD.encode("x|y"), ""),
+            Err(InvalidPageToken)
+        );
     }
 
     #[test]
@@ -278,7 +287,7 @@ mod tests {
             prop_assert!(token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
             prop_assert_eq!(decode(&token, &filters), Ok(Some(c)));
             if other != filters {
-                prop_assert_eq!(decode(&token, &other), Err(()));
+                prop_assert_eq!(decode(&token, &other), Err(InvalidPageToken));
             }
         }
 

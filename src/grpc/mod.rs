@@ -57,6 +57,9 @@ impl<'a> RequestContext<'a> {
 }
 
 /// Generated protobuf types and service stubs for `keyward.v1`.
+// prost copies the protos' comments into doc comments verbatim; their wrapped list items read
+// well in the protos, buf and the OpenAPI file, and only rustdoc's markdown objects to them.
+#[allow(clippy::doc_lazy_continuation)]
 pub mod pb {
     tonic::include_proto!("keyward.v1");
 

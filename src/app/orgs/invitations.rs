@@ -76,7 +76,7 @@ impl App {
             status: InvitationStatus::Pending,
             invited_by: who.user_id.clone(),
             created_at: now,
-            expires_at: expires_at,
+            expires_at,
             purge_at: expires_at
                 + chrono::Duration::from_std(KEEP_AFTER_EXPIRY).unwrap_or_default(),
             accepted_by: None,
@@ -147,7 +147,7 @@ impl App {
             .memberships
             .find(&org.id, &invitation.invited_by)
             .await?;
-        if !inviter.is_some_and(|m| grant(m.role, None, Some(invitation.role)).is_ok()) {
+        if inviter.is_none_or(|m| grant(m.role, None, Some(invitation.role)).is_err()) {
             return Err(Error::InvitationRevoked);
         }
         if !self
