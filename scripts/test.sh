@@ -3,7 +3,8 @@
 # installs the test tools (scripts/setup.sh), then unit + integration tests against a real
 # MongoDB-compatible server (or KEYWARD_TEST_MONGODB_URI), the real grpcurl, real SMTP (aiosmtpd)
 # and the real grpc-gateway sidecar; the Helm chart and YAML checks (scripts/check-helm.sh); the
-# API contract's lint, format and breaking checks (scripts/check-proto.sh).
+# API contract's lint, format and breaking checks (scripts/check-proto.sh); the dependency policy
+# (deny.toml) and clippy with warnings as errors.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -13,4 +14,6 @@ scripts/check-helm.sh
 scripts/check-proto.sh
 # The dependency policy (deny.toml): permissive licences only, crates.io only.
 cargo deny -L error check licenses bans sources
+# Lints as errors, tests and bench included.
+cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked "$@"

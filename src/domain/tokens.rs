@@ -290,7 +290,9 @@ mod tests {
     #[test]
     fn issued_tokens_verify_and_carry_the_claims() {
         let r = ring("keyward");
-        let (t, exp) = r.issue(&claims(), Utc::now(), Duration::from_secs(900));
+        // One set of claims: `claims()` reads the clock, and a second can tick between two calls.
+        let claims = claims();
+        let (t, exp) = r.issue(&claims, Utc::now(), Duration::from_secs(900));
         assert!(t.starts_with("v4.public."));
         let got = r.verify(&t).unwrap();
         assert_eq!(got.user_id, "u1");
@@ -299,7 +301,7 @@ mod tests {
         assert_eq!(got.expires_at.timestamp(), exp.timestamp());
         assert_eq!(got.amr, ["pwd", "totp"]);
         assert_eq!(got.aal(), 2);
-        assert_eq!(got.auth_time.timestamp(), claims().auth_time.timestamp());
+        assert_eq!(got.auth_time.timestamp(), claims.auth_time.timestamp());
     }
 
     #[test]

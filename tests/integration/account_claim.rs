@@ -116,11 +116,7 @@ async fn a_self_registration_by_someone_else_does_not_survive_the_owner_signing_
     let events = audit_actions(&app, &victim_id).await;
     assert_eq!(events.len(), 1, "{events:?}");
     let details = events[0].get_document("detail").unwrap();
-    assert_eq!(
-        details.get_bool("password_cleared").unwrap(),
-        true,
-        "{events:?}"
-    );
+    assert!(details.get_bool("password_cleared").unwrap(), "{events:?}");
     assert_eq!(details.get_i64("sessions_ended").unwrap(), 1, "{events:?}");
 
     // The owner sets a password of their own by a reset; it works, the attacker's does not.

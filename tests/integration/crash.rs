@@ -92,7 +92,7 @@ impl Registrations {
     fn with_organization(self, n: usize) -> bool {
         match self {
             Registrations::WithoutOrganization => false,
-            Registrations::MostlyWithOrganization => n % 3 != 0,
+            Registrations::MostlyWithOrganization => !n.is_multiple_of(3),
         }
     }
 

@@ -504,7 +504,9 @@ async fn malformed_requests_answer_4xx_never_5xx() {
     assert_eq!(r.status, 200, "{r:?}");
 
     let deep = "[".repeat(100_000);
-    let cases: Vec<(&str, &str, Option<(&str, &str)>, &str)> = vec![
+    // (method, path, extra header, body)
+    type Case<'a> = (&'a str, &'a str, Option<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         // Null, and wrong types, in and around the repeated field.
         (
             "POST",

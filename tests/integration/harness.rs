@@ -372,15 +372,15 @@ impl TestApp {
             })
         });
         let channel = connect_serving(&addr.to_string()).await;
-        let app = Self {
+
+        Self {
             addr,
             metrics_addr,
             config,
             channel,
             shutdown: Some(tx),
             server: Some(server),
-        };
-        app
+        }
     }
 
     pub fn channel(&self) -> Channel {

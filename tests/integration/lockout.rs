@@ -277,7 +277,7 @@ async fn a_targeted_owner_still_signs_in_by_a_fresh_code_while_strangers_keep_gu
     verify_with_first_code(&app, &victim).await;
     let (app, victim) = (&app, victim.as_str());
     let password_login = |address: &'static str, password: &'static str| {
-        password_login_from(&app, address, &victim, password)
+        password_login_from(app, address, victim, password)
     };
     // The owner has signed in from their usual address before.
     password_login(OWNER, PASSWORD)
@@ -285,10 +285,10 @@ async fn a_targeted_owner_still_signs_in_by_a_fresh_code_while_strangers_keep_gu
         .expect("owner signs in");
     let send = |address: &'static str| async move {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        send_login_code_from(&app, address, &victim).await
+        send_login_code_from(app, address, victim).await
     };
     let code_login =
-        |address: &'static str, code: String| code_login_from(&app, address, &victim, code);
+        |address: &'static str, code: String| code_login_from(app, address, victim, code);
 
     // Strangers lock password login...
     for _ in 0..5 {
@@ -308,10 +308,10 @@ async fn a_targeted_owner_still_signs_in_by_a_fresh_code_while_strangers_keep_gu
     }
     // The owner, from a client the account knows, still gets a code of their own...
     shared_sink()
-        .wait_for(&victim, 10, Duration::from_secs(30))
+        .wait_for(victim, 10, Duration::from_secs(30))
         .await;
     send(OWNER).await.expect("the owner's own code request");
-    let code = shared_sink().code(&victim, 11).await;
+    let code = shared_sink().code(victim, 11).await;
     // ...which a stranger's next request does not replace (the answer is the same, no mail),
     // and after which the strangers' shared hourly cap (2 x 5) is spent.
     send(STRANGERS[1]).await.expect("answered as usual");
@@ -337,7 +337,7 @@ async fn a_targeted_owner_still_signs_in_by_a_fresh_code_while_strangers_keep_gu
         .expect("password login works again");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        shared_sink().to(&victim).len(),
+        shared_sink().to(victim).len(),
         11,
         "the stranger's request after the owner's mailed nothing"
     );
@@ -364,16 +364,16 @@ async fn strangers_get_ten_guesses_an_hour_however_many_codes_they_ask_for() {
         .expect("the owner signed in from their address before");
     let (app, victim) = (&app, victim.as_str());
     let send = |address: &'static str| async move {
-        send_login_code_from(&app, address, &victim)
+        send_login_code_from(app, address, victim)
             .await
             .expect("code sent")
     };
     let code_login =
-        |address: &'static str, code: String| code_login_from(&app, address, &victim, code);
+        |address: &'static str, code: String| code_login_from(app, address, victim, code);
     // Two codes of the stranger's own, five wrong guesses at each: ten in all.
     for n in 0..2 {
         send(STRANGER).await;
-        let code = shared_sink().code(&victim, 2 + n).await;
+        let code = shared_sink().code(victim, 2 + n).await;
         let wrong = format!("{:06}", (code.parse::<u32>().unwrap() + 1) % 1_000_000);
         for _ in 0..5 {
             let status = code_login(STRANGER, wrong.clone()).await.unwrap_err();
@@ -382,12 +382,12 @@ async fn strangers_get_ten_guesses_an_hour_however_many_codes_they_ask_for() {
     }
     // A third code buys no new guess: even its right digits fail.
     send(STRANGER).await;
-    let code = shared_sink().code(&victim, 4).await;
+    let code = shared_sink().code(victim, 4).await;
     let status = code_login(STRANGER, code).await.unwrap_err();
     assert_eq!(reason(&status), "CODE_INVALID");
     // The owner, on the client the account knows, is not held back.
     send(OWNER).await;
-    let code = shared_sink().code(&victim, 5).await;
+    let code = shared_sink().code(victim, 5).await;
     code_login(OWNER, code).await.expect("the owner signs in");
 }
 

@@ -403,7 +403,7 @@ async fn verified_signed_in(app: &TestApp, email: &str) -> TokenPair {
     otp(app)
         .verify_email(VerifyEmailRequest {
             email: email.into(),
-            code: code.into(),
+            code,
         })
         .await
         .expect("verify email");

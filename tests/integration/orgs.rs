@@ -533,7 +533,7 @@ async fn cross_tenant_matrix_admin_of_a_can_do_nothing_in_b() {
         .into_iter()
         .map(|m| m.organization.unwrap().id)
         .collect();
-    assert_eq!(carols, [a.id.clone()]);
+    assert_eq!(carols, std::slice::from_ref(&a.id));
 
     // A member of A reads A but cannot administer it.
     let d = &dave.access_token;
@@ -1657,7 +1657,7 @@ async fn deleting_an_organization_ends_every_members_access_at_once() {
         let (allowed, why) = authorize(&app, &p.access_token, "org.read", &org.id).await;
         assert!(!allowed && why == "NOT_A_MEMBER", "{why}");
         refused(
-            app.as_user(&p)
+            app.as_user(p)
                 .orgs()
                 .get_org(GetOrgRequest {
                     org_id: org.id.clone(),

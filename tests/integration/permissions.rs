@@ -1133,10 +1133,7 @@ async fn the_list_shows_every_built_in_permission_first_then_the_catalogue_by_na
     assert_eq!(updated.description, "purge a notebook");
     assert_eq!(updated.least_org_role, OrgRole::Owner as i32);
     assert_eq!(updated.created_at, purge.created_at);
-    let (before, after) = (
-        purge.updated_at.clone().unwrap(),
-        updated.updated_at.clone().unwrap(),
-    );
+    let (before, after) = (purge.updated_at.unwrap(), updated.updated_at.unwrap());
     assert!(
         (after.seconds, after.nanos) > (before.seconds, before.nanos),
         "{before:?} → {after:?}"
