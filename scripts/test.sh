@@ -12,7 +12,7 @@ source scripts/tool-path.sh
 cargo fmt --all -- --check
 scripts/check-helm.sh
 scripts/check-proto.sh
-# The dependency policy (deny.toml): permissive licences only, crates.io only.
+# The dependency policy (deny.toml): permissive licences only, the default registry only.
 cargo deny -L error check licenses bans sources
 # Lints as errors, tests and bench included.
 cargo clippy --locked --all-targets -- -D warnings
